@@ -1,0 +1,1 @@
+"""minift: a from-scratch, educational InstructGPT pipeline (pretrain -> SFT -> reward model -> PPO)."""
