@@ -1,0 +1,289 @@
+"""Loaders that turn common data formats into minift's internal forms, with clear errors.
+
+Internal forms:
+  conversation     list of {"role": "user"|"assistant"|"system", "content": str}; after an optional
+                   leading system message the roles alternate user/assistant, starting with user.
+  preference pair  {"prompt": conversation ending with a user message, "chosen": str, "rejected": str}
+
+Every malformed record raises DataFormatError naming the file, the line (or, for a JSON array
+file, the record's 0-based index), the field, what is wrong and what was expected -- a data bug
+should cost one read of the message, not a debugging session.
+
+File detection: a ".json" file whose content starts with "[" is one JSON array of records (the
+Alpaca release); anything else is JSONL (one JSON object per line, blank lines skipped).
+"""
+import json
+import os
+import re
+
+_MISSING = object()  # tells "field absent" apart from "field is null"
+
+
+class DataFormatError(ValueError):
+    """A record in a data file is not in the expected format."""
+
+
+def _got(v):
+    """Describe a bad value briefly: 'is missing', 'is "bot"', 'is an array of 3 items'."""
+    if v is _MISSING:
+        return "is missing"
+    if isinstance(v, list):
+        return f"is an array of {len(v)} item{'s' * (len(v) != 1)}"
+    if isinstance(v, dict):
+        return "is an object"
+    s = json.dumps(v, ensure_ascii=False)  # JSON spelling shows the type: "5" vs 5 vs null
+    return "is " + (s if len(s) <= 60 else s[:57] + '..."')
+
+
+def _bad(where, field, problem, expected):
+    raise DataFormatError(f"{where}: field {field} {problem}; expected {expected}")
+
+
+def _str_field(obj, key, where, prefix=""):
+    """obj[key], which must be a string; `prefix` locates obj inside the record for the message."""
+    v = obj.get(key, _MISSING)
+    if not isinstance(v, str):
+        _bad(where, f'{prefix}["{key}"]' if prefix else f'"{key}"', _got(v), "a string")
+    return v
+
+
+# ---------------------------------------------------------------- generic JSONL helpers
+
+def _parse_jsonl(path, text):
+    """Yield (1-based line number, value) for each non-blank line."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno}); "
+                                      "expected one JSON value per line") from None
+
+
+def read_jsonl(path):
+    """All values of a JSONL file (blank lines skipped). An empty file gives []."""
+    with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a UTF-8 byte-order mark
+        return [v for _, v in _parse_jsonl(os.fspath(path), f.read())]
+
+
+def write_jsonl(path, records):
+    """Write one JSON object per line, atomically: a crash never leaves a half-written file,
+    because we write a temp file in the same directory and os.replace() it over the target."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _records(path):
+    """[(where, record dict)] from a JSONL or JSON-array file; zero records is an error."""
+    path = os.fspath(path)
+    with open(path, encoding="utf-8-sig") as f:
+        text = f.read()
+    if path.endswith(".json") and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path} line {e.lineno}: invalid JSON ({e.msg}); "
+                                  "expected one JSON array of records") from None
+        items = [(f"{path} record {i} (0-based index in the JSON array)", r)
+                 for i, r in enumerate(data)]
+    else:
+        items = [(f"{path} line {n}", r) for n, r in _parse_jsonl(path, text)]
+    if not items:
+        raise DataFormatError(f"{path}: no records (empty file, blank lines only, or []); "
+                              "expected at least one record")
+    for where, r in items:
+        if not isinstance(r, dict):
+            raise DataFormatError(f"{where}: the record {_got(r)}; expected a JSON object")
+    return items
+
+
+# ---------------------------------------------------------------- conversations
+
+# (role key, text key, accepted role names -> our role) for chat messages and ShareGPT turns.
+CHAT = ("role", "content", {"user": "user", "assistant": "assistant", "system": "system"})
+SHAREGPT = ("from", "value", {"human": "user", "user": "user", "gpt": "assistant",
+                              "assistant": "assistant", "chatgpt": "assistant", "system": "system"})
+
+
+def _message(m, where, field, keys=CHAT):
+    role_key, text_key, role_map = keys
+    if not isinstance(m, dict):
+        _bad(where, field, _got(m), f'an object with "{role_key}" and "{text_key}"')
+    role = m.get(role_key, _MISSING)
+    if not isinstance(role, str) or role not in role_map:  # (a list is unhashable: test type first)
+        _bad(where, f'{field}["{role_key}"]', _got(role), "one of " + ", ".join(role_map))
+    return {"role": role_map[role], "content": _str_field(m, text_key, where, field)}
+
+
+def _conversation(items, where, field, keys=CHAT):
+    """Validate a message list and return it in our form (role/content only)."""
+    if not isinstance(items, list) or not items:
+        _bad(where, field, _got(items), "a non-empty array of messages")
+    msgs = [_message(m, where, f"{field}[{i}]", keys) for i, m in enumerate(items)]
+    start = 1 if msgs[0]["role"] == "system" else 0
+    for i in range(start, len(msgs)):
+        want = ("user", "assistant")[(i - start) % 2]
+        if msgs[i]["role"] != want:
+            _bad(where, f'{field}[{i}]["{keys[0]}"]', _got(items[i][keys[0]]),
+                 f'"{want}" here (after an optional leading system message, roles alternate '
+                 'user/assistant starting with user)')
+    return msgs
+
+
+def load_sft(path):
+    """SFT records {"messages": conversation, **other fields kept}. Format, per record:
+    has "messages" -> chat; has "conversations" -> ShareGPT; has "instruction" -> Alpaca."""
+    out = []
+    for where, rec in _records(path):
+        rest = dict(rec)
+        if "messages" in rec:
+            msgs = _conversation(rest.pop("messages"), where, '"messages"')
+        elif "conversations" in rec:
+            msgs = _conversation(rest.pop("conversations"), where, '"conversations"', SHAREGPT)
+        elif "instruction" in rec:
+            user = _str_field(rec, "instruction", where)
+            extra = rec.get("input", "")  # optional; Alpaca leaves it "" for most records
+            if not isinstance(extra, str):
+                _bad(where, '"input"', _got(extra), "a string (or the field left out)")
+            if extra:
+                user += "\n\n" + extra
+            msgs = [{"role": "user", "content": user},
+                    {"role": "assistant", "content": _str_field(rec, "output", where)}]
+            for k in ("instruction", "input", "output"):
+                rest.pop(k, None)
+        else:
+            fields = ", ".join(f'"{k}"' for k in rec) or "none"
+            raise DataFormatError(f'{where}: unknown SFT record (fields: {fields}); expected "messages" '
+                                  '(chat), "conversations" (ShareGPT) or "instruction"+"output" (Alpaca)')
+        if not any(m["role"] == "assistant" for m in msgs):
+            _bad(where, '"messages"' if "messages" in rec else '"conversations"',
+                 "has no assistant message", "at least one assistant reply to train on")
+        out.append({"messages": msgs, **rest})
+    return out
+
+
+# ---------------------------------------------------------------- preference pairs
+
+def _reply(v, where, key, prompt):
+    """The final assistant reply from `v`: a string, [assistant message], or prompt + [assistant message]."""
+    if isinstance(v, str):
+        return v
+    if not isinstance(v, list) or not v:
+        _bad(where, f'"{key}"', _got(v), "a string or an array of messages ending with the assistant reply")
+    if len(v) == 1:
+        msg = _message(v[0], where, f'"{key}"[0]')
+    else:  # a full conversation: its turns before the reply must be exactly the prompt
+        msgs = _conversation(v, where, f'"{key}"')
+        if msgs[:-1] != prompt:
+            _bad(where, f'"{key}"', "has turns before its final reply that differ from the prompt",
+                 "the prompt's messages, then one assistant reply")
+        msg = msgs[-1]
+    if msg["role"] != "assistant":
+        _bad(where, f'"{key}"[{len(v) - 1}]["role"]', _got(msg["role"]), '"assistant" (the final reply)')
+    return msg["content"]
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def _hh_transcript(text, where, key):
+    """Parse an Anthropic HH transcript into (prompt messages, final assistant reply)."""
+    parts = _HH_TURN.split(text)  # ["", "Human", " hi", "Assistant", " hello", ...]
+    if parts[0].strip() or len(parts) < 3:
+        _bad(where, f'"{key}"', 'does not start with a "\\n\\nHuman:" turn',
+             'an HH transcript "\\n\\nHuman: ...\\n\\nAssistant: ..."')
+    speakers = parts[1::2]
+    for i, s in enumerate(speakers):
+        if s != ("Human", "Assistant")[i % 2]:
+            _bad(where, f'"{key}"', f"turn {i + 1} is {s}", "turns alternating Human/Assistant")
+    if speakers[-1] != "Assistant":
+        _bad(where, f'"{key}"', "ends with a Human turn", 'a final "\\n\\nAssistant:" reply')
+    msgs = [{"role": "user" if s == "Human" else "assistant", "content": t.strip()}
+            for s, t in zip(speakers, parts[2::2])]
+    return msgs[:-1], msgs[-1]["content"]
+
+
+def load_preferences(path):
+    """Preference pairs {"prompt", "chosen", "rejected", **other fields kept}. Format, per record:
+    has "prompt" -> TRL explicit (prompt: string or messages; chosen/rejected: string, [assistant
+    message] or prompt + [assistant message]); no "prompt" and "chosen" a string -> Anthropic HH
+    transcript; no "prompt" and "chosen" a list -> TRL implicit prompt (shared turns = prompt)."""
+    out = []
+    for where, rec in _records(path):
+        chosen = rec.get("chosen", _MISSING)
+        rejected = rec.get("rejected", _MISSING)
+        for key, v in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(v, (str, list)):
+                _bad(where, f'"{key}"', _got(v), "a string or an array of messages")
+        if "prompt" in rec:
+            p = rec["prompt"]
+            prompt = ([{"role": "user", "content": p}] if isinstance(p, str)
+                      else _conversation(p, where, '"prompt"'))
+            if prompt[-1]["role"] != "user":
+                _bad(where, f'"prompt"[{len(prompt) - 1}]["role"]', _got(prompt[-1]["role"]),
+                     '"user" (the prompt must end with a user message)')
+        elif isinstance(chosen, str):
+            if not isinstance(rejected, str):
+                _bad(where, '"rejected"', _got(rejected), 'an HH transcript string, like "chosen"')
+            prompt, chosen = _hh_transcript(chosen, where, "chosen")
+            prompt_r, rejected = _hh_transcript(rejected, where, "rejected")
+            if prompt_r != prompt:
+                _bad(where, '"rejected"', "has turns before its final Assistant reply that differ from "
+                     '"chosen"', "both transcripts to share every turn but the last")
+        else:  # TRL implicit prompt: chosen = prompt + [reply]; _reply() checks the reply's role
+            prompt = _conversation(chosen, where, '"chosen"')[:-1]
+        chosen, rejected = _reply(chosen, where, "chosen", prompt), _reply(rejected, where, "rejected", prompt)
+        rest = {k: v for k, v in rec.items() if k not in ("prompt", "chosen", "rejected")}
+        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, **rest})
+    return out
+
+
+# ---------------------------------------------------------------- IFEval input / output
+
+def load_ifeval_inputs(path):
+    """IFEval input records {"key", "instruction_id_list", "prompt", "kwargs", **extra}, validated."""
+    out = []
+    for where, rec in _records(path):
+        key = rec.get("key", _MISSING)
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            _bad(where, '"key"', _got(key), "an integer or a string")
+        _str_field(rec, "prompt", where)
+        ids, kwargs = rec.get("instruction_id_list", _MISSING), rec.get("kwargs", _MISSING)
+        if not isinstance(ids, list):
+            _bad(where, '"instruction_id_list"', _got(ids),
+                 'an array of instruction ids like "keywords:existence"')
+        for i, x in enumerate(ids):
+            if not isinstance(x, str):
+                _bad(where, f'"instruction_id_list"[{i}]', _got(x), "a string")
+        if not isinstance(kwargs, list) or len(kwargs) != len(ids):
+            _bad(where, '"kwargs"', _got(kwargs),
+                 f'an array of {len(ids)} objects, one per entry of "instruction_id_list"')
+        for i, x in enumerate(kwargs):
+            if not isinstance(x, dict):
+                _bad(where, f'"kwargs"[{i}]', _got(x), "an object of keyword arguments")
+        out.append(rec)
+    return out
+
+
+def write_ifeval_responses(path, records):
+    """Write {"prompt", "response"} JSONL, the file IFEval's evaluator reads."""
+    write_jsonl(path, ({"prompt": r["prompt"], "response": r["response"]} for r in records))
+
+
+def load_ifeval_responses(path):
+    """Read {"prompt", "response"} records (extra fields kept)."""
+    out = []
+    for where, rec in _records(path):
+        _str_field(rec, "prompt", where)
+        _str_field(rec, "response", where)
+        out.append(rec)
+    return out

@@ -1,0 +1,320 @@
+"""
+A small GPT in plain PyTorch, with a KV cache for fast generation and a scalar head
+for the reward and value models.
+
+Shapes in comments use B = batch, T = new tokens this call, S = all positions the
+queries may look at (cache + new), C = n_embd, H = n_head, D = C // H.
+
+Padding convention, shared by every stage of minift:
+  * training batches (pretraining, SFT) are right-padded or unpadded, so plain causal
+    attention already keeps real tokens from seeing padding;
+  * generation and RL batches are *left*-padded prompts followed by responses, and carry
+    an `attention_mask` (B, S) with 1 for real tokens. Position ids then come from the
+    mask (`positions_from_mask`), so a sequence gets the same positions, hence the same
+    logits, whatever padding sits beside it in the batch.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 2048   # the tokenizer's n_vocab (specials included)
+    block_size: int = 256    # longest sequence the position table covers
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False       # biases in Linear/LayerNorm; off is slightly faster and no worse (nanoGPT)
+
+
+def positions_from_mask(attention_mask):
+    """(B, S) 0/1 mask -> (B, S) position ids counting real tokens only.
+    A left-padded row [0 0 1 1 1] gets positions [0 0 0 1 2]: its first real token sits at
+    position 0, exactly as if it had no padding. Generation and training both call this,
+    so their positions can never disagree (a classic RLHF bug, see ppo-details.md)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask):
+    """(B, S) mask -> (B,) index of the last real token of each row (for reward heads)."""
+    S = attention_mask.size(1)
+    return S - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far.
+    Decoding one token then costs one query against the cache instead of re-running
+    the whole prefix: O(S) work per new token instead of O(S^2)."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        D = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, max_len, D)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+
+    def update(self, layer, k, v):
+        """Store the new (B, H, T, D) keys/values and return all of them, (B, H, S, D)."""
+        T = k.size(2)
+        self.k[layer, :, :, self.length:self.length + T] = k
+        self.v[layer, :, :, self.length:self.length + T] = v
+        S = self.length + T
+        return self.k[layer, :, :, :S], self.v[layer, :, :, :S]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, H, T, D)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, H, S, D)
+        dropout_p = self.dropout if self.training else 0.0
+        if attn_mask is None:
+            # Unpadded training batch: the fused causal kernel, fastest path.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm block (GPT-2): normalising the input of each sublayer keeps the
+    residual stream an untouched sum, which trains stably without warmup tricks."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config, verbose=False):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        # Learned absolute positions (GPT-2) rather than rotary: one lookup table a student
+        # can print, and with `positions_from_mask` left padding stays exact. Our contexts
+        # are short and fixed, so RoPE's length extrapolation would buy us nothing.
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf 2017): the output layer reuses the token embeddings.
+        # It saves vocab*C parameters, a large share of a tiny model, and helps it.
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of each residual projection by 1/sqrt(2 * n_layer), since
+        # 2 * n_layer of them add into the residual stream and its variance would grow.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if verbose:
+            print(f"GPT: {self.num_params() / 1e6:.2f}M parameters "
+                  f"({self.num_params(non_embedding=True) / 1e6:.2f}M without embeddings)")
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=False):
+        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        return n - (self.wte.weight.numel() + self.wpe.weight.numel()) * non_embedding
+
+    def hidden_states(self, idx, attention_mask=None, cache=None):
+        """idx (B, T) -> final hidden states (B, T, C), after the last LayerNorm.
+        attention_mask (B, S) covers the cached positions plus these T new ones."""
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens is longer than block_size "
+                             f"{self.config.block_size}")
+        if attention_mask is None:
+            pos = torch.arange(past, past + T, device=idx.device).unsqueeze(0)  # (1, T)
+            attn_mask = None if cache is None else self._attention_mask(
+                torch.ones(B, past + T, dtype=torch.bool, device=idx.device), T)
+        else:
+            pos = positions_from_mask(attention_mask)[:, -T:]  # (B, T)
+            attn_mask = self._attention_mask(attention_mask.bool(), T)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    @staticmethod
+    def _attention_mask(key_mask, T):
+        """(B, S) real-token mask -> (B, 1, T, S) boolean mask for the last T queries:
+        query i may see key j if j is real and j <= i (causal). Each query may always
+        see itself, so a padding query never has an empty row (softmax of nothing = NaN);
+        its output is garbage that nothing real ever reads."""
+        S = key_mask.size(1)
+        q_pos = torch.arange(S - T, S, device=key_mask.device).view(T, 1)
+        k_pos = torch.arange(S, device=key_mask.device).view(1, S)
+        causal = k_pos <= q_pos                                  # (T, S)
+        mask = causal & key_mask[:, None, :]                     # (B, T, S)
+        mask = mask | (k_pos == q_pos)                           # self is always visible
+        return mask.unsqueeze(1)                                 # (B, 1, T, S)
+
+    def forward(self, idx, targets=None, attention_mask=None, cache=None, ignore_index=-1):
+        """Returns (logits (B, T, V), loss or None). Targets equal to ignore_index
+        (prompt tokens in SFT, padding) add nothing to the mean cross-entropy."""
+        x = self.hidden_states(idx, attention_mask, cache)
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1),
+                                   ignore_index=ignore_index)
+        return logits, loss
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
+                        stop_token=None, pad_token=0, use_cache=True, generator=None):
+        """Batched sampling from prompts of different lengths. Yields one (B,) tensor of
+        new tokens per step. Rows that have produced `stop_token` keep emitting it; the
+        loop ends when every row has stopped or after max_new_tokens.
+        use_cache=False recomputes the full sequence each step: slow, but the reference
+        that the KV cache is tested against."""
+        device = self.wte.weight.device
+        idx, mask = pad_left(prompts, pad_token, device)  # (B, P)
+        B, P = idx.shape
+        max_len = min(P + max_new_tokens, self.config.block_size)
+        cache = KVCache(self.config, B, max_len, device, self.wte.weight.dtype) if use_cache else None
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        step_input = idx
+        for _ in range(max_len - P):
+            if use_cache:
+                logits, _ = self(step_input, attention_mask=mask, cache=cache)
+            else:
+                logits, _ = self(idx, attention_mask=mask)
+            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if stop_token is not None:
+                next_token = torch.where(done, torch.full_like(next_token, stop_token), next_token)
+                done |= next_token == stop_token
+            yield next_token
+            if done.all():
+                return
+            step_input = next_token.unsqueeze(1)
+            idx = torch.cat([idx, step_input], dim=1)
+            mask = torch.cat([mask, torch.ones_like(step_input)], dim=1)
+
+    def generate(self, prompts, max_new_tokens, **kwargs):
+        """Returns one list of new token ids per prompt, cut after its stop token
+        (which is kept, so a caller can tell a finished answer from a truncated one)."""
+        out = [[] for _ in prompts]
+        finished = [False] * len(prompts)
+        stop = kwargs.get("stop_token")
+        for tokens in self.generate_stream(prompts, max_new_tokens, **kwargs):
+            for i, t in enumerate(tokens.tolist()):
+                if not finished[i]:
+                    out[i].append(t)
+                    finished[i] = t == stop
+        return out
+
+
+def pad_left(seqs, pad_token, device=None):
+    """Lists of ids -> (ids (B, L), mask (B, L)), left-padded so that every row's last
+    token sits in the last column, where generation appends the next one."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_token, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s) == 0:
+            raise ValueError("cannot generate from an empty prompt")
+        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, L - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    """(B, V) logits -> (B,) token ids. temperature 0 means greedy (argmax).
+    top_k > 0 keeps the k likeliest tokens; top_p < 1 keeps the smallest set whose
+    probability reaches p (nucleus sampling, Holtzman et al. 2019)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep tokens until p is reached
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class ScalarModel(nn.Module):
+    """The GPT with a scalar head on its hidden states: one number per position.
+    A reward model reads it at the last real token (`reward`); a value model (the PPO
+    critic) uses every position (`forward`). The GPT's own LM head goes unused (it is
+    tied to the embeddings, so it costs no parameters)."""
+
+    def __init__(self, config, head_std=None):
+        super().__init__()
+        self.gpt = GPT(config)
+        self.head = nn.Linear(config.n_embd, 1)
+        # OpenAI's lm-human-preferences initialises the reward head N(0, 1/sqrt(C+1)) and
+        # the value head at zero (ppo-details.md); head_std=0 gives the latter.
+        std = 1 / math.sqrt(config.n_embd + 1) if head_std is None else head_std
+        nn.init.normal_(self.head.weight, std=std) if std > 0 else nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        # Reward normalisation (InstructGPT / Ziegler): score = gain * raw + bias, fitted
+        # after training so that SFT samples score mean 0, std 1. Buffers, so they travel
+        # in the state dict and the checkpoint.
+        self.register_buffer("gain", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()))
+
+    def forward(self, idx, attention_mask=None):
+        """(B, S) -> (B, S) raw scalar per position."""
+        return self.head(self.gpt.hidden_states(idx, attention_mask)).squeeze(-1)
+
+    def reward(self, idx, attention_mask, normalized=True):
+        """(B, S) -> (B,) score read at each row's last real token. Reading it at a padding
+        position instead is the classic reward-model bug (ppo-details.md)."""
+        values = self(idx, attention_mask)
+        raw = values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+        return self.gain * raw + self.bias if normalized else raw

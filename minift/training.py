@@ -1,0 +1,171 @@
+"""
+The plumbing every training script shares: device and DDP set-up, the learning-rate
+schedule, AdamW parameter groups, a JSONL metrics log, Ctrl-C handling and the NaN
+guard. The training loops themselves stay in the scripts, in plain sight.
+"""
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+# ---------------------------------------------------------------------- devices and DDP
+@dataclass
+class Runtime:
+    device: str          # "cuda:0", "mps", "cpu"
+    device_type: str     # "cuda", "mps", "cpu" (what autocast wants)
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def ddp(self):
+        return self.world_size > 1
+
+    @property
+    def master(self):
+        """Only rank 0 writes logs and checkpoints and shows a progress bar."""
+        return self.rank == 0
+
+    def autocast(self, dtype="bfloat16"):
+        """bf16 autocast on CUDA: matmuls run in bf16 on tensor cores while weights and
+        the optimizer stay fp32. bf16 keeps fp32's exponent range, so it needs no loss
+        scaler (unlike fp16). On the CPU and MPS we simply run in fp32."""
+        if self.device_type == "cuda" and dtype in ("bfloat16", "float16"):
+            return torch.autocast("cuda", dtype=getattr(torch, dtype))
+        return contextlib.nullcontext()
+
+
+def setup_runtime(device="auto", seed=1337):
+    """Pick the device, and join the process group when launched by torchrun
+    (which sets RANK, LOCAL_RANK and WORLD_SIZE). Each rank is seeded differently,
+    so the ranks draw different batches."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else (
+            "mps" if torch.backends.mps.is_available() else "cpu")
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in
+                               (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    if world > 1:
+        # NCCL between GPUs; gloo on the CPU (the DDP test runs 2 CPU processes).
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        if device.startswith("cuda"):
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+    torch.manual_seed(seed + rank)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Runtime(device, device.split(":")[0], rank, local_rank, world)
+
+
+def cleanup_runtime(rt):
+    if rt.ddp:
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(value, rt):
+    """Average a float over the ranks (for logging), a no-op without DDP."""
+    if not rt.ddp:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.item() / rt.world_size
+
+
+# ---------------------------------------------------------------------- optimisation
+def lr_at(step, max_lr, min_lr, warmup_steps, decay_steps):
+    """Linear warmup for `warmup_steps`, then cosine decay to min_lr at `decay_steps`,
+    then flat. Warmup keeps Adam's early, badly estimated second moments from taking
+    huge steps; the cosine tail anneals the noise at the end (nanoGPT, Chinchilla)."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= decay_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def make_optimizer(model, lr, weight_decay, betas=(0.9, 0.95), eps=1e-8, device_type="cpu"):
+    """AdamW with weight decay on matrices (Linear weights, embeddings) only. Decaying
+    biases and LayerNorm gains just pulls them toward 0 for no regularising benefit."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    fused = device_type == "cuda"  # one kernel for the whole update on GPU
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def check_finite(loss, step, ckpt_path):
+    """A NaN/inf loss poisons every weight it touches; stop before the optimizer step so
+    the last checkpoint on disk stays good."""
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(
+            f"loss is {loss} at step {step}; stopping without saving, so {ckpt_path} keeps "
+            f"the last good weights. Try a lower --learning_rate or a smaller --grad_clip.")
+
+
+# ---------------------------------------------------------------------- bookkeeping
+class MetricsLog:
+    """Appends one JSON object per line to <out_dir>/metrics.jsonl: easy to tail, to
+    load with pandas, and safe to append to across resumed runs."""
+
+    def __init__(self, path, enabled=True):
+        self.path, self.enabled = path, enabled
+        if enabled:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def log(self, **record):
+        if self.enabled:
+            record = {"time": round(time.time(), 3), **record}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class StopRequest:
+    """Turns Ctrl-C (SIGINT) into a flag the training loop checks after each step, so an
+    interrupted run saves a checkpoint and exits cleanly instead of dying mid-step.
+    A second Ctrl-C exits at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: saving a checkpoint after this step (press again to quit now)", flush=True)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def rng_state(generator):
+    """Everything random a resumed run needs to continue exactly (all plain tensors)."""
+    return {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+
+
+def set_rng_state(state, generator):
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["batches"])

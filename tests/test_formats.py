@@ -1,0 +1,179 @@
+"""Each format loads to the exact internal form; each malformed record gives a precise error."""
+import json
+
+import pytest
+
+from minift.formats import (DataFormatError, load_ifeval_inputs, load_ifeval_responses,
+                            load_preferences, load_sft, read_jsonl, write_ifeval_responses,
+                            write_jsonl)
+
+
+def jsonl(tmp_path, records, name="data.jsonl"):
+    """Write records (dicts, or raw strings for broken lines) as a JSONL fixture."""
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def U(text):
+    return {"role": "user", "content": text}
+
+
+def A(text):
+    return {"role": "assistant", "content": text}
+
+
+def expect_error(loader, path, *fragments):
+    """The loader must raise DataFormatError naming the file and every fragment (line, field...)."""
+    with pytest.raises(DataFormatError) as e:
+        loader(path)
+    msg = str(e.value)
+    for frag in (path.name, *fragments):
+        assert frag in msg, f"{frag!r} not in {msg!r}"
+
+
+# ---------------------------------------------------------------- SFT
+
+def test_sft_chat_keeps_extra_fields(tmp_path):
+    rec = {"key": 3, "prompt": "hi", "instruction_id_list": [], "kwargs": [],
+           "messages": [{"role": "system", "content": "be brief"}, U("hi"), A("hello")]}
+    assert load_sft(jsonl(tmp_path, [rec, ""])) == [rec]  # the blank line is skipped
+
+
+def test_sft_alpaca_json_array_and_jsonl(tmp_path):
+    recs = [{"instruction": "Add", "input": "2+2", "output": "4"},
+            {"instruction": "Greet", "input": "", "output": "Hi"},
+            {"instruction": "Wave", "output": "*waves*", "id": 7}]
+    want = [{"messages": [U("Add\n\n2+2"), A("4")]}, {"messages": [U("Greet"), A("Hi")]},
+            {"messages": [U("Wave"), A("*waves*")], "id": 7}]
+    array = tmp_path / "alpaca.json"
+    array.write_text(json.dumps(recs, indent=2))
+    assert load_sft(array) == want
+    assert load_sft(jsonl(tmp_path, recs)) == want
+
+
+def test_sft_sharegpt(tmp_path):
+    rec = {"id": "x", "conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q1"},
+                                        {"from": "gpt", "value": "a1"}, {"from": "user", "value": "q2"},
+                                        {"from": "chatgpt", "value": "a2"}]}
+    assert load_sft(jsonl(tmp_path, [rec])) == [{"id": "x", "messages": [
+        {"role": "system", "content": "s"}, U("q1"), A("a1"), U("q2"), A("a2")]}]
+
+
+GOOD = {"messages": [U("q"), A("a")]}
+
+
+@pytest.mark.parametrize("bad, fragments", [
+    ('{"messages": [', ["line 2", "invalid JSON"]),
+    ({"instruction": "x"}, ["line 2", '"output"', "missing"]),
+    ({"instruction": "x", "output": 5}, ["line 2", '"output"', "5"]),
+    ({"messages": [U("q"), {"role": "bot", "content": "a"}]}, ["line 2", '"messages"[1]["role"]', '"bot"']),
+    ({"messages": [U("q"), {"role": "assistant"}]}, ["line 2", '"messages"[1]["content"]', "missing"]),
+    ({"messages": [U("q"), U("q2"), A("a")]}, ["line 2", '"messages"[1]["role"]', "alternate"]),
+    ({"messages": [A("a")]}, ["line 2", '"messages"[0]["role"]']),
+    ({"messages": [U("q")]}, ["line 2", '"messages"', "no assistant"]),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "bing", "value": "a"}]},
+     ["line 2", '"conversations"[1]["from"]', '"bing"']),
+    ({"text": "hello"}, ["line 2", '"text"', "Alpaca"]),
+    ([1, 2], ["line 2", "JSON object"]),
+    ({"messages": [U("q"), {"role": ["user"], "content": "a"}]}, ['"messages"[1]["role"]', "array"]),
+])
+def test_sft_malformed(tmp_path, bad, fragments):
+    expect_error(load_sft, jsonl(tmp_path, [GOOD, bad]), *fragments)
+
+
+def test_json_array_error_names_record_index(tmp_path):
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "a", "output": None}]))
+    expect_error(load_sft, path, "record 1", "JSON array", '"output"', "null")
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n", "[]"])
+def test_empty_files(tmp_path, text):
+    path = tmp_path / "empty.json"
+    path.write_text(text)
+    for loader in (load_sft, load_preferences, load_ifeval_inputs, load_ifeval_responses):
+        expect_error(loader, path, "no records")
+
+
+# ---------------------------------------------------------------- preferences
+
+def test_preferences_trl_forms(tmp_path):
+    recs = [{"prompt": "q", "chosen": "good", "rejected": "bad"},
+            {"prompt": [U("q")], "chosen": [A("good")], "rejected": [A("bad")]},
+            {"prompt": [U("q")], "chosen": [U("q"), A("good")], "rejected": [A("bad")]},
+            {"chosen": [U("q0"), A("a0"), U("q"), A("good")], "rejected": [U("q0"), A("a0"), U("q"), A("bad")]}]
+    got = load_preferences(jsonl(tmp_path, recs))
+    assert got[:3] == [{"prompt": [U("q")], "chosen": "good", "rejected": "bad"}] * 3
+    assert got[3] == {"prompt": [U("q0"), A("a0"), U("q")], "chosen": "good", "rejected": "bad"}
+
+
+def test_preferences_hh(tmp_path):
+    head = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: Tell me a joke."
+    rec = {"chosen": head + "\n\nAssistant: Why did the chicken...", "rejected": head + "\n\nAssistant: No."}
+    assert load_preferences(jsonl(tmp_path, [rec])) == [{
+        "prompt": [U("Hi there"), A("Hello!"), U("Tell me a joke.")],
+        "chosen": "Why did the chicken...", "rejected": "No."}]
+
+
+PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
+
+
+@pytest.mark.parametrize("bad, fragments", [
+    ({"prompt": "q", "chosen": "a"}, ['"rejected"', "missing"]),
+    ({"prompt": "q", "chosen": 1, "rejected": "b"}, ['"chosen"', "1"]),
+    ({"prompt": [U("q"), A("a")], "chosen": "a", "rejected": "b"}, ['"prompt"[1]["role"]', "user"]),
+    ({"prompt": [U("q")], "chosen": [U("q")], "rejected": "b"}, ['"chosen"[0]["role"]', "assistant"]),
+    ({"prompt": [U("q")], "chosen": [U("other"), A("a")], "rejected": "b"}, ['"chosen"', "differ"]),
+    ({"chosen": [U("q"), A("a")], "rejected": [U("p"), A("b")]}, ['"rejected"', "differ"]),
+    ({"chosen": [U("q"), A("a"), U("q2")], "rejected": [U("q"), A("b")]}, ['"chosen"[2]["role"]', "assistant"]),
+    ({"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi\n\nAssistant: b"}, ['"chosen"', "Assistant"]),
+    ({"chosen": "hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}, ['"chosen"', "Human"]),
+    ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: yo\n\nAssistant: b"},
+     ['"rejected"', "differ"]),
+    ({"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: b\n\nAssistant: d"},
+     ['"chosen"', "turn 2"]),
+])
+def test_preferences_malformed(tmp_path, bad, fragments):
+    expect_error(load_preferences, jsonl(tmp_path, [PAIR, PAIR, bad]), "line 3", *fragments)
+
+
+# ---------------------------------------------------------------- IFEval
+
+IFE = {"key": 1000, "instruction_id_list": ["punctuation:no_comma", "length_constraints:number_words"],
+       "prompt": "Write a poem.", "kwargs": [{}, {"relation": "less than", "num_words": 50}]}
+
+
+def test_ifeval_inputs(tmp_path):
+    recs = [IFE, {**IFE, "key": "k2", "messages": [U("x"), A("y")]}]
+    assert load_ifeval_inputs(jsonl(tmp_path, recs)) == recs
+
+
+@pytest.mark.parametrize("bad, fragments", [
+    ({**IFE, "kwargs": [{}]}, ['"kwargs"', "2 objects"]),
+    ({**IFE, "kwargs": [{}, 3]}, ['"kwargs"[1]', "object"]),
+    ({**IFE, "instruction_id_list": ["a", 2], "kwargs": [{}, {}]}, ['"instruction_id_list"[1]']),
+    ({**IFE, "key": True}, ['"key"']),
+    ({k: v for k, v in IFE.items() if k != "prompt"}, ['"prompt"', "missing"]),
+])
+def test_ifeval_inputs_malformed(tmp_path, bad, fragments):
+    expect_error(load_ifeval_inputs, jsonl(tmp_path, [IFE, bad]), "line 2", *fragments)
+
+
+def test_ifeval_responses_round_trip(tmp_path):
+    recs = [{"prompt": "Write a poem.", "response": "Roses — red\nviolets, blue", "extra": 1},
+            {"prompt": "p2", "response": ""}]
+    path = tmp_path / "out" / "responses.jsonl"  # the parent directory is created
+    write_ifeval_responses(path, recs)
+    assert load_ifeval_responses(path) == [{"prompt": r["prompt"], "response": r["response"]} for r in recs]
+    assert list(path.parent.iterdir()) == [path]  # no temp file left behind
+    expect_error(load_ifeval_responses, jsonl(tmp_path, [{"prompt": "p"}]), "line 1", '"response"')
+
+
+def test_read_write_jsonl(tmp_path):
+    path = tmp_path / "x.jsonl"
+    write_jsonl(path, [{"a": 1}, [2], "é"])
+    assert read_jsonl(path) == [{"a": 1}, [2], "é"]
+    path.write_text('{"a": 1}\n\n{"a": \n')
+    with pytest.raises(DataFormatError, match=r"x\.jsonl line 3: invalid JSON"):
+        read_jsonl(path)

@@ -1,0 +1,111 @@
+import torch
+
+from minift.model import GPT, GPTConfig, ScalarModel, last_token_index, pad_left, positions_from_mask, sample_next
+
+CFG = GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=2, n_embd=32)
+
+
+def make_model(seed=0, cls=GPT):
+    torch.manual_seed(seed)
+    return cls(CFG).eval()
+
+
+def test_shapes_and_loss():
+    model = make_model()
+    x = torch.randint(0, 97, (3, 10))
+    logits, loss = model(x)
+    assert logits.shape == (3, 10, 97) and loss is None
+    y = x.clone()
+    y[:, :4] = -1   # ignored positions
+    _, loss = model(x, y)
+    manual = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 97), y[:, 4:].reshape(-1))
+    assert torch.allclose(loss, manual, atol=1e-6)
+    # an untrained model predicts roughly uniformly: loss near log(V)
+    assert abs(loss.item() - torch.log(torch.tensor(97.0)).item()) < 0.5
+
+
+def test_weight_tying_and_residual_init():
+    model = make_model()
+    assert model.lm_head.weight is model.wte.weight
+    std = model.blocks[0].attn.c_proj.weight.std().item()
+    assert abs(std - 0.02 / (2 * CFG.n_layer) ** 0.5) < 0.003
+
+
+def test_causality():
+    """Changing a future token never changes the logits of earlier positions."""
+    model = make_model()
+    x = torch.randint(0, 97, (1, 16))
+    x2 = x.clone()
+    x2[0, 10:] = (x2[0, 10:] + 1) % 97
+    a, _ = model(x)
+    b, _ = model(x2)
+    assert torch.allclose(a[0, :10], b[0, :10], atol=1e-6)
+    assert not torch.allclose(a[0, 10:], b[0, 10:])
+
+
+def test_left_padding_is_exact():
+    """A sequence scores the same alone or left-padded beside a longer one."""
+    model = make_model()
+    seq = [5, 6, 7, 8]
+    alone, _ = model(torch.tensor([seq]))
+    ids, mask = pad_left([seq, list(range(1, 12))], pad_token=0)
+    padded, _ = model(ids, attention_mask=mask)
+    assert torch.allclose(alone[0], padded[0, -4:], atol=1e-5)
+    assert positions_from_mask(mask)[0].tolist() == [0] * 8 + [1, 2, 3]
+
+
+def test_kv_cache_matches_full_recomputation_greedy_mixed_lengths():
+    model = make_model()
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    fast = model.generate(prompts, 30, temperature=0)
+    slow = model.generate(prompts, 30, temperature=0, use_cache=False)
+    assert fast == slow
+    # batching does not change a row's output either
+    assert model.generate(prompts[1:2], 30, temperature=0)[0] == fast[1]
+
+
+def test_kv_cache_logits_match_step_by_step():
+    """Feed tokens one at a time through the cache and compare every logit to one full pass."""
+    from minift.model import KVCache
+    model = make_model()
+    x = torch.randint(0, 97, (2, 12))
+    full, _ = model(x)
+    cache = KVCache(CFG, 2, 12, "cpu", torch.float32)
+    steps = [model(x[:, :5], cache=cache)[0]] + [model(x[:, t:t + 1], cache=cache)[0] for t in range(5, 12)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_kv_cache_sampling_matches_with_same_seed_and_stop_token():
+    model = make_model()
+    prompts = [[3, 4, 5], [6], [7, 8, 9, 10, 11]]
+    kw = dict(temperature=1.0, top_k=20, top_p=0.9, stop_token=13)
+    fast = model.generate(prompts, 25, generator=torch.Generator().manual_seed(1), **kw)
+    slow = model.generate(prompts, 25, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
+    assert fast == slow
+    for row in fast:  # nothing follows the stop token
+        assert 13 not in row[:-1]
+
+
+def test_sample_next_filters():
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]])
+    assert sample_next(logits, temperature=0).item() == 2
+    g = torch.Generator().manual_seed(0)
+    draws = {sample_next(logits, 1.0, top_k=2, generator=g).item() for _ in range(200)}
+    assert draws <= {2, 3} and len(draws) == 2
+    # top_p: token 2 alone holds ~93% of the mass, so p=0.5 keeps only it
+    assert {sample_next(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(50)} == {2}
+
+
+def test_scalar_model_reads_last_real_token_and_ignores_padding():
+    model = make_model(cls=ScalarModel)
+    seqs = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8]]
+    ids, mask = pad_left(seqs, pad_token=0)
+    batched = model.reward(ids, mask)
+    for i, s in enumerate(seqs):
+        t = torch.tensor([s])
+        alone = model.reward(t, torch.ones_like(t))
+        assert torch.allclose(alone, batched[i:i + 1], atol=1e-5)
+    # right padding as well: the reward comes from the last real token, not the pad
+    right = torch.tensor([[5, 6, 7, 0, 0]])
+    assert torch.allclose(model.reward(right, torch.tensor([[1, 1, 1, 0, 0]])), batched[0:1], atol=1e-5)
+    assert last_token_index(torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])).tolist() == [2, 3]
