@@ -1,0 +1,119 @@
+"""
+Talk to any minift checkpoint.
+
+    python sample.py --ckpt=out/tiny/pretrain/ckpt.pt --prompt="Once upon a time"
+    echo "Lily had a red kite." | python sample.py --ckpt=out/tiny/pretrain/ckpt.pt
+    python sample.py --ckpt=out/tiny/sft/ckpt.pt --chat          # multi-turn chat REPL
+    python sample.py --ckpt=out/tiny/reward/ckpt.pt --prompt="Describe a cat." --response="The cat is soft."
+
+A language-model checkpoint (pretrain, SFT, PPO) generates, streaming tokens as they
+come; an SFT or PPO checkpoint answers through the chat template. A reward checkpoint
+scores a (prompt, response) pair, which is a quick way to poke at what it has learned.
+"""
+
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
+from minift.config import cli_config
+from minift.model import ScalarModel
+from minift.tokenizer import StreamDecoder
+
+
+@dataclass
+class Config:
+    ckpt: str = "out/tiny/sft/ckpt.pt"
+    prompt: str = ""            # empty: read it from stdin
+    response: str = ""          # with a reward checkpoint: the response to score
+    chat: bool = False          # multi-turn REPL with the chat template
+    raw: bool = False           # treat an SFT/PPO checkpoint as a plain text continuer
+    num_samples: int = 1
+    max_new_tokens: int = 200
+    temperature: float = 0.8    # 0 = greedy
+    top_k: int = 0              # 0 = off
+    top_p: float = 0.95         # 1.0 = off
+    seed: int = 1337
+    device: str = "cpu"
+
+
+def stream(model, tokenizer, prompt_ids, cfg, stop_token=None, generator=None):
+    """Generate one sample, printing text as soon as its bytes form whole characters."""
+    decoder, out = StreamDecoder(tokenizer), []
+    for tokens in model.generate_stream([prompt_ids], cfg.max_new_tokens, temperature=cfg.temperature,
+                                        top_k=cfg.top_k, top_p=cfg.top_p, stop_token=stop_token,
+                                        pad_token=tokenizer.pad, generator=generator):
+        token = tokens[0].item()
+        if token in (stop_token, tokenizer.eot):
+            break
+        out.append(token)
+        print(decoder.push(token), end="", flush=True)
+    print(decoder.flush())
+    return tokenizer.decode(out)
+
+
+def chat(model, tokenizer, cfg, generator):
+    """A REPL: the whole conversation is re-rendered with the chat template each turn."""
+    print("Chat with the model. Empty line or Ctrl-D to quit, /reset to start over.")
+    messages = []
+    while True:
+        try:
+            user = input("\nyou> ").strip()
+        except EOFError:
+            break
+        if not user:
+            break
+        if user == "/reset":
+            messages = []
+            continue
+        messages.append({"role": "user", "content": user})
+        prompt = tokenizer.render_prompt(messages)
+        if len(prompt) + cfg.max_new_tokens > model.config.block_size:  # keep the latest turns
+            messages = messages[-1:]
+            prompt = tokenizer.render_prompt(messages)[-(model.config.block_size - cfg.max_new_tokens):]
+        print("bot> ", end="", flush=True)
+        reply = stream(model, tokenizer, prompt, cfg, tokenizer.end, generator)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def main(argv=None):
+    cfg = cli_config(Config, argv=argv)
+    ckpt = load_checkpoint(cfg.ckpt, hint="Train one first, e.g. python pipeline.py")
+    tokenizer = tokenizer_for(ckpt, cfg.ckpt)
+    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+
+    if ckpt["kind"] == "reward":
+        model = build_model(ckpt, ScalarModel).to(cfg.device).eval()
+        prompt = cfg.prompt or sys.stdin.read().strip()
+        ids, _ = tokenizer.render_conversation([{"role": "user", "content": prompt},
+                                                {"role": "assistant", "content": cfg.response}])
+        ids = torch.tensor([ids], device=cfg.device)
+        with torch.no_grad():
+            score = model.reward(ids, torch.ones_like(ids)).item()
+        print(f"reward: {score:+.3f}  (normalised: SFT answers average 0 with std 1)")
+        return score
+
+    model = build_model(ckpt).to(cfg.device).eval()
+    is_chat_model = ckpt["kind"] in ("sft", "ppo") and not cfg.raw
+    if cfg.chat:
+        return chat(model, tokenizer, cfg, generator)
+    prompt = cfg.prompt or sys.stdin.read().strip()
+    if is_chat_model:
+        prompt_ids, stop = tokenizer.render_prompt([{"role": "user", "content": prompt}]), tokenizer.end
+    else:
+        prompt_ids, stop = [tokenizer.eot] + tokenizer.encode(prompt), tokenizer.eot
+        print(prompt, end="")
+    samples = []
+    for i in range(cfg.num_samples):
+        if cfg.num_samples > 1:
+            print(f"--- sample {i + 1}")
+        samples.append(stream(model, tokenizer, prompt_ids, cfg, stop, generator))
+    return samples
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

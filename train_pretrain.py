@@ -1,0 +1,197 @@
+"""
+Stage 1 of 4: pretraining. The GPT learns to predict the next token of plain text.
+
+    python data/prepare.py                 # make the corpus and tokenizer (once)
+    python train_pretrain.py               # tiny preset: a few minutes on a laptop CPU
+    python train_pretrain.py --preset=small --compile=True          # one GPU
+    torchrun --nproc_per_node=4 train_pretrain.py --preset=small    # several GPUs (DDP)
+
+Everything the loop does is below, top to bottom: random windows of the token stream,
+AdamW with warmup + cosine decay, gradient accumulation and clipping, periodic
+validation loss, atomic checkpoints, and exact resume (`--resume=True`, the default,
+continues from <out_dir>/ckpt.pt if it exists).
+"""
+
+import json
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from minift.checkpoint import resume_training, save_training_checkpoint
+from minift.config import cli_config, print_config
+from minift.model import GPT, GPTConfig
+from minift.tokenizer import load_tokenizer
+from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime,
+                             lr_at, make_optimizer, set_lr, setup_runtime)
+
+
+@dataclass
+class Config:
+    # I/O
+    out_dir: str = "out/pretrain"
+    data_dir: str = "data/generated/corpus"   # train.bin, val.bin, tokenizer, from data/prepare.py
+    resume: bool = True                        # continue from <out_dir>/ckpt.pt when it exists
+    preset: str = "tiny"
+    # model
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 256
+    dropout: float = 0.0      # no dropout: one pass over lots of data hardly overfits
+    # optimisation
+    batch_size: int = 32      # sequences per micro-batch
+    grad_accum: int = 1       # micro-batches per optimizer step
+    max_steps: int = 600
+    decay_steps: int = 0      # where the cosine ends; 0 means max_steps
+    learning_rate: float = 3e-3   # tiny models tolerate (and need) high rates
+    min_lr: float = 3e-4
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    # evaluation and logging
+    eval_interval: int = 200
+    eval_batches: int = 10
+    log_interval: int = 10
+    # system
+    device: str = "auto"
+    dtype: str = "bfloat16"   # autocast dtype on CUDA; the CPU runs in fp32
+    compile: bool = False     # torch.compile: worth it on a GPU, slow to start on a CPU
+    seed: int = 1337
+
+
+PRESETS = {
+    "micro": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, batch_size=8, max_steps=20,
+                  warmup_steps=5, eval_interval=10, eval_batches=2, log_interval=1),
+    "tiny": dict(),   # the defaults above: ~1M parameters, minutes on 2 CPU cores
+    "small": dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=64, max_steps=5000,
+                  learning_rate=1e-3, min_lr=1e-4, warmup_steps=200, eval_interval=500,
+                  eval_batches=50, dropout=0.0, compile=True),
+}
+
+
+def get_batch(data, batch_size, block_size, generator, device):
+    """Random windows of the token stream: x is a window, y the same window shifted by one.
+    (B, T) int64 each."""
+    starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[s:s + block_size].astype(np.int64)) for s in starts])
+    y = torch.stack([torch.from_numpy(data[s + 1:s + 1 + block_size].astype(np.int64)) for s in starts])
+    return x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def estimate_loss(model, data, cfg, rt):
+    """Mean loss over a fixed set of validation windows (same windows every time, so the
+    curve shows the model changing, not the sample)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    losses = []
+    for _ in range(cfg.eval_batches):
+        x, y = get_batch(data, cfg.batch_size, cfg.block_size, generator, rt.device)
+        with rt.autocast(cfg.dtype):
+            losses.append(model(x, y)[1].item())
+    model.train()
+    return all_reduce_mean(sum(losses) / len(losses), rt)
+
+
+def main(argv=None):
+    cfg = cli_config(Config, PRESETS, argv)
+    rt = setup_runtime(cfg.device, cfg.seed)
+    if rt.master:
+        print_config(cfg)
+
+    # ---- data and tokenizer
+    train_path = os.path.join(cfg.data_dir, "train.bin")
+    if not os.path.exists(train_path):
+        raise SystemExit(f"error: no training data at {train_path}. Run: python data/prepare.py "
+                         f"(or python data/prepare.py --input your_text.txt --out_dir {cfg.data_dir})")
+    with open(os.path.join(cfg.data_dir, "meta.json")) as f:
+        meta = json.load(f)
+    tokenizer = load_tokenizer(meta["tokenizer"])
+    train_data = np.memmap(train_path, dtype=np.uint16, mode="r")
+    val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=np.uint16, mode="r")
+
+    # ---- model, optimizer, and (maybe) the checkpoint to resume from
+    model_config = GPTConfig(vocab_size=tokenizer.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                             n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+    model = GPT(model_config, verbose=rt.master).to(rt.device)
+    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, device_type=rt.device_type)
+    batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    step = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device)["step"]
+        if rt.master:
+            print(f"resuming from {ckpt_path} at step {step}")
+    if cfg.compile:
+        model = torch.compile(model)
+    if rt.ddp:
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+
+    def save(val_loss):
+        save_training_checkpoint(ckpt_path, "pretrain", step, model, optimizer, cfg,
+                                 {"path": meta["tokenizer"], **tokenizer.identity}, batch_rng,
+                                 {"val_loss": val_loss})
+
+    # ---- the training loop
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    decay_steps = cfg.decay_steps or cfg.max_steps
+    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * rt.world_size
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", disable=not rt.master, dynamic_ncols=True)
+    val_loss = None
+    t0 = time.time()
+    with StopRequest() as stop:
+        while step < cfg.max_steps and not stop.requested:
+            lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, decay_steps)
+            set_lr(optimizer, lr)
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, batch_rng, rt.device)
+                # With DDP, gradients are all-reduced on every backward; skip that for all but
+                # the last micro-batch, whose backward then averages the accumulated sum.
+                last = micro == cfg.grad_accum - 1
+                sync = model.no_sync() if rt.ddp and not last else nullcontext()
+                with sync, rt.autocast(cfg.dtype):
+                    _, loss = model(x, y)
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+            check_finite(loss_sum, step, ckpt_path)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            tok_per_s = tokens_per_step * (step - bar.n) / max(time.time() - t0, 1e-9)
+            t0 = time.time()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}")
+            if step % cfg.log_interval == 0:
+                log.log(step=step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s)
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                val_loss = estimate_loss(model, val_data, cfg, rt)
+                log.log(step=step, val_loss=val_loss)
+                bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val_loss:.4f}")
+                if rt.master:
+                    save(val_loss)
+        if stop.requested and rt.master:
+            save(val_loss)
+            print(f"saved {ckpt_path} at step {step}; run the same command again to resume")
+    bar.close()
+    cleanup_runtime(rt)
+    return {"step": step, "val_loss": val_loss}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # a clear one-line reason for the errors we expect
+        from minift.training import NonFiniteLoss
+        if isinstance(e, (NonFiniteLoss, FileNotFoundError, ValueError)):
+            sys.exit(f"error: {e}")
+        raise
