@@ -1,0 +1,100 @@
+"""The pretraining script end to end: loss goes down, exact resume, the NaN guard,
+Ctrl-C, DDP on the CPU with gloo, and sampling from the result."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_pretrain
+from conftest import ROOT, read_metrics
+from minift.checkpoint import load_checkpoint
+from minift.training import NonFiniteLoss
+
+MICRO = ["--preset=micro", "--device=cpu"]
+
+
+def losses(out_dir):
+    return {m["step"]: m["loss"] for m in read_metrics(out_dir) if "loss" in m}
+
+
+def test_resume_continues_exactly(corpus_dir, tmp_path):
+    common = MICRO + [f"--data_dir={corpus_dir}", "--max_steps=8", "--log_interval=1", "--eval_interval=100"]
+    full = str(tmp_path / "full")
+    train_pretrain.main(common + [f"--out_dir={full}"])
+    split = str(tmp_path / "split")
+    # stop at step 4 with the same schedule (decay_steps fixes the cosine), then resume to 8
+    train_pretrain.main(common + [f"--out_dir={split}", "--max_steps=4", "--decay_steps=8"])
+    assert load_checkpoint(os.path.join(split, "ckpt.pt"))["step"] == 4
+    train_pretrain.main(common + [f"--out_dir={split}"])
+    a, b = losses(full), losses(split)
+    assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]  # bit-for-bit identical
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus_dir, tmp_path, monkeypatch):
+    out = str(tmp_path / "nan")
+    args = MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--eval_interval=3"]
+    train_pretrain.main(args + ["--max_steps=3"])
+    good = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    real_ce = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):  # the 2nd training step after resuming produces a NaN loss
+        calls["n"] += 1
+        loss = real_ce(*a, **k)
+        return loss * float("nan") if calls["n"] == 2 else loss
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 4"):
+        train_pretrain.main(args + ["--max_steps=10"])
+    after = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert after["step"] == 3
+    assert all(torch.equal(good["model"][k], after["model"][k]) for k in good["model"])
+
+
+def run_script(args, **kw):
+    return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=240, **kw)
+
+
+def test_end_to_end_loss_goes_down_then_sample(corpus_dir, tmp_path):
+    out = str(tmp_path / "e2e")
+    r = run_script(["train_pretrain.py"] + MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}",
+                                                    "--max_steps=40", "--learning_rate=1e-2"])
+    assert r.returncode == 0, r.stderr
+    curve = losses(out)
+    first, last = curve[min(curve)], curve[max(curve)]
+    assert last < first - 1.0, curve
+    r = run_script(["sample.py", f"--ckpt={out}/ckpt.pt", "--prompt=Once upon a time", "--max_new_tokens=20"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Once upon a time") and len(r.stdout) > len("Once upon a time") + 5
+
+
+def test_ctrl_c_saves_a_checkpoint(corpus_dir, tmp_path):
+    out = str(tmp_path / "sigint")
+    proc = subprocess.Popen([sys.executable, "train_pretrain.py"] + MICRO +
+                            [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--max_steps=100000",
+                             "--eval_interval=100000"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(metrics) and len(read_metrics(out)) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    step = load_checkpoint(os.path.join(out, "ckpt.pt"))["step"]
+    assert 3 <= step < 100000 and f"at step {step}" in output
+
+
+def test_ddp_two_cpu_processes_with_gloo(corpus_dir, tmp_path):
+    out = str(tmp_path / "ddp")
+    r = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_pretrain.py"]
+                   + MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--max_steps=6"],
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ckpt["step"] == 6
+    # only rank 0 writes the log: one line per step, not two
+    assert len([m for m in read_metrics(out) if "loss" in m]) == 6

@@ -1,0 +1,338 @@
+"""
+Stage 4 of 4: RLHF with PPO (Schulman et al. 2017), as in InstructGPT (Ouyang et al. 2022).
+The SFT policy writes answers, a frozen reward model scores them, and PPO nudges the
+policy toward higher scores while a per-token KL penalty keeps it close to the SFT model.
+
+    python train_ppo.py                      # tiny preset, from out/sft and out/reward
+    python train_ppo.py --reward=gold        # reward straight from the checkers (RLVR-style)
+
+One iteration, top to bottom in `main`:
+  1. rollout: sample answers to a batch of prompts (KV cache, temperature T);
+  2. score: reward model (or gold checker) at the last token, minus a KL penalty per token;
+  3. advantages: GAE over the answer tokens, whitened;
+  4. optimise: K epochs over M minibatches of the clipped PPO objective, policy and critic.
+Every detail is commented with its source. "N+" below is "The N Implementation Details
+of RLHF with PPO" (Huang et al. 2024); Ziegler is "Fine-Tuning Language Models from Human
+Preferences" (Ziegler et al. 2019, OpenAI's lm-human-preferences).
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from minift.checkpoint import build_model, load_checkpoint, resume_training, save_training_checkpoint, tokenizer_for
+from minift.config import cli_config, print_config
+from minift.evaluation import evaluate_records
+from minift.formats import load_ifeval_inputs
+from minift.gold import gold_reward
+from minift.model import ScalarModel, pad_left
+from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
+
+
+@dataclass
+class Config:
+    # I/O
+    out_dir: str = "out/ppo"
+    sft_ckpt: str = "out/sft/ckpt.pt"
+    reward_ckpt: str = "out/reward/ckpt.pt"
+    prompts: str = "data/generated/sft/rl_prompts.jsonl"
+    eval_data: str = "data/generated/sft/test.jsonl"
+    reward: str = "model"            # "model": the learned reward model; "gold": the checkers directly
+    resume: bool = True
+    preset: str = "tiny"
+    # rollouts
+    iterations: int = 30             # rollout + optimisation rounds
+    rollout_batch: int = 64          # prompts per rollout
+    max_new_tokens: int = 96
+    temperature: float = 0.7         # OpenAI, N+ and TRL sample at 0.7, with no top-k/top-p
+    missing_eos_penalty: float = 1.0 # subtracted from the score of an answer that never ends
+    # rewards
+    kl_coef: float = 0.05            # beta: N+ and TRL use 0.05 (InstructGPT 0.02)
+    adaptive_kl: bool = False        # Ziegler's proportional controller toward kl_target
+    kl_target: float = 3.0           # nats per answer (our answers are short)
+    kl_horizon: int = 10000
+    whiten_rewards: bool = False     # scale scores per batch (N+); needs batches of >= 8
+    # PPO
+    ppo_epochs: int = 4              # OpenAI and N+ use 4
+    num_minibatches: int = 4
+    gamma: float = 1.0               # no discounting within an answer (all sources)
+    lam: float = 0.95                # GAE lambda (OpenAI, N+, TRL)
+    clip_range: float = 0.2          # policy ratio clip
+    value_clip: float = 0.2
+    vf_coef: float = 0.1             # OpenAI, TRL
+    learning_rate: float = 5e-5      # annealed linearly to 0 over the run
+    adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
+    grad_clip: float = 1.0
+    # evaluation and logging
+    eval_interval: int = 10
+    eval_examples: int = 200
+    seed: int = 1337
+    device: str = "auto"
+
+
+PRESETS = {
+    "micro": dict(iterations=3, rollout_batch=8, max_new_tokens=16, num_minibatches=2, ppo_epochs=2,
+                  eval_interval=3, eval_examples=8),
+    "tiny": dict(),
+    "small": dict(iterations=200, rollout_batch=256, max_new_tokens=128, learning_rate=1e-5, eval_examples=500),
+}
+
+
+# ---------------------------------------------------------------------------- the math
+def masked_mean(x, mask, dim=None):
+    return (x * mask).sum() / mask.sum() if dim is None else (x * mask).sum(dim) / mask.sum(dim)
+
+
+def masked_whiten(x, mask, shift_mean=True):
+    """Normalise to unit variance over the valid tokens only (padding must not count).
+    Advantages are whitened with the mean removed; rewards keep their mean (N+ detail)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    white = (x - mean) * torch.rsqrt(var + 1e-8)
+    return white if shift_mean else white + mean
+
+
+def answer_logprobs(model, seq, attn, prompt_len, temperature):
+    """Log-probabilities (B, N) of the answer tokens seq[:, P:], and the logits they came from.
+    Logits at position t predict token t+1, so positions P-1 .. P+N-2 score the answer.
+    The logits are divided by the *sampling* temperature: otherwise the ratio and the KL
+    compare a different distribution from the one we sampled (N+; KL rises too fast)."""
+    logits, _ = model(seq, attention_mask=attn)
+    logits = logits[:, prompt_len - 1:-1].float() / temperature                 # (B, N, V)
+    logp = F.log_softmax(logits, dim=-1).gather(-1, seq[:, prompt_len:].unsqueeze(-1)).squeeze(-1)
+    return logp, logits
+
+
+def token_rewards(score, logprobs, ref_logprobs, mask, kl_coef):
+    """Per-token reward: r_t = -beta * (log pi(a_t) - log pi_ref(a_t)), plus the sequence
+    score on the last real answer token (Ziegler eq. 2; InstructGPT eq. 2). Returns
+    (rewards (B, N), kl (B, N)). Padding after the end token gets nothing."""
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = mask.sum(1).long() - 1                                               # (B,)
+    rewards[torch.arange(len(score)), last] += score   # at the <|end|>, never at a PAD position
+    return rewards, kl
+
+
+def gae(rewards, values, mask, gamma, lam):
+    """Generalised Advantage Estimation (Schulman et al. 2016):
+        delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lam * A_{t+1}.
+    Values past the answer's end are zeroed, so the last real token bootstraps from 0:
+    the episode ends there. Returns (advantages, returns = A + V), both (B, N)."""
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        next_value = values[:, t + 1] if t + 1 < rewards.size(1) else torch.zeros_like(next_adv)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = (delta + gamma * lam * next_adv) * mask[:, t]
+        advantages[:, t] = next_adv
+    return advantages, advantages + values
+
+
+def ppo_losses(new_logp, old_logp, advantages, new_values, old_values, returns, mask, cfg):
+    """The clipped surrogate objective (PPO eq. 7) and the clipped value loss (OpenAI's
+    baselines, kept by N+ and TRL). Returns (policy loss, value loss, stats)."""
+    log_ratio = new_logp - old_logp
+    ratio = log_ratio.exp()
+    pg_loss = masked_mean(torch.max(-advantages * ratio,
+                                    -advantages * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)), mask)
+    clipped_values = old_values + (new_values - old_values).clamp(-cfg.value_clip, cfg.value_clip)
+    vf_loss = 0.5 * masked_mean(torch.max((new_values - returns) ** 2, (clipped_values - returns) ** 2), mask)
+    with torch.no_grad():
+        stats = {"ratio": masked_mean(ratio, mask).item(),
+                 # k3 estimator of KL(old || new) (Schulman, "Approximating KL divergence")
+                 "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item(),
+                 "clipfrac": masked_mean(((ratio - 1).abs() > cfg.clip_range).float(), mask).item()}
+    return pg_loss, vf_loss, stats
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019, sec. 2.2: raise beta when the KL overshoots the target, lower it
+    when it undershoots, by at most 20% of the error per horizon of samples."""
+
+    def __init__(self, init, target, horizon):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, kl, n_samples):
+        error = max(-0.2, min(0.2, kl / self.target - 1))
+        self.value *= 1 + error * n_samples / self.horizon
+
+
+# ---------------------------------------------------------------------------- rollouts
+@torch.no_grad()
+def rollout(policy, tokenizer, records, cfg, generator, device):
+    """Sample one answer per prompt. Returns the left-padded prompt + right-padded answer
+    batch and its masks; the same positions (from the mask) are used at training time."""
+    prompts = [tokenizer.render_prompt([{"role": "user", "content": r["prompt"]}]) for r in records]
+    prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad, device)             # (B, P)
+    answers = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
+                              stop_token=tokenizer.end, pad_token=tokenizer.pad, generator=generator)
+    N = max(len(a) for a in answers)
+    answer_ids = torch.full((len(answers), N), tokenizer.pad, dtype=torch.long)
+    answer_mask = torch.zeros((len(answers), N))
+    for i, a in enumerate(answers):
+        answer_ids[i, :len(a)] = torch.tensor(a)
+        answer_mask[i, :len(a)] = 1   # up to and including <|end|>; everything after is masked
+    ended = torch.tensor([a[-1] == tokenizer.end for a in answers], dtype=torch.float)
+    texts = [tokenizer.decode(a[:-1] if a[-1] == tokenizer.end else a).strip() for a in answers]
+    seq = torch.cat([prompt_ids, answer_ids.to(device)], 1)                         # (B, P+N)
+    attn = torch.cat([prompt_mask, answer_mask.long().to(device)], 1)
+    return seq, attn, answer_mask.to(device), ended.to(device), texts
+
+
+def main(argv=None):
+    cfg = cli_config(Config, PRESETS, argv)
+    rt = setup_runtime(cfg.device, cfg.seed)
+    print_config(cfg)
+    device = rt.device
+
+    # ---- four models. Dropout is off in all of them (Ziegler, N+): with dropout, the
+    # log-probabilities of the rollout and of the update would differ by noise alone.
+    sft = load_checkpoint(cfg.sft_ckpt, hint="Run SFT first: python train_sft.py")
+    sft["model_config"]["dropout"] = 0.0
+    tokenizer = tokenizer_for(sft, cfg.sft_ckpt)
+    policy = build_model(sft).to(device)          # trained; starts as the SFT model
+    reference = build_model(sft).to(device)       # frozen SFT copy, anchor of the KL penalty
+    if cfg.reward == "model":
+        rm_ckpt = load_checkpoint(cfg.reward_ckpt, hint="Train the reward model first: python train_reward.py")
+        rm_ckpt["model_config"]["dropout"] = 0.0
+        reward_model = build_model(rm_ckpt, ScalarModel).to(device)
+        # The critic starts as a copy of the reward model (InstructGPT, N+, TRL): it already
+        # knows what a good answer looks like, so its early value estimates are useful.
+        value_model = build_model(rm_ckpt, ScalarModel).to(device)
+    elif cfg.reward == "gold":
+        reward_model = None
+        # No reward model to copy: the critic is the SFT transformer with a zero value head,
+        # so it predicts 0 until it learns (OpenAI's value-head init).
+        value_model = build_model(sft, ScalarModel, head_std=0.0).to(device)
+    else:
+        raise SystemExit(f"error: --reward must be 'model' or 'gold', got {cfg.reward!r}")
+    for frozen in (reference, reward_model):
+        if frozen is not None:
+            frozen.eval().requires_grad_(False)
+    policy.eval()       # eval mode = no dropout; gradients still flow
+    value_model.eval()
+
+    records = load_ifeval_inputs(cfg.prompts)
+    eval_records = load_ifeval_inputs(cfg.eval_data)[:cfg.eval_examples] if cfg.eval_data else []
+    params = list(policy.parameters()) + list(value_model.parameters())
+    # One Adam over both networks: Adam adapts per parameter, so this equals two optimizers
+    # with one learning rate. eps 1e-5 as N+ (TensorFlow's placement differs from PyTorch's).
+    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    it = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        ckpt = resume_training(ckpt_path, policy, optimizer, generator, device)
+        value_model.load_state_dict(ckpt["value_model"])
+        it, kl_ctl.value = ckpt["step"], ckpt["kl_coef"]
+        print(f"resuming from {ckpt_path} at iteration {it}")
+
+    def score_answers(seq, attn, texts, batch):
+        """The sequence-level score of each answer: the reward model's normalised output at
+        the last real token, or the gold checker's. Both are logged; only one is optimised."""
+        gold = torch.tensor([gold_reward(r["prompt"], t, r["instruction_id_list"], r["kwargs"])
+                             for r, t in zip(batch, texts)], device=device)
+        rm = reward_model.reward(seq, attn) if reward_model is not None else gold
+        return (rm if cfg.reward == "model" else gold), rm, gold
+
+    def save(metrics):
+        save_training_checkpoint(ckpt_path, "ppo", it, policy, optimizer, cfg, sft["tokenizer"], generator,
+                                 metrics, value_model=value_model.state_dict(), kl_coef=kl_ctl.value)
+
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"))
+    bar = tqdm(total=cfg.iterations, initial=it, desc="ppo", dynamic_ncols=True)
+    metrics = {}
+    with StopRequest() as stop:
+        while it < cfg.iterations and not stop.requested:
+            # ---- 1. rollout
+            picks = torch.randperm(len(records), generator=generator, device=device)[:cfg.rollout_batch]
+            batch = [records[i] for i in picks.tolist()]
+            seq, attn, mask, ended, texts = rollout(policy, tokenizer, batch, cfg, generator, device)
+            P = seq.size(1) - mask.size(1)
+            with torch.no_grad():
+                # ---- 2. score. Old log-probs and values are stored once, before any update.
+                old_logp, _ = answer_logprobs(policy, seq, attn, P, cfg.temperature)
+                ref_logp, _ = answer_logprobs(reference, seq, attn, P, cfg.temperature)
+                # V(s_t) is read at the token before answer token t: positions P-1 .. P+N-2.
+                old_values = value_model(seq, attn)[:, P - 1:-1] * mask
+                score, rm_score, gold = score_answers(seq, attn, texts, batch)
+                # The "EOS trick" (N+, TRL's missing_eos_penalty): an answer cut off at
+                # max_new_tokens is penalised, or the policy learns to ramble.
+                score = score - cfg.missing_eos_penalty * (1 - ended)
+                if cfg.whiten_rewards:
+                    score = masked_whiten(score, torch.ones_like(score), shift_mean=False)
+                rewards, kl = token_rewards(score, old_logp, ref_logp, mask, kl_ctl.value)
+                # ---- 3. advantages, whitened over valid tokens (all sources)
+                advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+                advantages = masked_whiten(advantages, mask)
+
+            # ---- 4. optimise: K epochs over M shuffled minibatches, learning rate annealed
+            # linearly to 0 over the run (CleanRL, N+)
+            set_lr(optimizer, cfg.learning_rate * (1 - it / cfg.iterations))
+            B, mb_size = seq.size(0), seq.size(0) // cfg.num_minibatches
+            stats = []
+            for epoch in range(cfg.ppo_epochs):
+                order = torch.randperm(B, generator=generator, device=device)
+                for start in range(0, B - mb_size + 1, mb_size):
+                    mb = order[start:start + mb_size]
+                    new_logp, logits = answer_logprobs(policy, seq[mb], attn[mb], P, cfg.temperature)
+                    new_values = value_model(seq[mb], attn[mb])[:, P - 1:-1]
+                    pg_loss, vf_loss, st = ppo_losses(new_logp, old_logp[mb], advantages[mb], new_values,
+                                                      old_values[mb], returns[mb], mask[mb], cfg)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    check_finite(loss.item(), it, ckpt_path)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    # Clip each network on its own, so the critic's large early gradients
+                    # cannot shrink the policy's step.
+                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    with torch.no_grad():
+                        p = logits.softmax(-1)
+                        st["entropy"] = masked_mean(-(p * p.clamp_min(1e-12).log()).sum(-1), mask[mb]).item()
+                    stats.append(st | {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item()})
+            it += 1
+
+            # ---- logging: the KL to the reference is summed over an answer's tokens (nats)
+            kl_per_answer = kl.sum(1).mean().item()
+            if cfg.adaptive_kl:
+                kl_ctl.update(kl_per_answer, B)
+            metrics = {"iteration": it, "rm_score": rm_score.mean().item(), "gold": gold.mean().item(),
+                       "kl": kl_per_answer, "kl_coef": kl_ctl.value, "length": mask.sum(1).mean().item(),
+                       "end_rate": ended.mean().item(),
+                       **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
+                       "first_ratio": stats[0]["ratio"]}
+            if it % cfg.eval_interval == 0 or it == cfg.iterations:
+                if eval_records:
+                    ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
+                    metrics["eval_prompt_strict"] = ev["prompt_strict"]
+                save(metrics)
+            log.log(**metrics)
+            bar.update(1)
+            bar.set_postfix(rm=f"{metrics['rm_score']:.2f}", gold=f"{metrics['gold']:.2f}",
+                            kl=f"{metrics['kl']:.2f}", clip=f"{metrics['clipfrac']:.3f}")
+        if stop.requested:
+            save(metrics)
+            print(f"saved {ckpt_path} at iteration {it}; run the same command again to resume")
+    bar.close()
+    cleanup_runtime(rt)
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:
+        from minift.formats import DataFormatError
+        from minift.training import NonFiniteLoss
+        if isinstance(e, (NonFiniteLoss, FileNotFoundError, DataFormatError, ValueError)):
+            sys.exit(f"error: {e}")
+        raise

@@ -1,0 +1,202 @@
+"""
+Stage 2 of 4: supervised fine-tuning (SFT). The pretrained GPT learns to answer
+instructions from example conversations.
+
+    python data/make_sft.py          # instruction data with verifiable instructions (once)
+    python train_sft.py              # tiny preset, starts from out/pretrain/ckpt.pt
+    python train_sft.py --data=alpaca_data.json --init_from=out/pretrain/ckpt.pt   # your own data
+
+The loop is the pretraining loop with two changes:
+  1. A batch is a set of whole conversations rendered with the chat template, instead of
+     random windows of a token stream.
+  2. The loss only counts the assistant's tokens (and the <|end|> that closes each reply):
+     the model should learn to *answer*, not to imitate users (InstructGPT; the mask comes
+     from Tokenizer.render_conversation and is tested exactly).
+Every `eval_interval` steps it measures instruction-following accuracy by generating
+answers to held-aside prompts and checking them in code.
+"""
+
+import os
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from minift.checkpoint import (build_model, load_checkpoint, resume_training, save_training_checkpoint,
+                               tokenizer_for)
+from minift.config import cli_config, print_config
+from minift.evaluation import evaluate_records
+from minift.formats import load_sft
+from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
+                             set_lr, setup_runtime)
+
+
+@dataclass
+class Config:
+    # I/O
+    out_dir: str = "out/sft"
+    init_from: str = "out/pretrain/ckpt.pt"          # the pretrained checkpoint
+    data: str = "data/generated/sft/train.jsonl"     # chat messages JSONL, Alpaca JSON or ShareGPT
+    eval_data: str = "data/generated/sft/test.jsonl" # IFEval-style records ("" to skip)
+    resume: bool = True
+    preset: str = "tiny"
+    # optimisation
+    batch_size: int = 32           # conversations per micro-batch
+    grad_accum: int = 1
+    max_steps: int = 800
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.0      # short fine-tune from a good init: decay buys nothing
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    # evaluation and logging
+    eval_interval: int = 200
+    eval_examples: int = 200       # prompts scored at each evaluation
+    max_new_tokens: int = 128
+    log_interval: int = 10
+    # system
+    device: str = "auto"
+    dtype: str = "bfloat16"
+    compile: bool = False
+    seed: int = 1337
+
+
+PRESETS = {
+    "micro": dict(batch_size=8, max_steps=20, warmup_steps=2, eval_interval=10, eval_examples=8,
+                  max_new_tokens=32, log_interval=1),
+    "tiny": dict(),
+    "small": dict(batch_size=64, max_steps=3000, learning_rate=3e-4, min_lr=3e-5, warmup_steps=100,
+                  eval_interval=500, eval_examples=500, compile=True),
+}
+
+
+def render_dataset(records, tokenizer, block_size):
+    """Render every conversation once up front: (ids, loss mask) pairs. Conversations
+    longer than the context are dropped, and counted so the user knows."""
+    rendered = [tokenizer.render_conversation(r["messages"]) for r in records]
+    kept = [(ids, mask) for ids, mask in rendered if len(ids) <= block_size + 1]
+    return kept, len(rendered) - len(kept)
+
+
+def get_batch(examples, batch_size, pad_token, generator, device):
+    """Sample conversations and right-pad them to the longest one in the batch.
+
+    Padded rather than packed: our conversations are short and similar in length, so
+    padding wastes little, while packing several into one row would let a reply attend
+    to an unrelated earlier conversation unless we also built block-diagonal masks.
+    Right padding needs no attention mask at all: causal attention already keeps every
+    real token from seeing the padding that follows it.
+    Returns x, y of shape (B, L); y is -1 (ignored by the loss) wherever mask is 0."""
+    picks = torch.randint(len(examples), (batch_size,), generator=generator).tolist()
+    L = max(len(examples[i][0]) for i in picks) - 1
+    x = torch.full((batch_size, L), pad_token, dtype=torch.long)
+    y = torch.full((batch_size, L), -1, dtype=torch.long)
+    for row, i in enumerate(picks):
+        ids, mask = examples[i]
+        ids, mask = torch.tensor(ids), torch.tensor(mask)
+        n = len(ids) - 1
+        x[row, :n] = ids[:-1]
+        # target t is token t+1; it counts only if token t+1 belongs to an assistant reply
+        y[row, :n] = torch.where(mask[1:] == 1, ids[1:], torch.tensor(-1))
+    return x.to(device), y.to(device)
+
+
+def main(argv=None):
+    cfg = cli_config(Config, PRESETS, argv)
+    rt = setup_runtime(cfg.device, cfg.seed)
+    if rt.master:
+        print_config(cfg)
+
+    # ---- the pretrained model and its tokenizer
+    init = load_checkpoint(cfg.init_from, hint="Pretrain first: python train_pretrain.py")
+    tokenizer = tokenizer_for(init, cfg.init_from)
+    init["model_config"]["dropout"] = cfg.dropout
+    model = build_model(init).to(rt.device)
+    block_size = model.config.block_size
+
+    # ---- data: conversations (any supported format), rendered with the chat template
+    examples, dropped = render_dataset(load_sft(cfg.data), tokenizer, block_size)
+    eval_records = load_sft(cfg.eval_data)[:cfg.eval_examples] if cfg.eval_data else []
+    if rt.master:
+        n_target = sum(sum(m) for _, m in examples)
+        print(f"{len(examples)} conversations from {cfg.data} ({dropped} longer than {block_size} "
+              f"tokens dropped), {n_target / len(examples):.1f} answer tokens each on average")
+
+    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, device_type=rt.device_type)
+    batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    step = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device)["step"]
+        if rt.master:
+            print(f"resuming from {ckpt_path} at step {step}")
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if rt.ddp:
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+
+    def evaluate():
+        """Instruction-following accuracy on eval prompts, greedy, checked in code."""
+        metrics, _ = evaluate_records(raw_model, tokenizer, eval_records, cfg.max_new_tokens)
+        return {k: metrics[k] for k in ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")}
+
+    def save(metrics):
+        save_training_checkpoint(ckpt_path, "sft", step, model, optimizer, cfg, init["tokenizer"], batch_rng,
+                                 metrics, init_from=cfg.init_from)
+
+    # ---- the training loop
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="sft", disable=not rt.master, dynamic_ncols=True)
+    metrics = {}
+    with StopRequest() as stop:
+        while step < cfg.max_steps and not stop.requested:
+            lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            set_lr(optimizer, lr)
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                x, y = get_batch(examples, cfg.batch_size, tokenizer.pad, batch_rng, rt.device)
+                last = micro == cfg.grad_accum - 1
+                with (model.no_sync() if rt.ddp and not last else nullcontext()), rt.autocast(cfg.dtype):
+                    _, loss = model(x, y)   # mean over answer tokens only (y = -1 elsewhere)
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+            check_finite(loss_sum, step, ckpt_path)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", **{k[:6]: f"{v:.2f}" for k, v in metrics.items()
+                                                                       if k == "prompt_strict"})
+            if step % cfg.log_interval == 0:
+                log.log(step=step, loss=loss_sum, lr=lr, grad_norm=grad_norm)
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                if rt.master:
+                    metrics = evaluate() if eval_records else {}
+                    log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
+                    bar.write(f"step {step}: loss {loss_sum:.4f}, " +
+                              ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                    save(metrics)
+        if stop.requested and rt.master:
+            save(metrics)
+            print(f"saved {ckpt_path} at step {step}; run the same command again to resume")
+    bar.close()
+    cleanup_runtime(rt)
+    return {"step": step, **metrics}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:
+        from minift.formats import DataFormatError
+        from minift.training import NonFiniteLoss
+        if isinstance(e, (NonFiniteLoss, FileNotFoundError, DataFormatError, ValueError)):
+            sys.exit(f"error: {e}")
+        raise
