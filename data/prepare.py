@@ -1,0 +1,288 @@
+"""Prepare pretraining data: documents -> tokenizer -> train.bin / val.bin.
+
+    python data/prepare.py                          # generated story world: 4 MB, seed 1337
+    python data/prepare.py --size_mb 500            # much bigger, for GPU runs (streams: memory stays small)
+    python data/prepare.py --input shakespeare.txt  # any text file, or a folder of *.txt files
+    python data/prepare.py --input stories/ --tokenizer gpt2
+
+Writes into --out_dir (default data/generated/corpus):
+    train.bin, val.bin   every document as [<|endoftext|>, its tokens...], back to back, as uint16
+                         (read them with np.memmap(path, dtype=np.uint16, mode="r"))
+    tokenizer.tiktoken   the BPE we trained (not written with --tokenizer gpt2)
+    meta.json            sizes, token counts, tokenizer spec and hash, timings, distinct-3-gram ratio
+
+Documents. The default corpus is minift/world.py's stories. A user text file is split into
+documents on `<|endoftext|>` markers if its first MB has one (TinyStories uses them), otherwise
+on blank lines (paragraphs; a Shakespeare speech). A document longer than 64 KB is cut at the
+next line end, so even a file without blank lines gives many documents. Every 20th document
+(the 2nd, 22nd, ...) goes to val.bin: ~5%, deterministic, and spread over the whole text.
+
+Streaming. Documents are produced, tokenized and appended to the .bin files in chunks of ~1 MB,
+so a corpus of hundreds of millions of tokens never sits in memory as Python ints. Only the
+tokenizer's training sample (the first --bpe_mb MB of training text) is held at once.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from itertools import chain
+from pathlib import Path
+
+# Run as `python data/prepare.py` from the repo root: Python then puts data/ (not the root) on
+# sys.path, so `import minift` would fail. Adding the root fixes it; importing it is unaffected.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from minift import world  # noqa: E402
+from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
+
+EOT_MARKER = "<|endoftext|>"
+VAL_EVERY = 20  # document i goes to val when i % VAL_EVERY == 1
+MAX_DOC_CHARS = 64_000
+CHUNK_BYTES = 1_000_000  # tokenize and write this much text at a time
+NGRAM_SAMPLE_BYTES = 1_000_000  # the distinct-3-gram ratio depends on sample size: fix it
+
+
+# --------------------------------------------------------------------------------------------------
+# Document sources: each is a generator of strings.
+
+def generated_documents(seed: int, n_bytes: int):
+    """The story world's documents until about n_bytes of text."""
+    total = 0
+    for doc in world.iter_documents(seed):
+        if total >= n_bytes:
+            return
+        yield doc
+        total += len(doc) + 1
+
+
+def input_files(path: str) -> list[Path]:
+    """A file, or all *.txt files under a folder (sorted, so the order is reproducible)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--input {path!r} does not exist")
+    files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
+    if not files:
+        raise ValueError(f"--input {path!r} is a folder without any *.txt file")
+    return files
+
+
+def file_documents(path: Path):
+    """Split one text file into documents, streaming it line by line (see the module docstring)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        by_marker = EOT_MARKER in f.read(1_000_000)
+    doc, size = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            for k, piece in enumerate(line.split(EOT_MARKER) if by_marker else [line]):
+                if k > 0:  # a marker ends the document
+                    yield from _emit(doc)
+                    size = 0
+                doc.append(piece)
+                size += len(piece)
+                blank_line = not by_marker and not piece.strip()
+                if blank_line or size > MAX_DOC_CHARS:
+                    yield from _emit(doc)
+                    size = 0
+    yield from _emit(doc)
+
+
+def _emit(doc: list[str]):
+    """Yield the collected lines as one document (unless it is empty) and start a new one."""
+    text = "".join(doc).strip()
+    doc.clear()
+    if text:
+        yield text
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+
+def distinct_ngram_ratio(text: str, n: int = 3) -> float:
+    """Distinct word n-grams / all word n-grams: 1.0 = nothing repeats; near 0 = a few templates."""
+    words = re.findall(r"\w+(?:'\w+)?", text.lower())
+    grams = list(zip(*(words[i:] for i in range(n))))
+    return len(set(grams)) / max(1, len(grams))
+
+
+class _Timed:
+    """Wrap an iterator and add up the seconds spent inside it (generation time is interleaved
+    with tokenizing, so we time it this way)."""
+
+    def __init__(self, it):
+        self.it, self.seconds = iter(it), 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+def _chunks(docs, n_bytes):
+    """Group documents into lists of about n_bytes of text."""
+    chunk, size = [], 0
+    for doc in docs:
+        chunk.append(doc)
+        size += len(doc)
+        if size >= n_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+# --------------------------------------------------------------------------------------------------
+
+def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: int = 1337,
+            vocab_size: int = 2048, tokenizer: str | None = None, bpe_mb: float = 8.0,
+            verbose: bool = True) -> dict:
+    """Build train.bin, val.bin, tokenizer.tiktoken and meta.json in out_dir; returns the meta.
+
+    input: None = generate size_mb MB (10^6 bytes) of story-world text from `seed`; else a text
+    file or folder (size_mb is then ignored: all of it is used).
+    tokenizer: None = train a BPE of vocab_size tokens (plus 5 specials) on the first bpe_mb MB
+    of training text; "gpt2" = tiktoken's GPT-2 encoding; a path = an existing .tiktoken file.
+    """
+    log = print if verbose else (lambda *a, **k: None)
+    t_start = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    if input is None:
+        source = f"generated (minift.world, seed {seed})"
+        docs = _Timed(generated_documents(seed, int(size_mb * 1e6)))
+    else:
+        source = os.path.abspath(input)
+        docs = _Timed(chain.from_iterable(file_documents(p) for p in input_files(input)))
+
+    # 1) Tokenizer. To train one we need a sample first: read documents until we have bpe_mb MB
+    # of training text, keep them, and tokenize them later like the rest of the stream.
+    head: list[str] = []
+    t_tok = time.perf_counter()
+    if tokenizer is None:
+        sample, size = [], 0
+        for i, doc in enumerate(docs):
+            head.append(doc)
+            if i % VAL_EVERY != 1:  # train on training documents only
+                sample.append(doc)
+                size += len(doc)
+            if size >= bpe_mb * 1e6:
+                break
+        if not head:
+            raise ValueError(f"no text found in {input!r}")
+        t_tok = time.perf_counter()
+        ranks = train_bpe("\n".join(sample or head), vocab_size)
+        tok_path = os.path.join(out_dir, "tokenizer.tiktoken")
+        save_ranks(tok_path, ranks)
+        tok_spec = tok_path
+        tok = load_tokenizer(tok_path)
+    elif tokenizer == "gpt2":
+        tok, tok_spec = load_tokenizer("gpt2"), "gpt2"  # offline this raises a clear error
+    else:
+        tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
+        tok = load_tokenizer(tokenizer)
+        if os.path.abspath(tokenizer) != os.path.abspath(tok_spec):  # keep a copy beside the data
+            shutil.copyfile(tokenizer, tok_spec)
+    tokenizer_seconds = time.perf_counter() - t_tok
+    assert tok.n_vocab <= 65536, f"{tok.n_vocab} tokens do not fit in uint16"
+    log(f"tokenizer: {tok.name}, {tok.n_vocab} tokens (incl. specials), {tokenizer_seconds:.2f}s")
+
+    # 2) Tokenize everything in chunks and append to the .bin files. Each document becomes
+    # [eot] + tokens: <|endoftext|> *before* a document tells the model "a new text starts here".
+    counts = {"train": [0, 0, 0], "val": [0, 0, 0]}  # documents, tokens, bytes
+    ngram_sample, ngram_bytes = [], 0
+    paths = {s: os.path.join(out_dir, f"{s}.bin") for s in counts}
+    files = {s: open(p + ".tmp", "wb") for s, p in paths.items()}
+    t_enc, n_docs, next_report = 0.0, 0, 50e6
+    threads = min(8, os.cpu_count() or 1)
+    try:
+        for chunk in _chunks(chain(head, docs), CHUNK_BYTES):
+            t0 = time.perf_counter()
+            ids = tok.enc.encode_ordinary_batch(chunk, num_threads=threads)  # tiktoken, in Rust
+            parts = {"train": [], "val": []}
+            for doc, doc_ids in zip(chunk, ids):
+                split = "val" if n_docs % VAL_EVERY == 1 else "train"
+                parts[split] += [[tok.eot], doc_ids]
+                c = counts[split]
+                c[0], c[1], c[2] = c[0] + 1, c[1] + len(doc_ids) + 1, c[2] + len(doc.encode("utf-8"))
+                n_docs += 1
+                if ngram_bytes < NGRAM_SAMPLE_BYTES:
+                    ngram_sample.append(doc)
+                    ngram_bytes += len(doc)
+            for split, p in parts.items():
+                if p:
+                    np.fromiter(chain.from_iterable(p), dtype=np.uint16).tofile(files[split])
+            t_enc += time.perf_counter() - t0
+            done = counts["train"][2] + counts["val"][2]
+            if done >= next_report:  # a sign of life on big corpora
+                log(f"  ... {n_docs:,} documents, {done / 1e6:.0f} MB tokenized")
+                next_report += 50e6
+    finally:
+        for f in files.values():
+            f.close()
+    if n_docs == 0:
+        raise ValueError(f"no text found in {input!r}")
+    for split, p in paths.items():
+        os.replace(p + ".tmp", p)  # only complete files get the real names
+
+    # 3) Stats and meta.json
+    ratio = distinct_ngram_ratio("\n".join(ngram_sample))
+    total_bytes = counts["train"][2] + counts["val"][2]
+    meta = {
+        "source": source, "seed": seed if input is None else None,
+        "tokenizer": tok_spec, "tokenizer_file": None if tok_spec == "gpt2" else "tokenizer.tiktoken",
+        "tokenizer_name": tok.name, "tokenizer_sha256": tok.identity["sha256"],
+        "vocab_size": tok.n_vocab, "eot": tok.eot, "dtype": "uint16",
+        "documents": n_docs, "train_documents": counts["train"][0], "val_documents": counts["val"][0],
+        "train_tokens": counts["train"][1], "val_tokens": counts["val"][1],
+        "bytes": total_bytes, "bytes_per_token": round(total_bytes / max(1, counts["train"][1] + counts["val"][1]), 3),
+        "distinct_3gram_ratio": round(ratio, 4),
+        "distinct_3gram_sample_bytes": ngram_bytes,
+        "seconds": {"generate_or_read": round(docs.seconds, 2), "tokenizer": round(tokenizer_seconds, 2),
+                    "tokenize": round(t_enc, 2), "total": round(time.perf_counter() - t_start, 2)},
+    }
+    with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
+        json.dump(meta, f, indent=2)
+    os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
+
+    s = meta["seconds"]
+    log(f"source:     {source}")
+    log(f"size:       {total_bytes / 1e6:.2f} MB in {n_docs} documents "
+        f"({meta['train_documents']} train / {meta['val_documents']} val)")
+    log(f"tokens:     {meta['train_tokens']:,} train / {meta['val_tokens']:,} val "
+        f"({meta['bytes_per_token']} bytes/token, vocab {tok.n_vocab})")
+    log(f"distinct 3-gram ratio: {ratio:.3f} (on the first {meta['distinct_3gram_sample_bytes'] / 1e6:.2f} MB; "
+        "1.0 = no word triple repeats)")
+    log(f"seconds:    text {s['generate_or_read']}, tokenizer training {s['tokenizer']}, "
+        f"tokenizing {s['tokenize']}, total {s['total']}")
+    log(f"wrote {out_dir}/: train.bin val.bin meta.json" + ("" if tok_spec == "gpt2" else " tokenizer.tiktoken"))
+    return meta
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out_dir", default="data/generated/corpus")
+    ap.add_argument("--input", default=None, help="a text file or a folder of *.txt files (default: generate)")
+    ap.add_argument("--size_mb", type=float, default=4.0, help="MB of text to generate (ignored with --input)")
+    ap.add_argument("--seed", type=int, default=1337, help="seed of the generated corpus")
+    ap.add_argument("--vocab_size", type=int, default=2048, help="BPE tokens incl. the 256 bytes (+5 specials)")
+    ap.add_argument("--tokenizer", default=None, help="'gpt2' or a .tiktoken file to reuse (default: train one)")
+    ap.add_argument("--bpe_mb", type=float, default=8.0, help="train the BPE on at most this many MB of text")
+    args = ap.parse_args(argv)
+    prepare(args.out_dir, input=args.input, size_mb=args.size_mb, seed=args.seed, vocab_size=args.vocab_size,
+            tokenizer=args.tokenizer, bpe_mb=args.bpe_mb)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Tests for the story world (minift/world.py) and data preparation (data/prepare.py)."""
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data.prepare import distinct_ngram_ratio, prepare
+from minift import world
+from minift.tokenizer import load_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return world.generate_corpus(seed=123, n_bytes=200_000)
+
+
+def mentions(text, word):
+    return re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE) is not None
+
+
+# ------------------------------------------------------------------------------------------
+# world.py
+
+def test_corpus_is_deterministic_from_the_seed():
+    a = world.generate_corpus(1, 30_000)
+    assert a == world.generate_corpus(1, 30_000)
+    assert a != world.generate_corpus(2, 30_000)
+    assert 29_000 < sum(len(d) + 1 for d in a) < 33_000
+
+
+def test_closed_vocabulary(sample):
+    vocab = world.vocabulary()
+    assert 500 <= len(vocab) <= 1500, len(vocab)
+    used = {w for doc in sample for w in world.words(doc)}
+    assert used <= vocab, sorted(used - vocab)[:20]
+    assert len(used) > 0.7 * len(vocab)  # and most of it is really used
+    assert all(doc.isascii() for doc in sample)
+
+
+def test_variety(sample):
+    # Measured: 0.46 on 200 KB (0.26 on 1 MB, 0.14 on 4 MB). A few fixed templates would be < 0.1.
+    assert distinct_ngram_ratio("\n".join(sample)) > 0.40
+    assert len(set(sample)) == len(sample)  # no duplicate documents
+
+
+def test_sentences_are_well_formed(sample):
+    for doc in sample[:300]:
+        for s in world.split_sentences(doc):
+            assert re.match(r'"?[A-Z]', s), s
+            assert re.search(r'[.!?]"?$', s), s
+            assert "{" not in s and "  " not in s, s
+            assert not re.search(r"\ba [aeiou]", s), s  # "an apple", never "a apple"
+
+
+def test_story_keeps_its_hero_thing_and_length():
+    rng = random.Random(0)
+    kept = 0
+    for i in range(300):
+        hero, n = world.NAMES[i % len(world.NAMES)], 3 + i % 10
+        thing = rng.choice(world.OBJECTS + world.FOODS + world.ANIMALS)
+        text = world.story(rng, hero=hero, thing=thing, n_sentences=n)
+        assert len(world.split_sentences(text)) == n, text
+        assert mentions(text, thing) or mentions(text, world.plural(thing)), (thing, text)
+        kept += len(re.findall(rf"\b{hero}\b", text)) >= 2
+    assert kept >= 0.9 * 300, kept
+
+
+def test_pronouns_agree_with_the_name():
+    rng = random.Random(3)
+    for name in world.NAMES:
+        text = world.describe(rng, name, 8)  # a person description uses only the person's pronouns
+        wrong = {"he", "him", "his"} if world.PRONOUN[name] == "she" else {"she", "her"}
+        assert not wrong & set(world.words(text)), text
+
+
+def test_sentence_about_mentions_every_kind_of_topic():
+    rng = random.Random(1)
+    topics = world.NAMES + world.ANIMALS + world.OBJECTS + world.FOODS + world.PLACES + world.COLORS
+    for topic in topics:
+        s = world.sentence_about(rng, topic)
+        assert mentions(s, topic), (topic, s)
+        assert len(world.split_sentences(s)) == 1, s
+
+
+def test_describe_mentions_the_thing():
+    rng = random.Random(2)
+    for thing in world.ANIMALS + world.OBJECTS + world.FOODS + world.PLACES + world.NAMES[:5]:
+        n = rng.randint(1, 6)
+        text = world.describe(rng, thing, n)
+        assert mentions(text, thing) or mentions(text, world.plural(thing)), (thing, text)
+        assert len(world.split_sentences(text)) == n, text
+
+
+def test_tables_for_other_modules():
+    assert all(len(v) >= 6 for v in world.PLACE_THINGS.values())
+    assert set(world.PLACE_THINGS) == set(world.PLACES)
+    assert set(world.PRONOUN) == set(world.NAMES) and set(world.PRONOUN.values()) == {"he", "she"}
+    vocab = world.vocabulary()
+    for words in (world.ANIMALS, world.OBJECTS, world.FOODS, world.PLACES, world.COLORS, world.ADJECTIVES,
+                  sum(world.PLACE_THINGS.values(), [])):
+        assert {w.lower() for w in words} <= vocab
+
+
+# ------------------------------------------------------------------------------------------
+# data/prepare.py
+
+def read_split(out_dir, split):
+    meta = json.load(open(os.path.join(out_dir, "meta.json")))
+    tok = load_tokenizer(meta["tokenizer"])
+    ids = np.memmap(os.path.join(out_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+    assert len(ids) == meta[f"{split}_tokens"] and ids[0] == tok.eot
+    return tok.decode(ids.tolist()).split("<|endoftext|>")[1:]  # the eot comes before each document
+
+
+def check_roundtrip(out_dir, docs):
+    """Train and val decode to exactly the expected documents: doc 1, 21, 41... are in val."""
+    assert read_split(out_dir, "val") == docs[1::20]
+    assert read_split(out_dir, "train") == [d for i, d in enumerate(docs) if i % 20 != 1]
+
+
+def test_prepare_default_corpus(tmp_path):
+    meta = prepare(str(tmp_path), size_mb=0.05, seed=0, vocab_size=300, verbose=False)
+    check_roundtrip(str(tmp_path), world.generate_corpus(0, 50_000))
+    for name in ("train.bin", "val.bin", "tokenizer.tiktoken", "meta.json"):
+        assert (tmp_path / name).exists()
+    assert meta == json.load(open(tmp_path / "meta.json"))
+    assert meta["vocab_size"] == 305 and meta["val_documents"] > 0 and 0 < meta["distinct_3gram_ratio"] < 1
+    assert meta["tokenizer_sha256"] == load_tokenizer(meta["tokenizer"]).identity["sha256"]
+    # Reusing the tokenizer file gives the same ids.
+    again = prepare(str(tmp_path / "again"), size_mb=0.05, seed=0, tokenizer=meta["tokenizer"], verbose=False)
+    assert again["tokenizer_sha256"] == meta["tokenizer_sha256"] and again["train_tokens"] == meta["train_tokens"]
+
+
+PARAGRAPHS = ["First Citizen:\nBefore we proceed any further, hear me speak.",
+              "All:\nSpeak, speak.",
+              "Caf\u00e9 na\u00efve \u2014 unicode \U0001F600 survives.",
+              "One more line\nand another one."]
+
+
+def test_prepare_user_file_splits_on_blank_lines(tmp_path):
+    text = "\n\n".join(PARAGRAPHS) + "\n\n\n"
+    path = tmp_path / "play.txt"
+    path.write_text("\n" + text, encoding="utf-8")
+    meta = prepare(str(tmp_path / "out"), input=str(path), vocab_size=300, verbose=False)
+    check_roundtrip(str(tmp_path / "out"), PARAGRAPHS)
+    assert meta["documents"] == 4 and meta["seed"] is None
+
+
+def test_prepare_folder_and_endoftext_markers(tmp_path):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    stories = ["Tom had a ball.\n\nHe liked it.", "Mia saw a cat.", "The end came."]
+    (folder / "a.txt").write_text("<|endoftext|>\n".join(stories) + "\n<|endoftext|>\n")  # blank lines inside stay
+    (folder / "b.txt").write_text("\n\n".join(PARAGRAPHS))
+    (folder / "notes.md").write_text("not a .txt file: ignored")
+    prepare(str(tmp_path / "out"), input=str(folder), vocab_size=300, verbose=False)
+    check_roundtrip(str(tmp_path / "out"), stories + PARAGRAPHS)
+
+
+def test_prepare_cuts_long_documents(tmp_path):
+    lines = [f"line {i}" + " word" * 150 for i in range(200)]  # ~150 KB, no blank line
+    (tmp_path / "long.txt").write_text("\n".join(lines))
+    meta = prepare(str(tmp_path / "out"), input=str(tmp_path / "long.txt"), vocab_size=300, verbose=False)
+    assert meta["documents"] >= 2 and meta["val_documents"] == 1
+    docs = read_split(str(tmp_path / "out"), "train")
+    docs.insert(1, read_split(str(tmp_path / "out"), "val")[0])
+    assert "\n".join(docs) == "\n".join(lines)
+
+
+def test_gpt2_tokenizer_or_a_clear_error(tmp_path):
+    try:
+        meta = prepare(str(tmp_path), size_mb=0.01, tokenizer="gpt2", verbose=False)
+    except RuntimeError as e:  # offline and not in tiktoken's cache: the error says what to do
+        assert "GPT-2" in str(e)
+    else:
+        assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] > 50000
+
+
+def test_prepare_errors_name_the_path(tmp_path):
+    missing = str(tmp_path / "nope.txt")
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        prepare(str(tmp_path / "out"), input=missing, verbose=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        prepare(str(tmp_path / "out"), input=str(tmp_path / "empty"), verbose=False)
+    (tmp_path / "blank.txt").write_text("\n\n  \n")
+    with pytest.raises(ValueError, match="blank.txt"):
+        prepare(str(tmp_path / "out"), input=str(tmp_path / "blank.txt"), verbose=False)
+
+
+def test_script_runs_from_the_repo_root(tmp_path):
+    out = subprocess.run([sys.executable, "data/prepare.py", "--size_mb", "0.02", "--vocab_size", "300",
+                          "--out_dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "distinct 3-gram ratio" in out.stdout and "documents" in out.stdout
+    assert (tmp_path / "train.bin").exists()

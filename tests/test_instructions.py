@@ -1,0 +1,221 @@
+"""Checkers, builders, splits and scoring of the instruction-following data (IFEval-style)."""
+
+import re
+from collections import Counter
+from itertools import combinations
+from random import Random
+
+import pytest
+
+from minift import instructions as I
+from minift import tasks as T
+from minift.scoring import aggregate, format_table, score
+
+
+def check(iid, response, **kw):
+    return T.verify(response, [iid], [kw])[0]
+
+
+# --------------------------------------------------------------------------- checkers by hand
+
+@pytest.mark.parametrize("iid, kw, good, bad", [
+    # keywords: case-insensitive SUBSTRING (IFEval uses re.search)
+    ("keywords:existence", {"keywords": ["sun", "kite"]}, "The SUNNY day. A Kite!", "The sun is hot."),
+    # forbidden: whole words only, any case
+    ("keywords:forbidden_words", {"forbidden_words": ["kite"]}, "I like kites and kittens.", "A KITE flies."),
+    ("keywords:frequency", {"keyword": "cat", "frequency": 3, "relation": "at least"}, "cat Cat cats", "cat cat"),
+    ("keywords:frequency", {"keyword": "cat", "frequency": 2, "relation": "less than"}, "a cat", "cat and cats"),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"}, '"Ok. any other questions?"  \n',
+     "Any other questions? Yes."),
+    ("startend:quotation", {}, '  "The kite."\n', 'The "kite".'),
+    ("detectable_format:title", {}, "<<My Kite>>\nIt is red.", "<< >> and <<a\nb>>"),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 3}, "Hi:\n* a\n- b\n  * c", "* a\n**b**\n* c"),
+    ("detectable_format:json_format", {}, '```json\n{"answer": "red"}\n```', '{"answer": red}'),
+    ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hi.\np.s. bye", "Hi. P.S. bye"),
+    ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "Hi.\nP.P.S. bye", "Hi.\nP.S. bye"),
+    ("detectable_content:number_placeholders", {"num_placeholders": 2}, "To [name] at [place].", "To [name]."),
+    ("punctuation:no_comma", {}, "A kite and a ball.", "A kite, a ball."),
+    ("change_case:english_capital", {}, "THE KITE IS RED.", "THE KITE IS Red."),
+    ("change_case:english_lowercase", {}, "the kite is red.", "the kite is Red."),
+    ("length_constraints:number_words", {"num_words": 4, "relation": "less than"}, "one, two... three!",
+     "one two three four"),
+    ("length_constraints:number_words", {"num_words": 4, "relation": "at least"}, "Tom's red kite", "red kite"),
+    # a quote's "!" followed by a lower-case word does not end the sentence; neither does P.S.
+    ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "less than"},
+     '"Let\'s play!" said Tom. He ran.', "One. Two! Three?"),
+    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "at least"},
+     "It is red.\nP.S. I like it.", "P.S. I like it."),
+    ("combination:repeat_prompt", {"prompt_to_repeat": "Describe a kite."}, "describe a KITE.\nA kite.",
+     "Sure! Describe a kite."),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "A *red* **kite**.", "A * * kite *x"),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "***\nOne.\n***\nTwo.\n", "One.\n***\n***\nTwo."),
+    ("combination:two_responses", {}, "A kite.\n******\nA red kite.", "A kite.\n******\nA kite."),
+    ("detectable_format:constrained_response", {}, "My answer is no.", "my answer is no."),
+    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
+     "The KITE is RED.", "The KITE is red."),
+    # base tasks
+    ("task:write_sentence", {"topic": "kite"}, "Two Kites flew.", "A kitten sat."),
+    ("task:write_story", {"name": "Tom", "thing": "ball"}, "Tom had a ball.", "Tom had a bat."),
+    ("task:list_things", {"place": "park", "num_items": 2}, "* a tree\n* a bench", "a tree and a car"),
+    ("task:answer_question", {"answer": "red", "wrong": "blue"}, "Tom's kite is red.", "Red or blue."),
+    ("task:answer_question", {"answer": "yes", "wrong": "no"}, "Yes, it is.", "No."),
+    ("task:reverse_list", {"words": ["cat", "dog", "egg"]}, '{"answer": "Egg, dog, cat."}', "cat, dog, egg"),
+    ("task:sort_list", {"words": ["dog", "cat", "egg"]}, "* cat\n* dog\n* egg", "dog, cat, egg"),
+    ("task:uppercase_list", {"words": ["cat", "dog"]}, "CAT, DOG.", "Cat, Dog."),
+])
+def test_checker(iid, kw, good, bad):
+    assert check(iid, good, **kw)
+    assert not check(iid, bad, **kw)
+
+
+def test_empty_response_fails_everything_strictly():
+    for iid in T.CHECKERS:
+        kw = {"forbidden_words": ["x"], "num_words": 5, "relation": "less than", "num_sentences": 3,
+              "keyword": "x", "frequency": 1, "capital_frequency": 1, "capital_relation": "less than"}
+        out = score("", [iid], [kw])
+        assert out["strict"] == [False] and out["loose"] == [False], iid
+
+
+def test_sentence_counting():
+    assert I.count_sentences('"Let\'s play!" said Tom. He ran away.') == 2
+    assert I.count_sentences('{"answer": "The kite is red. It flies."}') == 2
+    assert I.count_sentences("<<Kite>>\nThe kite is red.\nP.P.S I like it.") == 2
+    assert I.count_words("Tom's kite, red!") == 4  # IFEval's \w+ tokens: Tom, s, kite, red
+
+
+# --------------------------------------------------------------------------- conflicts and registry
+
+def test_registry_shape():
+    assert len(I.INSTRUCTIONS) >= 18
+    for ins in I.INSTRUCTIONS:
+        assert len(ins.templates) >= 3 and len(set(ins.templates)) == len(ins.templates), ins.id
+    for task in T.TASKS:
+        assert len(task.templates) >= 3, task.id
+    for a, bs in I.CONFLICTS.items():
+        assert a in bs and all(a in I.CONFLICTS[b] for b in bs), a  # symmetric, reflexive
+    assert "change_case:english_lowercase" in I.CONFLICTS["change_case:english_capital"]
+    assert "combination:two_responses" in I.CONFLICTS["detectable_format:json_format"]
+
+
+# --------------------------------------------------------------------------- generated data
+
+@pytest.fixture(scope="module")
+def samples():
+    """~2,000 samples from every split, with why candidates were resampled."""
+    out, stats = [], Counter()
+    for split, n in (("train", 1100), ("test", 300), ("heldout", 300), ("rl_prompts", 300)):
+        rng = Random(f"test/{split}")
+        out += [(split, T.sample(rng, split, stats=stats)) for _ in range(n)]
+    return out, stats
+
+
+def test_reference_answers_pass_and_every_instruction_matters(samples):
+    samples, stats = samples
+    skipped = 0
+    for _, s in samples:
+        assert I.build_response(s.base(), s.items, s.seed) == s.response  # deterministic
+        assert all(T.verify(s.response, s.ids, s.kwargs, s.prompt)), (s.prompt, s.response)
+        assert all(score(s.response, s.ids, s.kwargs, s.prompt)["strict"])
+        for i, (ins, kw) in enumerate(s.items):
+            try:
+                without = I.build_response(s.base(), s.items[:i] + s.items[i + 1:], s.seed)
+            except I.Unsatisfiable:  # the others cannot be built alone: nothing to compare
+                skipped += 1
+                continue
+            assert not ins.verify(without, kw), (ins.id, s.prompt, without)
+    assert skipped < 0.02 * len(samples)
+    # By design, few candidates hold an instruction by accident (they are resampled):
+    accidental = sum(n for why, n in stats.items() if why.startswith("holds by accident"))
+    assert accidental < 0.1 * len(samples), stats
+
+
+def test_prompt_mix(samples):
+    samples, _ = samples
+    counts = Counter(len(s.chosen) for _, s in samples)
+    assert set(counts) == {0, 1, 2, 3} and counts[3] > 0.12 * len(samples)
+    used = Counter(i for _, s in samples for i in s.ids)
+    assert all(used[i] > 0 for i in I.REGISTRY), set(I.REGISTRY) - set(used)
+    assert all(used[t.id] > 0 for t in T.TASKS)
+    for _, s in samples:
+        ids = [ins.id for ins, _, _ in s.chosen]
+        assert all(b not in I.CONFLICTS[a] for a, b in combinations(ids, 2)), ids
+        assert not set(ids) & s.task.conflicts
+        assert len(s.prompt.split()) <= 90 and len(s.response.split()) <= 100
+
+
+# --------------------------------------------------------------------------- splits
+
+def _pattern(template):
+    """A held-out template as a regex; its {fields} match anything."""
+    parts = re.split(r"\{\w+\}", template)
+    return re.compile("(?s)" + ".+?".join(re.escape(p) for p in parts))
+
+
+def _novelty(rec):
+    """Recomputed from the record alone: held-out phrasing, value or pair."""
+    ids, kwargs, prompt = rec["instruction_id_list"], rec["kwargs"], rec["prompt"]
+    task = T.TASK_REGISTRY[ids[0]]
+    found = ["template"] if _pattern(task.templates[-1]).match(prompt) else []
+    for iid, kw in zip(ids[1:], kwargs[1:]):
+        ins = I.REGISTRY[iid]
+        if ins.describe(kw, len(ins.templates) - 1) in prompt:
+            found.append("template")
+        found += ["value" for key, held in I.HELDOUT_VALUES.get(iid, {}).items() if kw.get(key) in held]
+    found += ["pair" for p in combinations(ids[1:], 2) if frozenset(p) in T.HELDOUT_PAIRS]
+    return found
+
+
+def test_splits_disjoint_and_heldout_novel():
+    splits = T.make_splits(seed=5, sizes={"train": 1500, "test": 200, "heldout": 200, "rl_prompts": 200})
+    prompts = {name: {r["prompt"] for r in recs} for name, recs in splits.items()}
+    for a, b in combinations(prompts, 2):
+        assert not prompts[a] & prompts[b], (a, b)
+    for name in ("train", "test", "rl_prompts"):
+        for rec in splits[name]:
+            assert _novelty(rec) == [], (name, rec["prompt"])
+    for rec in splits["heldout"]:
+        assert _novelty(rec), rec["prompt"]
+    kinds = Counter(k for rec in splits["heldout"] for k in set(_novelty(rec)))
+    assert kinds["template"] and kinds["value"] and kinds["pair"], kinds
+    assert T.make_splits(seed=5, sizes={"test": 20}) == T.make_splits(seed=5, sizes={"test": 20})
+    rec = splits["test"][0]
+    assert set(rec) == {"key", "prompt", "instruction_id_list", "kwargs", "messages"}
+    assert rec["messages"][0] == {"role": "user", "content": rec["prompt"]}
+    assert rec["instruction_id_list"][0].startswith("task:")
+
+
+# --------------------------------------------------------------------------- scoring
+
+def test_strict_versus_loose():
+    ids, kws = ["startend:quotation", "startend:end_checker"], [{}, {"end_phrase": "Any other questions?"}]
+    out = score('Sure!\n"The kite is red. Any other questions?"', ids, kws)
+    assert out == {"strict": [False, True], "loose": [True, True]}  # first line removed
+    out = score("* A red kite. Any other questions?\nBye!", ["startend:end_checker"], kws[1:])
+    assert out == {"strict": [False], "loose": [True]}  # last line removed
+    out = score("*Tom* has a kite.", ["detectable_format:number_bullet_lists"], [{"num_bullets": 0}])
+    assert out == {"strict": [False], "loose": [True]}  # IFEval reads "*Tom" as a bullet; loose drops "*"
+
+
+def test_aggregate_and_unsupported():
+    recs = [
+        {"instruction_id_list": ["a:x", "b:y"], "strict": [True, False], "loose": [True, True]},
+        {"instruction_id_list": ["a:x"], "strict": [True], "loose": [True]},
+        {"instruction_id_list": ["language:response_language", "b:y"], "strict": [None, False],
+         "loose": [None, False]},
+        {"instruction_id_list": ["language:response_language"], "strict": [None], "loose": [None]},
+    ]
+    m = aggregate(recs)
+    assert m["prompt_strict"] == pytest.approx(1 / 3) and m["prompt_loose"] == pytest.approx(2 / 3)
+    assert m["instruction_strict"] == pytest.approx(2 / 4) and m["instruction_loose"] == pytest.approx(3 / 4)
+    assert m["unsupported"] == {"language:response_language": 2}
+    assert m["per_type"]["b:y"] == {"n": 2, "strict": 0.0, "loose": 0.5}
+    assert "language:response_language" in format_table(m)
+    # score() marks ids without a checker as None instead of dropping them
+    out = score("hello", ["language:response_language", "punctuation:no_comma"], [{"language": "en"}, {}])
+    assert out == {"strict": [None, True], "loose": [None, True]}
+
+
+def test_ifeval_style_kwargs_with_nulls():
+    # IFEval's HF export fills unused kwargs with None; they must be ignored.
+    kw = {"num_bullets": None, "end_phrase": "bye", "keywords": None}
+    assert score("ok bye", ["startend:end_checker"], [kw])["strict"] == [True]
