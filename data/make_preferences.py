@@ -1,0 +1,152 @@
+"""
+Preference data for the reward model, made the InstructGPT way with a program as the rater:
+
+    python data/make_preferences.py                  # tiny preset: out/sft/ckpt.pt, 600 prompts x 4 answers
+    python data/make_preferences.py --k=6 --num_prompts=0    # every RL prompt, 6 answers each
+
+For each prompt of data/generated/sft/rl_prompts.jsonl the SFT model samples K answers
+(temperature 1: the RM must see the policy's real spread of good and bad answers, which
+greedy decoding would hide). The gold reward (minift/gold.py) scores each answer, and every
+two answers of a prompt with different scores make a pair, the higher one "chosen".
+InstructGPT's labelers likewise ranked K = 4..9 answers per prompt, giving C(K,2) pairs.
+Ties carry no preference, so they are dropped (a human would say "about the same").
+
+Outputs in --out_dir (data/generated/prefs/):
+  train.jsonl        pairs {"prompt", "chosen", "rejected", "group", "key", "instruction_id_list",
+                     "kwargs", "chosen_score", "rejected_score"}: TRL's explicit-prompt format
+                     plus extras; "group" ties together the pairs of one prompt.
+  val.jsonl          the same for held-out prompts: a prompt is wholly in train or wholly in val.
+  val_samples.jsonl  every held-out answer with its gold score, {"prompt", "response", "gold", "group"},
+                     for the Spearman correlation between the RM and the gold reward.
+"""
+
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from itertools import combinations
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+
+from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
+from minift.config import cli_config, print_config  # noqa: E402
+from minift.evaluation import generate_responses  # noqa: E402
+from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
+from minift.gold import gold_reward  # noqa: E402
+
+
+@dataclass
+class Config:
+    sft_ckpt: str = "out/sft/ckpt.pt"
+    prompts: str = "data/generated/sft/rl_prompts.jsonl"   # IFEval-style records
+    out_dir: str = "data/generated/prefs"
+    num_prompts: int = 600        # 0 = all of them
+    k: int = 4                    # answers per prompt -> up to k(k-1)/2 pairs
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+    batch_size: int = 256         # sequences generated together
+    val_fraction: float = 0.1     # share of prompts held out, whole
+    seed: int = 1337
+    device: str = "auto"
+    preset: str = "tiny"
+
+
+PRESETS = {
+    "micro": dict(num_prompts=16, k=3, max_new_tokens=24, batch_size=48, val_fraction=0.25),
+    "tiny": dict(),
+    "small": dict(num_prompts=0, k=6, max_new_tokens=128, batch_size=512),
+}
+
+
+def sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator):
+    """K sampled answers per record: a list of K strings per record. The K copies of a prompt
+    sit side by side, and generate_responses batches by prompt length with the KV cache."""
+    prompts = [r["prompt"] for r in records for _ in range(k)]
+    answers = generate_responses(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, generator)
+    return [answers[i * k:(i + 1) * k] for i in range(len(records))]
+
+
+def make_pairs(samples):
+    """samples: dicts with "group", "response", "gold" (plus prompt fields) -> pairs.
+    Every two answers of a group with different gold scores make one pair, the higher
+    chosen; equal scores (identical answers included) are ties and are dropped.
+    Returns (pairs, number of ties)."""
+    groups = {}
+    for s in samples:
+        groups.setdefault(s["group"], []).append(s)
+    pairs, ties = [], 0
+    for group in groups.values():
+        for a, b in combinations(group, 2):
+            if a["gold"] == b["gold"]:
+                ties += 1
+                continue
+            chosen, rejected = (a, b) if a["gold"] > b["gold"] else (b, a)
+            pairs.append({"prompt": a["prompt"], "chosen": chosen["response"], "rejected": rejected["response"],
+                          "group": a["group"], "key": a.get("key"), "instruction_id_list": a["instruction_id_list"],
+                          "kwargs": a["kwargs"], "chosen_score": chosen["gold"], "rejected_score": rejected["gold"]})
+    return pairs, ties
+
+
+def val_groups(n_prompts, val_fraction, seed):
+    """Indices of the held-out prompts: a seeded random val_fraction of them (at least one)."""
+    n_val = max(1, round(n_prompts * val_fraction)) if val_fraction > 0 else 0
+    return set(random.Random(seed).sample(range(n_prompts), n_val))
+
+
+def make_preferences(model, tokenizer, records, k=4, temperature=1.0, max_new_tokens=96, batch_size=256,
+                     val_fraction=0.1, seed=1337, device="cpu"):
+    """Sample, score and pair. Returns (train pairs, val pairs, val samples, stats)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    answers = sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator)
+    held_out = val_groups(len(records), val_fraction, seed)
+    train, val = [], []
+    for g, (rec, group) in enumerate(zip(records, answers)):
+        for response in group:
+            gold = gold_reward(rec["prompt"], response, rec["instruction_id_list"], rec["kwargs"])
+            (val if g in held_out else train).append(
+                {"prompt": rec["prompt"], "response": response, "gold": gold, "group": g, "key": rec.get("key"),
+                 "instruction_id_list": rec["instruction_id_list"], "kwargs": rec["kwargs"]})
+    train_pairs, train_ties = make_pairs(train)
+    val_pairs, val_ties = make_pairs(val)
+    everything = train + val
+    n_comparisons = len(train_pairs) + len(val_pairs) + train_ties + val_ties
+    stats = {"prompts": len(records), "samples": len(everything), "train_pairs": len(train_pairs),
+             "val_pairs": len(val_pairs), "tie_rate": (train_ties + val_ties) / max(1, n_comparisons),
+             "mean_gold": sum(s["gold"] for s in everything) / max(1, len(everything)),
+             "perfect_share": sum(s["gold"] >= 1 for s in everything) / max(1, len(everything))}
+    val_samples = [{k_: s[k_] for k_ in ("prompt", "response", "gold", "group", "key")} for s in val]
+    return train_pairs, val_pairs, val_samples, stats
+
+
+def main(argv=None):
+    cfg = cli_config(Config, PRESETS, argv)
+    print_config(cfg)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    ckpt = load_checkpoint(cfg.sft_ckpt, hint="Train the SFT model first: python train_sft.py")
+    tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
+    model = build_model(ckpt).to(device).eval()
+    records = load_ifeval_inputs(cfg.prompts)
+    if cfg.num_prompts:
+        records = records[:cfg.num_prompts]
+    t0 = time.time()
+    train, val, val_samples, stats = make_preferences(
+        model, tokenizer, records, cfg.k, cfg.temperature, cfg.max_new_tokens, cfg.batch_size,
+        cfg.val_fraction, cfg.seed, device)
+    stats["seconds"] = round(time.time() - t0, 1)
+    for name, rows in (("train", train), ("val", val), ("val_samples", val_samples)):
+        write_jsonl(os.path.join(cfg.out_dir, f"{name}.jsonl"), rows)
+    print(f"{stats['prompts']} prompts x {cfg.k} answers in {stats['seconds']}s: {stats['train_pairs']} train "
+          f"pairs, {stats['val_pairs']} val pairs, {len(val_samples)} val samples -> {cfg.out_dir}")
+    print(f"tie rate {stats['tie_rate']:.1%} (dropped), mean gold {stats['mean_gold']:.3f}, "
+          f"perfect answers {stats['perfect_share']:.1%}")
+    return stats
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

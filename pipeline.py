@@ -1,0 +1,186 @@
+"""
+The whole InstructGPT pipeline in one command, ending in a report card.
+
+    python pipeline.py                     # tiny preset: about 10 minutes on 2 CPU cores
+    python pipeline.py --preset=small      # one GPU
+    python pipeline.py --force             # redo every stage
+
+Stages, each a script you can also run on its own:
+    data      data/prepare.py + data/make_sft.py   corpus, tokenizer, instruction data
+    pretrain  train_pretrain.py                    next-token prediction on the corpus
+    sft       train_sft.py                         instruction tuning, loss on answers only
+    prefs     data/make_preferences.py             K sampled answers per prompt, ranked by the gold checker
+    reward    train_reward.py                      Bradley-Terry reward model
+    ppo       train_ppo.py                         PPO against the reward model, KL to SFT
+    eval      evaluate.py                          IFEval metrics for base, SFT and PPO models
+
+Every stage writes <out_dir>/<stage>/stage.json when it finishes; a re-run skips finished
+stages (unless --force), and an interrupted stage resumes from its own checkpoint.
+The report card is <out_dir>/report.md, with the same numbers in <out_dir>/report.json.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import evaluate
+import train_ppo
+import train_pretrain
+import train_reward
+import train_sft
+from data import make_preferences
+from data.make_sft import make_sft
+from data.prepare import prepare
+from minift.config import cli_config
+
+
+@dataclass
+class Config:
+    preset: str = "tiny"      # micro (tests) | tiny (CPU) | small (one GPU)
+    out_dir: str = ""         # default: out/<preset>
+    force: bool = False       # re-run stages that already finished
+    device: str = "auto"
+
+
+# Data sizes per preset; the training presets of the same name live in each script.
+DATA = {
+    "micro": dict(size_mb=0.2, vocab_size=512, n_train=600, n_test=40, n_heldout=40, n_rl=80, eval_examples=40),
+    "tiny": dict(size_mb=4.0, vocab_size=2048, n_train=20000, n_test=500, n_heldout=500, n_rl=2000,
+                 eval_examples=500),
+    "small": dict(size_mb=200.0, vocab_size=8192, n_train=100000, n_test=500, n_heldout=500, n_rl=20000,
+                  eval_examples=500),
+}
+METRIC_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
+
+
+def run_stage(name, out_dir, force, fn):
+    """Run fn() unless <out_dir>/<name>/stage.json says it already finished."""
+    marker = os.path.join(out_dir, name, "stage.json")
+    if os.path.exists(marker) and not force:
+        with open(marker) as f:
+            result = json.load(f)
+        print(f"== {name}: done already ({result['seconds']:.0f}s), skipping. --force to redo.")
+        return result
+    print(f"\n== {name}")
+    if force and os.path.isdir(os.path.join(out_dir, name)):
+        shutil.rmtree(os.path.join(out_dir, name))  # start the stage afresh, not from its checkpoint
+    t0 = time.time()
+    result = fn() or {}
+    result = {"seconds": round(time.time() - t0, 1), **result}
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    with open(marker, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def main(argv=None):
+    cfg = cli_config(Config, argv=argv)
+    if cfg.preset not in DATA:
+        raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
+    out = cfg.out_dir or os.path.join("out", cfg.preset)
+    data = DATA[cfg.preset]
+    corpus, sft_data, prefs = (os.path.join(out, "data", d) for d in ("corpus", "sft", "prefs"))
+    ckpt = {s: os.path.join(out, s, "ckpt.pt") for s in ("pretrain", "sft", "reward", "ppo")}
+    common = [f"--preset={cfg.preset}", f"--device={cfg.device}"]
+    t_start = time.time()
+    stages = {}
+
+    def data_stage():
+        meta = prepare(corpus, size_mb=data["size_mb"], vocab_size=data["vocab_size"])
+        make_sft(sft_data, n_train=data["n_train"], n_test=data["n_test"], n_heldout=data["n_heldout"],
+                 n_rl=data["n_rl"])
+        return {"corpus_tokens": meta.get("train_tokens"), "documents": meta.get("documents")}
+    stages["data"] = run_stage("data", out, cfg.force, data_stage)
+
+    stages["pretrain"] = run_stage("pretrain", out, cfg.force, lambda: train_pretrain.main(
+        common + [f"--data_dir={corpus}", f"--out_dir={os.path.dirname(ckpt['pretrain'])}"]))
+    stages["sft"] = run_stage("sft", out, cfg.force, lambda: train_sft.main(
+        common + [f"--init_from={ckpt['pretrain']}", f"--data={sft_data}/train.jsonl",
+                  f"--eval_data={sft_data}/test.jsonl", f"--out_dir={os.path.dirname(ckpt['sft'])}"]))
+    stages["prefs"] = run_stage("prefs", out, cfg.force, lambda: make_preferences.main(
+        common + [f"--sft_ckpt={ckpt['sft']}", f"--prompts={sft_data}/rl_prompts.jsonl", f"--out_dir={prefs}"]))
+    stages["reward"] = run_stage("reward", out, cfg.force, lambda: train_reward.main(
+        common + [f"--init_from={ckpt['sft']}", f"--data={prefs}/train.jsonl", f"--val_data={prefs}/val.jsonl",
+                  f"--val_samples={prefs}/val_samples.jsonl", f"--out_dir={os.path.dirname(ckpt['reward'])}"]))
+    stages["ppo"] = run_stage("ppo", out, cfg.force, lambda: ppo_summary(train_ppo.main(
+        common + [f"--sft_ckpt={ckpt['sft']}", f"--reward_ckpt={ckpt['reward']}",
+                  f"--prompts={sft_data}/rl_prompts.jsonl", f"--eval_data={sft_data}/test.jsonl",
+                  f"--out_dir={os.path.dirname(ckpt['ppo'])}"]), os.path.dirname(ckpt["ppo"])))
+
+    def eval_stage():
+        results = {}
+        for model in ("pretrain", "sft", "ppo"):
+            results["base" if model == "pretrain" else model] = {
+                split: {k: v for k, v in evaluate.evaluate(
+                    ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"],
+                    output=os.path.join(out, model, f"responses_{split}.jsonl")).items()
+                    if k in METRIC_KEYS or k == "per_type"}
+                for split in ("test", "heldout")}
+        return results
+    evals = run_stage("eval", out, cfg.force, eval_stage)
+
+    report = {"preset": cfg.preset, "total_seconds": round(time.time() - t_start, 1),
+              "stages": {k: v for k, v in stages.items()},
+              "eval": {m: {s: {k: evals[m][s][k] for k in METRIC_KEYS} for s in ("test", "heldout")}
+                       for m in ("base", "sft", "ppo")},
+              "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")}}
+    with open(os.path.join(out, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(report_markdown(report))
+    print(report_markdown(report))
+    print(f"wrote {out}/report.md and {out}/report.json")
+    return report
+
+
+def ppo_summary(metrics, out_dir):
+    """The PPO stage's headline numbers: first and last iteration of its metrics log."""
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    first, last = log[0], log[-1]
+    return {"kl": last["kl"], "reward_start": first["rm_score"], "reward_end": last["rm_score"],
+            "gold_start": first["gold"], "gold_end": last["gold"], "iterations": last["iteration"],
+            "end_rate": last["end_rate"], "length_start": first["length"], "length_end": last["length"],
+            "approx_kl": last["approx_kl"], "clipfrac": last["clipfrac"]}
+
+
+def report_markdown(r):
+    def pct(x):
+        return f"{100 * x:.1f}%"
+    s = r["stages"]
+    lines = [f"# minift report card: preset `{r['preset']}`", "",
+             f"Total time: {r['total_seconds'] / 60:.1f} minutes.", "",
+             "## Stages", "", "| stage | seconds | what shows it worked |", "|---|---:|---|"]
+    lines.append(f"| pretrain | {s['pretrain']['seconds']:.0f} | validation loss {s['pretrain']['val_loss']:.3f} |")
+    lines.append(f"| sft | {s['sft']['seconds']:.0f} | test prompt-strict during training "
+                 f"{pct(s['sft'].get('prompt_strict', 0))} |")
+    lines.append(f"| prefs | {s['prefs']['seconds']:.0f} | {s['prefs'].get('train_pairs', '?')} training pairs |")
+    lines.append(f"| reward | {s['reward']['seconds']:.0f} | held-out pair accuracy "
+                 f"{pct(s['reward']['pair_accuracy'])}, Spearman with gold {s['reward']['spearman_gold']:.3f} |")
+    p = s["ppo"]
+    lines.append(f"| ppo | {p['seconds']:.0f} | reward model {p['reward_start']:+.2f} -> {p['reward_end']:+.2f}, "
+                 f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL {p['kl']:.2f} nats |")
+    if p["reward_end"] > p["reward_start"] and p["gold_end"] < p["gold_start"]:
+        lines += ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "
+                  "fell: the policy found what the learned reward over-values (Gao et al. 2022)."]
+    lines += ["", "## Instruction following (IFEval metrics)", "",
+              "| model | split | prompt strict | instruction strict | prompt loose | instruction loose |",
+              "|---|---|---:|---:|---:|---:|"]
+    for model, splits in r["eval"].items():
+        for split, m in splits.items():
+            lines.append(f"| {model} | {split} | " + " | ".join(pct(m[k]) for k in METRIC_KEYS) + " |")
+    lines += ["", "## Per instruction type (test split, strict)", "", "| type | n | SFT | PPO |", "|---|---:|---:|---:|"]
+    for iid, row in sorted(r["per_type"]["sft"].items()):
+        ppo = r["per_type"]["ppo"].get(iid, {}).get("strict", 0)
+        lines.append(f"| {iid} | {row['n']} | {pct(row['strict'])} | {pct(ppo)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,114 @@
+"""The gold reward cannot be gamed: for sampled prompts, the honest reference answer beats
+keyword spam, rambling, repetition, an off-topic answer in the right format, and silence."""
+import re
+from random import Random
+
+import pytest
+
+from minift import world
+from minift.builders import Unsatisfiable, build_response
+from minift.gold import gold_breakdown, gold_reward, repeated_3gram_share
+from minift.instructions import split_sentences
+from minift.tasks import sample, verify
+
+N = 150
+NOUNS = set(world.NAMES + world.OBJECTS + world.ANIMALS + world.FOODS + world.PLACES + world.COLORS)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    rng = Random(7)
+    return [sample(rng, "rl_prompts") for _ in range(N)]
+
+
+def gold(s, response):
+    return gold_reward(s.prompt, response, s.ids, s.kwargs)
+
+
+def subject_words(kwargs):
+    """The base task's words (topic, hero, thing, answer, list words) and the keywords asked for."""
+    words = []
+    for kw in kwargs:
+        for key in ("topic", "name", "thing", "place", "answer", "words", "keywords", "keyword"):
+            value = kw.get(key)
+            words += value if isinstance(value, list) else [value] if isinstance(value, str) else []
+    return words
+
+
+def test_formula_by_hand():
+    ids, kwargs = ["task:describe", "punctuation:no_comma"], [{"topic": "kite"}, {}]
+    b = gold_breakdown("Describe a kite. Do not use commas.", "A kite is red, blue and light.", ids, kwargs)
+    assert b["checks"] == {"task:describe": True, "punctuation:no_comma": False} and b["flaws"] == []
+    assert b["reward"] == pytest.approx(0.2 + 0.8 * 0.5)
+    b = gold_breakdown("Describe a kite. Do not use commas.", "The kite is red. " * 6, ids, kwargs)
+    assert b["flaws"] == ["repetition"] and b["reward"] == pytest.approx(1.0 * 0.5)
+    assert gold_reward("Describe a kite.", "  ", ids, kwargs) == 0.0
+    assert repeated_3gram_share("a b c a b c") == pytest.approx(1 / 4)
+
+
+def test_honest_answers_are_perfect(samples):
+    for s in samples:
+        b = gold_breakdown(s.prompt, s.response, s.ids, s.kwargs)
+        assert b["reward"] == 1.0, (s.prompt, s.response, b)
+
+
+def test_keyword_spam_loses(samples):
+    for s in samples:
+        spam = s.response + " " + " ".join(subject_words(s.kwargs) * 15)
+        assert gold(s, spam) < gold(s, s.response), (s.prompt, spam)
+
+
+def test_rambling_loses(samples):
+    rng = Random(0)
+    for s in samples:
+        nouns = [w for w in subject_words(s.kwargs) if w in NOUNS]
+        long = s.response
+        while len(re.findall(r"\w+", long)) <= gold_breakdown(s.prompt, long, s.ids, s.kwargs)["budget"]:
+            long += " " + (world.sentence_about(rng, rng.choice(nouns)) if nouns else world.story(rng))
+        b = gold_breakdown(s.prompt, long, s.ids, s.kwargs)
+        assert "rambling" in b["flaws"] and b["reward"] < 1.0, (s.prompt, long)
+
+
+def test_repetition_loses(samples):
+    for s in samples:
+        sentence = max(split_sentences(s.response), key=len)
+        loop = " ".join([sentence] * 8)
+        assert gold(s, loop) < gold(s, s.response), (s.prompt, loop)
+
+
+def test_off_topic_answer_in_the_right_format_loses(samples):
+    """Build the honest answer for ANOTHER subject of the same task with the same instructions:
+    every format instruction still holds, but the answer is about something else."""
+    rng, built, flagged = Random(1), 0, 0
+    for s in samples:
+        fields = s.task.sample(rng)
+        if any(w in s.prompt for w in subject_words([{k: fields[k] for k in s.task.kwargs}])):
+            continue  # the new subject happens to be in the prompt
+        try:
+            other = build_response(s.task.draft(Random(s.seed), fields), s.items, s.seed)
+        except Unsatisfiable:
+            continue
+        if not all(verify(other, s.ids[1:], s.kwargs[1:], s.prompt)) or verify(other, s.ids[:1], s.kwargs[:1])[0]:
+            continue  # keep answers that satisfy every format instruction but not the task (things
+            # at the park can also be things in the yard: an answer, not off-topic)
+        built += 1
+        b = gold_breakdown(s.prompt, other, s.ids, s.kwargs)
+        assert b["reward"] < gold(s, s.response), (s.prompt, other, b)
+        flagged += "off_topic" in b["flaws"]
+    assert built >= N // 3 and flagged >= 0.8 * built, (built, flagged)  # the rest name things of the place
+
+
+def test_copying_the_request_is_not_an_answer():
+    ids = ["task:describe", "combination:repeat_prompt"]
+    kwargs = [{"topic": "kite"}, {"prompt_to_repeat": "Describe a kite."}]
+    prompt = "Describe a kite. First repeat the request word for word without change, then give your answer."
+    honest = gold_breakdown(prompt, "Describe a kite. A kite is light and it can fly.", ids, kwargs)
+    copy_only = gold_breakdown(prompt, "Describe a kite. The pig is pink. Pigs live on a farm.", ids, kwargs)
+    assert honest["reward"] == 1.0
+    assert not copy_only["checks"]["task:describe"] and "off_topic" in copy_only["flaws"]
+
+
+def test_empty_scores_lowest(samples):
+    for s in samples[:30]:
+        games = [s.response + " " + " ".join(subject_words(s.kwargs) * 15), " ".join([s.response] * 8), "ok", "."]
+        assert gold(s, "") == 0.0 < min(gold(s, g) for g in games)

@@ -1,0 +1,204 @@
+"""The reward model: the Bradley-Terry loss, batching whole prompt groups, padding
+invariance, pair construction, Spearman, and train_reward.py end to end on synthetic pairs
+where the chosen answer always contains a marker word."""
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_reward
+from conftest import ROOT, read_metrics
+from minift.checkpoint import build_model, load_checkpoint, save_training_checkpoint
+from minift.formats import write_jsonl
+from minift.model import GPT, GPTConfig, ScalarModel
+from minift.tokenizer import Tokenizer, save_ranks, train_bpe
+
+WORDS = "the cat dog sun ran sat big red hat mat saw a on in and was happy sad tree ball".split()
+MARKER = "zebra"
+
+
+def test_bradley_terry_matches_hand_computation():
+    loss = train_reward.bradley_terry(torch.tensor([2.0]), torch.tensor([0.5]))
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.5))), abs=1e-6)
+    assert loss.item() == pytest.approx(0.2014, abs=1e-4)
+    # the mean over pairs; a pair ranked the wrong way costs more than log 2
+    loss = train_reward.bradley_terry(torch.tensor([2.0, 0.0]), torch.tensor([0.5, 1.0]))
+    assert loss.item() == pytest.approx((0.2014 + 1.3133) / 2, abs=1e-4)
+
+
+def test_spearman_with_ties():
+    assert train_reward.average_ranks([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]
+    # ranks (1, 2.5, 2.5, 4) vs (1, 3, 2, 4): Pearson = 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    assert train_reward.spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(3 / math.sqrt(10))
+    assert train_reward.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    assert math.isnan(train_reward.spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_pair_construction_drops_ties_and_keeps_groups():
+    from data.make_preferences import make_pairs, val_groups
+    samples = [{"group": g, "prompt": f"p{g}", "response": f"r{g}{i}", "gold": gold, "instruction_id_list": ["x"],
+                "kwargs": [{}]} for g, golds in enumerate([[1.0, 0.5, 0.5, 0.0], [0.3, 0.3, 0.3], [0.9, 0.1]])
+               for i, gold in enumerate(golds)]
+    pairs, ties = make_pairs(samples)
+    assert ties == 1 + 3  # one tie in group 0 (0.5, 0.5), all three pairs of group 1
+    assert len(pairs) == 5 + 1
+    assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
+    assert {p["group"] for p in pairs} == {0, 2}
+    assert all(p["prompt"] == f"p{p['group']}" and p["chosen"].startswith(f"r{p['group']}") for p in pairs)
+    held = val_groups(100, 0.1, seed=0)
+    assert len(held) == 10 and held == val_groups(100, 0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    rng = random.Random(0)
+    text = " ".join(rng.choice(WORDS + [MARKER]) for _ in range(3000)) + " Tell me about the.\n"
+    return Tokenizer.from_ranks(train_bpe(text, 300))
+
+
+def tiny_scalar_model(tok, seed=0):
+    torch.manual_seed(seed)
+    return ScalarModel(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def test_build_groups_renders_each_answer_once(tok):
+    pairs = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"},
+             {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "c"},
+             {"prompt": [{"role": "user", "content": "yo"}], "chosen": "a", "rejected": "b", "group": 7}]
+    seqs, groups, dropped = train_reward.build_groups(pairs, tok, block_size=64)
+    assert len(seqs) == 5 and dropped == 0          # "a" under "hi" is rendered once
+    assert [len(g) for g in groups] == [2, 1]       # identical prompts group together
+    assert groups[0][0][0] == groups[0][1][0]
+    assert seqs[0] == tok.render_conversation([{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "a"}])[0]
+    assert seqs[0][-1] == tok.end
+    _, _, dropped = train_reward.build_groups(pairs, tok, block_size=5)
+    assert dropped == 3
+
+
+def test_scores_do_not_depend_on_padding_or_batch(tok):
+    model = tiny_scalar_model(tok)
+    short = train_reward.render(tok, "Tell me about the cat.", "The cat sat.")
+    longer = [train_reward.render(tok, "Tell me about the dog on the mat.", " ".join(WORDS)),
+              train_reward.render(tok, "hi", "the sun")]
+    with torch.no_grad():
+        alone = train_reward.last_token_scores(model, *train_reward.collate([short], tok.pad, "cpu"))
+        mixed = train_reward.last_token_scores(model, *train_reward.collate(longer + [short], tok.pad, "cpu"))
+        via_reward = model.reward(torch.tensor([short]), torch.ones(1, len(short)), normalized=False)
+    assert torch.allclose(alone[0], mixed[2], atol=1e-5)
+    assert torch.allclose(alone[0], via_reward[0], atol=1e-5)   # what sample.py and PPO read
+    # score_all sorts by length internally; results come back in the input order
+    scores = train_reward.score_all(model, longer + [short], tok.pad, "cpu", batch_size=2)
+    assert torch.allclose(scores, mixed, atol=1e-5)
+
+
+def test_group_batch_loss_equals_pairs_scored_alone(tok):
+    model = tiny_scalar_model(tok)
+    seqs = [train_reward.render(tok, "Tell me about the cat.", r) for r in ("the cat", "a big red cat sat", "sad")]
+    seqs.append(train_reward.render(tok, "hi", "the dog ran on the mat and was happy"))
+    groups = [[(0, 1, []), (0, 2, []), (1, 2, [])], [(3, 0, [])]]
+    loss, acc = train_reward.group_batch_loss(model, seqs, groups, tok.pad, "cpu")
+    with torch.no_grad():
+        alone = [model.reward(torch.tensor([s]), torch.ones(1, len(s)), normalized=False).item() for s in seqs]
+    pairs = [p for g in groups for p in g]
+    expected = sum(-math.log(1 / (1 + math.exp(-(alone[c] - alone[r])))) for c, r, _ in pairs) / len(pairs)
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+    assert acc == pytest.approx(sum(alone[c] > alone[r] for c, r, _ in pairs) / len(pairs))
+
+
+def synthetic_prefs(path, n_groups, k, seed):
+    """Each prompt has k answers of random words; answers with the marker beat those without."""
+    rng = random.Random(seed)
+    pairs, samples = [], []
+    for g in range(n_groups):
+        prompt = f"Tell me about the {rng.choice(WORDS)}."
+        answers = []
+        for i in range(k):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 12))]
+            if i == 0:
+                words.insert(rng.randrange(len(words)), MARKER)
+            answers.append((" ".join(words) + ".", float(i == 0)))
+        samples += [{"prompt": prompt, "response": a, "gold": s, "group": g} for a, s in answers]
+        pairs += [{"prompt": prompt, "chosen": answers[0][0], "rejected": a, "group": g,
+                   "instruction_id_list": ["task:synthetic"], "kwargs": [{}]} for a, _ in answers[1:]]
+    write_jsonl(path, pairs)
+    return samples
+
+
+def test_train_reward_script_learns_a_marker(tok, tmp_path):
+    tok_path = str(tmp_path / "tok.tiktoken")
+    save_ranks(tok_path, tok.enc._mergeable_ranks)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    sft = str(tmp_path / "sft.pt")
+    save_training_checkpoint(sft, "sft", 0, GPT(config), None, config, {"path": tok_path, **tok.identity},
+                             torch.Generator(), {})
+    synthetic_prefs(str(tmp_path / "train.jsonl"), 200, 3, seed=1)
+    val_samples = synthetic_prefs(str(tmp_path / "val.jsonl"), 40, 3, seed=2)
+    write_jsonl(str(tmp_path / "val_samples.jsonl"), val_samples)
+    out = str(tmp_path / "rm")
+    args = ["train_reward.py", "--preset=micro", "--device=cpu", f"--init_from={sft}", f"--out_dir={out}",
+            f"--data={tmp_path / 'train.jsonl'}", f"--val_data={tmp_path / 'val.jsonl'}",
+            f"--val_samples={tmp_path / 'val_samples.jsonl'}", "--learning_rate=3e-3", "--eval_interval=1000"]
+    # one thread: a model this small gains nothing from more, and loses a lot on a busy machine
+    result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = [m for m in read_metrics(out) if "eval_val_accuracy" in m][-1]
+    assert final["eval_val_accuracy"] > 0.7 and final["eval_spearman"] > 0.4, final
+    assert final["eval_val_accuracy_by_type"]["task:synthetic"] == final["eval_val_accuracy"]
+
+    # the checkpoint: kind "reward", normalised on the training answers, readable by sample.py
+    ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    assert ckpt["kind"] == "reward" and ckpt["step"] == 200 // 4
+    model = build_model(ckpt, ScalarModel).eval()
+    seqs, groups, _ = train_reward.build_groups(
+        [json.loads(line) for line in open(tmp_path / "train.jsonl")], tok, 64)
+    raw = train_reward.score_all(model, seqs, tok.pad, "cpu", 256)
+    normalised = model.gain * raw + model.bias
+    assert abs(normalised.mean().item()) < 1e-3 and normalised.std().item() == pytest.approx(1.0, abs=1e-3)
+    import sample
+    marked = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Tell me about the cat.", "--response=the zebra sat."])
+    plain = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Tell me about the cat.", "--response=the dog sat."])
+    assert marked > plain
+
+
+def test_make_preferences_script(tok, tmp_path):
+    """data/make_preferences.py end to end with a random model: whole prompts go to val, every
+    pair is ordered by gold, and val_samples holds every held-out answer."""
+    from random import Random as R
+
+    from data import make_preferences
+    from minift.tasks import sample
+    tok_path = str(tmp_path / "tok.tiktoken")
+    save_ranks(tok_path, tok.enc._mergeable_ranks)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tok.n_vocab, block_size=128, n_layer=1, n_head=2, n_embd=32)
+    sft = str(tmp_path / "sft.pt")
+    save_training_checkpoint(sft, "sft", 0, GPT(config), None, config, {"path": tok_path, **tok.identity},
+                             torch.Generator(), {})
+    rng = R(0)
+    write_jsonl(str(tmp_path / "rl.jsonl"), [sample(rng, "rl_prompts").record(f"rl-{i}") for i in range(16)])
+    out = str(tmp_path / "prefs")
+    stats = make_preferences.main(["--preset=micro", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}",
+                                   f"--prompts={tmp_path / 'rl.jsonl'}"])
+    train, val = (read(os.path.join(out, f"{n}.jsonl")) for n in ("train", "val"))
+    samples = read(os.path.join(out, "val_samples.jsonl"))
+    assert stats["samples"] == 16 * 3 and len(samples) == 4 * 3   # micro: k=3, a quarter held out
+    assert {s["group"] for s in samples}.isdisjoint({p["group"] for p in train})
+    assert {p["group"] for p in val} <= {s["group"] for s in samples}
+    assert all(p["chosen_score"] > p["rejected_score"] for p in train + val)
+    assert len(train) + len(val) == stats["train_pairs"] + stats["val_pairs"]
+    assert stats["train_pairs"] + stats["val_pairs"] + round(stats["tie_rate"] * 48) == 48  # 16 x C(3, 2)
+    again = make_preferences.main(["--preset=micro", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}2",
+                                   f"--prompts={tmp_path / 'rl.jsonl'}"])
+    assert again == {**stats, "seconds": again["seconds"]}                 # deterministic
+
+
+def read(path):
+    return [json.loads(line) for line in open(path)]

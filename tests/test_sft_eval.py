@@ -1,0 +1,67 @@
+"""SFT's data path (render + mask + batches), a few SFT steps through the real script,
+evaluate.py on its output, and the whole pipeline on the micro preset."""
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT, read_metrics
+from minift.tokenizer import Tokenizer, train_bpe
+from train_sft import get_batch, render_dataset
+
+MESSAGES = [{"role": "user", "content": "Name a pet."}, {"role": "assistant", "content": "A cat."}]
+
+
+def test_sft_batch_targets_only_the_answer_and_end_token():
+    tok = Tokenizer.from_ranks(train_bpe("Name a pet. A cat. A dog. " * 50, 300))
+    examples, dropped = render_dataset([{"messages": MESSAGES}], tok, block_size=64)
+    assert dropped == 0
+    x, y = get_batch(examples, 2, tok.pad, torch.Generator().manual_seed(0), "cpu")
+    ids = examples[0][0]
+    answer = tok.encode("A cat.")
+    # inputs are the conversation minus its last token; targets are -1 except the answer + <|end|>
+    assert x[0].tolist() == ids[:-1]
+    learned = [t for t in y[0].tolist() if t != -1]
+    assert learned == answer + [tok.end]
+    # the target sits one position before the token it predicts
+    first = y[0].tolist().index(answer[0])
+    assert x[0, first].item() == tok.assistant
+
+
+def test_overlong_conversations_are_dropped_and_counted():
+    tok = Tokenizer.from_ranks(train_bpe("Name a pet. A cat. " * 50, 300))
+    long = [{"role": "user", "content": "pet " * 100}, {"role": "assistant", "content": "A cat."}]
+    examples, dropped = render_dataset([{"messages": MESSAGES}, {"messages": long}], tok, block_size=64)
+    assert len(examples) == 1 and dropped == 1
+
+
+def test_pipeline_micro_end_to_end(tmp_path):
+    """Every stage through the real scripts on the micro preset; the report has every key."""
+    out = str(tmp_path / "micro")
+    r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["preset"] == "micro" and report["total_seconds"] > 0
+    assert set(report["stages"]["pretrain"]) >= {"seconds", "val_loss"}
+    assert "seconds" in report["stages"]["sft"]
+    assert set(report["stages"]["reward"]) >= {"seconds", "pair_accuracy", "spearman_gold"}
+    assert set(report["stages"]["ppo"]) >= {"seconds", "kl", "reward_start", "reward_end", "gold_start", "gold_end"}
+    for model in ("base", "sft", "ppo"):
+        for split in ("test", "heldout"):
+            m = report["eval"][model][split]
+            assert set(m) == {"prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose"}
+            assert all(0.0 <= v <= 1.0 for v in m.values())
+    assert os.path.exists(os.path.join(out, "report.md"))
+    # SFT was evaluated during training, and its metrics log has the accuracy
+    assert any("eval_prompt_strict" in m for m in read_metrics(os.path.join(out, "sft")))
+    # IFEval-format responses were written for external scoring
+    with open(os.path.join(out, "sft", "responses_test.jsonl")) as f:
+        assert set(json.loads(f.readline())) == {"prompt", "response"}
+    # a second run skips every finished stage
+    r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("done already") == 7, r.stdout[-2000:]

@@ -1,0 +1,341 @@
+"""
+Stage 3 of 4: the reward model (RM). A copy of the SFT model with a scalar head learns to
+score answers the way the gold reward (our stand-in for human raters) ranks them.
+
+    python data/make_preferences.py   # K SFT answers per prompt, pairs ranked by the gold reward
+    python train_reward.py            # tiny preset, starts from out/sft/ckpt.pt
+    python train_reward.py --data=hh_train.jsonl --val_data=hh_test.jsonl --val_samples=   # your own pairs
+
+What happens (InstructGPT, Ouyang et al. 2022, section 3.5; Ziegler et al. 2019):
+  1. The RM is the SFT transformer plus a linear head read at the last token of
+     "<|user|> prompt <|end|> <|assistant|> answer <|end|>": one number per answer.
+  2. Bradley-Terry loss: P(chosen beats rejected) = sigmoid(r_chosen - r_rejected), and we
+     minimise -log of it. Only differences of rewards are learned, so the scale is arbitrary...
+  3. ...which is why, after training, a gain and bias are fitted so that SFT answers score
+     mean 0 and std 1 (ppo-details.md). PPO's KL coefficient then means the same thing
+     whatever RM it is paired with.
+  4. One epoch: InstructGPT found the RM overfits from the second pass over the data.
+Metrics: pair accuracy on held-out prompts (overall and per instruction type) and the
+Spearman correlation between RM scores and gold rewards on held-out SFT samples.
+"""
+
+import json
+import os
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from minift.checkpoint import (build_model, load_checkpoint, resume_training, save_training_checkpoint,
+                               tokenizer_for)
+from minift.config import cli_config, print_config
+from minift.formats import load_preferences, read_jsonl
+from minift.model import ScalarModel, pad_left
+from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
+                             set_lr, setup_runtime)
+
+
+@dataclass
+class Config:
+    # I/O
+    out_dir: str = "out/reward"
+    init_from: str = "out/sft/ckpt.pt"                    # the SFT checkpoint
+    data: str = "data/generated/prefs/train.jsonl"        # preference pairs (ours, TRL or HH-RLHF)
+    val_data: str = "data/generated/prefs/val.jsonl"      # held-out pairs; "" = hold out val_fraction of data
+    val_samples: str = "data/generated/prefs/val_samples.jsonl"  # answers with gold scores ("" to skip)
+    val_fraction: float = 0.1      # only used when val_data is ""
+    resume: bool = True
+    preset: str = "tiny"
+    # optimisation
+    batch_groups: int = 8          # prompts per micro-batch, each with all of its pairs
+    grad_accum: int = 1
+    epochs: int = 1                # InstructGPT: more than one epoch overfits
+    learning_rate: float = 3e-4
+    min_lr: float = 3e-5
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    # evaluation and logging
+    eval_interval: int = 50
+    eval_batch_size: int = 128     # sequences per forward pass when scoring
+    log_interval: int = 10
+    # system
+    device: str = "auto"
+    dtype: str = "bfloat16"
+    compile: bool = False
+    seed: int = 1337
+
+
+PRESETS = {
+    "micro": dict(batch_groups=4, warmup_steps=2, eval_interval=5, log_interval=1),
+    "tiny": dict(),
+    "small": dict(batch_groups=16, learning_rate=1e-4, min_lr=1e-5, warmup_steps=20, eval_interval=100,
+                  eval_batch_size=256),
+}
+
+
+# ---------------------------------------------------------------------- data
+def render(tokenizer, prompt, response):
+    """(prompt messages or string, answer) -> ids of the full conversation, ending in <|end|>."""
+    prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return tokenizer.render_conversation(prompt + [{"role": "assistant", "content": response}])[0]
+
+
+def build_groups(pairs, tokenizer, block_size):
+    """Preference pairs -> (seqs, groups, dropped).
+
+    seqs: the rendered ids of every distinct (prompt, answer), each stored once.
+    groups: one list per prompt of (chosen seq index, rejected seq index, instruction ids).
+    A prompt's group is its "group" field (make_preferences.py writes one) or, for other
+    files, the prompt itself: identical prompts form one group. Pairs with a conversation
+    longer than the context are dropped and counted."""
+    seqs, index, groups, dropped = [], {}, {}, 0
+    for p in pairs:
+        key = str(p["group"]) if "group" in p else json.dumps(p["prompt"])
+        ids = []
+        for response in (p["chosen"], p["rejected"]):
+            if (key, response) not in index:
+                index[key, response] = len(seqs)
+                seqs.append(render(tokenizer, p["prompt"], response))
+            ids.append(index[key, response])
+        if max(len(seqs[i]) for i in ids) > block_size:
+            dropped += 1
+            continue
+        groups.setdefault(key, []).append((ids[0], ids[1], p.get("instruction_id_list", [])))
+    return seqs, list(groups.values()), dropped
+
+
+def collate(seqs, pad_token, device):
+    """Left-pad a list of sequences: (ids, mask), (B, L). Left padding puts every row's last
+    real token, where the reward is read, in the last column; positions come from the mask,
+    so a score does not depend on what else is in the batch (tested)."""
+    return pad_left(seqs, pad_token, device)
+
+
+def last_token_scores(model, ids, mask):
+    """(B, L) left-padded -> (B,) raw scores at the last real token (the last column).
+    We call model(...), not model.reward(...), so DDP sees its forward and syncs gradients."""
+    return model(ids, attention_mask=mask)[:, -1].float()
+
+
+@torch.no_grad()
+def score_all(model, seqs, pad_token, device, batch_size, autocast=nullcontext):
+    """Raw RM scores of many sequences, batched by length so little compute goes to padding."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    scores = torch.zeros(len(seqs))
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        with autocast():
+            scores[batch] = last_token_scores(model, *collate([seqs[i] for i in batch], pad_token, device)).cpu()
+    model.train(was_training)
+    return scores
+
+
+def bradley_terry(r_chosen, r_rejected):
+    """-log sigmoid(r_c - r_r), averaged over pairs (InstructGPT eq. 1). logsigmoid is
+    the stable form: log(sigmoid(x)) underflows to -inf for x below about -100."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def group_batch_loss(model, seqs, groups, pad_token, device):
+    """Loss and accuracy of a batch made of whole prompt groups.
+
+    Why whole groups (InstructGPT 3.5): with K answers per prompt there are up to C(K,2)
+    pairs, but only K distinct answers. Forwarding each answer once and reusing its score in
+    all its pairs costs K passes instead of K(K-1). And a prompt's pairs share answers, so
+    they are strongly correlated: shuffled into separate batches, each answer would be seen
+    K-1 times as if it were fresh data, which made InstructGPT's RM overfit."""
+    used = sorted({i for g in groups for c, r, _ in g for i in (c, r)})
+    row = {s: k for k, s in enumerate(used)}
+    scores = last_token_scores(model, *collate([seqs[i] for i in used], pad_token, device))
+    chosen = torch.tensor([row[c] for g in groups for c, _, _ in g], device=scores.device)
+    rejected = torch.tensor([row[r] for g in groups for _, r, _ in g], device=scores.device)
+    r_c, r_r = scores[chosen], scores[rejected]
+    return bradley_terry(r_c, r_r), (r_c > r_r).float().mean().item()
+
+
+def average_ranks(x):
+    """Ranks 1..n; tied values share the average of the ranks they span."""
+    order, ranks, i = sorted(range(len(x)), key=lambda i: x[i]), [0.0] * len(x), 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a, b):
+    """Spearman's rho: the Pearson correlation of the ranks (ties averaged). nan if constant."""
+    ra, rb = torch.tensor(average_ranks(list(a))), torch.tensor(average_ranks(list(b)))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = (ra.norm() * rb.norm()).item()
+    return (ra @ rb).item() / denom if denom > 0 else float("nan")
+
+
+def evaluate(model, val, samples, pad_token, device, batch_size, autocast):
+    """Held-out pair accuracy (overall and per instruction id: a pair counts toward every id
+    of its prompt), loss, and the Spearman correlation of RM scores with gold rewards."""
+    out = {}
+    if val[1]:
+        seqs, groups = val
+        pairs = [p for g in groups for p in g]
+        used = sorted({i for c, r, _ in pairs for i in (c, r)})
+        raw = score_all(model, [seqs[i] for i in used], pad_token, device, batch_size, autocast)
+        scores = dict(zip(used, raw.tolist()))
+        r_c, r_r = torch.tensor([scores[c] for c, _, _ in pairs]), torch.tensor([scores[r] for _, r, _ in pairs])
+        right = (r_c > r_r).tolist()
+        by_type = {}
+        for (_, _, ids), ok in zip(pairs, right):
+            for t in ids:
+                by_type.setdefault(t, []).append(ok)
+        out.update(val_loss=bradley_terry(r_c, r_r).item(), val_accuracy=sum(right) / len(right),
+                   val_accuracy_by_type={t: sum(v) / len(v) for t, v in sorted(by_type.items())})
+    if samples:
+        seqs, gold = samples
+        out["spearman"] = spearman(score_all(model, seqs, pad_token, device, batch_size, autocast).tolist(), gold)
+    return out
+
+
+# ---------------------------------------------------------------------- training
+def main(argv=None):
+    cfg = cli_config(Config, PRESETS, argv)
+    rt = setup_runtime(cfg.device, cfg.seed)
+    if rt.master:
+        print_config(cfg)
+
+    # ---- the reward model: the SFT transformer plus a fresh scalar head
+    init = load_checkpoint(cfg.init_from, hint="Train the SFT model first: python train_sft.py")
+    tokenizer = tokenizer_for(init, cfg.init_from)
+    init["model_config"]["dropout"] = cfg.dropout
+    model = build_model(init, ScalarModel).to(rt.device)
+    block_size = model.gpt.config.block_size
+
+    # ---- data: pairs grouped by prompt; validation pairs and gold-scored samples
+    seqs, groups, dropped = build_groups(load_preferences(cfg.data), tokenizer, block_size)
+    if cfg.val_data:
+        val = build_groups(load_preferences(cfg.val_data), tokenizer, block_size)[:2]
+    else:  # hold out whole groups, so no prompt is in both sets
+        perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        n_val = int(len(groups) * cfg.val_fraction)
+        val, groups = (seqs, [groups[i] for i in perm[:n_val]]), [groups[i] for i in perm[n_val:]]
+    samples = None
+    if cfg.val_samples:  # (rendered answer, gold score) pairs
+        rows = [(render(tokenizer, r["prompt"], r["response"]), r["gold"]) for r in read_jsonl(cfg.val_samples)]
+        samples = tuple(zip(*[(ids, gold) for ids, gold in rows if len(ids) <= block_size])) or None
+    n_pairs = sum(len(g) for g in groups)
+    per_step = cfg.batch_groups * cfg.grad_accum * rt.world_size  # whole prompt groups per optimizer step
+    if len(groups) < per_step:
+        raise ValueError(f"{len(groups)} prompt groups in {cfg.data} ({dropped} pairs longer than {block_size} "
+                         f"tokens dropped), fewer than one step's {per_step}; lower --batch_groups")
+    if rt.master:
+        n_val, n_samples = sum(len(g) for g in val[1]), len(samples[0]) if samples else 0
+        print(f"{n_pairs} pairs over {len(groups)} prompts from {cfg.data} ({dropped} too long, dropped); "
+              f"{n_val} validation pairs, {n_samples} gold-scored answers")
+
+    steps_per_epoch = len(groups) // per_step  # the last partial batch of an epoch is left out
+    max_steps = cfg.epochs * steps_per_epoch
+    optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, device_type=rt.device_type)
+    batch_rng = torch.Generator().manual_seed(cfg.seed)  # saved with checkpoints; the order is epoch_order's
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    step = 0
+    if cfg.resume and os.path.exists(ckpt_path):
+        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device)["step"]
+        if rt.master:
+            print(f"resuming from {ckpt_path} at step {step}")
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if rt.ddp:
+        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    autocast = lambda: rt.autocast(cfg.dtype)  # noqa: E731
+
+    def epoch_order(epoch):
+        """The shuffled group order of an epoch, a pure function of (seed, epoch): a resumed
+        run finds its place from the step count alone."""
+        return torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+
+    train_answers = [seqs[i] for i in sorted({i for g in groups for c, r, _ in g for i in (c, r)})]
+
+    def normalise():
+        """Fit gain and bias so the RM's scores on SFT answers (every distinct answer in the
+        training pairs) have mean 0 and std 1 (Ziegler et al. 2019; ppo-details.md)."""
+        raw = score_all(raw_model, train_answers, tokenizer.pad, rt.device, cfg.eval_batch_size, autocast)
+        std = raw.std().clamp(min=1e-6)
+        raw_model.gain.fill_(1.0 / std.item())
+        raw_model.bias.fill_(-raw.mean().item() / std.item())
+        return {"norm_mean": raw.mean().item(), "norm_std": std.item()}
+
+    def save(metrics):
+        metrics = {**metrics, **normalise()}  # every checkpoint on disk is ready for PPO
+        save_training_checkpoint(ckpt_path, "reward", step, model, optimizer, cfg, init["tokenizer"], batch_rng,
+                                 metrics, init_from=cfg.init_from)
+        return metrics
+
+    # ---- the training loop
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    bar = tqdm(total=max_steps, initial=step, desc="reward", disable=not rt.master, dynamic_ncols=True)
+    metrics, loss_sum, acc_sum = {}, 0.0, 0.0
+    with StopRequest() as stop:
+        while step < max_steps and not stop.requested:
+            lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, max_steps)
+            set_lr(optimizer, lr)
+            order, start = epoch_order(step // steps_per_epoch), (step % steps_per_epoch) * per_step
+            loss_sum = acc_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                first = start + (micro * rt.world_size + rt.rank) * cfg.batch_groups
+                batch = [groups[i] for i in order[first:first + cfg.batch_groups]]
+                last = micro == cfg.grad_accum - 1
+                with (model.no_sync() if rt.ddp and not last else nullcontext()), autocast():
+                    loss, acc = group_batch_loss(model, seqs, batch, tokenizer.pad, rt.device)
+                    (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+                acc_sum += acc / cfg.grad_accum
+            check_finite(loss_sum, step, ckpt_path)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{acc_sum:.2f}", lr=f"{lr:.2e}",
+                            **{k: f"{metrics[k]:.2f}" for k in ("val_accuracy", "spearman") if k in metrics})
+            if step % cfg.log_interval == 0:
+                log.log(step=step, loss=loss_sum, accuracy=acc_sum, lr=lr, grad_norm=grad_norm)
+            if step % cfg.eval_interval == 0 or step == max_steps:
+                if rt.master:
+                    metrics = evaluate(raw_model, val, samples, tokenizer.pad, rt.device, cfg.eval_batch_size, autocast)
+                    metrics = save({"train_loss": loss_sum, "train_accuracy": acc_sum, **metrics})
+                    log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
+                    bar.write(f"step {step}: loss {loss_sum:.4f}, " + ", ".join(
+                        f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+        if stop.requested and rt.master:
+            save(metrics)
+            print(f"saved {ckpt_path} at step {step}; run the same command again to resume")
+    bar.close()
+    if rt.master and "val_accuracy_by_type" in metrics:
+        print("held-out pair accuracy by instruction type:")
+        for t, a in metrics["val_accuracy_by_type"].items():
+            print(f"  {t:50s} {a:.3f}")
+    cleanup_runtime(rt)
+    return {"step": step, **metrics}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:
+        from minift.formats import DataFormatError
+        from minift.training import NonFiniteLoss
+        if isinstance(e, (NonFiniteLoss, FileNotFoundError, DataFormatError, ValueError)):
+            sys.exit(f"error: {e}")
+        raise
