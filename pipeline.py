@@ -102,9 +102,9 @@ def main(argv=None):
                   f"--eval_data={sft_data}/test.jsonl", f"--out_dir={os.path.dirname(ckpt['sft'])}"]))
     stages["prefs"] = run_stage("prefs", out, cfg.force, lambda: make_preferences.main(
         common + [f"--sft_ckpt={ckpt['sft']}", f"--prompts={sft_data}/rl_prompts.jsonl", f"--out_dir={prefs}"]))
-    stages["reward"] = run_stage("reward", out, cfg.force, lambda: train_reward.main(
+    stages["reward"] = run_stage("reward", out, cfg.force, lambda: reward_summary(train_reward.main(
         common + [f"--init_from={ckpt['sft']}", f"--data={prefs}/train.jsonl", f"--val_data={prefs}/val.jsonl",
-                  f"--val_samples={prefs}/val_samples.jsonl", f"--out_dir={os.path.dirname(ckpt['reward'])}"]))
+                  f"--val_samples={prefs}/val_samples.jsonl", f"--out_dir={os.path.dirname(ckpt['reward'])}"])))
     stages["ppo"] = run_stage("ppo", out, cfg.force, lambda: ppo_summary(train_ppo.main(
         common + [f"--sft_ckpt={ckpt['sft']}", f"--reward_ckpt={ckpt['reward']}",
                   f"--prompts={sft_data}/rl_prompts.jsonl", f"--eval_data={sft_data}/test.jsonl",
@@ -134,6 +134,11 @@ def main(argv=None):
     print(report_markdown(report))
     print(f"wrote {out}/report.md and {out}/report.json")
     return report
+
+
+def reward_summary(metrics):
+    """The report's names for the reward model's held-out numbers."""
+    return {"pair_accuracy": metrics["val_accuracy"], "spearman_gold": metrics["spearman"], **metrics}
 
 
 def ppo_summary(metrics, out_dir):

@@ -67,7 +67,7 @@ class Config:
 
 
 PRESETS = {
-    "micro": dict(n_layer=2, n_head=2, n_embd=32, block_size=64, batch_size=8, max_steps=20,
+    "micro": dict(n_layer=2, n_head=2, n_embd=32, block_size=256, batch_size=8, max_steps=20,
                   warmup_steps=5, eval_interval=10, eval_batches=2, log_interval=1),
     "tiny": dict(),   # the defaults above: ~1M parameters, minutes on 2 CPU cores
     "small": dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=64, max_steps=5000,

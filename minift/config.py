@@ -68,15 +68,16 @@ def parse_config(cls, argv=None, presets=None, script=None):
         i += 1
 
     # The preset goes first, whatever its position, so explicit overrides always win.
+    # (A script without presets, like pipeline.py, may still have a plain `preset` field.)
     for key, value in pairs:
-        if key == "preset":
+        if key == "preset" and presets:
             if value not in presets:
                 raise ConfigError(f"{script}: unknown preset {value!r}; choose from {', '.join(presets)}")
             config = dataclasses.replace(config, **presets[value])
             if "preset" in fields:
                 config.preset = value
     for key, value in pairs:
-        if key == "preset":
+        if key == "preset" and presets:
             continue
         if key not in fields:
             hint = difflib.get_close_matches(key, fields, n=1)
