@@ -45,7 +45,7 @@ class Config:
     resume: bool = True
     preset: str = "tiny"
     # rollouts
-    iterations: int = 30             # rollout + optimisation rounds
+    iterations: int = 12             # rollout + optimisation rounds
     rollout_batch: int = 64          # prompts per rollout
     max_new_tokens: int = 96
     temperature: float = 0.7         # OpenAI, N+ and TRL sample at 0.7, with no top-k/top-p
@@ -68,8 +68,8 @@ class Config:
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0
     # evaluation and logging
-    eval_interval: int = 10
-    eval_examples: int = 200
+    eval_interval: int = 6
+    eval_examples: int = 100
     seed: int = 1337
     device: str = "auto"
 
