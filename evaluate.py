@@ -19,11 +19,10 @@ so a prompt with no extra instruction is still scored on doing the task.
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
-from minift.config import cli_config
+from minift.config import cli_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_inputs, write_ifeval_responses
 from minift.scoring import format_table
@@ -73,7 +72,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

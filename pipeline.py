@@ -22,7 +22,6 @@ The report card is <out_dir>/report.md, with the same numbers in <out_dir>/repor
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ import train_sft
 from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
-from minift.config import cli_config
+from minift.config import cli_config, run
 
 
 @dataclass
@@ -185,7 +184,4 @@ def report_markdown(r):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

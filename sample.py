@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
-from minift.config import cli_config
+from minift.config import cli_config, run
 from minift.model import ScalarModel
 from minift.tokenizer import StreamDecoder
 
@@ -113,7 +113,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

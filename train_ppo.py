@@ -17,7 +17,6 @@ Preferences" (Ziegler et al. 2019, OpenAI's lm-human-preferences).
 """
 
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minift.checkpoint import build_model, load_checkpoint, resume_training, save_training_checkpoint, tokenizer_for
-from minift.config import cli_config, print_config
+from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_inputs
 from minift.gold import gold_reward
@@ -328,11 +327,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:
-        from minift.formats import DataFormatError
-        from minift.training import NonFiniteLoss
-        if isinstance(e, (NonFiniteLoss, FileNotFoundError, DataFormatError, ValueError)):
-            sys.exit(f"error: {e}")
-        raise
+    run(main)

@@ -14,7 +14,6 @@ continues from <out_dir>/ckpt.pt if it exists).
 
 import json
 import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from minift.checkpoint import resume_training, save_training_checkpoint
-from minift.config import cli_config, print_config
+from minift.config import cli_config, print_config, run
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import load_tokenizer
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime,
@@ -188,10 +187,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # a clear one-line reason for the errors we expect
-        from minift.training import NonFiniteLoss
-        if isinstance(e, (NonFiniteLoss, FileNotFoundError, ValueError)):
-            sys.exit(f"error: {e}")
-        raise
+    run(main)

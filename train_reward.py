@@ -21,7 +21,6 @@ Spearman correlation between RM scores and gold rewards on held-out SFT samples.
 
 import json
 import os
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from minift.checkpoint import (build_model, load_checkpoint, resume_training, save_training_checkpoint,
                                tokenizer_for)
-from minift.config import cli_config, print_config
+from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, read_jsonl
 from minift.model import ScalarModel, pad_left
 from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
@@ -331,11 +330,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:
-        from minift.formats import DataFormatError
-        from minift.training import NonFiniteLoss
-        if isinstance(e, (NonFiniteLoss, FileNotFoundError, DataFormatError, ValueError)):
-            sys.exit(f"error: {e}")
-        raise
+    run(main)

@@ -17,7 +17,6 @@ answers to held-aside prompts and checking them in code.
 """
 
 import os
-import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from minift.checkpoint import (build_model, load_checkpoint, resume_training, save_training_checkpoint,
                                tokenizer_for)
-from minift.config import cli_config, print_config
+from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_sft
 from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
@@ -192,11 +191,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:
-        from minift.formats import DataFormatError
-        from minift.training import NonFiniteLoss
-        if isinstance(e, (NonFiniteLoss, FileNotFoundError, DataFormatError, ValueError)):
-            sys.exit(f"error: {e}")
-        raise
+    run(main)

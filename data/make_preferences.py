@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
-from minift.config import cli_config, print_config  # noqa: E402
+from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import generate_responses  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
 from minift.gold import gold_reward  # noqa: E402
@@ -146,7 +146,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    run(main)

@@ -98,3 +98,14 @@ def cli_config(cls, presets=None, argv=None):
 
 def print_config(config):
     print(", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items()))
+
+
+def run(main):
+    """A script's entry point: an expected failure (a missing file, malformed data, a bad
+    option, a NaN loss) ends with its one-line message, not a traceback. Anything else is
+    a bug, and keeps its traceback."""
+    from minift.training import NonFiniteLoss  # DataFormatError is a ValueError
+    try:
+        main()
+    except (FileNotFoundError, ValueError, NonFiniteLoss) as e:
+        sys.exit(f"error: {e}")
