@@ -1,7 +1,7 @@
 """
 Preference data for the reward model, made the InstructGPT way with a program as the rater:
 
-    python data/make_preferences.py                  # tiny preset: out/sft/ckpt.pt, 600 prompts x 4 answers
+    python data/make_preferences.py                  # tiny preset: out/sft/ckpt.pt, 1000 prompts x 4 answers
     python data/make_preferences.py --k=6 --num_prompts=0    # every RL prompt, 6 answers each
 
 For each prompt of data/generated/sft/rl_prompts.jsonl the SFT model samples K answers
@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -35,7 +36,7 @@ from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noq
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import generate_responses  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
-from minift.gold import gold_reward  # noqa: E402
+from minift.gold import gold_breakdown  # noqa: E402
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"
     prompts: str = "data/generated/sft/rl_prompts.jsonl"   # IFEval-style records
     out_dir: str = "data/generated/prefs"
-    num_prompts: int = 600        # 0 = all of them
+    num_prompts: int = 1000       # 0 = all; ~60 s on 2 CPU cores, then train_reward.py ~45 s
     k: int = 4                    # answers per prompt -> up to k(k-1)/2 pairs
     temperature: float = 1.0
     max_new_tokens: int = 96
@@ -102,13 +103,14 @@ def make_preferences(model, tokenizer, records, k=4, temperature=1.0, max_new_to
     generator = torch.Generator(device=device).manual_seed(seed)
     answers = sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator)
     held_out = val_groups(len(records), val_fraction, seed)
-    train, val = [], []
+    train, val, flaws = [], [], Counter()
     for g, (rec, group) in enumerate(zip(records, answers)):
         for response in group:
-            gold = gold_reward(rec["prompt"], response, rec["instruction_id_list"], rec["kwargs"])
+            gold = gold_breakdown(rec["prompt"], response, rec["instruction_id_list"], rec["kwargs"])
+            flaws.update(gold["flaws"])
             (val if g in held_out else train).append(
-                {"prompt": rec["prompt"], "response": response, "gold": gold, "group": g, "key": rec.get("key"),
-                 "instruction_id_list": rec["instruction_id_list"], "kwargs": rec["kwargs"]})
+                {"prompt": rec["prompt"], "response": response, "gold": gold["reward"], "group": g,
+                 "key": rec.get("key"), "instruction_id_list": rec["instruction_id_list"], "kwargs": rec["kwargs"]})
     train_pairs, train_ties = make_pairs(train)
     val_pairs, val_ties = make_pairs(val)
     everything = train + val
@@ -116,7 +118,8 @@ def make_preferences(model, tokenizer, records, k=4, temperature=1.0, max_new_to
     stats = {"prompts": len(records), "samples": len(everything), "train_pairs": len(train_pairs),
              "val_pairs": len(val_pairs), "tie_rate": (train_ties + val_ties) / max(1, n_comparisons),
              "mean_gold": sum(s["gold"] for s in everything) / max(1, len(everything)),
-             "perfect_share": sum(s["gold"] >= 1 for s in everything) / max(1, len(everything))}
+             "perfect_share": sum(s["gold"] >= 1 for s in everything) / max(1, len(everything)),
+             "flaw_rate": {f: n / max(1, len(everything)) for f, n in sorted(flaws.items())}}
     val_samples = [{k_: s[k_] for k_ in ("prompt", "response", "gold", "group", "key")} for s in val]
     return train_pairs, val_pairs, val_samples, stats
 
@@ -141,7 +144,8 @@ def main(argv=None):
     print(f"{stats['prompts']} prompts x {cfg.k} answers in {stats['seconds']}s: {stats['train_pairs']} train "
           f"pairs, {stats['val_pairs']} val pairs, {len(val_samples)} val samples -> {cfg.out_dir}")
     print(f"tie rate {stats['tie_rate']:.1%} (dropped), mean gold {stats['mean_gold']:.3f}, "
-          f"perfect answers {stats['perfect_share']:.1%}")
+          f"perfect answers {stats['perfect_share']:.1%}, flaws: " +
+          (", ".join(f"{f} {r:.1%}" for f, r in stats["flaw_rate"].items()) or "none"))
     return stats
 
 

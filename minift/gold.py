@@ -5,7 +5,7 @@ A reward model is trained on preferences that come from this function (data/make
 and PPO is then judged by it: because it is a program we can watch the policy over-optimise the
 learned reward while the gold score stalls or falls (Gao et al. 2022, "Scaling Laws for Reward
 Model Overoptimization", do the same with a large "gold" RM). So it must be hard to game: every
-cheap trick that could raise the share of passed checkers costs more than it gains.
+cheap trick that could raise the share of passed checkers must cost more than it gains.
 
     gold = 0                                            if the response is empty (or only spaces)
     gold = (0.2 + 0.8 * passed) * 0.5 ** flaws          otherwise
@@ -17,7 +17,7 @@ passed   the share of the prompt's items whose checker says yes (strict): the ba
 flaws    how many of these four content flaws the response shows; each one halves the reward:
   rambling    more words than the budget: 60, plus the words of a prompt it must repeat, plus
               the minimum of a word-count instruction; doubled when two answers are asked for.
-              (The answers of our tasks have 5-40 words; 96 sampled tokens are about 70.)
+              (Reference answers have at most 55 words; 96 sampled tokens are about 70 words.)
   repetition  more than half of its word 3-grams are repeats: a decoding loop, or one sentence
               said again and again.
   spam        a content word occurs more than 6 times (12 with two answers) beyond what a
@@ -28,10 +28,11 @@ flaws    how many of these four content flaws the response shows; each one halve
               keyword an instruction asked for ("Look at the owl.") do not count either way.
 Why this shape:
   * The floor of 0.2 makes any attempt beat an empty answer, which scores lowest.
-  * Flaws multiply, so a flaw costs at least half the reward: more than the one checker
-    (at most 0.8 / number of items) a trick like stuffing keywords could win.
+  * Flaws multiply: a flawed answer scores at most 0.5, half of a clean answer that passes
+    everything, so no trick beats doing the task (it can only beat answers that fail anyway).
   * Discrete levels, like a rater's grades: two answers that are equally good tie (ties carry no
-    preference and are dropped), and a pair's winner is better for a reason a small RM can see.
+    preference and are dropped), and a pair's winner is better for a nameable reason: a checker
+    or a flaw (gold_breakdown lists both).
 The thresholds sit above everything in our own reference answers (tests/test_gold.py checks
 that reference answers have no flaw), so honest answers are never penalised.
 """

@@ -87,8 +87,8 @@ def test_scores_do_not_depend_on_padding_or_batch(tok):
     longer = [train_reward.render(tok, "Tell me about the dog on the mat.", " ".join(WORDS)),
               train_reward.render(tok, "hi", "the sun")]
     with torch.no_grad():
-        alone = train_reward.last_token_scores(model, *train_reward.collate([short], tok.pad, "cpu"))
-        mixed = train_reward.last_token_scores(model, *train_reward.collate(longer + [short], tok.pad, "cpu"))
+        alone = train_reward.last_token_scores(model, [short], tok.pad, "cpu")
+        mixed = train_reward.last_token_scores(model, longer + [short], tok.pad, "cpu")
         via_reward = model.reward(torch.tensor([short]), torch.ones(1, len(short)), normalized=False)
     assert torch.allclose(alone[0], mixed[2], atol=1e-5)
     assert torch.allclose(alone[0], via_reward[0], atol=1e-5)   # what sample.py and PPO read
@@ -151,6 +151,7 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     final = [m for m in read_metrics(out) if "eval_val_accuracy" in m][-1]
     assert final["eval_val_accuracy"] > 0.7 and final["eval_spearman"] > 0.4, final
+    assert final["eval_spearman_within"] > 0.5, final
     assert final["eval_val_accuracy_by_type"]["task:synthetic"] == final["eval_val_accuracy"]
 
     # the checkpoint: kind "reward", normalised on the training answers, readable by sample.py
