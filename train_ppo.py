@@ -5,6 +5,7 @@ policy toward higher scores while a per-token KL penalty keeps it close to the S
 
     python train_ppo.py                      # tiny preset, from out/sft and out/reward
     python train_ppo.py --reward=gold        # reward straight from the checkers (RLVR-style)
+    torchrun --nproc_per_node=2 train_ppo.py # DDP: each rank samples its own rollouts
 
 One iteration, top to bottom in `main`:
   1. rollout: sample answers to a batch of prompts (KV cache, temperature T);
@@ -20,6 +21,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -29,7 +31,8 @@ from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_inputs
 from minift.gold import gold_reward
 from minift.model import ScalarModel, pad_left
-from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
+from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, set_lr,
+                             setup_runtime)
 
 
 @dataclass
@@ -45,7 +48,7 @@ class Config:
     preset: str = "tiny"
     # rollouts
     iterations: int = 12             # rollout + optimisation rounds
-    rollout_batch: int = 64          # prompts per rollout
+    rollout_batch: int = 64          # prompts per rollout (per rank with DDP)
     max_new_tokens: int = 96
     temperature: float = 0.7         # OpenAI, N+ and TRL sample at 0.7, with no top-k/top-p
     missing_eos_penalty: float = 1.0 # subtracted from the score of an answer that never ends
@@ -106,6 +109,13 @@ def answer_logprobs(model, seq, attn, prompt_len, temperature):
     return logp, logits
 
 
+def penalise_unfinished(score, ended, penalty):
+    """The "EOS trick" (N+; TRL's missing_eos_penalty): an answer cut off at max_new_tokens,
+    without its <|end|>, loses `penalty` from its score; one that ended keeps its score.
+    Without it, rambling until cut off costs nothing, and the policy learns to ramble."""
+    return score - penalty * (1 - ended.float())
+
+
 def token_rewards(score, logprobs, ref_logprobs, mask, kl_coef):
     """Per-token reward: r_t = -beta * (log pi(a_t) - log pi_ref(a_t)), plus the sequence
     score on the last real answer token (Ziegler eq. 2; InstructGPT eq. 2). Returns
@@ -162,6 +172,20 @@ class AdaptiveKLController:
         self.value *= 1 + error * n_samples / self.horizon
 
 
+def average_gradients(params, rt):
+    """DDP by hand: after backward each rank holds the gradient of its own minibatch; the
+    average over ranks is the gradient of the global batch, and with it the identical Adam
+    step keeps the replicas identical (they start so: every rank loads the same checkpoint).
+    train_pretrain.py wraps its model in DDP instead, which does this in buckets during
+    backward. Here the policy also generates and is evaluated, and policy and critic share
+    one backward, so one explicit loop is simpler than two wrappers and their `.module`s."""
+    if rt.ddp:
+        for p in params:
+            if p.grad is not None:      # the same on every rank: they all ran the same graph
+                dist.all_reduce(p.grad)     # a sum over ranks, in place
+                p.grad /= rt.world_size
+
+
 # ---------------------------------------------------------------------------- rollouts
 @torch.no_grad()
 def rollout(policy, tokenizer, records, cfg, generator, device):
@@ -171,6 +195,9 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
     prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad, device)             # (B, P)
     answers = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
                               stop_token=tokenizer.end, pad_token=tokenizer.pad, generator=generator)
+    # generate() already stops a row at its <|end|>; cutting here as well makes it this
+    # function's guarantee that nothing after the end token is ever scored or trained on.
+    answers = [a[:a.index(tokenizer.end) + 1] if tokenizer.end in a else a for a in answers]
     N = max(len(a) for a in answers)
     answer_ids = torch.full((len(answers), N), tokenizer.pad, dtype=torch.long)
     answer_mask = torch.zeros((len(answers), N))
@@ -187,7 +214,8 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
 def main(argv=None):
     cfg = cli_config(Config, PRESETS, argv)
     rt = setup_runtime(cfg.device, cfg.seed)
-    print_config(cfg)
+    if rt.master:
+        print_config(cfg)
     device = rt.device
 
     # ---- four models. Dropout is off in all of them (Ziegler, N+): with dropout, the
@@ -224,14 +252,19 @@ def main(argv=None):
     # with one learning rate. eps 1e-5 as N+ (TensorFlow's placement differs from PyTorch's).
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    # With DDP each rank draws its own prompts and samples: a rank-specific seed.
+    generator = torch.Generator(device=device).manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     it = 0
     if cfg.resume and os.path.exists(ckpt_path):
         ckpt = resume_training(ckpt_path, policy, optimizer, generator, device)
         value_model.load_state_dict(ckpt["value_model"])
         it, kl_ctl.value = ckpt["step"], ckpt["kl_coef"]
-        print(f"resuming from {ckpt_path} at iteration {it}")
+        if rt.rank > 0:
+            # the checkpoint holds rank 0's random state; the other ranks must not copy its draws
+            generator.manual_seed(cfg.seed + rt.rank + 1000 * it)
+        if rt.master:
+            print(f"resuming from {ckpt_path} at iteration {it}")
 
     def score_answers(seq, attn, texts, batch):
         """The sequence-level score of each answer: the reward model's normalised output at
@@ -245,8 +278,9 @@ def main(argv=None):
         save_training_checkpoint(ckpt_path, "ppo", it, policy, optimizer, cfg, sft["tokenizer"], generator,
                                  metrics, value_model=value_model.state_dict(), kl_coef=kl_ctl.value)
 
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"))
-    bar = tqdm(total=cfg.iterations, initial=it, desc="ppo", dynamic_ncols=True)
+    # Only rank 0 logs, evaluates and saves; the statistics it logs are averaged over ranks.
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    bar = tqdm(total=cfg.iterations, initial=it, desc="ppo", disable=not rt.master, dynamic_ncols=True)
     metrics = {}
     with StopRequest() as stop:
         while it < cfg.iterations and not stop.requested:
@@ -262,9 +296,7 @@ def main(argv=None):
                 # V(s_t) is read at the token before answer token t: positions P-1 .. P+N-2.
                 old_values = value_model(seq, attn)[:, P - 1:-1] * mask
                 score, rm_score, gold = score_answers(seq, attn, texts, batch)
-                # The "EOS trick" (N+, TRL's missing_eos_penalty): an answer cut off at
-                # max_new_tokens is penalised, or the policy learns to ramble.
-                score = score - cfg.missing_eos_penalty * (1 - ended)
+                score = penalise_unfinished(score, ended, cfg.missing_eos_penalty)
                 if cfg.whiten_rewards:
                     score = masked_whiten(score, torch.ones_like(score), shift_mean=False)
                 rewards, kl = token_rewards(score, old_logp, ref_logp, mask, kl_ctl.value)
@@ -286,9 +318,12 @@ def main(argv=None):
                     pg_loss, vf_loss, st = ppo_losses(new_logp, old_logp[mb], advantages[mb], new_values,
                                                       old_values[mb], returns[mb], mask[mb], cfg)
                     loss = pg_loss + cfg.vf_coef * vf_loss
-                    check_finite(loss.item(), it, ckpt_path)
+                    # averaged, so that all ranks stop together (one alone would leave the
+                    # others waiting forever in the next all-reduce)
+                    check_finite(all_reduce_mean(loss.item(), rt), it, ckpt_path)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    average_gradients(params, rt)
                     # Clip each network on its own, so the critic's large early gradients
                     # cannot shrink the policy's step.
                     torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
@@ -300,16 +335,18 @@ def main(argv=None):
                     stats.append(st | {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item()})
             it += 1
 
-            # ---- logging: the KL to the reference is summed over an answer's tokens (nats)
-            kl_per_answer = kl.sum(1).mean().item()
-            if cfg.adaptive_kl:
-                kl_ctl.update(kl_per_answer, B)
-            metrics = {"iteration": it, "rm_score": rm_score.mean().item(), "gold": gold.mean().item(),
-                       "kl": kl_per_answer, "kl_coef": kl_ctl.value, "length": mask.sum(1).mean().item(),
-                       "end_rate": ended.mean().item(),
-                       **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
-                       "first_ratio": stats[0]["ratio"]}
-            if it % cfg.eval_interval == 0 or it == cfg.iterations:
+            # ---- logging: the KL to the reference is summed over an answer's tokens (nats).
+            # Every statistic is averaged over the ranks (a no-op without DDP).
+            local = {"rm_score": rm_score.mean().item(), "gold": gold.mean().item(),
+                     "kl": kl.sum(1).mean().item(), "length": mask.sum(1).mean().item(),
+                     "end_rate": ended.mean().item(),
+                     **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
+                     "first_ratio": stats[0]["ratio"]}
+            metrics = {"iteration": it, **{k: all_reduce_mean(v, rt) for k, v in local.items()}}
+            if cfg.adaptive_kl:  # on the averaged KL, so every rank keeps the same beta
+                kl_ctl.update(metrics["kl"], B * rt.world_size)
+            metrics["kl_coef"] = kl_ctl.value
+            if rt.master and (it % cfg.eval_interval == 0 or it == cfg.iterations):
                 if eval_records:
                     ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
                     metrics["eval_prompt_strict"] = ev["prompt_strict"]
@@ -318,7 +355,7 @@ def main(argv=None):
             bar.update(1)
             bar.set_postfix(rm=f"{metrics['rm_score']:.2f}", gold=f"{metrics['gold']:.2f}",
                             kl=f"{metrics['kl']:.2f}", clip=f"{metrics['clipfrac']:.3f}")
-        if stop.requested:
+        if stop.requested and rt.master:
             save(metrics)
             print(f"saved {ckpt_path} at iteration {it}; run the same command again to resume")
     bar.close()

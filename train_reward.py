@@ -72,7 +72,7 @@ class Config:
 
 
 PRESETS = {
-    "micro": dict(batch_groups=4, warmup_steps=2, eval_interval=5, log_interval=1),
+    "micro": dict(batch_groups=2, warmup_steps=2, eval_interval=5, log_interval=1),
     "tiny": dict(),
     "small": dict(batch_groups=16, learning_rate=1e-4, min_lr=1e-5, warmup_steps=20, eval_batch_size=256),
 }

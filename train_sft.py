@@ -45,7 +45,7 @@ class Config:
     # optimisation
     batch_size: int = 32           # conversations per micro-batch
     grad_accum: int = 1
-    max_steps: int = 300           # ~2.5 minutes on 2 CPU cores
+    max_steps: int = 500           # ~2.5 minutes on 2 CPU cores
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 20
@@ -53,8 +53,8 @@ class Config:
     grad_clip: float = 1.0
     dropout: float = 0.0
     # evaluation and logging
-    eval_interval: int = 100
-    eval_examples: int = 200       # prompts scored at each evaluation
+    eval_interval: int = 250
+    eval_examples: int = 100       # prompts scored at each evaluation
     max_new_tokens: int = 128
     log_interval: int = 10
     # system

@@ -56,7 +56,7 @@ class Config:
 
 
 PRESETS = {
-    "micro": dict(num_prompts=16, k=3, max_new_tokens=24, batch_size=48, val_fraction=0.25),
+    "micro": dict(num_prompts=96, k=4, max_new_tokens=24, batch_size=96, val_fraction=0.4),
     "tiny": dict(),
     "small": dict(num_prompts=0, k=6, max_new_tokens=128, batch_size=512),
 }

@@ -25,6 +25,7 @@ tokenizer's training sample (the first --bpe_mb MB of training text) is held at 
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import sys
@@ -40,7 +41,7 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from minift import world  # noqa: E402
+from minift import tasks, world  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
 EOT_MARKER = "<|endoftext|>"
@@ -53,14 +54,34 @@ NGRAM_SAMPLE_BYTES = 1_000_000  # the distinct-3-gram ratio depends on sample si
 # --------------------------------------------------------------------------------------------------
 # Document sources: each is a generator of strings.
 
-def generated_documents(seed: int, n_bytes: int):
-    """The story world's documents until about n_bytes of text."""
+def generated_documents(seed: int, n_bytes: int, formatted_share: float = 0.25):
+    """The story world's documents until about n_bytes of text.
+
+    A share of them are short *formatted* pieces: a titled description, a bullet list, a note in
+    capitals, a JSON record, a letter with a P.S. (minift.tasks.formatted_piece). Web text, which
+    real models pretrain on, is full of such forms; without them our base model would meet a
+    `<<title>>` or an ALL-CAPS word for the first time during SFT, and a few minutes of SFT are
+    too little to learn how to write them AND when to. The pieces carry no instructions, so the
+    base model still does not know when to use which form: that is what SFT teaches."""
+    stories = world.iter_documents(seed)
+    rng = random.Random(f"formatted/{seed}")
     total = 0
-    for doc in world.iter_documents(seed):
-        if total >= n_bytes:
-            return
+    while total < n_bytes:
+        doc = tasks.formatted_piece(rng) if rng.random() < formatted_share else next(stories)
         yield doc
         total += len(doc) + 1
+
+
+def instruction_prompts(seed: int, n_bytes: int):
+    """Instruction prompts in the style of the SFT data (train-split templates and values only),
+    about n_bytes of them. They are added to the tokenizer's training text, never to the corpus:
+    a BPE that has seen "Your answer must contain a title" spends few tokens on prompts."""
+    rng = random.Random(f"prompts/{seed}")
+    total = 0
+    while total < n_bytes:
+        prompt = tasks.sample(rng, "train", contrast=False).prompt
+        yield prompt
+        total += len(prompt) + 1
 
 
 def input_files(path: str) -> list[Path]:
@@ -147,20 +168,22 @@ def _chunks(docs, n_bytes):
 
 def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: int = 1337,
             vocab_size: int = 2048, tokenizer: str | None = None, bpe_mb: float = 8.0,
-            verbose: bool = True) -> dict:
+            formatted_share: float = 0.25, prompts_mb: float = 0.5, verbose: bool = True) -> dict:
     """Build train.bin, val.bin, tokenizer.tiktoken and meta.json in out_dir; returns the meta.
 
     input: None = generate size_mb MB (10^6 bytes) of story-world text from `seed`; else a text
     file or folder (size_mb is then ignored: all of it is used).
     tokenizer: None = train a BPE of vocab_size tokens (plus 5 specials) on the first bpe_mb MB
-    of training text; "gpt2" = tiktoken's GPT-2 encoding; a path = an existing .tiktoken file.
+    of training text (plus, for the generated corpus, prompts_mb MB of instruction prompts);
+    "gpt2" = tiktoken's GPT-2 encoding; a path = an existing .tiktoken file.
+    formatted_share: the share of generated documents that are formatted pieces.
     """
     log = print if verbose else (lambda *a, **k: None)
     t_start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     if input is None:
         source = f"generated (minift.world, seed {seed})"
-        docs = _Timed(generated_documents(seed, int(size_mb * 1e6)))
+        docs = _Timed(generated_documents(seed, int(size_mb * 1e6), formatted_share))
     else:
         source = os.path.abspath(input)
         docs = _Timed(chain.from_iterable(file_documents(p) for p in input_files(input)))
@@ -181,6 +204,8 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         if not head:
             raise ValueError(f"no text found in {input!r}")
         t_tok = time.perf_counter()
+        if input is None:
+            sample += instruction_prompts(seed, int(prompts_mb * 1e6))
         ranks = train_bpe("\n".join(sample or head), vocab_size)
         tok_path = os.path.join(out_dir, "tokenizer.tiktoken")
         save_ranks(tok_path, ranks)
@@ -279,9 +304,14 @@ def main(argv=None):
     ap.add_argument("--vocab_size", type=int, default=2048, help="BPE tokens incl. the 256 bytes (+5 specials)")
     ap.add_argument("--tokenizer", default=None, help="'gpt2' or a .tiktoken file to reuse (default: train one)")
     ap.add_argument("--bpe_mb", type=float, default=8.0, help="train the BPE on at most this many MB of text")
+    ap.add_argument("--formatted_share", type=float, default=0.25,
+                    help="share of generated documents that are formatted pieces (lists, titles, capitals...)")
+    ap.add_argument("--prompts_mb", type=float, default=0.5,
+                    help="MB of instruction prompts added to the BPE's training text (generated corpus only)")
     args = ap.parse_args(argv)
     prepare(args.out_dir, input=args.input, size_mb=args.size_mb, seed=args.seed, vocab_size=args.vocab_size,
-            tokenizer=args.tokenizer, bpe_mb=args.bpe_mb)
+            tokenizer=args.tokenizer, bpe_mb=args.bpe_mb, formatted_share=args.formatted_share,
+            prompts_mb=args.prompts_mb)
 
 
 if __name__ == "__main__":

@@ -446,6 +446,14 @@ def sample(rng, split, contrast=True, stats=None):
     raise RuntimeError(f"could not sample a {split} prompt")
 
 
+def formatted_piece(rng):
+    """A short formatted text for the pretraining corpus (data/prepare.py): the reference answer
+    to a train-split prompt, without the prompt. The corpus thereby holds the forms the
+    instructions ask for (titles, bullets, JSON, capitals, P.S. lines, exact counts), but never
+    an instruction next to its answer."""
+    return sample(rng, "train", contrast=False).response
+
+
 def too_long(s):
     """Short answers keep SFT fast and the context small (a 256-token window holds prompt and
     answer). Size is a rough token count: words and punctuation, plus about one token per two

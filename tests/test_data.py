@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from data.prepare import distinct_ngram_ratio, prepare
+from data.prepare import distinct_ngram_ratio, generated_documents, instruction_prompts, prepare
 from minift import world
 from minift.tokenizer import load_tokenizer
 
@@ -128,7 +128,7 @@ def check_roundtrip(out_dir, docs):
 
 def test_prepare_default_corpus(tmp_path):
     meta = prepare(str(tmp_path), size_mb=0.05, seed=0, vocab_size=300, verbose=False)
-    check_roundtrip(str(tmp_path), world.generate_corpus(0, 50_000))
+    check_roundtrip(str(tmp_path), list(generated_documents(0, 50_000)))
     for name in ("train.bin", "val.bin", "tokenizer.tiktoken", "meta.json"):
         assert (tmp_path / name).exists()
     assert meta == json.load(open(tmp_path / "meta.json"))
@@ -137,6 +137,21 @@ def test_prepare_default_corpus(tmp_path):
     # Reusing the tokenizer file gives the same ids.
     again = prepare(str(tmp_path / "again"), size_mb=0.05, seed=0, tokenizer=meta["tokenizer"], verbose=False)
     assert again["tokenizer_sha256"] == meta["tokenizer_sha256"] and again["train_tokens"] == meta["train_tokens"]
+
+
+def test_generated_corpus_mixes_in_formatted_pieces_without_instructions():
+    docs = list(generated_documents(0, 300_000, formatted_share=0.25))
+    stories = set(world.generate_corpus(0, 400_000))
+    pieces = [d for d in docs if d not in stories]
+    assert 0.18 < len(pieces) / len(docs) < 0.32            # the share is what was asked for
+    forms = {"title": "<<", "bullets": "\n* ", "postscript": "P.S.", "json": '{"', "capitals": re.compile(r"\b[A-Z]{4,}\b")}
+    for name, form in forms.items():                        # the forms SFT will ask for are all there...
+        assert any((form.search(d) if hasattr(form, "search") else form in d) for d in pieces), name
+    # ...but never the instructions themselves: those are only for SFT
+    prompts = list(instruction_prompts(0, 20_000))
+    assert prompts and not any(p in d for p in prompts for d in docs)
+    assert not any(re.search(r"your (answer|response)", d, re.I) for d in docs)
+    assert list(generated_documents(0, 50_000, formatted_share=0.0)) == world.generate_corpus(0, 50_000)
 
 
 PARAGRAPHS = ["First Citizen:\nBefore we proceed any further, hear me speak.",

@@ -142,7 +142,8 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     val_samples = synthetic_prefs(str(tmp_path / "val.jsonl"), 40, 3, seed=2)
     write_jsonl(str(tmp_path / "val_samples.jsonl"), val_samples)
     out = str(tmp_path / "rm")
-    args = ["train_reward.py", "--preset=micro", "--device=cpu", f"--init_from={sft}", f"--out_dir={out}",
+    args = ["train_reward.py", "--preset=micro", "--batch_groups=4", "--device=cpu", f"--init_from={sft}",
+            f"--out_dir={out}",
             f"--data={tmp_path / 'train.jsonl'}", f"--val_data={tmp_path / 'val.jsonl'}",
             f"--val_samples={tmp_path / 'val_samples.jsonl'}", "--learning_rate=3e-3", "--eval_interval=1000"]
     # one thread: a model this small gains nothing from more, and loses a lot on a busy machine
@@ -186,7 +187,7 @@ def test_make_preferences_script(tok, tmp_path):
     rng = R(0)
     write_jsonl(str(tmp_path / "rl.jsonl"), [sample(rng, "rl_prompts").record(f"rl-{i}") for i in range(16)])
     out = str(tmp_path / "prefs")
-    stats = make_preferences.main(["--preset=micro", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}",
+    stats = make_preferences.main(["--preset=micro", "--k=3", "--val_fraction=0.25", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}",
                                    f"--prompts={tmp_path / 'rl.jsonl'}"])
     train, val = (read(os.path.join(out, f"{n}.jsonl")) for n in ("train", "val"))
     samples = read(os.path.join(out, "val_samples.jsonl"))
@@ -196,7 +197,7 @@ def test_make_preferences_script(tok, tmp_path):
     assert all(p["chosen_score"] > p["rejected_score"] for p in train + val)
     assert len(train) + len(val) == stats["train_pairs"] + stats["val_pairs"]
     assert stats["train_pairs"] + stats["val_pairs"] + round(stats["tie_rate"] * 48) == 48  # 16 x C(3, 2)
-    again = make_preferences.main(["--preset=micro", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}2",
+    again = make_preferences.main(["--preset=micro", "--k=3", "--val_fraction=0.25", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}2",
                                    f"--prompts={tmp_path / 'rl.jsonl'}"])
     assert again == {**stats, "seconds": again["seconds"]}                 # deterministic
 
