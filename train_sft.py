@@ -45,7 +45,7 @@ class Config:
     # optimisation
     batch_size: int = 32           # conversations per micro-batch
     grad_accum: int = 1
-    max_steps: int = 500           # ~2.5 minutes on 2 CPU cores
+    max_steps: int = 500           # ~2.7 minutes on 2 CPU cores, evaluations included
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 20
