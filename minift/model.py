@@ -25,7 +25,7 @@ import torch.nn.functional as F
 @dataclass
 class GPTConfig:
     vocab_size: int = 2048   # the tokenizer's n_vocab (specials included)
-    block_size: int = 256    # longest sequence the position table covers
+    block_size: int = 256    # longest sequence (the rotary tables cover this many positions)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
