@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, read_metrics
 from minift.tokenizer import Tokenizer, train_bpe
-from train_sft import get_batch, render_dataset
+from train_sft import get_batch, length_order, render_dataset
 
 MESSAGES = [{"role": "user", "content": "Name a pet."}, {"role": "assistant", "content": "A cat."}]
 
@@ -18,7 +18,7 @@ def test_sft_batch_targets_only_the_answer_and_end_token():
     tok = Tokenizer.from_ranks(train_bpe("Name a pet. A cat. A dog. " * 50, 300))
     examples, dropped = render_dataset([{"messages": MESSAGES}], tok, block_size=64)
     assert dropped == 0
-    x, y = get_batch(examples, 2, tok.pad, torch.Generator().manual_seed(0), "cpu")
+    x, y = get_batch(examples, length_order(examples), 2, tok.pad, torch.Generator().manual_seed(0), "cpu")
     ids = examples[0][0]
     answer = tok.encode("A cat.")
     # inputs are the conversation minus its last token; targets are -1 except the answer + <|end|>
@@ -28,6 +28,22 @@ def test_sft_batch_targets_only_the_answer_and_end_token():
     # the target sits one position before the token it predicts
     first = y[0].tolist().index(answer[0])
     assert x[0, first].item() == tok.assistant
+
+
+def test_length_buckets_cut_padding_and_reach_every_example():
+    """Batches come from a window of similar lengths: far less padding than drawing at
+    random, yet the window wraps around, so the shortest and longest examples still come up."""
+    examples = [([7] * n, [0] * n) for n in range(10, 210)]   # lengths 10..209
+    order = length_order(examples)
+    gen = torch.Generator().manual_seed(0)
+    seen, padded, real = set(), 0, 0
+    for _ in range(300):
+        x, _ = get_batch(examples, order, 8, 0, gen, "cpu", window=16)
+        padded += x.numel()
+        real += int((x == 7).sum())
+        seen.update(int((row == 7).sum()) + 1 for row in x)   # each row's example length
+    assert real / padded > 0.9          # random batches of 8 from 10..209 fill only ~60%
+    assert seen == set(range(10, 210))  # every example was drawn at least once
 
 
 def test_overlong_conversations_are_dropped_and_counted():
