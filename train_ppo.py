@@ -257,12 +257,9 @@ def main(argv=None):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     it = 0
     if cfg.resume and os.path.exists(ckpt_path):
-        ckpt = resume_training(ckpt_path, policy, optimizer, generator, device)
+        ckpt = resume_training(ckpt_path, policy, optimizer, generator, device, rt.rank, cfg.seed)
         value_model.load_state_dict(ckpt["value_model"])
         it, kl_ctl.value = ckpt["step"], ckpt["kl_coef"]
-        if rt.rank > 0:
-            # the checkpoint holds rank 0's random state; the other ranks must not copy its draws
-            generator.manual_seed(cfg.seed + rt.rank + 1000 * it)
         if rt.master:
             print(f"resuming from {ckpt_path} at iteration {it}")
 

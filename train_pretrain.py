@@ -125,7 +125,7 @@ def main(argv=None):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step = 0
     if cfg.resume and os.path.exists(ckpt_path):
-        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device)["step"]
+        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed)["step"]
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     if cfg.compile:

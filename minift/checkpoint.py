@@ -98,9 +98,12 @@ def save_training_checkpoint(path, kind, step, model, optimizer, cfg, tokenizer_
         "rng": rng_state(generator), "metrics": metrics, **extra})
 
 
-def resume_training(path, model, optimizer, generator, device="cpu"):
+def resume_training(path, model, optimizer, generator, device="cpu", rank=0, seed=0):
     """Load <out_dir>/ckpt.pt into a freshly built model and optimizer, and restore the
-    random state, so the run continues exactly where it stopped. Returns the checkpoint."""
+    random state, so the run continues exactly where it stopped. Returns the checkpoint.
+    Under DDP only rank 0 saves, so the checkpoint holds rank 0's generator: every other
+    rank reseeds its own from (seed, rank, step) instead of copying rank 0's draws (which
+    would make all ranks train on the same batches after a resume)."""
     from minift.training import set_rng_state
     ckpt = load_checkpoint(path, map_location=device)
     gpt = getattr(model, "gpt", model)
@@ -109,4 +112,6 @@ def resume_training(path, model, optimizer, generator, device="cpu"):
     if optimizer is not None and ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
     set_rng_state(ckpt["rng"], generator)
+    if rank > 0:
+        generator.manual_seed(seed + rank + 1000 * ckpt["step"])
     return ckpt
