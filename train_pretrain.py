@@ -47,7 +47,7 @@ class Config:
     # optimisation
     batch_size: int = 16      # sequences per micro-batch; small batches learn more per token
     grad_accum: int = 1       # micro-batches per optimizer step
-    max_steps: int = 360      # ~1.5M tokens: about 2.5 minutes on 2 CPU cores
+    max_steps: int = 360      # ~1.5M tokens: 2.5-3.7 minutes on 2 CPU cores, by their load
     decay_steps: int = 0      # where the cosine ends; 0 means max_steps
     learning_rate: float = 6e-3   # tiny models tolerate (and need) high rates: val loss 1.146
     min_lr: float = 6e-4          # at 6e-3 vs 1.207 at 3e-3, and SFT then follows more prompts
