@@ -47,8 +47,8 @@ class Config:
     grad_accum: int = 1
     max_steps: int = 750           # ~3 minutes on 2 CPU cores (178 s measured), evaluations included
     # A tiny model fine-tuned for minutes needs a high rate. Measured on the tiny preset
-    # (500 steps, test prompt-strict): 1e-3 gave 3%, 3e-3 12%, 6e-3 21%; with length buckets
-    # (below), 1e-2 gave 13%.
+    # (500 steps from one pretrained checkpoint, test prompt-strict): 1e-3 gave 3%, 3e-3 12%,
+    # 6e-3 21%; with length buckets (below), 1e-2 gave 13%.
     learning_rate: float = 6e-3
     min_lr: float = 6e-4
     warmup_steps: int = 20

@@ -32,7 +32,7 @@ def test_sft_batch_targets_only_the_answer_and_end_token():
 
 def test_length_buckets_cut_padding_and_reach_every_example():
     """Batches come from a window of similar lengths: far less padding than drawing at
-    random, yet the window wraps around, so the shortest and longest examples still come up."""
+    random, yet every example, the shortest and longest included, still comes up."""
     examples = [([7] * n, [0] * n) for n in range(10, 210)]   # lengths 10..209
     order = length_order(examples)
     gen = torch.Generator().manual_seed(0)
