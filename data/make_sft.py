@@ -5,7 +5,7 @@
 
 Each line is one record {"key", "prompt", "instruction_id_list", "kwargs", "messages"}: chat
 messages for SFT and, at the same time, an IFEval input record for evaluation (see
-minift/tasks.py for how prompts, reference answers and the splits are made). Heldout records
+minift/splits.py for how prompts, reference answers and the splits are made). Heldout records
 also list their "novelty" (what train never showed them).
 """
 
@@ -18,7 +18,7 @@ from collections import Counter
 # Run as a script from the repo root: make `import minift` work without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minift.tasks import make_splits  # noqa: E402
+from minift.splits import make_splits  # noqa: E402
 
 try:
     from minift.formats import write_jsonl
@@ -32,7 +32,7 @@ except ImportError:  # formats.py is optional for this script
 
 def make_sft(out_dir="data/generated/sft", seed=0, n_train=20000, n_test=500, n_heldout=500, n_rl=2000):
     """Generate and write the four splits; returns {"counts", "n_instructions", "types", "retries"}."""
-    retries = Counter()  # why candidate prompts were resampled (see minift.tasks.sample)
+    retries = Counter()  # why candidate prompts were resampled (see minift.splits.sample)
     splits = make_splits(seed, {"train": n_train, "test": n_test, "heldout": n_heldout, "rl_prompts": n_rl},
                          stats=retries)
     stats = {"counts": {}, "n_instructions": {}, "types": {}, "retries": dict(retries.most_common())}

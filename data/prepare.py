@@ -41,7 +41,7 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from minift import tasks, world  # noqa: E402
+from minift import splits, world  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
 EOT_MARKER = "<|endoftext|>"
@@ -58,7 +58,7 @@ def generated_documents(seed: int, n_bytes: int, formatted_share: float = 0.25):
     """The story world's documents until about n_bytes of text.
 
     A share of them are short *formatted* pieces: a titled description, a bullet list, a note in
-    capitals, a JSON record, a letter with a P.S. (minift.tasks.formatted_piece). Web text, which
+    capitals, a JSON record, a letter with a P.S. (minift.splits.formatted_piece). Web text, which
     real models pretrain on, is full of such forms; without them our base model would meet a
     `<<title>>` or an ALL-CAPS word for the first time during SFT, and a few minutes of SFT are
     too little to learn how to write them AND when to. The pieces carry no instructions, so the
@@ -67,7 +67,7 @@ def generated_documents(seed: int, n_bytes: int, formatted_share: float = 0.25):
     rng = random.Random(f"formatted/{seed}")
     total = 0
     while total < n_bytes:
-        doc = tasks.formatted_piece(rng) if rng.random() < formatted_share else next(stories)
+        doc = splits.formatted_piece(rng) if rng.random() < formatted_share else next(stories)
         yield doc
         total += len(doc) + 1
 
@@ -79,7 +79,7 @@ def instruction_prompts(seed: int, n_bytes: int):
     rng = random.Random(f"prompts/{seed}")
     total = 0
     while total < n_bytes:
-        prompt = tasks.sample(rng, "train", contrast=False).prompt
+        prompt = splits.sample(rng, "train", contrast=False).prompt
         yield prompt
         total += len(prompt) + 1
 

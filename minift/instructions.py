@@ -3,7 +3,7 @@ Evaluation for Large Language Models"; google-research/instruction_following_eva
 
 Each instruction type is one declarative `Instruction` record (the registry below) holding
   * its IFEval id and kwargs names ("detectable_format:number_bullet_lists", num_bullets),
-  * a few phrasings; the LAST one is held out of train (see minift/tasks.py),
+  * a few phrasings; the LAST one is held out of train (see minift/splits.py),
   * `check(response, **kwargs) -> bool`: IFEval's checker semantics (minift/checkers.py),
   * `sample(rng, ctx) -> kwargs | None`: parameters scaled down for a ~3M-parameter model
     (1-5 bullets, <= 30 words, ...), or None when the type does not fit this prompt,
@@ -202,7 +202,7 @@ INSTRUCTIONS = [
          "Before you answer, repeat the request exactly.",
          "Start by copying the request word for word, then answer it.",
          "Say the request again exactly as written, then respond."),
-        # prompt_to_repeat is everything before this sentence; minift/tasks.py fills it in.
+        # prompt_to_repeat is everything before this sentence; minift/splits.py fills it in.
         C.check_repeat, ("prompt_to_repeat",), lambda rng, ctx: {"prompt_to_repeat": None},
         edit_text=B.wrap(lambda d, kw: f"{kw['prompt_to_repeat']}\n{d.text}"), order=57),
     Instruction(

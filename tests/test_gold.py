@@ -9,7 +9,8 @@ from minift import world
 from minift.builders import Unsatisfiable, build_response
 from minift.gold import gold_breakdown, gold_reward, repeated_3gram_share
 from minift.instructions import split_sentences
-from minift.tasks import sample, verify
+from minift.splits import sample
+from minift.tasks import verify
 
 N = 150
 NOUNS = set(world.NAMES + world.OBJECTS + world.ANIMALS + world.FOODS + world.PLACES + world.COLORS)

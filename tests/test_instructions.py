@@ -8,6 +8,7 @@ from random import Random
 import pytest
 
 from minift import instructions as I
+from minift import splits as S
 from minift import tasks as T
 from minift.scoring import aggregate, format_table, score
 
@@ -105,7 +106,7 @@ def samples():
     out, stats = [], Counter()
     for split, n in (("train", 1100), ("test", 300), ("heldout", 300), ("rl_prompts", 300)):
         rng = Random(f"test/{split}")
-        out += [(split, T.sample(rng, split, stats=stats)) for _ in range(n)]
+        out += [(split, S.sample(rng, split, stats=stats)) for _ in range(n)]
     return out, stats
 
 
@@ -161,12 +162,12 @@ def _novelty(rec):
         if ins.describe(kw, len(ins.templates) - 1) in prompt:
             found.append("template")
         found += ["value" for key, held in I.HELDOUT_VALUES.get(iid, {}).items() if kw.get(key) in held]
-    found += ["pair" for p in combinations(ids[1:], 2) if frozenset(p) in T.HELDOUT_PAIRS]
+    found += ["pair" for p in combinations(ids[1:], 2) if frozenset(p) in S.HELDOUT_PAIRS]
     return found
 
 
 def test_splits_disjoint_and_heldout_novel():
-    splits = T.make_splits(seed=5, sizes={"train": 1500, "test": 200, "heldout": 200, "rl_prompts": 200})
+    splits = S.make_splits(seed=5, sizes={"train": 1500, "test": 200, "heldout": 200, "rl_prompts": 200})
     prompts = {name: {r["prompt"] for r in recs} for name, recs in splits.items()}
     for a, b in combinations(prompts, 2):
         assert not prompts[a] & prompts[b], (a, b)
@@ -177,7 +178,7 @@ def test_splits_disjoint_and_heldout_novel():
         assert _novelty(rec), rec["prompt"]
     kinds = Counter(k for rec in splits["heldout"] for k in set(_novelty(rec)))
     assert kinds["template"] and kinds["value"] and kinds["pair"], kinds
-    assert T.make_splits(seed=5, sizes={"test": 20}) == T.make_splits(seed=5, sizes={"test": 20})
+    assert S.make_splits(seed=5, sizes={"test": 20}) == S.make_splits(seed=5, sizes={"test": 20})
     rec = splits["test"][0]
     assert set(rec) == {"key", "prompt", "instruction_id_list", "kwargs", "messages"}
     assert rec["messages"][0] == {"role": "user", "content": rec["prompt"]}

@@ -176,7 +176,7 @@ def test_make_preferences_script(tok, tmp_path):
     from random import Random as R
 
     from data import make_preferences
-    from minift.tasks import sample
+    from minift.splits import sample
     tok_path = str(tmp_path / "tok.tiktoken")
     save_ranks(tok_path, tok.enc._mergeable_ranks)
     torch.manual_seed(0)
