@@ -2,7 +2,7 @@
 
     python bench/bench_train.py
 
-Times forward + backward + AdamW step of train_pretrain.py's tiny model (batch 16 x 256)
+Times forward + backward + AdamW step of train_pretrain.py's tiny model, at its batch size,
 after a warm-up, and reports the peak resident memory of the process.
 """
 import os
@@ -15,12 +15,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minift.model import GPT, GPTConfig  # noqa: E402
 from minift.training import make_optimizer  # noqa: E402
+from train_pretrain import Config  # noqa: E402  (the tiny preset's defaults)
 
 
-def main(steps=20, batch=16, block=256):
+def main(steps=20):
+    cfg = Config()
+    batch, block = cfg.batch_size, cfg.block_size
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=2053, block_size=block, n_layer=4, n_head=4, n_embd=128))
-    opt = make_optimizer(model, 1e-3, 0.1)
+    model = GPT(GPTConfig(vocab_size=2053, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                          n_embd=cfg.n_embd))
+    opt = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     x = torch.randint(0, 2053, (batch, block))
     for i in range(steps + 3):
         if i == 3:
