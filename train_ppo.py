@@ -279,8 +279,8 @@ def main(argv=None):
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=cfg.iterations, initial=it, desc="ppo", disable=not rt.master, dynamic_ncols=True)
     metrics = {}
-    with StopRequest() as stop:
-        while it < cfg.iterations and not stop.requested:
+    with StopRequest(rt) as stop:
+        while it < cfg.iterations and not stop.agreed():
             # ---- 1. rollout
             picks = torch.randperm(len(records), generator=generator, device=device)[:cfg.rollout_batch]
             batch = [records[i] for i in picks.tolist()]

@@ -148,8 +148,8 @@ def main(argv=None):
     bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", disable=not rt.master, dynamic_ncols=True)
     val_loss = None
     t0 = time.time()
-    with StopRequest() as stop:
-        while step < cfg.max_steps and not stop.requested:
+    with StopRequest(rt) as stop:
+        while step < cfg.max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, decay_steps)
             set_lr(optimizer, lr)
             loss_sum = 0.0

@@ -291,8 +291,8 @@ def main(argv=None):
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=max_steps, initial=step, desc="reward", disable=not rt.master, dynamic_ncols=True)
     loss_sum = acc_sum = 0.0
-    with StopRequest() as stop:
-        while step < max_steps and not stop.requested:
+    with StopRequest(rt) as stop:
+        while step < max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, max_steps)
             set_lr(optimizer, lr)
             order, start = epoch_order(step // steps_per_epoch), (step % steps_per_epoch) * per_step

@@ -169,8 +169,8 @@ def main(argv=None):
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="sft", disable=not rt.master, dynamic_ncols=True)
     metrics = {}
-    with StopRequest() as stop:
-        while step < cfg.max_steps and not stop.requested:
+    with StopRequest(rt) as stop:
+        while step < cfg.max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
             set_lr(optimizer, lr)
             loss_sum = 0.0

@@ -143,8 +143,20 @@ class StopRequest:
     interrupted run saves a checkpoint and exits cleanly instead of dying mid-step.
     A second Ctrl-C exits at once."""
 
-    def __init__(self):
+    def __init__(self, rt=None):
+        self.rt = rt
         self.requested = False
+
+    def agreed(self):
+        """Whether any rank has been asked to stop. Under DDP every rank must stop after the
+        same step: Ctrl-C reaches each process at a slightly different moment, and a rank that
+        went on alone would wait forever in its next all-reduce. So the flags are combined
+        (a max over ranks: one tiny all-reduce a step); without DDP this is the flag itself."""
+        if self.rt is not None and self.rt.ddp:
+            flag = torch.tensor([float(self.requested)], device=self.rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            self.requested = bool(flag.item())
+        return self.requested
 
     def __enter__(self):
         self._previous = signal.signal(signal.SIGINT, self._handle)

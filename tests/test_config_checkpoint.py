@@ -95,3 +95,26 @@ def test_resume_gives_rank_0_the_saved_draws_and_other_ranks_their_own(tmp_path)
         draws.append(torch.randint(10**6, (8,), generator=generator))
     assert torch.equal(draws[0], expected)
     assert not torch.equal(draws[1], expected)
+
+
+def _stop_flags_on_rank(rank, init_file, asked, out_dir):
+    """One process of test_ctrl_c_on_one_rank_stops_every_rank: rank `asked` gets the Ctrl-C."""
+    import torch.distributed as dist
+    from minift.training import Runtime, StopRequest
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    stop = StopRequest(Runtime("cpu", "cpu", rank, rank, 2))
+    before = stop.agreed()            # nobody asked yet
+    stop.requested = rank == asked    # what the SIGINT handler does, on one rank only
+    after = stop.agreed()
+    with open(os.path.join(out_dir, f"rank{rank}"), "w") as f:
+        f.write(f"{before} {after} {stop.requested}")
+    dist.destroy_process_group()
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank(tmp_path):
+    """Under DDP a stop asked on one rank is seen by all of them after the same step, and
+    each then holds the flag (rank 0, which saves the checkpoint, included)."""
+    import torch.multiprocessing as mp
+    mp.spawn(_stop_flags_on_rank, args=(str(tmp_path / "init"), 1, str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert (tmp_path / f"rank{rank}").read_text() == "False True True"
