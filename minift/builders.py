@@ -128,8 +128,14 @@ def n_of(count, word):
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def quoted(words):
-    return " and ".join(f'"{w}"' for w in words)
+def spaced(words):
+    """["egg", "car"] -> "egg and car", written bare as IFEval writes keywords.
+
+    Why no quotes: our BPE splits ` "egg"` into ` "`, `e`, `gg`, `"`, while the answer says
+    ` egg`, one token. Copying a word the prompt names is then a spelling puzzle that a
+    1M-parameter model never solves (keywords:existence stayed at 0%). Bare, the prompt holds
+    the very token the answer needs; tests/test_instructions.py checks this for every type."""
+    return " and ".join(words)
 
 
 def _match_case(new, old):

@@ -140,7 +140,10 @@ def sample_list_things(rng):
 def draft_list_things(rng, kw):
     place, n, where = kw["place"], kw["num_items"], kw["where"]
     things = world.PLACE_THINGS[place]
-    items = [_a(t) for t in rng.sample(things, n)]
+    # Listed in the world's own order (PLACE_THINGS), not shuffled: then each thing has a usual
+    # successor, and greedy decoding walks the list instead of repeating its likeliest item
+    # (shuffled answers left list_things at 27%, most failures "a shell, a shell, a shell").
+    items = [_a(things[i]) for i in sorted(rng.sample(range(len(things)), n))]
     others = [_a(t) for t in rng.sample(things, n)]
     spare = cycle([t for t in things if _a(t) not in items])
     return Draft(core=[f"{where.capitalize()} you can find {world.word_list(items)}."],
@@ -205,7 +208,9 @@ def sample_word_list(rng, low, high, ordered=False):
 def draft_list_op(transform, title):
     def draft(rng, kw):
         answer = transform(kw["words"])
-        return Draft(core=[", ".join(answer) + "."], more=lambda: "That is the list.", items=answer,
+        # "Here they are: pie, ..." rather than "pie, ...": after the colon every word has its
+        # leading space, the same BPE token as in the prompt's list (see builders.spaced).
+        return Draft(core=["Here they are: " + ", ".join(answer) + "."], more=lambda: "That is the list.", items=answer,
                      title=title, keep={w.lower() for w in answer})
     return draft
 

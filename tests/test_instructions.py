@@ -11,6 +11,7 @@ from minift import instructions as I
 from minift import splits as S
 from minift import tasks as T
 from minift.scoring import aggregate, format_table, score
+from minift.tokenizer import pre_split
 
 
 def check(iid, response, **kw):
@@ -142,6 +143,27 @@ def test_prompt_mix(samples):
         assert all(b not in I.CONFLICTS[a] for a, b in combinations(ids, 2)), ids
         assert not set(ids) & s.task.conflicts
         assert len(s.prompt.split()) <= 90 and len(s.response.split()) <= 100
+
+
+def test_words_to_copy_are_the_same_tokens_in_prompt_and_answer(samples):
+    """A keyword, list item or end phrase the answer must copy appears in the prompt as the
+    same BPE piece (" egg"), never quoted ('"egg"' pre-splits to '"', 'egg'): see builders.spaced."""
+    samples, _ = samples
+    seen = Counter()
+    for _, s in samples:
+        for iid, kw in zip(s.ids, s.kwargs):
+            words = (kw.get("keywords") or kw.get("forbidden_words") or [kw["keyword"]] if iid.startswith("keywords:") else
+                     kw["end_phrase"].split()[:1] if iid == "startend:end_checker" else
+                     kw["words"] if iid in ("task:reverse_list", "task:sort_list") else [])
+            for w in filter(None, words):
+                piece = " " + w
+                assert piece in pre_split(s.prompt), (iid, w, s.prompt)
+                # (An end phrase may start a new line, so its first word has no space there.)
+                if iid not in ("keywords:forbidden_words", "startend:end_checker"):
+                    # lower(): answers in capital letters count too
+                    assert piece.lower() in pre_split(s.response.lower()), (iid, w, s.response)
+                seen[iid] += 1
+    assert len(seen) == 6, seen  # existence, forbidden, frequency, end phrase, reverse, sort
 
 
 # --------------------------------------------------------------------------- splits
