@@ -30,7 +30,7 @@ except ImportError:  # formats.py is optional for this script
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def make_sft(out_dir="data/generated/sft", seed=0, n_train=20000, n_test=500, n_heldout=500, n_rl=2000):
+def make_sft(out_dir="data/generated/sft", seed=0, n_train=40000, n_test=500, n_heldout=500, n_rl=2000):
     """Generate and write the four splits; returns {"counts", "n_instructions", "types", "retries"}."""
     retries = Counter()  # why candidate prompts were resampled (see minift.splits.sample)
     splits = make_splits(seed, {"train": n_train, "test": n_test, "heldout": n_heldout, "rl_prompts": n_rl},
@@ -50,7 +50,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="data/generated/sft")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n_train", type=int, default=20000)
+    p.add_argument("--n_train", type=int, default=40000)
     p.add_argument("--n_test", type=int, default=500)
     p.add_argument("--n_heldout", type=int, default=500)
     p.add_argument("--n_rl", type=int, default=2000)
