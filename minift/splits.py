@@ -193,7 +193,7 @@ def satisfied_without(base, items, seed):
 def make_splits(seed=0, sizes=None, stats=None):
     """{split: [records]} with no prompt string shared between splits (first come, first kept:
     test, heldout, rl_prompts, then train). Heldout records also list their "novelty"."""
-    sizes = sizes or {"train": 20000, "test": 500, "heldout": 500, "rl_prompts": 2000}
+    sizes = sizes or {"train": 40000, "test": 500, "heldout": 500, "rl_prompts": 2000}
     seen, out = set(), {}
     for split in ("test", "heldout", "rl_prompts", "train"):
         rng, records = Random(f"{seed}/{split}"), []
