@@ -210,8 +210,8 @@ def draft_list_op(transform, title):
         answer = transform(kw["words"])
         # "Here they are: pie, ..." rather than "pie, ...": after the colon every word has its
         # leading space, the same BPE token as in the prompt's list (see builders.spaced).
-        return Draft(core=["Here they are: " + ", ".join(answer) + "."], more=lambda: "That is the list.", items=answer,
-                     title=title, keep={w.lower() for w in answer})
+        return Draft(core=["Here they are: " + ", ".join(answer) + "."], more=lambda: "That is the list.",
+                     items=answer, title=title, keep={w.lower() for w in answer})
     return draft
 
 

@@ -145,6 +145,19 @@ def test_prompt_mix(samples):
         assert len(s.prompt.split()) <= 90 and len(s.response.split()) <= 100
 
 
+def _words_to_copy(iid, kw):
+    """The words of the prompt that an answer must repeat (or, for forbidden words, avoid)."""
+    if iid in ("keywords:existence", "keywords:forbidden_words"):
+        return kw.get("keywords") or kw["forbidden_words"]
+    if iid == "keywords:frequency":
+        return [kw["keyword"]]
+    if iid == "startend:end_checker":
+        return kw["end_phrase"].split()[:1]
+    if iid in ("task:reverse_list", "task:sort_list"):
+        return kw["words"]
+    return []
+
+
 def test_words_to_copy_are_the_same_tokens_in_prompt_and_answer(samples):
     """A keyword, list item or end phrase the answer must copy appears in the prompt as the
     same BPE piece (" egg"), never quoted ('"egg"' pre-splits to '"', 'egg'): see builders.spaced."""
@@ -152,10 +165,7 @@ def test_words_to_copy_are_the_same_tokens_in_prompt_and_answer(samples):
     seen = Counter()
     for _, s in samples:
         for iid, kw in zip(s.ids, s.kwargs):
-            words = (kw.get("keywords") or kw.get("forbidden_words") or [kw["keyword"]] if iid.startswith("keywords:") else
-                     kw["end_phrase"].split()[:1] if iid == "startend:end_checker" else
-                     kw["words"] if iid in ("task:reverse_list", "task:sort_list") else [])
-            for w in filter(None, words):
+            for w in _words_to_copy(iid, kw):
                 piece = " " + w
                 assert piece in pre_split(s.prompt), (iid, w, s.prompt)
                 # (An end phrase may start a new line, so its first word has no space there.)
