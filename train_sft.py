@@ -46,8 +46,8 @@ class Config:
     batch_size: int = 32           # conversations per micro-batch
     grad_accum: int = 1
     # Steps are what a tiny model needs most: from one pretrained checkpoint, 750 steps gave 32.3%
-    # test prompt-strict and 1200 steps 42.3% (300 prompts). 1200 steps take ~2.5 minutes on
-    # these 2 CPU cores at 15k tokens/s; on a machine half as fast, longer than 3.
+    # test prompt-strict and 1200 steps 42.3% (300 prompts). 1200 steps took 119-130 s on these
+    # 2 CPU cores on a fast day (2026-11-30); on a machine half as fast, more than 3 minutes.
     max_steps: int = 1200
     # A tiny model fine-tuned for minutes needs a high rate. Measured on the tiny preset
     # (500 steps from one pretrained checkpoint, test prompt-strict): 1e-3 gave 3%, 3e-3 12%,

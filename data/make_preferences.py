@@ -45,7 +45,8 @@ class Config:
     prompts: str = "data/generated/sft/rl_prompts.jsonl"   # IFEval-style records
     out_dir: str = "data/generated/prefs"
     # 0 = all. 2000 (every tiny RL prompt): ~60 s on 2 CPU cores, then train_reward.py ~35 s.
-    # Twice the prompts of before: held-out pair accuracy 55% -> 60% (reward lr 1e-3; 2026-11-30).
+    # Twice the prompts of before: held-out pair accuracy 55% -> 60%, each on its own held-out
+    # prompts (reward lr 1e-3, one SFT model; 2026-11-30).
     num_prompts: int = 2000
     k: int = 4                    # answers per prompt -> up to k(k-1)/2 pairs
     temperature: float = 1.0

@@ -18,7 +18,7 @@ from collections import Counter
 # Run as a script from the repo root: make `import minift` work without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minift.splits import make_splits  # noqa: E402
+from minift.splits import SPLIT_SIZES, make_splits  # noqa: E402
 
 try:
     from minift.formats import write_jsonl
@@ -30,7 +30,8 @@ except ImportError:  # formats.py is optional for this script
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def make_sft(out_dir="data/generated/sft", seed=0, n_train=40000, n_test=500, n_heldout=500, n_rl=2000):
+def make_sft(out_dir="data/generated/sft", seed=0, n_train=SPLIT_SIZES["train"], n_test=SPLIT_SIZES["test"],
+             n_heldout=SPLIT_SIZES["heldout"], n_rl=SPLIT_SIZES["rl_prompts"]):
     """Generate and write the four splits; returns {"counts", "n_instructions", "types", "retries"}."""
     retries = Counter()  # why candidate prompts were resampled (see minift.splits.sample)
     splits = make_splits(seed, {"train": n_train, "test": n_test, "heldout": n_heldout, "rl_prompts": n_rl},
@@ -50,10 +51,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="data/generated/sft")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n_train", type=int, default=40000)
-    p.add_argument("--n_test", type=int, default=500)
-    p.add_argument("--n_heldout", type=int, default=500)
-    p.add_argument("--n_rl", type=int, default=2000)
+    p.add_argument("--n_train", type=int, default=SPLIT_SIZES["train"])
+    p.add_argument("--n_test", type=int, default=SPLIT_SIZES["test"])
+    p.add_argument("--n_heldout", type=int, default=SPLIT_SIZES["heldout"])
+    p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"])
     a = p.parse_args()
     stats = make_sft(a.out_dir, a.seed, a.n_train, a.n_test, a.n_heldout, a.n_rl)
     for name, n in stats["counts"].items():

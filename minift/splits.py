@@ -190,10 +190,14 @@ def satisfied_without(base, items, seed):
     return None
 
 
+# Records per split by default (the tiny preset's sizes; data/make_sft.py reads them too).
+SPLIT_SIZES = {"train": 40000, "test": 500, "heldout": 500, "rl_prompts": 2000}
+
+
 def make_splits(seed=0, sizes=None, stats=None):
     """{split: [records]} with no prompt string shared between splits (first come, first kept:
     test, heldout, rl_prompts, then train). Heldout records also list their "novelty"."""
-    sizes = sizes or {"train": 40000, "test": 500, "heldout": 500, "rl_prompts": 2000}
+    sizes = sizes or SPLIT_SIZES
     seen, out = set(), {}
     for split in ("test", "heldout", "rl_prompts", "train"):
         rng, records = Random(f"{seed}/{split}"), []
