@@ -143,12 +143,17 @@ def reward_summary(metrics):
 
 
 def ppo_summary(metrics, out_dir):
-    """The PPO stage's headline numbers: first and last iteration of its metrics log."""
+    """The PPO stage's headline numbers. Reward-model score and gold reward, start and end, are
+    the fixed probe's (train_ppo.py's probe(): same prompts, same random draws) before the first
+    update and after the last; the rollout batches' first and last means are kept beside them."""
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         log = [json.loads(line) for line in f]
-    first, last = log[0], log[-1]
-    return {"kl": last["kl"], "reward_start": first["rm_score"], "reward_end": last["rm_score"],
-            "gold_start": first["gold"], "gold_end": last["gold"], "iterations": last["iteration"],
+    steps, probes = [m for m in log if m["iteration"] > 0], [m for m in log if "probe_gold" in m]
+    first, last = steps[0], steps[-1]
+    return {"kl": last["kl"], "reward_start": probes[0]["probe_rm_score"], "reward_end": probes[-1]["probe_rm_score"],
+            "gold_start": probes[0]["probe_gold"], "gold_end": probes[-1]["probe_gold"],
+            "batch_reward_first": first["rm_score"], "batch_reward_last": last["rm_score"],
+            "batch_gold_first": first["gold"], "batch_gold_last": last["gold"], "iterations": last["iteration"],
             "end_rate": last["end_rate"], "length_start": first["length"], "length_end": last["length"],
             "approx_kl": last["approx_kl"], "clipfrac": last["clipfrac"]}
 
@@ -167,7 +172,8 @@ def report_markdown(r):
     lines.append(f"| reward | {s['reward']['seconds']:.0f} | held-out pair accuracy "
                  f"{pct(s['reward']['pair_accuracy'])}, Spearman with gold {s['reward']['spearman_gold']:.3f} |")
     p = s["ppo"]
-    lines.append(f"| ppo | {p['seconds']:.0f} | reward model {p['reward_start']:+.2f} -> {p['reward_end']:+.2f}, "
+    lines.append(f"| ppo | {p['seconds']:.0f} | on fixed probe prompts, before -> after: "
+                 f"reward model {p['reward_start']:+.2f} -> {p['reward_end']:+.2f}, "
                  f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL {p['kl']:.2f} nats |")
     if p["reward_end"] > p["reward_start"] and p["gold_end"] < p["gold_start"]:
         lines += ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "

@@ -12,6 +12,9 @@ One iteration, top to bottom in `main`:
   2. score: reward model (or gold checker) at the last token, minus a KL penalty per token;
   3. advantages: GAE over the answer tokens, whitened;
   4. optimise: K epochs over M minibatches of the clipped PPO objective, policy and critic.
+Before the first iteration and at every evaluation, a fixed probe (the evaluation prompts,
+sampled from one seed) measures the reward model's and the gold reward's mean score, so that
+"did the rewards rise?" compares the same prompts before and after.
 Every detail is commented with its source. "N+" below is "The N Implementation Details
 of RLHF with PPO" (Huang et al. 2024); Ziegler is "Fine-Tuning Language Models from Human
 Preferences" (Ziegler et al. 2019, OpenAI's lm-human-preferences).
@@ -271,6 +274,17 @@ def main(argv=None):
         rm = reward_model.reward(seq, attn) if reward_model is not None else gold
         return (rm if cfg.reward == "model" else gold), rm, gold
 
+    def probe():
+        """Mean reward-model score and gold reward on a fixed probe: the evaluation prompts,
+        sampled as in a rollout but from the same seed each time. The rollout batches' own
+        means compare different prompts, and prompt difficulty varies more between two batches
+        than a short PPO run moves the policy. The probe compares the same prompts with the same
+        random numbers (common random numbers), so its change is the policy's change."""
+        seq, attn, _, _, texts = rollout(policy, tokenizer, eval_records, cfg,
+                                         torch.Generator(device=device).manual_seed(cfg.seed), device)
+        _, rm, gold = score_answers(seq, attn, texts, eval_records)
+        return {"probe_rm_score": rm.mean().item(), "probe_gold": gold.mean().item()}
+
     def save(metrics):
         save_training_checkpoint(ckpt_path, "ppo", it, policy, optimizer, cfg, sft["tokenizer"], generator,
                                  metrics, value_model=value_model.state_dict(), kl_coef=kl_ctl.value)
@@ -279,6 +293,8 @@ def main(argv=None):
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=cfg.iterations, initial=it, desc="ppo", disable=not rt.master, dynamic_ncols=True)
     metrics = {}
+    if rt.master and eval_records and it == 0:  # the probe before any update: the "start" figures
+        log.log(iteration=0, **probe())
     with StopRequest(rt) as stop:
         while it < cfg.iterations and not stop.agreed():
             # ---- 1. rollout
@@ -347,6 +363,7 @@ def main(argv=None):
                 if eval_records:
                     ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
                     metrics["eval_prompt_strict"] = ev["prompt_strict"]
+                    metrics.update(probe())
                 save(metrics)
             log.log(**metrics)
             bar.update(1)

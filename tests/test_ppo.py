@@ -246,6 +246,23 @@ def test_ppo_on_gold_learns_an_easy_instruction(micro_sft, tmp_path):
     assert ckpt["kind"] == "ppo" and ckpt["step"] == 20
 
 
+def test_probe_changes_only_when_the_policy_does(micro_sft, tmp_path):
+    """The start and end figures of the report come from a probe: the same prompts sampled from
+    the same seed. With a learning rate of 0 the policy never changes, so neither may the probe
+    (a different random draw each time would make it differ); with learning it must move."""
+    frozen, learning = tmp_path / "frozen", tmp_path / "learning"
+    for out, lr in ((frozen, 0.0), (learning, 5e-3)):
+        r = run_script(ppo_args(micro_sft, out, iterations=4, rollout_batch=16, max_new_tokens=8,
+                                learning_rate=lr, missing_eos_penalty=0, eval_data=micro_sft / "prompts.jsonl",
+                                eval_examples=16, eval_interval=2))
+        assert r.returncode == 0, r.stderr[-3000:]
+    probes = {out: [m for m in read_metrics(out) if "probe_gold" in m] for out in (frozen, learning)}
+    assert [m["iteration"] for m in probes[frozen]] == [0, 2, 4]
+    assert len({(m["probe_gold"], m["probe_rm_score"]) for m in probes[frozen]}) == 1
+    assert probes[learning][0]["probe_gold"] == probes[frozen][0]["probe_gold"]
+    assert probes[learning][-1]["probe_gold"] != probes[learning][0]["probe_gold"]
+
+
 def test_ddp_two_cpu_processes_with_gloo(micro_sft, tmp_path):
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
