@@ -178,14 +178,24 @@ def sample_question(rng):
         c1, c2 = rng.sample(world.COLORS, 2)
         text = f"{n1} has {_a(c1)} {thing}. {n2} has {_a(c2)} {thing}."
         pads = [f"{n1} likes the {thing}.", f"{n1} plays with the {thing}."]
+        # The reply first repeats the sentence of the text that holds the answer ("Max has a
+        # green camera."), and a yes-no verdict comes after it ("... so the answer is no.").
+        # Copying a span is the look-up a small transformer learns first (an induction head:
+        # find the name, copy what followed it); re-wording the fact ("Max's camera is
+        # green") or saying yes or no before looking is harder. The pet, food and place
+        # replies always copied, and were right 95% of the time while colour questions were
+        # right 2 times in 21. With copied replies SFT gained 2 points on test and 4 on
+        # heldout (same prompts, two seeds; README). Colours stay weak: the keyword filler
+        # ("The muffin is black.") pairs things with random colours.
+        fact = f"{n1} has {_a(c1)} {thing}"
         if kind == "color":
-            q, answer, wrong, reply = f"What color is {n1}'s {thing}?", c1, c2, f"{n1}'s {thing} is {c1}."
+            q, answer, wrong, reply = f"What color is {n1}'s {thing}?", c1, c2, f"{fact}."
         else:
             yes = rng.random() < 0.5
             q = f"Is {n1}'s {thing} {c1 if yes else c2}?"
             answer, wrong = ("yes", "no") if yes else ("no", "yes")
-            reply = f"{answer.capitalize()}, {n1}'s {thing} is {c1}."
-    short = f"{answer.capitalize()}, it is {c1}." if kind == "yesno" else f"The answer is {answer}."
+            reply = f"{fact} so the answer is {answer}."
+    short = f"The answer is {answer}."
     pads += [f"{n1} was happy.", "That is what the text says.", f"{n2} was there too."]
     return {"answer": answer, "wrong": wrong, "text": text, "question": q, "reply": reply, "short": short,
             "pads": pads}
