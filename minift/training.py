@@ -68,6 +68,11 @@ def setup_runtime(device="auto", seed=1337):
 
 def cleanup_runtime(rt):
     if rt.ddp:
+        # Wait until every rank is done (rank 0 may still be evaluating or saving) before
+        # tearing down. Without the barrier, a rank that leaves first closes its gloo
+        # connections under a peer that still uses them, and that peer can abort at exit
+        # ("terminate called without an active exception"; seen in tests/test_ppo.py's DDP run).
+        dist.barrier()
         dist.destroy_process_group()
 
 
