@@ -17,7 +17,8 @@ def test_shapes_and_loss():
     assert logits.shape == (3, 10, 97) and loss is None
     y = torch.randint(0, 97, (3, 10))
     y[:, :4] = -1   # ignored positions
-    _, loss = model(x, y)
+    scored_logits, loss = model(x, y)
+    assert torch.allclose(scored_logits, logits[:, 4:].reshape(-1, 97), atol=1e-6)  # only scored positions
     manual = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 97), y[:, 4:].reshape(-1))
     assert torch.allclose(loss, manual, atol=1e-6)
     # an untrained model predicts roughly uniformly: loss near log(V)
