@@ -47,8 +47,10 @@ class Config:
     # once) in smaller batches, from one pretrained checkpoint, test / heldout prompt-strict over
     # 500 + 500 prompts, two seeds each (2026-12-01): 32 x 1200 steps 52.0 / 32.2 and 51.2 / 40.6
     # (117-121 s); 16 x 2400 55.0 / 36.8 and 56.0 / 32.8 (118-120 s); 8 x 4800 62.0 / 34.0 and
-    # 62.6 / 34.2 (143-150 s, before the two speed-ups in model.forward and make_optimizer).
-    # Reversing a list went from 17-24% to 81%: more updates let the model find its place in a list.
+    # 62.6 / 34.2 (143-150 s); after the two speed-ups in model.forward and make_optimizer, which
+    # change only rounding, 57.4 / 34.8, 56.8 / 37.4 and (seed 3) 52.8 / 35.6 in 125-134 s, against
+    # 51.6 / 32.2 for 32 x 1200. Reversing a list went from 12-24% to 43-81%: more updates let the
+    # model find its place in a list. Heldout did not move. (README, session 6.)
     batch_size: int = 8            # conversations per micro-batch
     grad_accum: int = 1
     max_steps: int = 4800
