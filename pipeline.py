@@ -150,7 +150,9 @@ def ppo_summary(metrics, out_dir):
         log = [json.loads(line) for line in f]
     steps, probes = [m for m in log if m["iteration"] > 0], [m for m in log if "probe_gold" in m]
     first, last = steps[0], steps[-1]
-    return {"kl": last["kl"], "reward_start": probes[0]["probe_rm_score"], "reward_end": probes[-1]["probe_rm_score"],
+    # "kl" is the last rollout batch's mean KL; "kl_max" the largest batch mean over the run, the
+    # figure to hold against a KL budget (it varies with the prompts from batch to batch).
+    return {"kl": last["kl"], "kl_max": max(m["kl"] for m in steps), "reward_start": probes[0]["probe_rm_score"], "reward_end": probes[-1]["probe_rm_score"],
             "gold_start": probes[0]["probe_gold"], "gold_end": probes[-1]["probe_gold"],
             "batch_reward_first": first["rm_score"], "batch_reward_last": last["rm_score"],
             "batch_gold_first": first["gold"], "batch_gold_last": last["gold"], "iterations": last["iteration"],
@@ -174,7 +176,8 @@ def report_markdown(r):
     p = s["ppo"]
     lines.append(f"| ppo | {p['seconds']:.0f} | on fixed probe prompts, before -> after: "
                  f"reward model {p['reward_start']:+.2f} -> {p['reward_end']:+.2f}, "
-                 f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL {p['kl']:.2f} nats |")
+                 f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL {p['kl']:.2f} nats at the end"
+                 + (f", at most {p['kl_max']:.2f}" if "kl_max" in p else "") + " |")
     if p["reward_end"] > p["reward_start"] and p["gold_end"] < p["gold_start"]:
         lines += ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "
                   "fell: the policy found what the learned reward over-values (Gao et al. 2022)."]

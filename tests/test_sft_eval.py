@@ -66,6 +66,7 @@ def test_pipeline_micro_end_to_end(tmp_path):
     assert "seconds" in report["stages"]["sft"]
     assert set(report["stages"]["reward"]) >= {"seconds", "pair_accuracy", "spearman_gold"}
     assert set(report["stages"]["ppo"]) >= {"seconds", "kl", "reward_start", "reward_end", "gold_start", "gold_end"}
+    assert report["stages"]["ppo"]["kl_max"] >= report["stages"]["ppo"]["kl"]  # the largest batch KL of the run
     for model in ("base", "sft", "ppo"):
         for split in ("test", "heldout"):
             m = report["eval"][model][split]
