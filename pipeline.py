@@ -152,7 +152,8 @@ def ppo_summary(metrics, out_dir):
     first, last = steps[0], steps[-1]
     # "kl" is the last rollout batch's mean KL; "kl_max" the largest batch mean over the run, the
     # figure to hold against a KL budget (it varies with the prompts from batch to batch).
-    return {"kl": last["kl"], "kl_max": max(m["kl"] for m in steps), "reward_start": probes[0]["probe_rm_score"], "reward_end": probes[-1]["probe_rm_score"],
+    return {"kl": last["kl"], "kl_max": max(m["kl"] for m in steps),
+            "reward_start": probes[0]["probe_rm_score"], "reward_end": probes[-1]["probe_rm_score"],
             "gold_start": probes[0]["probe_gold"], "gold_end": probes[-1]["probe_gold"],
             "batch_reward_first": first["rm_score"], "batch_reward_last": last["rm_score"],
             "batch_gold_first": first["gold"], "batch_gold_last": last["gold"], "iterations": last["iteration"],
@@ -177,6 +178,7 @@ def report_markdown(r):
     lines.append(f"| ppo | {p['seconds']:.0f} | on fixed probe prompts, before -> after: "
                  f"reward model {p['reward_start']:+.2f} -> {p['reward_end']:+.2f}, "
                  f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL {p['kl']:.2f} nats at the end"
+                 # a stage.json written before kl_max existed lacks it; the report still renders
                  + (f", at most {p['kl_max']:.2f}" if "kl_max" in p else "") + " |")
     if p["reward_end"] > p["reward_start"] and p["gold_end"] < p["gold_start"]:
         lines += ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "

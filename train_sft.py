@@ -45,7 +45,7 @@ class Config:
     # optimisation
     # Updates are what a tiny model needs most. The same 38,400 conversations (each seen about
     # once) in smaller batches, from one pretrained checkpoint, test / heldout prompt-strict over
-    # 500 + 500 prompts, two seeds each (2026-12-01): 32 x 1200 steps 52.0 / 32.2 and 51.2 / 40.6
+    # 500 + 500 prompts, two or three seeds each (2026-12-01): 32 x 1200 steps 52.0 / 32.2 and 51.2 / 40.6
     # (117-121 s); 16 x 2400 55.0 / 36.8 and 56.0 / 32.8 (118-120 s); 8 x 4800 62.0 / 34.0 and
     # 62.6 / 34.2 (143-150 s); after the two speed-ups in model.forward and make_optimizer, which
     # change only rounding, 57.4 / 34.8, 56.8 / 37.4 and (seed 3) 52.8 / 35.6 in 125-134 s, against
