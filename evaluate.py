@@ -26,6 +26,7 @@ from minift.config import cli_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_inputs, write_ifeval_responses
 from minift.scoring import format_table
+from minift.training import pick_device
 
 
 @dataclass
@@ -37,15 +38,15 @@ class Config:
     max_examples: int = 0                   # 0 = all
     max_new_tokens: int = 128
     batch_size: int = 64
-    device: str = "cpu"
+    device: str = "auto"                    # cuda if there is one, else mps, else cpu
 
 
-def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_size=64, device="cpu",
+def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_size=64, device="auto",
              output=None):
     """Evaluate one checkpoint on one IFEval-format file; returns the metrics dict."""
     ckpt = load_checkpoint(ckpt_path, hint="Train it first, e.g. python pipeline.py")
     tokenizer = tokenizer_for(ckpt, ckpt_path)
-    model = build_model(ckpt).to(device).eval()
+    model = build_model(ckpt).to(pick_device(device)).eval()
     records = load_ifeval_inputs(input_path)
     records = records[:max_examples] if max_examples else records
     metrics, responses = evaluate_records(model, tokenizer, records, max_new_tokens, batch_size)

@@ -116,7 +116,7 @@ def main(argv=None):
         for model in ("pretrain", "sft", "ppo"):
             results["base" if model == "pretrain" else model] = {
                 split: {k: v for k, v in evaluate.evaluate(
-                    ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"],
+                    ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"], device=cfg.device,
                     output=os.path.join(out, model, f"responses_{split}.jsonl")).items()
                     if k in METRIC_KEYS or k == "per_type"}
                 for split in ("test", "heldout")}

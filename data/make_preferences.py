@@ -37,6 +37,7 @@ from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import generate_responses  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
 from minift.gold import gold_breakdown  # noqa: E402
+from minift.training import pick_device  # noqa: E402
 
 
 @dataclass
@@ -130,7 +131,7 @@ def make_preferences(model, tokenizer, records, k=4, temperature=1.0, max_new_to
 def main(argv=None):
     cfg = cli_config(Config, PRESETS, argv)
     print_config(cfg)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device)
     ckpt = load_checkpoint(cfg.sft_ckpt, hint="Train the SFT model first: python train_sft.py")
     tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
     model = build_model(ckpt).to(device).eval()

@@ -43,13 +43,18 @@ class Runtime:
         return contextlib.nullcontext()
 
 
+def pick_device(device="auto"):
+    """"auto" -> the best device this machine has: cuda, then mps (Apple), then cpu."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+
+
 def setup_runtime(device="auto", seed=1337):
     """Pick the device, and join the process group when launched by torchrun
     (which sets RANK, LOCAL_RANK and WORLD_SIZE). Each rank is seeded differently,
     so the ranks draw different batches."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else (
-            "mps" if torch.backends.mps.is_available() else "cpu")
+    device = pick_device(device)
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in
                                (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     if world > 1:
