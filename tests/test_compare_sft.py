@@ -1,0 +1,49 @@
+"""bench/compare_sft.py: paired SFT runs over seeds, reused when finished, and the paired t-test."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import compare_sft  # noqa: E402
+import train_pretrain  # noqa: E402
+from data.make_sft import make_sft  # noqa: E402
+
+
+def test_paired_summary_against_hand_computation():
+    base = [{"test": 0.5, "heldout": 0.3}, {"test": 0.6, "heldout": 0.3}, {"test": 0.7, "heldout": 0.3}]
+    # test: differences 0.1, 0.2, 0.0 -> mean 0.1, sd 0.1, se 0.1/sqrt(3) = 0.0577; t(2 df) = 4.30
+    # -> 0.248 > 0.1: within the noise. heldout: 0.10, 0.11, 0.09 -> se 0.00577, 0.025 < 0.1: beyond it.
+    changed = [{"test": 0.6, "heldout": 0.40}, {"test": 0.8, "heldout": 0.41}, {"test": 0.7, "heldout": 0.39}]
+    s = compare_sft.paired_summary(base, changed)
+    assert s["test"]["mean"] == pytest.approx(0.1) and s["test"]["se"] == pytest.approx(0.1 / 3 ** 0.5)
+    assert not s["test"]["significant"]
+    assert s["heldout"]["mean"] == pytest.approx(0.1) and s["heldout"]["significant"]
+    assert compare_sft.arm_name("--learning_rate=3e-3 --max_steps=10") == "learning_rate=3e-3_max_steps=10"
+
+
+def test_compare_runs_both_arms_per_seed_and_reuses_them(corpus_dir, tmp_path, capsys):
+    pre = str(tmp_path / "pretrain")
+    train_pretrain.main(["--preset=micro", "--device=cpu", f"--data_dir={corpus_dir}", f"--out_dir={pre}"])
+    data = str(tmp_path / "sft")
+    make_sft(data, n_train=64, n_test=6, n_heldout=6, n_rl=0)
+    args = ["--preset=micro", "--device=cpu", "--seeds=1,2", "--change=--learning_rate=1e-5 --max_steps=4",
+            f"--init_from={pre}/ckpt.pt", f"--data_dir={data}", "--examples=6", f"--out_dir={tmp_path / 'cmp'}"]
+    result = compare_sft.main(args)
+    arm = "learning_rate=1e-5_max_steps=4"
+    assert result["seeds"] == [1, 2] and len(result["unchanged"]) == len(result[arm]) == 2
+    diffs = [c["test"] - b["test"] for b, c in zip(result["unchanged"], result[arm])]
+    assert result["difference"]["test"]["mean"] == pytest.approx(sum(diffs) / 2)
+    # the change reached train_sft.py: the changed arm stopped after 4 steps, the baseline ran its 20
+    import torch
+    def steps(name, seed):
+        return torch.load(tmp_path / "cmp" / f"{name}-seed{seed}" / "ckpt.pt", weights_only=True)["step"]
+    assert steps(arm, 1) == 4 and steps("unchanged", 1) == 20
+    out = capsys.readouterr().out
+    assert "difference" in out and "within the seed noise" in out or "beyond the seed noise" in out
+    # a second call trains nothing: all four runs are reused
+    again = compare_sft.main(args)
+    assert capsys.readouterr().out.count("reusing") == 4 and again["unchanged"] == result["unchanged"]
+    # scores made with other settings are never mixed in silently
+    with pytest.raises(SystemExit, match="Delete"):
+        compare_sft.main([a if not a.startswith("--examples") else "--examples=3" for a in args])
