@@ -3,6 +3,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import compare_sft  # noqa: E402
@@ -35,12 +36,11 @@ def test_compare_runs_both_arms_per_seed_and_reuses_them(corpus_dir, tmp_path, c
     diffs = [c["test"] - b["test"] for b, c in zip(result["unchanged"], result[arm])]
     assert result["difference"]["test"]["mean"] == pytest.approx(sum(diffs) / 2)
     # the change reached train_sft.py: the changed arm stopped after 4 steps, the baseline ran its 20
-    import torch
     def steps(name, seed):
         return torch.load(tmp_path / "cmp" / f"{name}-seed{seed}" / "ckpt.pt", weights_only=True)["step"]
     assert steps(arm, 1) == 4 and steps("unchanged", 1) == 20
     out = capsys.readouterr().out
-    assert "difference" in out and "within the seed noise" in out or "beyond the seed noise" in out
+    assert "difference" in out and ("within the seed noise" in out or "beyond the seed noise" in out)
     # a second call trains nothing: all four runs are reused
     again = compare_sft.main(args)
     assert capsys.readouterr().out.count("reusing") == 4 and again["unchanged"] == result["unchanged"]
