@@ -44,7 +44,7 @@ class Runtime:
 
 
 def pick_device(device="auto"):
-    """"auto" -> the best device this machine has: cuda, then mps (Apple), then cpu."""
+    """The device for "auto": cuda if this machine has one, else mps (Apple), else cpu."""
     if device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
