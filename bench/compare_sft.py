@@ -120,7 +120,9 @@ def main(argv=None):
         print(f"{s:>6} | {pair(b):>13} | {pair(c):>24} | " + " / ".join(f"{100 * (c[k] - b[k]):+5.1f}" for k in SPLITS))
     print(f"{'mean':>6} | {pair(mean(base)):>13} | {pair(mean(changed)):>24} | "
           + " / ".join(f"{100 * summary[k]['mean']:+5.1f}" for k in SPLITS))
-    for k in SPLITS if changed is not base else ():
+    if changed is base:  # only the baseline was asked for: there is no difference to judge
+        return {"seeds": seeds, "unchanged": base}
+    for k in SPLITS:
         d = summary[k]
         verdict = "beyond the seed noise (95%)" if d["significant"] else "within the seed noise"
         print(f"{k}: {100 * d['mean']:+.1f} +- {100 * d['se']:.1f} points (mean +- standard error): {verdict}")
