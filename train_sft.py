@@ -50,7 +50,7 @@ class Config:
     # 62.6 / 34.2 (143-150 s); after the two speed-ups in model.forward and make_optimizer, which
     # change only rounding, 57.4 / 34.8, 56.8 / 37.4 and (seed 3) 52.8 / 35.6 in 125-134 s, against
     # 51.6 / 32.2 for 32 x 1200. Reversing a list went from 12-24% to 43-81%: more updates let the
-    # model find its place in a list. Heldout did not move. (README, session 6.)
+    # model find its place in a list. Heldout did not move. (EXPERIMENTS.md, session 6.)
     batch_size: int = 8            # conversations per micro-batch
     grad_accum: int = 1
     max_steps: int = 4800

@@ -185,8 +185,8 @@ def sample_question(rng):
         # green") or saying yes or no before looking is harder. The pet, food and place
         # replies always copied, and were right 95% of the time while colour questions were
         # right 2 times in 21. With copied replies SFT gained 1.3 points on test and 4.1 on
-        # heldout (same prompts, three pairs of runs; README). Colours stay weak: the keyword
-        # filler ("The muffin is black.") pairs things with random colours.
+        # heldout (same prompts, three pairs of runs; EXPERIMENTS.md, session 5). Colours stay
+        # weak: the keyword filler ("The muffin is black.") pairs things with random colours.
         fact = f"{n1} has {_a(c1)} {thing}"
         if kind == "color":
             q, answer, wrong, reply = f"What color is {n1}'s {thing}?", c1, c2, f"{fact}."
