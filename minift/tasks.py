@@ -215,14 +215,36 @@ def sample_word_list(rng, low, high, ordered=False):
             return {"words": words, "list": ", ".join(words)}
 
 
-def draft_list_op(transform, title):
+def draft_list_op(transform, title, work=None):
+    """A list task's answer: "Here they are: <the transformed list>.", after a line of worked
+    steps when `work` (words -> str) gives one: a scratchpad (Nye et al. 2021, "Show Your Work")."""
     def draft(rng, kw):
         answer = transform(kw["words"])
+        steps = work(kw["words"]) if work else ""
         # "Here they are: pie, ..." rather than "pie, ...": after the colon every word has its
         # leading space, the same BPE token as in the prompt's list (see builders.spaced).
-        return Draft(core=["Here they are: " + ", ".join(answer) + "."], more=lambda: "That is the list.",
-                     items=answer, title=title, keep={w.lower() for w in answer})
+        # With bullets (render_bullets) the steps become the lead line above the items.
+        return Draft(core=([steps] if steps else []) + ["Here they are: " + ", ".join(answer) + "."],
+                     more=lambda: "That is the list.", items=answer, lead=steps, title=title,
+                     keep={w.lower() for w in answer})
     return draft
+
+
+# The worked steps. The checkers only look for the finished list, so steps are allowed, and
+# they turn a look-up the tiny model fails into ones it can do (EXPERIMENTS.md, session 8):
+# * Reversing: in the prompt ("snail, spider, key") the word before "key" is two tokens back,
+#   behind a comma. Copied once without commas, it is the token just before, and the reversed
+#   list walks that copy backwards: reverse_list 58% -> 82% on test over three seeds each.
+# * Upper-casing: ` turtle` -> ` T`,`UR`,`TLE` is a spelling the model must recall per word.
+#   Right next to its word ("turtle is TURTLE") it recalls it well; from a word somewhere in
+#   the prompt list it did not (0%). The final list must still copy the capitals past the
+#   "frog is" in between, and that copy is where it now fails (uppercase_list 0% -> ~8%).
+def reverse_steps(words):
+    return "From the start: " + " ".join(words) + "."
+
+
+def uppercase_steps(words):
+    return "Word by word: " + ", ".join(f"{w} is {w.upper()}" for w in words) + "."
 
 
 REVERSE = lambda ws: ws[::-1]  # noqa: E731
@@ -280,7 +302,7 @@ TASKS = [
          ("Reverse this list: {list}.", "Write these words in reverse order: {list}.",
           "Put this list backwards: {list}.", "Say these words from last to first: {list}."),
          _list_checker(REVERSE), ("words",), lambda rng: sample_word_list(rng, 3, 5),
-         draft_list_op(REVERSE, "Reversed List"), weight=0.6, conflicts=_NOT_FOR_LISTS),
+         draft_list_op(REVERSE, "Reversed List", reverse_steps), weight=0.6, conflicts=_NOT_FOR_LISTS),
     Task("task:sort_list",
          ("Sort these words in alphabetical order: {list}.", "Put these words in ABC order: {list}.",
           "Write these words sorted from A to Z: {list}.", "Arrange these words alphabetically: {list}."),
@@ -290,7 +312,7 @@ TASKS = [
          ("Write these words in capital letters: {list}.", "Make these words uppercase: {list}.",
           "Change these words to all capital letters: {list}.", "Shout these words in capitals: {list}."),
          _list_checker(UPPER, ignore_case=False), ("words",), lambda rng: sample_word_list(rng, 3, 5),
-         draft_list_op(UPPER, "Big Letters"), weight=0.3, conflicts=_NOT_FOR_LISTS | _CASE),
+         draft_list_op(UPPER, "Big Letters", uppercase_steps), weight=0.3, conflicts=_NOT_FOR_LISTS | _CASE),
 ]
 TASK_REGISTRY = {t.id: t for t in TASKS}
 
