@@ -34,6 +34,7 @@ from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
 from minift.config import cli_config, run
+from minift.scoring import paired_difference
 
 
 @dataclass
@@ -123,7 +124,11 @@ def main(argv=None):
         return results
     evals = run_stage("eval", out, cfg.force, eval_stage)
 
-    report = {"preset": cfg.preset, "total_seconds": round(time.time() - t_start, 1),
+    # total_seconds adds up the stages' own times (stage.json), so a pipeline finished over
+    # several runs still reports what it cost; run_seconds is this run alone.
+    report = {"preset": cfg.preset, "total_seconds": round(sum(v["seconds"] for v in stages.values())
+                                                           + evals["seconds"], 1),
+              "run_seconds": round(time.time() - t_start, 1),
               "stages": {k: v for k, v in stages.items()},
               "eval": {m: {s: {k: evals[m][s][k] for k in METRIC_KEYS} for s in ("test", "heldout")}
                        for m in ("base", "sft", "ppo")},
@@ -150,9 +155,14 @@ def ppo_summary(metrics, out_dir):
         log = [json.loads(line) for line in f]
     steps, probes = [m for m in log if m["iteration"] > 0], [m for m in log if "probe_gold" in m]
     first, last = steps[0], steps[-1]
+    # The change of each probe score, paired prompt by prompt, with its standard error: is it
+    # beyond the noise of 100 sampled answers? (Logs written before the per-prompt lists lack it.)
+    change = {f"{name}_change": paired_difference(probes[0][each], probes[-1][each])
+              for name, each in (("reward", "probe_rm_each"), ("gold", "probe_gold_each"))
+              if each in probes[0] and each in probes[-1]}
     # "kl" is the last rollout batch's mean KL; "kl_max" the largest batch mean over the run, the
     # figure to hold against a KL budget (it varies with the prompts from batch to batch).
-    return {"kl": last["kl"], "kl_max": max(m["kl"] for m in steps),
+    return {**change, "kl": last["kl"], "kl_max": max(m["kl"] for m in steps),
             "reward_start": probes[0]["probe_rm_score"], "reward_end": probes[-1]["probe_rm_score"],
             "gold_start": probes[0]["probe_gold"], "gold_end": probes[-1]["probe_gold"],
             "batch_reward_first": first["rm_score"], "batch_reward_last": last["rm_score"],
@@ -161,12 +171,34 @@ def ppo_summary(metrics, out_dir):
             "approx_kl": last["approx_kl"], "clipfrac": last["clipfrac"]}
 
 
+def reward_hacking_lines(p):
+    """The report's verdict on reward hacking (Gao et al. 2022): the learned reward rose while
+    the gold reward fell. A change counts when a paired test over the probe prompts puts it
+    beyond the noise; a fall within the noise is reported as such, not as hacking."""
+    rm, gold = p.get("reward_change"), p.get("gold_change")
+    if rm is None or gold is None:  # an older log without per-prompt scores: compare the means
+        rm = {"mean": p["reward_end"] - p["reward_start"], "significant": True}
+        gold = {"mean": p["gold_end"] - p["gold_start"], "significant": True}
+    if gold["mean"] >= 0:
+        return []
+    if not gold["significant"]:
+        return ["", f"The gold reward fell by {-gold['mean']:.3f} +- {gold['se']:.3f} (paired over the probe "
+                "prompts, mean +- standard error): within the noise, so not counted as reward hacking."]
+    if rm["mean"] > 0 and rm["significant"]:
+        return ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "
+                "fell: the policy found what the learned reward over-values (Gao et al. 2022)."]
+    return ["", "**Warning:** the gold reward fell beyond the noise while the reward model's score did not "
+            "rise beyond it: PPO made the policy worse without pleasing the reward model either."]
+
+
 def report_markdown(r):
     def pct(x):
         return f"{100 * x:.1f}%"
     s = r["stages"]
     lines = [f"# minift report card: preset `{r['preset']}`", "",
-             f"Total time: {r['total_seconds'] / 60:.1f} minutes.", "",
+             f"Total time: {r['total_seconds'] / 60:.1f} minutes"
+             + (f" (the stages' own times; this run took {r['run_seconds'] / 60:.1f}, skipping finished stages)."
+                if r.get("run_seconds", r["total_seconds"]) < r["total_seconds"] - 1 else "."), "",
              "## Stages", "", "| stage | seconds | what shows it worked |", "|---|---:|---|"]
     lines.append(f"| pretrain | {s['pretrain']['seconds']:.0f} | validation loss {s['pretrain']['val_loss']:.3f} |")
     lines.append(f"| sft | {s['sft']['seconds']:.0f} | test prompt-strict during training "
@@ -180,9 +212,7 @@ def report_markdown(r):
                  f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL {p['kl']:.2f} nats at the end"
                  # a stage.json written before kl_max existed lacks it; the report still renders
                  + (f", at most {p['kl_max']:.2f}" if "kl_max" in p else "") + " |")
-    if p["reward_end"] > p["reward_start"] and p["gold_end"] < p["gold_start"]:
-        lines += ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "
-                  "fell: the policy found what the learned reward over-values (Gao et al. 2022)."]
+    lines += reward_hacking_lines(p)
     lines += ["", "## Instruction following (IFEval metrics)", "",
               "| model | split | prompt strict | instruction strict | prompt loose | instruction loose |",
               "|---|---|---:|---:|---:|---:|"]

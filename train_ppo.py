@@ -281,11 +281,14 @@ def main(argv=None):
         sampled as in a rollout but from the same seed each time. The rollout batches' own
         means compare different prompts, and prompt difficulty varies more between two batches
         than a short PPO run moves the policy. The probe compares the same prompts with the same
-        random numbers (common random numbers), so its change is the policy's change."""
+        random numbers (common random numbers), so its change is the policy's change. Each
+        prompt's scores are logged too, for a paired test of that change (pipeline.py)."""
         seq, attn, _, _, texts = rollout(policy, tokenizer, eval_records, cfg,
                                          torch.Generator(device=device).manual_seed(cfg.seed), device)
         _, rm, gold = score_answers(seq, attn, texts, eval_records)
-        return {"probe_rm_score": rm.mean().item(), "probe_gold": gold.mean().item()}
+        return {"probe_rm_score": rm.mean().item(), "probe_gold": gold.mean().item(),
+                "probe_rm_each": [round(x, 4) for x in rm.tolist()],
+                "probe_gold_each": [round(x, 4) for x in gold.tolist()]}
 
     def save(metrics):
         save_training_checkpoint(ckpt_path, "ppo", it, policy, optimizer, cfg, sft["tokenizer"], generator,

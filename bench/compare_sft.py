@@ -36,10 +36,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
 import train_sft  # noqa: E402
 from minift.config import cli_config, run  # noqa: E402
+from minift.scoring import paired_difference  # noqa: E402
 
 SPLITS = ("test", "heldout")
-# Student's t at 97.5% (two-sided 95%) for 1..9 degrees of freedom; 2.0 beyond (near the normal's 1.96).
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
 @dataclass
@@ -88,14 +87,7 @@ def run_arm(cfg, name, seed, flags):
 def paired_summary(base, changed):
     """Per split: the mean paired difference (changed - base), its standard error, and whether
     it is beyond the seed noise at 95% (paired t-test; needs two seeds or more)."""
-    out = {}
-    for split in SPLITS:
-        diffs = [c[split] - b[split] for b, c in zip(base, changed)]
-        mean = statistics.fmean(diffs)
-        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-        t = T_975.get(len(diffs) - 1, 2.0)
-        out[split] = {"mean": mean, "se": se, "significant": len(diffs) > 1 and abs(mean) > t * se}
-    return out
+    return {split: paired_difference([b[split] for b in base], [c[split] for c in changed]) for split in SPLITS}
 
 
 def main(argv=None):

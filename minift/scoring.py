@@ -13,7 +13,12 @@ score() marks it None, aggregate() counts it under "unsupported" and judges the 
 supported ids only; a prompt with no supported id at all is counted but not scored.
 """
 
+import statistics
+
 from minift.tasks import CHECKERS, verify
+
+# Student's t at 97.5% (two-sided 95%) for 1..9 degrees of freedom; 2.0 beyond (near the normal's 1.96).
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
 def _variants(response):
@@ -78,3 +83,16 @@ def format_table(metrics):
     for iid, n in sorted(metrics["unsupported"].items()):
         lines.append(f"{iid:<48} {n:>5}  (unsupported: no checker; not scored)")
     return "\n".join(lines)
+
+
+def paired_difference(before, after):
+    """Did a score change, or is it noise? `before` and `after` score the same items (seeds,
+    prompts) twice. Returns the mean of after - before, its standard error, and whether it is
+    told apart from zero at 95% by a paired t-test (Student 1908; needs two items or more).
+    Pairing removes what the items differ in (a hard prompt is hard both times), so a small
+    change on the same items can be beyond the noise where two unpaired means would not be."""
+    diffs = [b - a for a, b in zip(before, after, strict=True)]
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    t = T_975.get(len(diffs) - 1, 2.0)
+    return {"mean": mean, "se": se, "significant": len(diffs) > 1 and abs(mean) > t * se}
