@@ -98,8 +98,6 @@ def main(argv=None):
     if name == "unchanged" and flags:
         raise SystemExit("error: --name=unchanged is the baseline's; pick another name for a change")
     base = [run_arm(cfg, "unchanged", s, []) for s in seeds]
-    changed = base if name == "unchanged" else [run_arm(cfg, name, s, flags) for s in seeds]
-    summary = paired_summary(base, changed)
 
     def pair(scores):
         return " / ".join(f"{100 * scores[s]:5.1f}" for s in SPLITS)
@@ -107,13 +105,19 @@ def main(argv=None):
     def mean(runs):
         return {k: statistics.fmean(r[k] for r in runs) for k in SPLITS}
     print(f"\nSFT prompt-strict accuracy, % ({' / '.join(SPLITS)}; {cfg.examples or 'all'} prompts each)")
+    if name == "unchanged":  # only the baseline was asked for: its scores, no difference to judge
+        print(f"{'seed':>6} | {'unchanged':>13}")
+        for s, b in zip(seeds, base):
+            print(f"{s:>6} | {pair(b):>13}")
+        print(f"{'mean':>6} | {pair(mean(base)):>13}")
+        return {"seeds": seeds, "unchanged": base}
+    changed = [run_arm(cfg, name, s, flags) for s in seeds]
+    summary = paired_summary(base, changed)
     print(f"{'seed':>6} | {'unchanged':>13} | {name[:24]:>24} | difference")
     for s, b, c in zip(seeds, base, changed):
         print(f"{s:>6} | {pair(b):>13} | {pair(c):>24} | " + " / ".join(f"{100 * (c[k] - b[k]):+5.1f}" for k in SPLITS))
     print(f"{'mean':>6} | {pair(mean(base)):>13} | {pair(mean(changed)):>24} | "
           + " / ".join(f"{100 * summary[k]['mean']:+5.1f}" for k in SPLITS))
-    if changed is base:  # only the baseline was asked for: there is no difference to judge
-        return {"seeds": seeds, "unchanged": base}
     for k in SPLITS:
         d = summary[k]
         verdict = "beyond the seed noise (95%)" if d["significant"] else "within the seed noise"

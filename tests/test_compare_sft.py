@@ -44,6 +44,10 @@ def test_compare_runs_both_arms_per_seed_and_reuses_them(corpus_dir, tmp_path, c
     # a second call trains nothing: all four runs are reused
     again = compare_sft.main(args)
     assert capsys.readouterr().out.count("reusing") == 4 and again["unchanged"] == result["unchanged"]
+    # without a change, only the baseline: its scores, and no difference to judge
+    alone = compare_sft.main([a for a in args if not a.startswith("--change")])
+    out = capsys.readouterr().out
+    assert alone == {"seeds": [1, 2], "unchanged": result["unchanged"]} and "difference" not in out
     # scores made with other settings are never mixed in silently
     with pytest.raises(SystemExit, match="Delete"):
         compare_sft.main([a if not a.startswith("--examples") else "--examples=3" for a in args])
