@@ -234,11 +234,12 @@ def draft_list_op(transform, title, work=None):
 # they turn a look-up the tiny model fails into ones it can do (EXPERIMENTS.md, session 8):
 # * Reversing: in the prompt ("snail, spider, key") the word before "key" is two tokens back,
 #   behind a comma. Copied once without commas, it is the token just before, and the reversed
-#   list walks that copy backwards: reverse_list 58% -> 82% on test over three seeds each.
+#   list walks that copy backwards: reverse_list 58% -> 81-83% on test (means of 3 seeds).
 # * Upper-casing: ` turtle` -> ` T`,`UR`,`TLE` is a spelling the model must recall per word.
 #   Right next to its word ("turtle is TURTLE") it recalls it well; from a word somewhere in
 #   the prompt list it did not (0%). The final list must still copy the capitals past the
-#   "frog is" in between, and that copy is where it now fails (uppercase_list 0% -> ~8%).
+#   "frog is" in between, and that copy is where it now fails (uppercase_list 0% -> 4-9%).
+# Sorting got steps too ("By first letter: p pie, s shovel"); they did not help, so it has none.
 def reverse_steps(words):
     return "From the start: " + " ".join(words) + "."
 
