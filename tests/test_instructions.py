@@ -176,6 +176,21 @@ def test_words_to_copy_are_the_same_tokens_in_prompt_and_answer(samples):
     assert len(seen) == 6, seen  # existence, forbidden, frequency, end phrase, reverse, sort
 
 
+def test_worked_steps_put_each_word_next_to_what_it_needs():
+    """The steps before a reversed list hold the words as neighbouring BPE pieces (in the
+    prompt a comma sits between them), and the steps before upper-cased words put each
+    spelling right after its word: the look-ups tasks.py's comment promises."""
+    words = ["snail", "spider", "key"]
+    assert pre_split("Reverse this list: " + ", ".join(words))[-5:] == [" snail", ",", " spider", ",", " key"]
+    pieces = pre_split(T.reverse_steps(words))
+    start = pieces.index(" snail")
+    assert pieces[start:start + 3] == [" snail", " spider", " key"]
+    assert " snail is SNAIL, spider is SPIDER, key is KEY." in T.uppercase_steps(words)
+    # ... and the finished list stays a run the checker finds, after the steps
+    answer = T.TASK_REGISTRY["task:reverse_list"].draft(Random(0), {"words": words}).core
+    assert answer == [T.reverse_steps(words), "Here they are: key, spider, snail."]
+
+
 # --------------------------------------------------------------------------- splits
 
 def _pattern(template):
