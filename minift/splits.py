@@ -192,6 +192,20 @@ def satisfied_without(base, items, seed):
 
 # Records per split by default (the tiny preset's sizes; data/make_sft.py reads them too).
 SPLIT_SIZES = {"train": 40000, "test": 500, "heldout": 500, "rl_prompts": 2000}
+EARLIER_TURN_SHARE = 0.1  # train conversations that start with an earlier, unrelated exchange
+
+
+def add_earlier_turns(records, share, rng):
+    """Chat practice: `share` of the records get another record's prompt and answer as an
+    earlier exchange before their own, so that a model trained only on one-turn data still
+    answers the LAST user message in a conversation (sample.py --chat). The IFEval fields
+    (prompt, instruction ids, kwargs) stay those of the last turn. Runs after the prompts are
+    drawn, on its own random stream: the splits' prompts do not change."""
+    for r in records:
+        if rng.random() < share:
+            other = records[rng.randrange(len(records))]
+            r["messages"] = other["messages"][-2:] + r["messages"]
+    return records
 
 
 def make_splits(seed=0, sizes=None, stats=None):
@@ -210,4 +224,6 @@ def make_splits(seed=0, sizes=None, stats=None):
             if split == "heldout":
                 records[-1]["novelty"] = s.novelty()
         out[split] = records
+    if "train" in out:
+        add_earlier_turns(out["train"], EARLIER_TURN_SHARE, Random(f"{seed}/earlier turns"))
     return out

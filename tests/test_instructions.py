@@ -226,6 +226,14 @@ def test_splits_disjoint_and_heldout_novel():
     kinds = Counter(k for rec in splits["heldout"] for k in set(_novelty(rec)))
     assert kinds["template"] and kinds["value"] and kinds["pair"], kinds
     assert S.make_splits(seed=5, sizes={"test": 20}) == S.make_splits(seed=5, sizes={"test": 20})
+    # A tenth of train conversations open with an earlier exchange (chat practice). It is
+    # another train record's, so no test or heldout prompt reaches training that way either,
+    # and a record's own prompt and answer are always its last two messages.
+    train_users = {m["content"] for r in splits["train"] for m in r["messages"] if m["role"] == "user"}
+    assert train_users == prompts["train"]
+    assert all(r["messages"][-2] == {"role": "user", "content": r["prompt"]} for r in splits["train"])
+    assert 0.07 < sum(len(r["messages"]) == 4 for r in splits["train"]) / len(splits["train"]) < 0.13
+    assert all(len(r["messages"]) == 2 for name in ("test", "heldout", "rl_prompts") for r in splits[name])
     rec = splits["test"][0]
     assert set(rec) == {"key", "prompt", "instruction_id_list", "kwargs", "messages"}
     assert rec["messages"][0] == {"role": "user", "content": rec["prompt"]}
