@@ -4,6 +4,7 @@ instruction is verified by code, not by a judge model.
 
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --split=test
     python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl
+    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --earlier_turn   # each prompt as a chat's second message
 
 It reads IFEval's input JSONL ({"key", "instruction_id_list", "prompt", "kwargs"}), which
 is also the format of our generated splits, answers with batched greedy decoding through
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
-from minift.evaluation import evaluate_records
+from minift.evaluation import earlier_exchanges, evaluate_records
 from minift.formats import load_ifeval_inputs, write_ifeval_responses
 from minift.scoring import format_table
 from minift.training import pick_device
@@ -39,17 +40,24 @@ class Config:
     max_new_tokens: int = 128
     batch_size: int = 64
     device: str = "auto"                    # cuda if there is one, else mps, else cpu
+    earlier_turn: bool = False              # ask each prompt after another record's prompt and answer:
+                                            # a chat's second turn (writes *_turn2 files)
 
 
 def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_size=64, device="auto",
-             output=None):
-    """Evaluate one checkpoint on one IFEval-format file; returns the metrics dict."""
+             output=None, earlier_turn=False):
+    """Evaluate one checkpoint on one IFEval-format file; returns the metrics dict.
+    earlier_turn: ask each prompt as the second message of a chat (minift.evaluation.earlier_exchanges)."""
     ckpt = load_checkpoint(ckpt_path, hint="Train it first, e.g. python pipeline.py")
     tokenizer = tokenizer_for(ckpt, ckpt_path)
     model = build_model(ckpt).to(pick_device(device)).eval()
     records = load_ifeval_inputs(input_path)
     records = records[:max_examples] if max_examples else records
-    metrics, responses = evaluate_records(model, tokenizer, records, max_new_tokens, batch_size)
+    try:
+        earlier = earlier_exchanges(records) if earlier_turn else None
+    except ValueError as e:  # records without reference answers: say which file
+        raise ValueError(f"{input_path}: {e}") from None
+    metrics, responses = evaluate_records(model, tokenizer, records, max_new_tokens, batch_size, earlier)
     if output:
         write_ifeval_responses(output, [{"prompt": r["prompt"], "response": resp}
                                         for r, resp in zip(records, responses)])
@@ -61,10 +69,10 @@ def main(argv=None):
     input_path = cfg.input or f"data/generated/sft/{cfg.split}.jsonl"
     if not os.path.exists(input_path):
         raise SystemExit(f"error: no evaluation data at {input_path}. Run: python data/make_sft.py")
-    name = os.path.splitext(os.path.basename(input_path))[0]
+    name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     output = cfg.output or os.path.join(os.path.dirname(cfg.ckpt), f"responses_{name}.jsonl")
     metrics = evaluate(cfg.ckpt, input_path, cfg.max_examples, cfg.max_new_tokens, cfg.batch_size,
-                       cfg.device, output)
+                       cfg.device, output, cfg.earlier_turn)
     print(format_table(metrics))
     print(f"responses written to {output}")
     with open(os.path.join(os.path.dirname(cfg.ckpt), f"eval_{name}.json"), "w") as f:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, read_metrics
+from minift.model import GPTConfig
 from minift.tokenizer import Tokenizer, train_bpe
 from train_sft import get_batch, length_order, render_dataset
 
@@ -112,3 +113,37 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     assert "made the policy worse" in " ".join(reward_hacking_lines({**base, "reward_change": flat, "gold_change": fell}))
     assert reward_hacking_lines({**base, "reward_change": rose, "gold_change": rose}) == []
     assert "reward hacking" in " ".join(reward_hacking_lines(base))  # an older log: the means decide
+
+
+def test_second_turn_evaluation_asks_after_another_records_exchange():
+    """evaluate.py --earlier_turn: each prompt is asked after ANOTHER record's prompt and
+    reference answer, rendered as one conversation through the chat template."""
+    from minift.evaluation import earlier_exchanges, evaluate_records
+    tok = Tokenizer.from_ranks(train_bpe("Name a pet. A cat. Name a toy. A ball. " * 50, 300))
+    records = [{"prompt": p, "instruction_id_list": [], "kwargs": [],
+                "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
+               for p, a in [("Name a pet.", "A cat."), ("Name a toy.", "A ball."), ("Name a pet.", "A dog.")]]
+    earlier = earlier_exchanges(records)
+    assert earlier == earlier_exchanges(records)  # deterministic
+    for i, turns in enumerate(earlier):             # another record's exchange, never its own
+        assert turns in [r["messages"] for k, r in enumerate(records) if k != i]
+
+    class Recorder:  # a stand-in model that records the prompts it is asked to continue
+        config = GPTConfig(block_size=256)
+        training = False
+        asked = []
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def generate(self, prompts, max_new_tokens, **kw):
+            Recorder.asked += prompts
+            return [[tok.end] for _ in prompts]
+    evaluate_records(Recorder(), tok, records, earlier=earlier)
+    expected = [tok.render_prompt(e + [{"role": "user", "content": r["prompt"]}]) for e, r in zip(earlier, records)]
+    assert sorted(Recorder.asked) == sorted(expected)
+    with pytest.raises(ValueError, match="messages"):
+        earlier_exchanges([{"prompt": "Name a pet."}, {"prompt": "Name a toy."}])
