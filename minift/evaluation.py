@@ -16,8 +16,9 @@ from minift.scoring import aggregate, score
 def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size=64, temperature=0.0,
                        generator=None):
     """Answer each prompt through the chat template: a user message (a string), or a whole
-    conversation (a list of messages that ends with the user's). Prompts are batched by length, so a batch wastes little on padding; the answers come
-    back in the original order. Greedy (temperature 0) by default, as IFEval reports."""
+    conversation (a list of messages that ends with the user's). Prompts are batched by
+    length, so a batch wastes little on padding; the answers come back in the original
+    order. Greedy (temperature 0) by default, as IFEval reports."""
     was_training = model.training
     model.eval()
     rendered = [tokenizer.render_prompt(p if isinstance(p, list) else [{"role": "user", "content": p}])

@@ -197,10 +197,13 @@ EARLIER_TURN_SHARE = 0.1  # train conversations that start with an earlier, unre
 
 def add_earlier_turns(records, share, rng):
     """Chat practice: `share` of the records get another record's prompt and answer as an
-    earlier exchange before their own, so that a model trained only on one-turn data still
-    answers the LAST user message in a conversation (sample.py --chat). The IFEval fields
-    (prompt, instruction ids, kwargs) stay those of the last turn. Runs after the prompts are
-    drawn, on its own random stream: the splits' prompts do not change."""
+    earlier exchange before their own, so that the model learns to answer the LAST user
+    message of a conversation (sample.py --chat). Trained on one-turn data only, it answered
+    the first message again (EXPERIMENTS.md, session 8). The IFEval fields (prompt,
+    instruction ids, kwargs) stay those of the last turn. The other record is drawn from all
+    of them, so a record could in principle draw itself (1 in 40,000 at the tiny preset's
+    size, and none did). Runs after the prompts are drawn, on its own random stream: the
+    splits' prompts do not change."""
     for r in records:
         if rng.random() < share:
             other = records[rng.randrange(len(records))]
