@@ -98,6 +98,7 @@ def main(argv=None):
     if name == "unchanged" and flags:
         raise SystemExit("error: --name=unchanged is the baseline's; pick another name for a change")
     base = [run_arm(cfg, "unchanged", s, []) for s in seeds]
+    changed = None if name == "unchanged" else [run_arm(cfg, name, s, flags) for s in seeds]
 
     def pair(scores):
         return " / ".join(f"{100 * scores[s]:5.1f}" for s in SPLITS)
@@ -105,13 +106,12 @@ def main(argv=None):
     def mean(runs):
         return {k: statistics.fmean(r[k] for r in runs) for k in SPLITS}
     print(f"\nSFT prompt-strict accuracy, % ({' / '.join(SPLITS)}; {cfg.examples or 'all'} prompts each)")
-    if name == "unchanged":  # only the baseline was asked for: its scores, no difference to judge
+    if changed is None:  # only the baseline was asked for: its scores, no difference to judge
         print(f"{'seed':>6} | {'unchanged':>13}")
         for s, b in zip(seeds, base):
             print(f"{s:>6} | {pair(b):>13}")
         print(f"{'mean':>6} | {pair(mean(base)):>13}")
         return {"seeds": seeds, "unchanged": base}
-    changed = [run_arm(cfg, name, s, flags) for s in seeds]
     summary = paired_summary(base, changed)
     print(f"{'seed':>6} | {'unchanged':>13} | {name[:24]:>24} | difference")
     for s, b, c in zip(seeds, base, changed):
