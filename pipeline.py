@@ -175,18 +175,18 @@ def reward_hacking_lines(p):
     """The report's verdict on reward hacking (Gao et al. 2022): the learned reward rose while
     the gold reward fell. A change counts when a paired test over the probe prompts puts it
     beyond the noise; a fall within the noise is reported as such, not as hacking."""
+    hacking = ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "
+               "fell: the policy found what the learned reward over-values (Gao et al. 2022)."]
     rm, gold = p.get("reward_change"), p.get("gold_change")
-    if rm is None or gold is None:  # an older log without per-prompt scores: compare the means
-        rm = {"mean": p["reward_end"] - p["reward_start"], "significant": True}
-        gold = {"mean": p["gold_end"] - p["gold_start"], "significant": True}
+    if rm is None or gold is None:  # an older log without per-prompt scores: only the means to go by
+        return hacking if p["reward_end"] > p["reward_start"] and p["gold_end"] < p["gold_start"] else []
     if gold["mean"] >= 0:
         return []
     if not gold["significant"]:
         return ["", f"The gold reward fell by {-gold['mean']:.3f} +- {gold['se']:.3f} (paired over the probe "
                 "prompts, mean +- standard error): within the noise, so not counted as reward hacking."]
     if rm["mean"] > 0 and rm["significant"]:
-        return ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "
-                "fell: the policy found what the learned reward over-values (Gao et al. 2022)."]
+        return hacking
     return ["", "**Warning:** the gold reward fell beyond the noise while the reward model's score did not "
             "rise beyond it: PPO made the policy worse without pleasing the reward model either."]
 

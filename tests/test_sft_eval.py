@@ -109,7 +109,7 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     assert "reward hacking" in " ".join(reward_hacking_lines({**base, "reward_change": rose, "gold_change": fell}))
     text = " ".join(reward_hacking_lines({**base, "reward_change": rose, "gold_change": noisy}))
     assert "within the noise" in text and "Warning" not in text
-    flat = paired_difference(before, before[:5] + [1.0])
+    flat = paired_difference(before, before)  # no change at all
     assert "made the policy worse" in " ".join(reward_hacking_lines({**base, "reward_change": flat, "gold_change": fell}))
     assert reward_hacking_lines({**base, "reward_change": rose, "gold_change": rose}) == []
     assert "reward hacking" in " ".join(reward_hacking_lines(base))  # an older log: the means decide
