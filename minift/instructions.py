@@ -61,10 +61,24 @@ HELDOUT_VALUES = {  # one value per numeric kwarg (and one end phrase) never use
 }
 
 # For the count fit (builders.build_response): which way to search, and a stricter target
-# (2 words inside a word limit) so that the reference answers leave a model room for slips.
+# so that the reference answers leave a model room for slips. Below a limit, 2 words inside
+# it. Above a minimum, a fifth more words (at least 3) and one sentence more: a model that
+# copies the answers' habits stops short now and then, and with references that cleared
+# "at least N" by 2 words and 0 sentences, every failed count was one that stopped short
+# (EXPERIMENTS.md, session 8: number_words 50-72% -> 62-81%, number_sentences 47-72% ->
+# 72-94% over six SFT seeds).
 _exact = lambda kw: 0  # noqa: E731
 _by_relation = lambda kw: 1 if kw["relation"] == "at least" else -1  # noqa: E731
-_word_margin = lambda kw: {**kw, "num_words": kw["num_words"] + (2 if kw["relation"] == "at least" else -2)}  # noqa
+
+
+def _word_margin(kw):
+    n = kw["num_words"]
+    return {**kw, "num_words": n + max(3, n // 5) if kw["relation"] == "at least" else n - 2}
+
+
+def _sentence_margin(kw):
+    return {**kw, "num_sentences": kw["num_sentences"] + (kw["relation"] == "at least")}
+
 
 INSTRUCTIONS = [
     Instruction(
@@ -108,7 +122,8 @@ INSTRUCTIONS = [
         ("Your response should contain {relation} {num_sentences} sentences.",
          "Answer in {relation} {num_sentences} sentences.", "Write {relation} {num_sentences} sentences.",
          "Use {relation} {num_sentences} sentences in your answer."),
-        C.check_sentences, ("num_sentences", "relation"), B.sample_sentences, fit=_by_relation),
+        C.check_sentences, ("num_sentences", "relation"), B.sample_sentences, fit=_by_relation,
+        slack=_sentence_margin),
     Instruction(
         "detectable_format:number_bullet_lists",
         ("Your answer must contain exactly {n} in markdown, such as: * This is a point.",
