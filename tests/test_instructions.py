@@ -131,6 +131,23 @@ def test_reference_answers_pass_and_every_instruction_matters(samples):
     assert accidental < 0.1 * len(samples), stats
 
 
+def test_reference_answers_clear_an_at_least_count_with_room(samples):
+    """A model that imitates the references stops short now and then, so "at least N words
+    (sentences)" answers aim past N (instructions._word_margin, _sentence_margin); only when
+    the other instructions leave no room does the builder settle for exactly enough."""
+    samples, _ = samples
+    cleared = Counter()
+    for _, s in samples:
+        for ins, kw in s.items:
+            if ins.slack and kw.get("relation") == "at least":
+                cleared[ins.id, ins.verify(s.response, ins.slack(kw))] += 1
+    for iid in ("length_constraints:number_words", "length_constraints:number_sentences"):
+        assert cleared[iid, True] >= 20 and cleared[iid, True] >= 0.9 * (cleared[iid, True] + cleared[iid, False]), cleared
+    assert I.REGISTRY["length_constraints:number_words"].slack({"num_words": 30, "relation": "at least"})["num_words"] == 36
+    assert I.REGISTRY["length_constraints:number_words"].slack({"num_words": 10, "relation": "less than"})["num_words"] == 8
+    assert I.REGISTRY["length_constraints:number_sentences"].slack({"num_sentences": 3, "relation": "at least"})["num_sentences"] == 4
+
+
 def test_prompt_mix(samples):
     samples, _ = samples
     counts = Counter(len(s.chosen) for _, s in samples)
