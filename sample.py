@@ -86,11 +86,11 @@ def main(argv=None):
     if ckpt["kind"] == "reward":
         model = build_model(ckpt, ScalarModel).to(cfg.device).eval()
         prompt = cfg.prompt or sys.stdin.read().strip()
-        ids, _ = tokenizer.render_conversation([{"role": "user", "content": prompt},
-                                                {"role": "assistant", "content": cfg.response}])
-        ids = torch.tensor([ids], device=cfg.device)
+        ids, answer = tokenizer.render_conversation([{"role": "user", "content": prompt},
+                                                     {"role": "assistant", "content": cfg.response}])
+        ids, answer = torch.tensor([ids], device=cfg.device), torch.tensor([answer], device=cfg.device)
         with torch.no_grad():
-            score = model.reward(ids, torch.ones_like(ids)).item()
+            score = model.reward(ids, torch.ones_like(ids), answer).item()
         print(f"reward: {score:+.3f}  (normalised: SFT answers average 0 with std 1)")
         return score
 

@@ -268,12 +268,14 @@ def main(argv=None):
         if rt.master:
             print(f"resuming from {ckpt_path} at iteration {it}")
 
-    def score_answers(seq, attn, texts, batch):
-        """The sequence-level score of each answer: the reward model's normalised output at
-        the last real token, or the gold checker's. Both are logged; only one is optimised."""
+    def score_answers(seq, attn, mask, texts, batch):
+        """The sequence-level score of each answer: the reward model's normalised reward (its
+        head at the last real token, plus its weighted likelihood of the answer's tokens, which
+        `mask` marks), or the gold checker's. Both are logged; only one is optimised."""
         gold = torch.tensor([gold_reward(r["prompt"], t, r["instruction_id_list"], r["kwargs"])
                              for r, t in zip(batch, texts)], device=device)
-        rm = reward_model.reward(seq, attn) if reward_model is not None else gold
+        answer_only = torch.cat([torch.zeros_like(attn[:, :seq.size(1) - mask.size(1)]), mask.long()], 1)
+        rm = reward_model.reward(seq, attn, answer_only) if reward_model is not None else gold
         return (rm if cfg.reward == "model" else gold), rm, gold
 
     def probe():
@@ -283,9 +285,9 @@ def main(argv=None):
         than a short PPO run moves the policy. The probe compares the same prompts with the same
         random numbers (common random numbers), so its change is the policy's change. Each
         prompt's scores are logged too, for a paired test of that change (pipeline.py)."""
-        seq, attn, _, _, texts = rollout(policy, tokenizer, eval_records, cfg,
-                                         torch.Generator(device=device).manual_seed(cfg.seed), device)
-        _, rm, gold = score_answers(seq, attn, texts, eval_records)
+        seq, attn, mask, _, texts = rollout(policy, tokenizer, eval_records, cfg,
+                                            torch.Generator(device=device).manual_seed(cfg.seed), device)
+        _, rm, gold = score_answers(seq, attn, mask, texts, eval_records)
         return {"probe_rm_score": rm.mean().item(), "probe_gold": gold.mean().item(),
                 "probe_rm_each": [round(x, 4) for x in rm.tolist()],
                 "probe_gold_each": [round(x, 4) for x in gold.tolist()]}
@@ -313,7 +315,7 @@ def main(argv=None):
                 ref_logp, _ = answer_logprobs(reference, seq, attn, P, cfg.temperature)
                 # V(s_t) is read at the token before answer token t: positions P-1 .. P+N-2.
                 old_values = value_model(seq, attn)[:, P - 1:-1] * mask
-                score, rm_score, gold = score_answers(seq, attn, texts, batch)
+                score, rm_score, gold = score_answers(seq, attn, mask, texts, batch)
                 score = penalise_unfinished(score, ended, cfg.missing_eos_penalty)
                 if cfg.whiten_rewards:
                     score = masked_whiten(score, torch.ones_like(score), shift_mean=False)

@@ -80,6 +80,8 @@ def build_model(ckpt, cls=GPT, **kwargs):
     if cls is ScalarModel and not any(k.startswith("gpt.") for k in state):
         model.gpt.load_state_dict(state)
     else:
+        if cls is ScalarModel and "likelihood_weight" not in state:  # saved before session 9:
+            state = {**state, "likelihood_weight": torch.zeros(())}   # the head alone
         model.load_state_dict(state)
     return model
 

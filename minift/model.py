@@ -47,6 +47,13 @@ def last_token_index(attention_mask):
     return S - 1 - attention_mask.long().flip(-1).argmax(-1)
 
 
+def answer_positions(idx, assistant_token, attention_mask):
+    """(B, S) ids -> (B, S) mask, 1 on the real tokens after each row's last <|assistant|>:
+    the answer a reward model judges, with its <|end|>."""
+    seen_later = (idx == assistant_token).long().flip(-1).cumsum(-1).flip(-1)  # cue at or after t
+    return ((seen_later == 0) & attention_mask.bool()).long()
+
+
 class KVCache:
     """Keys and values of every layer for the positions seen so far.
     Decoding one token then costs one query against the cache instead of re-running
@@ -317,9 +324,15 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
 
 class ScalarModel(nn.Module):
     """The GPT with a scalar head on its hidden states: one number per position.
-    A reward model reads it at the last real token (`reward`); a value model (the PPO
-    critic) uses every position (`forward`). The GPT's own LM head goes unused (it is
-    tied to the embeddings, so it costs no parameters)."""
+    A value model (the PPO critic) uses every position (`forward`). A reward model reads
+    the head at the last real token (`reward`), and adds likelihood_weight times the mean
+    log-probability that its own LM head gives the answer's tokens (0 gives InstructGPT's
+    reward model exactly). Why the second term: the SFT model's likelihood alone ranks our
+    held-out preference pairs better than the trained head does (67% against 59%), because
+    a sampled answer that the model finds unlikely is usually one that went wrong; the head
+    learns what the likelihood misses (together 72-74%; EXPERIMENTS.md, session 9). It is
+    DPO's observation (Rafailov et al. 2023) that an LM's log-probabilities are a reward,
+    used here beside the head rather than instead of it."""
 
     def __init__(self, config, head_std=None):
         super().__init__()
@@ -335,14 +348,37 @@ class ScalarModel(nn.Module):
         # in the state dict and the checkpoint.
         self.register_buffer("gain", torch.ones(()))
         self.register_buffer("bias", torch.zeros(()))
+        self.register_buffer("likelihood_weight", torch.zeros(()))  # set by train_reward.py
 
-    def forward(self, idx, attention_mask=None):
-        """(B, S) -> (B, S) raw scalar per position."""
-        return self.head(self.gpt.hidden_states(idx, attention_mask)).squeeze(-1)
+    def forward(self, idx, attention_mask=None, answer_mask=None):
+        """Without answer_mask: (B, S) -> (B, S), the raw scalar at every position (a critic's
+        values). With answer_mask (B, S), 1 on the tokens of the answer being judged (and its
+        <|end|>): (B,) raw rewards, the head read at each row's last real token plus
+        likelihood_weight x the answer tokens' mean log-probability. Reading the head at a
+        padding position instead is the classic reward-model bug (ppo-details.md)."""
+        h = self.gpt.hidden_states(idx, attention_mask)                     # (B, S, C)
+        values = self.head(h).squeeze(-1)                                   # (B, S)
+        if answer_mask is None:
+            return values
+        mask = attention_mask if attention_mask is not None else torch.ones_like(idx)
+        raw = values.gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)  # (B,)
+        if self.likelihood_weight != 0:
+            raw = raw + self.likelihood_weight * self.mean_logprob(h, idx, answer_mask)
+        return raw
 
-    def reward(self, idx, attention_mask, normalized=True):
-        """(B, S) -> (B,) score read at each row's last real token. Reading it at a padding
-        position instead is the classic reward-model bug (ppo-details.md)."""
-        values = self(idx, attention_mask)
-        raw = values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+    def mean_logprob(self, h, idx, answer_mask):
+        """(B,) mean log p(token | tokens before it) over each row's answer tokens, from the
+        hidden states h (B, S, C). Position t-1 predicts token t, and the LM head runs only
+        at the positions that predict an answer token (as in GPT.forward)."""
+        predicts = answer_mask[:, 1:].bool()                                # (B, S-1)
+        logits = self.gpt.lm_head(h[:, :-1][predicts]).float()              # (N, V)
+        logp = logits.log_softmax(-1).gather(1, idx[:, 1:][predicts].unsqueeze(1)).squeeze(1)  # (N,)
+        row = predicts.nonzero()[:, 0]                                      # (N,) the row of each
+        total = torch.zeros(idx.size(0), device=h.device).index_add(0, row, logp)
+        return total / predicts.sum(1).clamp(min=1)
+
+    def reward(self, idx, attention_mask, answer_mask, normalized=True):
+        """(B, S) -> (B,) rewards (see forward), normalised so that SFT answers score mean 0
+        and std 1 (gain and bias are fitted by train_reward.py)."""
+        raw = self(idx, attention_mask, answer_mask)
         return self.gain * raw + self.bias if normalized else raw

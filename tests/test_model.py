@@ -1,6 +1,8 @@
+import pytest
 import torch
 
-from minift.model import GPT, GPTConfig, ScalarModel, last_token_index, pad_left, positions_from_mask, sample_next
+from minift.model import (GPT, GPTConfig, ScalarModel, answer_positions, last_token_index, pad_left, positions_from_mask,
+                          sample_next)
 
 CFG = GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=2, n_embd=32)
 
@@ -97,16 +99,43 @@ def test_sample_next_filters():
     assert {sample_next(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(50)} == {2}
 
 
+CUE = 6  # stands for <|assistant|> in these tests: the answer is what follows its last use
+
+
 def test_scalar_model_reads_last_real_token_and_ignores_padding():
     model = make_model(cls=ScalarModel)
+    model.likelihood_weight.fill_(0.5)  # the answer's likelihood must not see the padding either
     seqs = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8]]
     ids, mask = pad_left(seqs, pad_token=0)
-    batched = model.reward(ids, mask)
+    batched = model.reward(ids, mask, answer_positions(ids, CUE, mask))
     for i, s in enumerate(seqs):
         t = torch.tensor([s])
-        alone = model.reward(t, torch.ones_like(t))
+        alone = model.reward(t, torch.ones_like(t), answer_positions(t, CUE, torch.ones_like(t)))
         assert torch.allclose(alone, batched[i:i + 1], atol=1e-5)
     # right padding as well: the reward comes from the last real token, not the pad
-    right = torch.tensor([[5, 6, 7, 0, 0]])
-    assert torch.allclose(model.reward(right, torch.tensor([[1, 1, 1, 0, 0]])), batched[0:1], atol=1e-5)
+    right, right_mask = torch.tensor([[5, 6, 7, 0, 0]]), torch.tensor([[1, 1, 1, 0, 0]])
+    assert torch.allclose(model.reward(right, right_mask, answer_positions(right, CUE, right_mask)),
+                          batched[0:1], atol=1e-5)
     assert last_token_index(torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1]])).tolist() == [2, 3]
+
+
+def test_answer_positions_follow_the_last_cue():
+    ids = torch.tensor([[0, 0, 6, 7, 8], [6, 9, 6, 7, 0], [1, 2, 3, 4, 5]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    assert answer_positions(ids, CUE, mask).tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 1, 0], [1, 1, 1, 1, 1]]
+
+
+def test_reward_adds_the_weighted_mean_logprob_of_the_answer():
+    """reward = head at the last token + weight x mean log p(answer token | earlier tokens),
+    checked against the GPT's own logits (the naive path)."""
+    model = make_model(cls=ScalarModel)
+    ids = torch.tensor([[1, 2, CUE, 7, 8, 9]])
+    ones, answer = torch.ones_like(ids), answer_positions(ids, CUE, torch.ones_like(ids))
+    with torch.no_grad():
+        head_only = model.reward(ids, ones, answer, normalized=False)
+        model.likelihood_weight.fill_(2.0)
+        both = model.reward(ids, ones, answer, normalized=False)
+        logp = model.gpt(ids)[0].log_softmax(-1)[0]                      # (S, V)
+    by_hand = (logp[2, 7] + logp[3, 8] + logp[4, 9]) / 3                 # tokens 7, 8, 9 of the answer
+    assert head_only.item() == pytest.approx(model.head(model.gpt.hidden_states(ids))[0, -1].item(), abs=1e-5)
+    assert (both - head_only).item() == pytest.approx(2.0 * by_hand.item(), abs=1e-4)

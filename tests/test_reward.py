@@ -15,7 +15,7 @@ import train_reward
 from conftest import ROOT, read_metrics
 from minift.checkpoint import build_model, load_checkpoint, save_training_checkpoint
 from minift.formats import write_jsonl
-from minift.model import GPT, GPTConfig, ScalarModel
+from minift.model import GPT, GPTConfig, ScalarModel, answer_positions
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
 
 WORDS = "the cat dog sun ran sat big red hat mat saw a on in and was happy sad tree ball".split()
@@ -61,9 +61,19 @@ def tok():
     return Tokenizer.from_ranks(train_bpe(text, 300))
 
 
-def tiny_scalar_model(tok, seed=0):
+def tiny_scalar_model(tok, seed=0, likelihood_weight=0.5):
+    """A random reward model; by default with the likelihood term on, so tests cover it."""
     torch.manual_seed(seed)
-    return ScalarModel(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
+    model = ScalarModel(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
+    model.likelihood_weight.fill_(likelihood_weight)
+    return model
+
+
+def reward_alone(model, tok, seq):
+    """One sequence scored the way sample.py scores it: no padding, its own answer mask."""
+    ids = torch.tensor([seq])
+    return model.reward(ids, torch.ones_like(ids), answer_positions(ids, tok.assistant, torch.ones_like(ids)),
+                        normalized=False)
 
 
 def test_build_groups_renders_each_answer_once(tok):
@@ -87,13 +97,13 @@ def test_scores_do_not_depend_on_padding_or_batch(tok):
     longer = [train_reward.render(tok, "Tell me about the dog on the mat.", " ".join(WORDS)),
               train_reward.render(tok, "hi", "the sun")]
     with torch.no_grad():
-        alone = train_reward.last_token_scores(model, [short], tok.pad, "cpu")
-        mixed = train_reward.last_token_scores(model, longer + [short], tok.pad, "cpu")
-        via_reward = model.reward(torch.tensor([short]), torch.ones(1, len(short)), normalized=False)
+        alone = train_reward.last_token_scores(model, [short], tok, "cpu")
+        mixed = train_reward.last_token_scores(model, longer + [short], tok, "cpu")
+        via_reward = reward_alone(model, tok, short)
     assert torch.allclose(alone[0], mixed[2], atol=1e-5)
     assert torch.allclose(alone[0], via_reward[0], atol=1e-5)   # what sample.py and PPO read
     # score_all sorts by length internally; results come back in the input order
-    scores = train_reward.score_all(model, longer + [short], tok.pad, "cpu", batch_size=2)
+    scores = train_reward.score_all(model, longer + [short], tok, "cpu", batch_size=2)
     assert torch.allclose(scores, mixed, atol=1e-5)
 
 
@@ -102,9 +112,9 @@ def test_group_batch_loss_equals_pairs_scored_alone(tok):
     seqs = [train_reward.render(tok, "Tell me about the cat.", r) for r in ("the cat", "a big red cat sat", "sad")]
     seqs.append(train_reward.render(tok, "hi", "the dog ran on the mat and was happy"))
     groups = [[(0, 1, []), (0, 2, []), (1, 2, [])], [(3, 0, [])]]
-    loss, acc = train_reward.group_batch_loss(model, seqs, groups, tok.pad, "cpu")
+    loss, acc = train_reward.group_batch_loss(model, seqs, groups, tok, "cpu")
     with torch.no_grad():
-        alone = [model.reward(torch.tensor([s]), torch.ones(1, len(s)), normalized=False).item() for s in seqs]
+        alone = [reward_alone(model, tok, s).item() for s in seqs]
     pairs = [p for g in groups for p in g]
     expected = sum(-math.log(1 / (1 + math.exp(-(alone[c] - alone[r])))) for c, r, _ in pairs) / len(pairs)
     assert loss.item() == pytest.approx(expected, abs=1e-5)
@@ -161,7 +171,7 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     model = build_model(ckpt, ScalarModel).eval()
     seqs, groups, _ = train_reward.build_groups(
         [json.loads(line) for line in open(tmp_path / "train.jsonl")], tok, 64)
-    raw = train_reward.score_all(model, seqs, tok.pad, "cpu", 256)
+    raw = train_reward.score_all(model, seqs, tok, "cpu", 256)
     normalised = model.gain * raw + model.bias
     assert abs(normalised.mean().item()) < 1e-3 and normalised.std().item() == pytest.approx(1.0, abs=1e-3)
     import sample
