@@ -61,11 +61,11 @@ def tok():
     return Tokenizer.from_ranks(train_bpe(text, 300))
 
 
-def tiny_scalar_model(tok, seed=0, likelihood_weight=0.5):
-    """A random reward model; by default with the likelihood term on, so tests cover it."""
+def tiny_scalar_model(tok, seed=0):
+    """A random reward model, with the likelihood term on so that the tests cover it."""
     torch.manual_seed(seed)
     model = ScalarModel(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
-    model.likelihood_weight.fill_(likelihood_weight)
+    model.likelihood_weight.fill_(0.5)
     return model
 
 
