@@ -204,8 +204,10 @@ def report_markdown(r):
     lines.append(f"| sft | {s['sft']['seconds']:.0f} | test prompt-strict during training "
                  f"{pct(s['sft'].get('prompt_strict', 0))} |")
     lines.append(f"| prefs | {s['prefs']['seconds']:.0f} | {s['prefs'].get('train_pairs', '?')} training pairs |")
+    weight = s["reward"].get("likelihood_weight", 0)  # the reward: head + weight x answer likelihood
     lines.append(f"| reward | {s['reward']['seconds']:.0f} | held-out pair accuracy "
-                 f"{pct(s['reward']['pair_accuracy'])}, Spearman with gold {s['reward']['spearman_gold']:.3f} |")
+                 f"{pct(s['reward']['pair_accuracy'])}, Spearman with gold {s['reward']['spearman_gold']:.3f}"
+                 + (f" (head + {weight:g} x the answer's mean log-probability)" if weight else "") + " |")
     p = s["ppo"]
     lines.append(f"| ppo | {p['seconds']:.0f} | on fixed probe prompts, before -> after: "
                  f"reward model {p['reward_start']:+.2f} -> {p['reward_end']:+.2f}, "

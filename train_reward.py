@@ -345,7 +345,7 @@ def main(argv=None):
         for t, a in metrics["val_accuracy_by_type"].items():
             print(f"  {t:50s} {a:.3f}")
     cleanup_runtime(rt)
-    return {"step": step, **metrics}
+    return {"step": step, "likelihood_weight": cfg.likelihood_weight, **metrics}
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def test_pipeline_micro_end_to_end(tmp_path):
     assert set(report["stages"]["pretrain"]) >= {"seconds", "val_loss"}
     assert "seconds" in report["stages"]["sft"]
     assert set(report["stages"]["reward"]) >= {"seconds", "pair_accuracy", "spearman_gold"}
+    assert report["stages"]["reward"]["likelihood_weight"] == 2.0  # train_reward.py's default, reported
     assert set(report["stages"]["ppo"]) >= {"seconds", "kl", "reward_start", "reward_end", "gold_start", "gold_end"}
     assert report["stages"]["ppo"]["kl_max"] >= report["stages"]["ppo"]["kl"]  # the largest batch KL of the run
     # the probe's change, paired prompt by prompt (per-prompt scores are rounded to 4 decimals)
