@@ -14,7 +14,7 @@ passed   the share of the prompt's items whose checker says yes (strict): the ba
          first as "task:*", and each instruction, weighted equally (minift/tasks.py verify).
          Ids without a checker are skipped. The base task and the topic are judged on the answer
          after a copied request (combination:repeat_prompt): the copy names the topic too.
-flaws    how many of these four content flaws the response shows; each one halves the reward:
+flaws    how many of these five content flaws the response shows; each one halves the reward:
   rambling    more words than the budget: 60, plus the words of a prompt it must repeat, plus
               the minimum of a word-count instruction; doubled when two answers are asked for.
               (Reference answers have at most 55 words; 96 sampled tokens are about 70 words.)
@@ -26,6 +26,10 @@ flaws    how many of these four content flaws the response shows; each one halve
               name anything from the prompt (or a thing found at a place the prompt names):
               text about something else. Sentences naming nothing ("It can hop.") or only a
               keyword an instruction asked for ("Look at the owl.") do not count either way.
+  garbled     a word that neither the prompt nor anything in the story world's text generators
+              could have written ("OWba", "areAMP", "bunnys"): a sampling slip. Without this
+              flaw, 30% of the SFT model's garbled samples scored a perfect 1.0 (EXPERIMENTS.md,
+              session 9); a human rater would mark them down. Numbers (digits) are always words.
 Why this shape:
   * The floor of 0.2 makes any attempt beat an empty answer, which scores lowest.
   * Flaws multiply: a flawed answer scores at most 0.5, half of a clean answer that passes
@@ -37,10 +41,13 @@ The thresholds sit above everything in our own reference answers (tests/test_gol
 that reference answers have no flaw), so honest answers are never penalised.
 """
 
+import ast
+import inspect
 import re
 from collections import Counter
+from functools import lru_cache
 
-from minift import world
+from minift import builders, instructions, lexicon, tasks, templates, world
 from minift.instructions import split_sentences
 from minift.tasks import CHECKERS, verify
 
@@ -167,6 +174,30 @@ def without_copied_prompt(response, instruction_id_list, kwargs):
     return text[len(copy.strip()):] if copy.strip() and text.lower().startswith(copy.strip().lower()) else response
 
 
+@lru_cache(maxsize=1)
+def world_words():
+    """Every word the story world's text can hold, lower-cased: the words of every string
+    literal in the modules that write prompts, answers and documents (docstrings left out),
+    plus the plural of every noun, which lexicon.plural builds in code. Read from the source,
+    so a word added to a template or a word list is known at once (tests/test_gold.py checks
+    that sampled reference answers use no other word)."""
+    words = set()
+    for module in (lexicon, world, templates, tasks, builders, instructions):
+        tree = ast.parse(inspect.getsource(module))
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                words.update(re.findall(r"[a-z]+", node.value.lower()))  # "soft_fur" is two words
+    nouns = world.OBJECTS + world.ANIMALS + world.FOODS + world.PLACES + sorted(NOUNS)
+    return frozenset(words | {world.plural(n).lower() for n in nouns})
+
+
+def garbled_words(prompt, response):
+    """The response's words that are not words of the story world or the prompt."""
+    known = world_words() | {w.lower() for w in re.findall(r"[A-Za-z]+", prompt)}
+    return [w for w in re.findall(r"[A-Za-z]+", response) if w.lower() not in known]
+
+
 def gold_breakdown(prompt, response, instruction_id_list, kwargs):
     """Every part of the gold reward, for logging and for tests: the per-item checks, the
     flaws found, and the reward itself."""
@@ -180,7 +211,8 @@ def gold_breakdown(prompt, response, instruction_id_list, kwargs):
     flaws = {"rambling": n_words > budget,
              "repetition": repeated_3gram_share(response) > MAX_REPEATED_3GRAMS,
              "spam": bool(spammed_words(response, instruction_id_list, kwargs)),
-             "off_topic": on_topic_share(prompt, answer, instruction_id_list, kwargs) < MIN_ON_TOPIC}
+             "off_topic": on_topic_share(prompt, answer, instruction_id_list, kwargs) < MIN_ON_TOPIC,
+             "garbled": bool(garbled_words(prompt, response))}
     flaws = [name for name, bad in flaws.items() if bad and not empty]
     passed = sum(checks) / len(checks) if checks else 1.0
     reward = 0.0 if empty else (FLOOR + (1 - FLOOR) * passed) * 0.5 ** len(flaws)

@@ -1,5 +1,6 @@
 """The gold reward cannot be gamed: for sampled prompts, the honest reference answer beats
-keyword spam, rambling, repetition, an off-topic answer in the right format, and silence."""
+keyword spam, rambling, repetition, an off-topic answer in the right format, a garbled word,
+and silence."""
 import re
 from random import Random
 
@@ -7,7 +8,7 @@ import pytest
 
 from minift import world
 from minift.builders import Unsatisfiable, build_response
-from minift.gold import gold_breakdown, gold_reward, repeated_3gram_share
+from minift.gold import garbled_words, gold_breakdown, gold_reward, repeated_3gram_share, world_words
 from minift.instructions import split_sentences
 from minift.splits import sample
 from minift.tasks import verify
@@ -97,6 +98,40 @@ def test_off_topic_answer_in_the_right_format_loses(samples):
         assert b["reward"] < gold(s, s.response), (s.prompt, other, b)
         flagged += "off_topic" in b["flaws"]
     assert built >= N // 3 and flagged >= 0.8 * built, (built, flagged)  # the rest name things of the place
+
+
+def test_reference_answers_use_only_world_words():
+    """The garbled flaw must never fire on what the generators write, in any split; the corpus's
+    documents come from the same word lists and templates."""
+    rng = Random(11)
+    for split in ("train", "test", "heldout", "rl_prompts"):
+        for _ in range(300):
+            s = sample(rng, split)
+            assert garbled_words(s.prompt, s.response) == [], (split, s.prompt, s.response)
+    for _ in range(200):
+        doc = world.document(rng)
+        assert garbled_words("", doc) == [], doc
+
+
+def test_garbled_words_are_found():
+    # Slips from the SFT model's temperature-1 samples (EXPERIMENTS.md, session 9).
+    answer = "A deer is a big animal. OWba Tomatoes areAMP. <|user|>oiders are animals. Two bunnys."
+    assert garbled_words("Describe a deer.", answer) == ["OWba", "areAMP", "user", "oiders", "bunnys"]
+    assert garbled_words("Describe a Zorp.", "The Zorp has 3 legs. Max's kite is red.") == []  # prompt words, digits
+    assert {"kite", "kites", "mice", "turtle"} <= world_words() and "owba" not in world_words()
+
+
+def test_a_garbled_word_loses(samples):
+    flagged = 0
+    for s in samples:
+        word = max(re.findall(r"[A-Za-z]+", s.response), key=len)
+        slip = word + word[-1]  # "kite" -> "kitee": one letter too many, as sampling slips are
+        if slip.lower() in world_words() or slip.lower() in s.prompt.lower():
+            continue
+        b = gold_breakdown(s.prompt, s.response.replace(word, slip, 1), s.ids, s.kwargs)
+        assert "garbled" in b["flaws"] and b["reward"] < gold(s, s.response), (s.prompt, slip, b)
+        flagged += 1
+    assert flagged >= 0.9 * len(samples)
 
 
 def test_copying_the_request_is_not_an_answer():

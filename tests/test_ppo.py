@@ -228,9 +228,10 @@ def run_script(args):
 
 def test_ppo_on_gold_learns_an_easy_instruction(micro_sft, tmp_path):
     """"Use no capital letters": a random model passes on about 40% of its 8-token answers
-    (gold 1.0 when it passes, 0.2 when not). PPO on the gold reward must push that up; it
-    reaches about 0.8 in 20 iterations (first iteration 0.30-0.45 over seeds 1-4, the mean
-    of the last five 0.76-0.85; 7-8 s on one thread).
+    (gold 1.0 when it passes, 0.2 when not, and half that when a word is garbled, as nearly
+    every word of a random model is). PPO on the gold reward must push that up: over seeds
+    1-4 the first iteration scored 0.18-0.26 and the mean of the last five 0.41-0.43 (before
+    the garbled flaw: 0.30-0.45 and 0.76-0.85); 7-8 s on one thread.
     missing_eos_penalty=0: a random model almost never emits <|end|>, so the penalty would
     teach it to stop first, which is a different lesson from the one tested here."""
     out = tmp_path / "gold"
@@ -239,7 +240,7 @@ def test_ppo_on_gold_learns_an_easy_instruction(micro_sft, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     gold = [m["gold"] for m in read_metrics(out)]
     assert len(gold) == 20
-    assert sum(gold[-5:]) / 5 > gold[0] + 0.2, gold
+    assert sum(gold[-5:]) / 5 > gold[0] + 0.12, gold
     # before each iteration's first update, the policy is the one that sampled: ratio 1 exactly
     assert all(m["first_ratio"] == pytest.approx(1.0, abs=1e-5) for m in read_metrics(out))
     ckpt = load_checkpoint(str(out / "ckpt.pt"))
