@@ -47,7 +47,7 @@ import re
 from collections import Counter
 from functools import lru_cache
 
-from minift import builders, instructions, lexicon, tasks, templates, world
+from minift import builders, instructions, tasks, world
 from minift.instructions import split_sentences
 from minift.tasks import CHECKERS, verify
 
@@ -176,20 +176,20 @@ def without_copied_prompt(response, instruction_id_list, kwargs):
 
 @lru_cache(maxsize=1)
 def world_words():
-    """Every word the story world's text can hold, lower-cased: the words of every string
-    literal in the modules that write prompts, answers and documents (docstrings left out),
-    plus the plural of every noun, which lexicon.plural builds in code. Read from the source,
-    so a word added to a template or a word list is known at once (tests/test_gold.py checks
-    that sampled reference answers use no other word)."""
-    words = set()
-    for module in (lexicon, world, templates, tasks, builders, instructions):
+    """Every word the story world's text can hold, lower-cased: the stories' vocabulary
+    (world.vocabulary, which tests/test_data.py checks against generated documents) plus the
+    words of every string literal, docstrings left out, in the modules that write prompts and
+    answers ("Here they are:", "P.S.", "Word by word"). Read from the source, so a word added to
+    a template is known at once; tests/test_gold.py checks that sampled reference answers use
+    no other word."""
+    words = {part for word in world.vocabulary() for part in re.findall(r"[a-z]+", word)}  # "tom's"
+    for module in (tasks, builders, instructions):
         tree = ast.parse(inspect.getsource(module))
         docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 words.update(re.findall(r"[a-z]+", node.value.lower()))  # "soft_fur" is two words
-    nouns = world.OBJECTS + world.ANIMALS + world.FOODS + world.PLACES + sorted(NOUNS)
-    return frozenset(words | {world.plural(n).lower() for n in nouns})
+    return frozenset(words)
 
 
 def garbled_words(prompt, response):
