@@ -303,6 +303,13 @@ def wrap(fmt):
     return edit
 
 
+def quote(d, kw, rng):
+    """The whole answer in double quotes. IFEval counts a bullet point only where "*" opens
+    the line, so a quote mark in front of the first bullet would hide it (and the count fit
+    would add one more); an answer that opens with a bullet gets its quote on a line of its own."""
+    d.text = f'"\n{d.text}"' if d.text.startswith("* ") else f'"{d.text}"'
+
+
 def add_postscript(d, kw, rng):
     d.text = f"{d.text}\n{kw['postscript_marker']} {rng.choice(PS_NOTES)}"
 

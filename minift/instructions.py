@@ -206,7 +206,7 @@ INSTRUCTIONS = [
         ("Wrap your entire response with double quotation marks.", "Put your whole answer inside double quotes.",
          "Your answer must start and end with a double quote.", "Enclose the response in quotation marks."),
         C.check_quotation, sample=B.when(lambda ctx: not C.check_quotation(ctx["text"])),
-        edit_text=B.wrap(lambda d, kw: f'"{d.text}"'), order=55),
+        edit_text=B.quote, order=55),
     Instruction(
         "detectable_format:json_format",
         ("Entire output should be wrapped in JSON format.", "Answer in JSON format.",

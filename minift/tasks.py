@@ -71,10 +71,11 @@ def check_answer(response, answer, wrong):
 
 
 def _list_checker(transform, ignore_case=True):
-    """The transformed words appear in order, one after another (any punctuation or layout)."""
+    """The transformed words appear in order, one after another, whatever the punctuation,
+    layout or numbering between them: "1. fox 2. drum" and "* fox (1/2)" both hold fox, drum."""
     def check(response, words):
         norm = (lambda ws: [w.lower() for w in ws]) if ignore_case else (lambda ws: ws)
-        return _contains_run(norm(re.findall(r"\w+", response)), norm(transform(words)))
+        return _contains_run(norm(re.findall(r"[^\W\d_]+", response)), norm(transform(words)))
     return check
 
 

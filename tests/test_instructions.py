@@ -62,6 +62,9 @@ def check(iid, response, **kw):
     ("task:answer_question", {"answer": "red", "wrong": "blue"}, "Tom's kite is red.", "Red or blue."),
     ("task:answer_question", {"answer": "yes", "wrong": "no"}, "Yes, it is.", "No."),
     ("task:reverse_list", {"words": ["cat", "dog", "egg"]}, '{"answer": "Egg, dog, cat."}', "cat, dog, egg"),
+    # numbering between the items is layout: the run is still egg, dog, cat
+    ("task:reverse_list", {"words": ["cat", "dog", "egg"]}, "* egg (1/3)\n* dog (2/3)\n* cat (3/3)",
+     "1. egg 2. dog 3. egg 4. cat"),
     ("task:sort_list", {"words": ["dog", "cat", "egg"]}, "* cat\n* dog\n* egg", "dog, cat, egg"),
     ("task:uppercase_list", {"words": ["cat", "dog"]}, "CAT, DOG.", "Cat, Dog."),
 ])
@@ -206,6 +209,20 @@ def test_worked_steps_put_each_word_next_to_what_it_needs():
     # ... and the finished list stays a run the checker finds, after the steps
     answer = T.TASK_REGISTRY["task:reverse_list"].draft(Random(0), {"words": words}).core
     assert answer == [T.reverse_steps(words), "Here they are: key, spider, snail."]
+
+
+def test_quoted_bullet_lists_show_every_bullet(samples):
+    """IFEval counts a bullet point only where "*" opens the line. A quote mark in front of
+    the first one would hide it, and the count fit would add a bullet the checker cannot
+    see, teaching n + 1 bullets for "exactly n" (builders.quote)."""
+    samples, _ = samples
+    seen = 0
+    for _, s in samples:
+        if {"startend:quotation", "detectable_format:number_bullet_lists"} <= set(s.ids):
+            n = s.kwargs[s.ids.index("detectable_format:number_bullet_lists")]["num_bullets"]
+            assert sum(line.lstrip('"').startswith("* ") for line in s.response.split("\n")) == n, s.response
+            seen += 1
+    assert seen >= 10, seen
 
 
 # --------------------------------------------------------------------------- splits
