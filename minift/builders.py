@@ -284,13 +284,33 @@ def sample_bullets(rng, ctx):
     return None if n is None else {"num_bullets": n}
 
 
+def counted(parts):
+    """["A frog.", "A fish."] -> ["A frog. (1/2)", "A fish. (2/2)"]: every bullet point or
+    paragraph ends by saying which of how many it is. Why: asked for exactly n, the SFT model
+    lost count, writing 6 or 7 bullets for 5 or 5 paragraphs for 4, often repeating the last
+    one. With the counter, "how many so far?" becomes a copy of n from the prompt and one
+    more than the previous counter, and "stop now?" is read off the tokens just written:
+    "(n/n)" ends the list. A scratchpad, like the worked steps of list tasks (Nye et al.
+    2021), placed at the end of the line, where the model decides whether another one
+    follows (at the start of the line it helped far less). Over three SFT seeds, bullets
+    went from 61% to 91% right on test and paragraphs from 54% to 97% (EXPERIMENTS.md,
+    session 11). The checkers count lines and dividers, so the counters change no verdict;
+    IFEval's sentence splitter does read "(1/2)" as the start of the next sentence, and the
+    count fit sees that."""
+    return [f"{p} ({k}/{len(parts)})" for k, p in enumerate(parts, 1)]
+
+
 def render_bullets(d, kw, rng):
     if d.items:  # the list sentence becomes a lead line and one bullet per item
         rest = d.body[len(d.core):]
-        d.text = "\n".join(([d.lead] if d.lead else []) + [f"* {x}" for x in d.items]
+        d.text = "\n".join(([d.lead] if d.lead else []) + [f"* {x}" for x in counted(d.items)]
                            + ([" ".join(rest)] if rest else []))
     else:
-        d.text = "\n".join(f"* {s}" for s in d.body)
+        d.text = "\n".join(f"* {s}" for s in counted(d.body))
+
+
+def render_paragraphs(d, kw, rng):
+    d.text = "\n***\n".join(counted(d.body))
 
 
 def render_two(d, kw, rng):

@@ -139,7 +139,7 @@ INSTRUCTIONS = [
         C.check_paragraphs, ("num_paragraphs",),
         lambda rng, ctx: B.count_sampler("length_constraints:number_paragraphs", "num_paragraphs",
                                        [n for n in (2, 3, 4) if n >= ctx["n_core"]])(rng, ctx),
-        edit_text=B.wrap(lambda d, kw: "\n***\n".join(d.body)), order=31, fit=_exact,
+        edit_text=B.render_paragraphs, order=31, fit=_exact,
         fields=lambda kw: {"n": B.n_of(kw["num_paragraphs"], "paragraph")}),
     Instruction(
         "combination:two_responses",

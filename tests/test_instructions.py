@@ -211,6 +211,25 @@ def test_worked_steps_put_each_word_next_to_what_it_needs():
     assert answer == [T.reverse_steps(words), "Here they are: key, spider, snail."]
 
 
+def test_bullets_and_paragraphs_count_themselves(samples):
+    """Each bullet point or paragraph of a reference answer ends with "(k/n)", k = 1..n, so
+    that the model can stop at "(n/n)" instead of counting (builders.counted)."""
+    samples, _ = samples
+    seen = Counter()
+    for _, s in samples:
+        for iid, kw in zip(s.ids, s.kwargs):
+            if iid == "detectable_format:number_bullet_lists":
+                parts, n = [line for line in s.response.split("\n") if line.startswith("* ")], kw["num_bullets"]
+            elif iid == "length_constraints:number_paragraphs":
+                parts, n = s.response.split("\n***\n"), kw["num_paragraphs"]
+            else:
+                continue
+            counters = [re.findall(r"\((\d)/(\d)\)", p) for p in parts]
+            assert counters == [[(str(k), str(n))] for k in range(1, n + 1)], s.response
+            seen[iid] += 1
+    assert min(seen.values()) >= 20 and len(seen) == 2, seen
+
+
 def test_quoted_bullet_lists_show_every_bullet(samples):
     """IFEval counts a bullet point only where "*" opens the line. A quote mark in front of
     the first one would hide it, and the count fit would add a bullet the checker cannot
