@@ -1,10 +1,18 @@
 """Training throughput and peak memory of the tiny preset's model on this machine.
 
     python bench/bench_train.py
+    python bench/bench_train.py --bf16     # and fp32 against bf16 autocast on the CPU, as a ratio
 
 Times forward + backward + AdamW step of train_pretrain.py's tiny model, at its batch size,
 after a warm-up, and reports the peak resident memory of the process.
+
+--bf16 times both ways twice, interleaved (fp32, bf16, fp32, bf16), so that a machine that
+slows down or speeds up mid-run touches both alike, and prints the ratio. Why ask: a CPU
+with AMX (Intel Sapphire Rapids and later) multiplies bf16 matrices in hardware. On this
+project's machine the tiny model gained only 1.15x (its matrices are 128 wide; 1.31x at
+width 192, 1.37x at 256; EXPERIMENTS.md, session 11), so the scripts keep the CPU in fp32.
 """
+import contextlib
 import os
 import resource
 import sys
@@ -18,27 +26,41 @@ from minift.training import make_optimizer  # noqa: E402
 from train_pretrain import Config  # noqa: E402  (the tiny preset's defaults)
 
 
-def main(steps=20):
-    cfg = Config()
-    batch, block = cfg.batch_size, cfg.block_size
+def seconds_per_step(cfg, autocast=contextlib.nullcontext, steps=20):
+    """Mean seconds of one training step of a fresh tiny model, after 3 warm-up steps."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=2053, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
+    model = GPT(GPTConfig(vocab_size=2053, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                           n_embd=cfg.n_embd))
     opt = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
-    x = torch.randint(0, 2053, (batch, block))
+    x = torch.randint(0, 2053, (cfg.batch_size, cfg.block_size))
     for i in range(steps + 3):
         if i == 3:
             t0 = time.perf_counter()
-        _, loss = model(x, x)
+        with autocast():
+            _, loss = model(x, x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    dt = (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, model.num_params()
+
+
+def main(bf16=False):
+    cfg = Config()
+    tokens = cfg.batch_size * cfg.block_size
+    dt, n_params = seconds_per_step(cfg)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"tiny preset model ({model.num_params() / 1e6:.2f}M params), batch {batch} x {block}, "
+    print(f"tiny preset model ({n_params / 1e6:.2f}M params), batch {cfg.batch_size} x {cfg.block_size}, "
           f"{torch.get_num_threads()} threads")
-    print(f"{dt * 1000:.0f} ms/step, {batch * block / dt:,.0f} tokens/s, peak RSS {peak_mb:.0f} MB")
+    print(f"{dt * 1000:.0f} ms/step, {tokens / dt:,.0f} tokens/s, peak RSS {peak_mb:.0f} MB")
+    if bf16:
+        bf16_cpu = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+        fp32, half = [dt], []  # interleaved: fp32 (above), bf16, fp32, bf16
+        half.append(seconds_per_step(cfg, bf16_cpu)[0])
+        fp32.append(seconds_per_step(cfg)[0])
+        half.append(seconds_per_step(cfg, bf16_cpu)[0])
+        print(f"fp32 {fp32[0] * 1000:.0f} / {fp32[1] * 1000:.0f} ms/step, bf16 autocast "
+              f"{half[0] * 1000:.0f} / {half[1] * 1000:.0f} ms/step: bf16 is {sum(fp32) / sum(half):.2f}x as fast")
 
 
 if __name__ == "__main__":
-    main()
+    main(bf16="--bf16" in sys.argv[1:])
