@@ -13,6 +13,7 @@ project's machine the tiny model gained only 1.15x (its matrices are 128 wide; 1
 width 192, 1.37x at 256; EXPERIMENTS.md, session 11), so the scripts keep the CPU in fp32.
 """
 import contextlib
+import functools
 import os
 import resource
 import sys
@@ -53,7 +54,7 @@ def main(bf16=False):
           f"{torch.get_num_threads()} threads")
     print(f"{dt * 1000:.0f} ms/step, {tokens / dt:,.0f} tokens/s, peak RSS {peak_mb:.0f} MB")
     if bf16:
-        bf16_cpu = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+        bf16_cpu = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
         fp32, half = [dt], []  # interleaved: fp32 (above), bf16, fp32, bf16
         half.append(seconds_per_step(cfg, bf16_cpu)[0])
         fp32.append(seconds_per_step(cfg)[0])
