@@ -50,7 +50,7 @@ class Config:
     resume: bool = True
     preset: str = "tiny"
     # rollouts
-    # Rollout + optimisation rounds. 24 (1,536 episodes, 105-121 s on the tiny preset) against
+    # Rollout + optimisation rounds. 24 (1,536 episodes, 105-126 s on the tiny preset) against
     # 12: over three PPO seeds from one SFT model (61.2 / 40.4) and reward model, test / heldout
     # prompt-strict 63.0 / 41.8, 63.8 / 41.0, 65.4 / 41.4 against 62.2 / 39.4, 63.8 / 40.2,
     # 64.8 / 41.2: heldout rose over SFT in every run only with 24 (EXPERIMENTS.md, session 10).
