@@ -112,7 +112,13 @@ def resume_training(path, model, optimizer, generator, device="cpu", rank=0, see
     check_model_config(ckpt, gpt.config, path)
     model.load_state_dict(ckpt["model"])
     if optimizer is not None and ckpt.get("optimizer"):
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:  # AdamW state into Muon + AdamW, or the reverse
+            saved = ckpt.get("config", {}).get("optimizer", "adamw")
+            raise ValueError(f"{path}: its optimizer state does not fit this run's optimizer ({e}). It was "
+                             f"trained with --optimizer={saved}: resume with that, or start afresh in "
+                             f"another --out_dir.") from None
     set_rng_state(ckpt["rng"], generator)
     if rank > 0:
         generator.manual_seed(seed + rank + 1000 * ckpt["step"])

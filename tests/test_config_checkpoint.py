@@ -9,7 +9,7 @@ from minift.checkpoint import (check_model_config, load_checkpoint, resume_train
                                save_training_checkpoint)
 from minift.config import ConfigError, parse_config
 from minift.model import GPT, GPTConfig
-from minift.training import lr_at
+from minift.training import OptimizerPair, lr_at, make_optimizer, set_lr
 
 
 @dataclass
@@ -95,6 +95,53 @@ def test_resume_gives_rank_0_the_saved_draws_and_other_ranks_their_own(tmp_path)
         draws.append(torch.randint(10**6, (8,), generator=generator))
     assert torch.equal(draws[0], expected)
     assert not torch.equal(draws[1], expected)
+
+
+@dataclass
+class OptimizerCfg:
+    optimizer: str = "muon"
+
+
+def test_muon_takes_the_blocks_matrices_and_resumes_exactly(tmp_path):
+    """kind="muon": Muon updates the transformer blocks' weight matrices, and AdamW everything
+    else (the embedding tied to the LM head, LayerNorm gains). Every parameter is in exactly
+    one of the two, set_lr reaches both, and a resumed run takes the same next step as the
+    run it was saved from. Resuming with the other optimizer is a clear error."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    model = GPT(config)
+    opt = make_optimizer(model, 1e-2, 0.0, kind="muon")
+    assert isinstance(opt, OptimizerPair)
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon, adamw = ({names[id(p)] for g in o.param_groups for p in g["params"]} for o in opt.optimizers)
+    assert muon == {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    assert len(muon) == 8 and not muon & adamw and muon | adamw == set(names.values())
+    set_lr(opt, 3e-3)
+    assert [g["lr"] for g in opt.param_groups] == [3e-3] * 3
+
+    batches = [torch.randint(64, (2, 16)) for _ in range(2)]
+
+    def train_step(m, o, x):
+        m(x, x)[1].backward()
+        o.step()
+        o.zero_grad(set_to_none=True)
+
+    train_step(model, opt, batches[0])
+    path = str(tmp_path / "ckpt.pt")
+    save_training_checkpoint(path, "sft", 1, model, opt, OptimizerCfg(), {}, torch.Generator(), {})
+    resumed = GPT(config)
+    resumed_opt = make_optimizer(resumed, 1e-2, 0.0, kind="muon")
+    set_lr(resumed_opt, 3e-3)
+    resume_training(path, resumed, resumed_opt, torch.Generator())
+    for m, o in ((model, opt), (resumed, resumed_opt)):
+        train_step(m, o, batches[1])  # uses the momentum buffers: they must have been restored
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    with pytest.raises(ValueError, match="trained with --optimizer=muon"):
+        resume_training(path, GPT(config), make_optimizer(GPT(config), 1e-2, 0.0), torch.Generator())
+    with pytest.raises(ValueError, match="adamw or muon"):
+        make_optimizer(model, 1e-2, 0.0, kind="sgd")
 
 
 def _stop_flags_on_rank(rank, init_file, asked, out_dir):
