@@ -2,12 +2,19 @@
 
     python bench/bench_train.py
     python bench/bench_train.py --bf16     # and fp32 against bf16 autocast on the CPU, as a ratio
+    python bench/bench_train.py --muon     # and AdamW against Muon (--optimizer=muon), as a ratio
 
 Times forward + backward + AdamW step of train_pretrain.py's tiny model, at its batch size,
 after a warm-up, and reports the peak resident memory of the process.
 
---bf16 times both ways twice, interleaved (fp32, bf16, fp32, bf16), so that a machine that
-slows down or speeds up mid-run touches both alike, and prints the ratio. Why ask: a CPU
+--bf16 and --muon time both ways twice, interleaved (A, B, A, B), so that a machine that
+slows down or speeds up mid-run touches both alike, and print the ratio.
+
+--muon: Muon orthogonalises each block matrix's update with five Newton-Schulz iterations,
+a fixed cost per step that does not shrink with the batch. On this project's machine it is
+~13 ms a step on top of AdamW's step (EXPERIMENTS.md, session 12).
+
+--bf16: a CPU
 with AMX (Intel Sapphire Rapids and later) multiplies bf16 matrices in hardware. On this
 project's machine the tiny model gained only 1.15x (its matrices are 128 wide; 1.31x at
 width 192, 1.37x at 256; EXPERIMENTS.md, session 11), so the scripts keep the CPU in fp32.
@@ -27,12 +34,12 @@ from minift.training import make_optimizer  # noqa: E402
 from train_pretrain import Config  # noqa: E402  (the tiny preset's defaults)
 
 
-def seconds_per_step(cfg, autocast=contextlib.nullcontext, steps=20):
+def seconds_per_step(cfg, autocast=contextlib.nullcontext, optimizer="adamw", steps=20):
     """Mean seconds of one training step of a fresh tiny model, after 3 warm-up steps."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=2053, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                           n_embd=cfg.n_embd))
-    opt = make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    opt = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, optimizer)
     x = torch.randint(0, 2053, (cfg.batch_size, cfg.block_size))
     for i in range(steps + 3):
         if i == 3:
@@ -45,7 +52,18 @@ def seconds_per_step(cfg, autocast=contextlib.nullcontext, steps=20):
     return (time.perf_counter() - t0) / steps, model.num_params()
 
 
-def main(bf16=False):
+def interleaved(name_a, step_a, name_b, step_b, first_a):
+    """Time A and B as A, B, A, B (first_a is A's first timing, already taken) and print both
+    and the ratio."""
+    a, b = [first_a], []
+    b.append(step_b())
+    a.append(step_a())
+    b.append(step_b())
+    print(f"{name_a} {a[0] * 1000:.0f} / {a[1] * 1000:.0f} ms/step, {name_b} {b[0] * 1000:.0f} / "
+          f"{b[1] * 1000:.0f} ms/step: {name_b} is {sum(a) / sum(b):.2f}x as fast")
+
+
+def main(args):
     cfg = Config()
     tokens = cfg.batch_size * cfg.block_size
     dt, n_params = seconds_per_step(cfg)
@@ -53,15 +71,15 @@ def main(bf16=False):
     print(f"tiny preset model ({n_params / 1e6:.2f}M params), batch {cfg.batch_size} x {cfg.block_size}, "
           f"{torch.get_num_threads()} threads")
     print(f"{dt * 1000:.0f} ms/step, {tokens / dt:,.0f} tokens/s, peak RSS {peak_mb:.0f} MB")
-    if bf16:
-        bf16_cpu = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
-        fp32, half = [dt], []  # interleaved: fp32 (above), bf16, fp32, bf16
-        half.append(seconds_per_step(cfg, bf16_cpu)[0])
-        fp32.append(seconds_per_step(cfg)[0])
-        half.append(seconds_per_step(cfg, bf16_cpu)[0])
-        print(f"fp32 {fp32[0] * 1000:.0f} / {fp32[1] * 1000:.0f} ms/step, bf16 autocast "
-              f"{half[0] * 1000:.0f} / {half[1] * 1000:.0f} ms/step: bf16 is {sum(fp32) / sum(half):.2f}x as fast")
 
+    def step_time(**kwargs):
+        return seconds_per_step(cfg, **kwargs)[0]
+
+    if "--bf16" in args:
+        bf16_cpu = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+        interleaved("fp32", step_time, "bf16 autocast", functools.partial(step_time, autocast=bf16_cpu), dt)
+    if "--muon" in args:
+        interleaved("AdamW", step_time, "Muon", functools.partial(step_time, optimizer="muon"), dt)
 
 if __name__ == "__main__":
-    main(bf16="--bf16" in sys.argv[1:])
+    main(sys.argv[1:])
