@@ -65,10 +65,10 @@ class Config:
     weight_decay: float = 0.0      # short fine-tune from a good init: decay buys nothing
     # "adamw", or "muon": Muon for the blocks' weight matrices (minift.training.make_optimizer).
     # Muon, from one pretrained model, SFT seeds 1337 / 2 / 3 (EXPERIMENTS.md, session 12): test /
-    # heldout 69.2 / 40.2, 66.6 / 45.2, 66.6 / 39.6 against AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 /
-    # 37.0, +5.3 / +2.7 points. But it adds ~13 ms to each of the 4,800 steps on 2 CPU cores (217 s
-    # against 147 s), past the tiny preset's 3 minutes, and cut to 3,600 steps to fit it gained
-    # nothing (62.9 / 39.1). So AdamW stays the default; where time is not short, try muon.
+    # heldout 70.6 / 43.8, 65.2 / 43.2, 67.8 / 48.6 against AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 /
+    # 37.0: +5.7 / +6.3 points. But its Newton-Schulz iterations add ~10 ms to each of the 4,800
+    # steps on 2 CPU cores (189-209 s against 138-147 s), past the tiny preset's 3 minutes, and
+    # with 3,600 steps to fit (and 5 iterations) it gained nothing. So AdamW stays the default.
     optimizer: str = "adamw"
     grad_clip: float = 1.0
     dropout: float = 0.0

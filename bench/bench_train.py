@@ -10,9 +10,9 @@ after a warm-up, and reports the peak resident memory of the process.
 --bf16 and --muon time both ways twice, interleaved (A, B, A, B), so that a machine that
 slows down or speeds up mid-run touches both alike, and print the ratio.
 
---muon: Muon orthogonalises each block matrix's update with five Newton-Schulz iterations,
-a fixed cost per step that does not shrink with the batch. On this project's machine it is
-~13 ms a step on top of AdamW's step (EXPERIMENTS.md, session 12).
+--muon: Muon orthogonalises each block matrix's update with three Newton-Schulz
+iterations, a fixed cost per step that does not shrink with the batch. On this project's
+machine it is ~10 ms a step on top of AdamW's (~13 ms with five; EXPERIMENTS.md, session 12).
 
 --bf16: a CPU
 with AMX (Intel Sapphire Rapids and later) multiplies bf16 matrices in hardware. On this
