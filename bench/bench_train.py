@@ -14,10 +14,10 @@ slows down or speeds up mid-run touches both alike, and print the ratio.
 iterations, a fixed cost per step that does not shrink with the batch. On this project's
 machine it is ~10 ms a step on top of AdamW's (~13 ms with five; EXPERIMENTS.md, session 12).
 
---bf16: a CPU
-with AMX (Intel Sapphire Rapids and later) multiplies bf16 matrices in hardware. On this
-project's machine the tiny model gained only 1.15x (its matrices are 128 wide; 1.31x at
-width 192, 1.37x at 256; EXPERIMENTS.md, session 11), so the scripts keep the CPU in fp32.
+--bf16: a CPU with AMX (Intel Sapphire Rapids and later) multiplies bf16 matrices in
+hardware. On this project's machine the tiny model gained only 1.15x (its matrices are 128
+wide; 1.31x at width 192, 1.37x at 256; EXPERIMENTS.md, session 11), so the scripts keep
+the CPU in fp32.
 """
 import contextlib
 import functools
@@ -80,6 +80,7 @@ def main(args):
         interleaved("fp32", step_time, "bf16 autocast", functools.partial(step_time, autocast=bf16_cpu), dt)
     if "--muon" in args:
         interleaved("AdamW", step_time, "Muon", functools.partial(step_time, optimizer="muon"), dt)
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])
