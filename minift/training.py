@@ -170,9 +170,8 @@ class OptimizerPair:
         return {"pair": [opt.state_dict() for opt in self.optimizers]}
 
     def load_state_dict(self, state):
-        if "pair" not in state:
-            raise ValueError("this checkpoint's optimizer state is from one optimizer, not an OptimizerPair: "
-                             "resume with the optimizer it was trained with")
+        """A single optimizer's state has no "pair"; resume_training turns that KeyError into
+        an error that names the checkpoint and the optimizer it was trained with."""
         for opt, s in zip(self.optimizers, state["pair"]):
             opt.load_state_dict(s)
 
