@@ -21,8 +21,9 @@ t x standard error, with t = 12.7, 4.3, 3.2, 2.8 for 2, 3, 4, 5 seeds. With thre
 that is a large bar; that is what three seeds can tell.
 
 Finished runs are reused (out_dir/<name>-seed<seed>/scores.json), so delete an arm's folders
-after editing the code it ran. On the tiny preset (2 CPU cores) a run takes 2 min 20 s (SFT
-130 s, scoring 2 x 500 prompts a few seconds): three seeds, both arms, about 14 minutes.
+after editing the code it ran. On the tiny preset (2 CPU cores) a run takes about 3 minutes
+(SFT with Muon 165-175 s, scoring 2 x 500 prompts a few seconds): three seeds, both arms,
+about 18 minutes.
 """
 
 import json
