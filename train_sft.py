@@ -62,13 +62,17 @@ class Config:
     learning_rate: float = 6e-3
     min_lr: float = 6e-4
     warmup_steps: int = 80
-    weight_decay: float = 0.0      # short fine-tune from a good init: decay buys nothing
+    # With Muon, decoupled decay 0.1 (Liu et al. 2025) measured better over six SFT seeds: 71.6 /
+    # 46.8 against 67.7 / 43.7, up in every seed (EXPERIMENTS.md, session 13); not yet the default
+    # because the pipeline has not been rerun with it. Try --weight_decay=0.1.
+    weight_decay: float = 0.0
     # "muon": Muon for the blocks' weight matrices, AdamW for the rest (minift.training.Muon and
-    # make_optimizer); or "adamw" for all. From one pretrained model, SFT seeds 1337 / 2 / 3, test /
-    # heldout (EXPERIMENTS.md, sessions 12-13): Muon 71.6 / 45.2, 68.6 / 45.0, 66.6 / 44.0 against
-    # AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 / 37.0: +6.7 / +5.8 points. Muon's step costs ~5 ms more
-    # on 2 CPU cores (SFT 164-175 s against 138-147 s), within the tiny preset's 3 minutes; 4,400 steps
-    # to save time gained only +2.6 / +3.5. At this rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
+    # make_optimizer); or "adamw" for all. From one pretrained model, SFT seeds 1337 / 2 / 3,
+    # test / heldout (EXPERIMENTS.md, sessions 12-13): Muon 71.6 / 45.2, 68.6 / 45.0, 66.6 /
+    # 44.0 against AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 / 37.0: +6.7 / +5.8 points. Muon's
+    # step costs ~5 ms more on 2 CPU cores (SFT 164-183 s on a slow day, against 138-147 s), at
+    # the tiny preset's 3 minutes; 4,400 steps to save time gained only +2.6 / +3.5. At this
+    # rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
     optimizer: str = "muon"
     grad_clip: float = 1.0
     dropout: float = 0.0
