@@ -12,7 +12,7 @@ slows down or speeds up mid-run touches both alike, and print the ratio.
 
 --muon: Muon orthogonalises each block matrix's update with three Newton-Schulz
 iterations, a fixed cost per step that does not shrink with the batch. On this project's
-machine it is ~6 ms a step on top of AdamW's with our batched Muon (session 13), against
+machine it is ~7 ms a step on top of AdamW's with our batched Muon (session 13), against
 ~10 ms with torch.optim.Muon's one product per matrix (EXPERIMENTS.md, session 12).
 
 --bf16: a CPU with AMX (Intel Sapphire Rapids and later) multiplies bf16 matrices in

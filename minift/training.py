@@ -169,7 +169,7 @@ class Muon(torch.optim.Optimizer):
                 if update.size(0) > update.size(1):
                     update = update.mT  # orthogonalizing U^T and transposing back gives the same
                 by_shape.setdefault(tuple(update.shape), []).append((p, update))
-            for (rows, cols), members in by_shape.items():
+            for (_, cols), members in by_shape.items():  # cols = max(rows, cols) of the matrix
                 ortho = orthogonalize(torch.stack([u for _, u in members]), group["ns_steps"])
                 scale = 0.2 * math.sqrt(cols)
                 for (p, _), o in zip(members, ortho):
