@@ -22,7 +22,7 @@ that is a large bar; that is what three seeds can tell.
 
 Finished runs are reused (out_dir/<name>-seed<seed>/scores.json), so delete an arm's folders
 after editing the code it ran. On the tiny preset (2 CPU cores) a run takes about 3 minutes
-(SFT with Muon 164-183 s, scoring 2 x 500 prompts a few seconds): three seeds, both arms,
+(SFT with Muon 164-191 s, scoring 2 x 500 prompts a few seconds): three seeds, both arms,
 about 18 minutes.
 """
 
