@@ -14,6 +14,7 @@ continues from <out_dir>/ckpt.pt if it exists).
 
 import json
 import os
+import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -156,6 +157,7 @@ def main(argv=None):
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * rt.world_size
     bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", disable=not rt.master, dynamic_ncols=True)
     val_loss = None
+    speeds = []  # tokens/s of each step: the machine's speed, which sets every stage's time
     t0 = time.time()
     with StopRequest(rt) as stop:
         while step < cfg.max_steps and not stop.agreed():
@@ -180,6 +182,7 @@ def main(argv=None):
 
             tok_per_s = tokens_per_step * (step - bar.n) / max(time.time() - t0, 1e-9)
             t0 = time.time()
+            speeds.append(tok_per_s)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}")
             if step % cfg.log_interval == 0:
@@ -195,7 +198,7 @@ def main(argv=None):
             print(f"saved {ckpt_path} at step {step}; run the same command again to resume")
     bar.close()
     cleanup_runtime(rt)
-    return {"step": step, "val_loss": val_loss}
+    return {"step": step, "val_loss": val_loss, "tokens_per_s": statistics.median(speeds) if speeds else None}
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def test_pipeline_micro_end_to_end(tmp_path):
         report = json.load(f)
     assert report["preset"] == "micro" and report["total_seconds"] > 0
     assert set(report["stages"]["pretrain"]) >= {"seconds", "val_loss"}
+    assert report["stages"]["pretrain"]["tokens_per_s"] > 0  # the machine's speed, for comparing times
     assert "seconds" in report["stages"]["sft"]
     assert set(report["stages"]["reward"]) >= {"seconds", "pair_accuracy", "spearman_gold"}
     assert report["stages"]["reward"]["likelihood_weight"] == 2.0  # train_reward.py's default, reported
@@ -79,7 +80,8 @@ def test_pipeline_micro_end_to_end(tmp_path):
             m = report["eval"][model][split]
             assert set(m) == {"prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose"}
             assert all(0.0 <= v <= 1.0 for v in m.values())
-    assert os.path.exists(os.path.join(out, "report.md"))
+    with open(os.path.join(out, "report.md")) as f:
+        assert "tokens/s" in f.read()
     # SFT was evaluated during training, and its metrics log has the accuracy
     assert any("eval_prompt_strict" in m for m in read_metrics(os.path.join(out, "sft")))
     # IFEval-format responses were written for external scoring
