@@ -37,7 +37,7 @@ from minift.checkpoint import (build_model, load_checkpoint, resume_training, sa
                                tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, read_jsonl
-from minift.model import ScalarModel, answer_positions, pad_left
+from minift.model import ScalarModel, answer_positions, pad_left, padded_length
 from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
                              set_lr, setup_runtime)
 
@@ -124,9 +124,11 @@ def last_token_scores(model, seqs, tokenizer, device):
     """Lists of ids -> (B,) raw scores: the head at each one's last real token (plus the
     answer's mean log-probability, weighted; ScalarModel). Left padding puts that token in
     the last column; positions come from the mask, so a score does not depend on what else
-    is in the batch (tested). We call model(...), not model.reward(...), so that DDP sees its
+    is in the batch (tested), nor on the extra padding up to a multiple of 16 (minift.model.
+    PAD_MULTIPLE). We call model(...), not model.reward(...), so that DDP sees its
     forward and syncs the gradients."""
-    ids, mask = pad_left(seqs, tokenizer.pad, device)
+    block_size = getattr(model, "module", model).gpt.config.block_size  # DDP keeps the model in .module
+    ids, mask = pad_left(seqs, tokenizer.pad, device, padded_length(max(map(len, seqs)), block_size))
     return model(ids, attention_mask=mask, answer_mask=answer_positions(ids, tokenizer.assistant, mask)).float()
 
 

@@ -9,7 +9,8 @@ from minift.checkpoint import (check_model_config, load_checkpoint, resume_train
                                save_training_checkpoint)
 from minift.config import ConfigError, parse_config
 from minift.model import GPT, GPTConfig
-from minift.training import MUON_NS_STEPS, Muon, OptimizerPair, lr_at, make_optimizer, orthogonalize, set_lr
+from minift.training import (MUON_NS_STEPS, Muon, OptimizerPair, Runtime, cpu_has_amx, lr_at, make_optimizer,
+                             orthogonalize, set_lr)
 
 
 @dataclass
@@ -195,3 +196,11 @@ def test_ctrl_c_on_one_rank_stops_every_rank(tmp_path):
     mp.spawn(_stop_flags_on_rank, args=(str(tmp_path / "init"), 1, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}").read_text() == "False True True"
+
+
+def test_cpu_autocast_only_with_amx_and_never_for_float32():
+    rt = Runtime("cpu", "cpu")
+    with rt.autocast("bfloat16"):
+        assert torch.is_autocast_enabled("cpu") == cpu_has_amx()
+    with rt.autocast("float32"):
+        assert not torch.is_autocast_enabled("cpu")

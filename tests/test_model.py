@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from minift.model import (GPT, GPTConfig, ScalarModel, answer_positions, last_token_index, pad_left, positions_from_mask,
-                          sample_next)
+from minift.model import (GPT, GPTConfig, ScalarModel, answer_positions, attention, last_token_index, pad_left,
+                          padded_length, positions_from_mask, sample_next)
 
 CFG = GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=2, n_embd=32)
 
@@ -25,6 +25,28 @@ def test_shapes_and_loss():
     assert torch.allclose(loss, manual, atol=1e-6)
     # an untrained model predicts roughly uniformly: loss near log(V)
     assert abs(loss.item() - torch.log(torch.tensor(97.0)).item()) < 0.5
+
+
+def test_cpu_autocast_keeps_attention_fp32_and_loss_close():
+    """Under CPU bf16 autocast (Runtime.autocast on a CPU with AMX) the products run in bf16,
+    attention in fp32; the loss stays close to fp32's and covers the same positions."""
+    model = make_model()
+    x = torch.randint(0, 97, (2, 12))
+    y = x.clone()
+    y[:, :5] = -1
+    q, k, v = torch.randn(3, 2, 2, 12, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attended = attention(q, k, v)
+        logits, loss = model(x, y)
+    assert attended.dtype == torch.float32 and torch.allclose(attended, attention(q, k, v), atol=1e-6)
+    assert logits.dtype == torch.bfloat16 and logits.shape == (2 * 7, 97)
+    _, loss_fp32 = model(x, y)
+    assert abs(loss.item() - loss_fp32.item()) < 0.02
+
+
+def test_padded_length_rounds_up_to_16_within_the_block():
+    assert [padded_length(n, 64) for n in (1, 16, 17, 50, 64)] == [16, 16, 32, 64, 64]
+    assert padded_length(50, 60) == 60   # never past block_size
 
 
 def test_weight_tying_and_residual_init():

@@ -20,11 +20,15 @@ def test_sft_batch_targets_only_the_answer_and_end_token():
     tok = Tokenizer.from_ranks(train_bpe("Name a pet. A cat. A dog. " * 50, 300))
     examples, dropped = render_dataset([{"messages": MESSAGES}], tok, block_size=64)
     assert dropped == 0
-    x, y = get_batch(examples, length_order(examples), 2, tok.pad, torch.Generator().manual_seed(0), "cpu")
+    x, y = get_batch(examples, length_order(examples), 2, tok.pad, torch.Generator().manual_seed(0), "cpu",
+                     block_size=64)
     ids = examples[0][0]
     answer = tok.encode("A cat.")
-    # inputs are the conversation minus its last token; targets are -1 except the answer + <|end|>
-    assert x[0].tolist() == ids[:-1]
+    # inputs are the conversation minus its last token, right-padded to a multiple of 16;
+    # targets are -1 except the answer + <|end|>
+    n = len(ids) - 1
+    assert x.shape[1] == 16 * -(-n // 16)
+    assert x[0, :n].tolist() == ids[:-1] and set(x[0, n:].tolist()) <= {tok.pad}
     learned = [t for t in y[0].tolist() if t != -1]
     assert learned == answer + [tok.end]
     # the target sits one position before the token it predicts
@@ -40,10 +44,12 @@ def test_length_buckets_cut_padding_and_reach_every_example():
     gen = torch.Generator().manual_seed(0)
     seen, padded, real = set(), 0, 0
     for _ in range(300):
-        x, _ = get_batch(examples, order, 8, 0, gen, "cpu", window=16)
-        padded += x.numel()
-        real += int((x == 7).sum())
-        seen.update(int((row == 7).sum()) + 1 for row in x)   # each row's example length
+        x, _ = get_batch(examples, order, 8, 0, gen, "cpu", block_size=256, window=16)
+        lengths = (x == 7).sum(dim=1)
+        assert x.shape[1] % 16 == 0 and x.shape[1] - 16 < lengths.max()   # rounded up, no further
+        padded += 8 * int(lengths.max())   # the padding that length buckets control
+        real += int(lengths.sum())
+        seen.update(int(n) + 1 for n in lengths)   # each row's example length
     assert real / padded > 0.9          # random batches of 8 from 10..209 fill only ~60%
     assert seen == set(range(10, 210))  # every example was drawn at least once
 
