@@ -133,16 +133,17 @@ def last_token_scores(model, seqs, tokenizer, device):
 
 
 @torch.no_grad()
-def score_all(model, seqs, tokenizer, device, batch_size, autocast=nullcontext):
-    """Raw RM scores of many sequences, batched by length so little compute goes to padding."""
+def score_all(model, seqs, tokenizer, device, batch_size):
+    """Raw RM scores of many sequences, batched by length so little compute goes to padding.
+    Always in fp32, without autocast: PPO scores its rollouts in fp32, so the normalisation
+    fitted on these scores, and the accuracy reported from them, must be fp32's too."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     scores = torch.zeros(len(seqs))
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        with autocast():
-            scores[batch] = last_token_scores(model, [seqs[i] for i in batch], tokenizer, device).cpu()
+        scores[batch] = last_token_scores(model, [seqs[i] for i in batch], tokenizer, device).cpu()
     model.train(was_training)
     return scores
 
@@ -191,7 +192,7 @@ def spearman(a, b):
     return (ra @ rb).item() / denom if denom > 0 else float("nan")
 
 
-def evaluate(model, val, samples, tokenizer, device, batch_size, autocast):
+def evaluate(model, val, samples, tokenizer, device, batch_size):
     """Held-out pair accuracy (overall and per instruction id: a pair counts toward every id
     of its prompt), loss, and the Spearman correlation of RM scores with gold rewards."""
     out = {}
@@ -199,7 +200,7 @@ def evaluate(model, val, samples, tokenizer, device, batch_size, autocast):
         seqs, groups = val
         pairs = [p for g in groups for p in g]
         used = sorted({i for c, r, _ in pairs for i in (c, r)})
-        raw = score_all(model, [seqs[i] for i in used], tokenizer, device, batch_size, autocast)
+        raw = score_all(model, [seqs[i] for i in used], tokenizer, device, batch_size)
         scores = dict(zip(used, raw.tolist()))
         r_c, r_r = torch.tensor([scores[c] for c, _, _ in pairs]), torch.tensor([scores[r] for _, r, _ in pairs])
         right = (r_c > r_r).tolist()
@@ -211,7 +212,7 @@ def evaluate(model, val, samples, tokenizer, device, batch_size, autocast):
                    val_accuracy_by_type={t: sum(v) / len(v) for t, v in sorted(by_type.items())})
     if samples:
         seqs, gold, group = samples
-        scores = score_all(model, seqs, tokenizer, device, batch_size, autocast).tolist()
+        scores = score_all(model, seqs, tokenizer, device, batch_size).tolist()
         out["spearman"] = spearman(scores, gold)
         # Bradley-Terry only ever compares answers to the same prompt, so it leaves each prompt's
         # offset free; within-prompt rank agreement is what it actually trains (and what PPO,
@@ -279,7 +280,6 @@ def main(argv=None):
         model = torch.compile(model)
     if rt.ddp:
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
-    autocast = lambda: rt.autocast(cfg.dtype)  # noqa: E731
 
     def epoch_order(epoch):
         """The shuffled group order of an epoch, a pure function of (seed, epoch): a resumed
@@ -291,7 +291,7 @@ def main(argv=None):
     def normalise():
         """Fit gain and bias so the RM's scores on SFT answers (every distinct answer in the
         training pairs) have mean 0 and std 1 (Ziegler et al. 2019; ppo-details.md)."""
-        raw = score_all(raw_model, train_answers, tokenizer, rt.device, cfg.eval_batch_size, autocast)
+        raw = score_all(raw_model, train_answers, tokenizer, rt.device, cfg.eval_batch_size)
         std = raw.std().clamp(min=1e-6)
         raw_model.gain.fill_(1.0 / std.item())
         raw_model.bias.fill_(-raw.mean().item() / std.item())
@@ -317,7 +317,7 @@ def main(argv=None):
                 first = start + (micro * rt.world_size + rt.rank) * cfg.batch_groups
                 batch = [groups[i] for i in order[first:first + cfg.batch_groups]]
                 last = micro == cfg.grad_accum - 1
-                with (model.no_sync() if rt.ddp and not last else nullcontext()), autocast():
+                with (model.no_sync() if rt.ddp and not last else nullcontext()), rt.autocast(cfg.dtype):
                     loss, acc = group_batch_loss(model, seqs, batch, tokenizer, rt.device)
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
@@ -335,7 +335,7 @@ def main(argv=None):
                 log.log(step=step, loss=loss_sum, accuracy=acc_sum, lr=lr, grad_norm=grad_norm)
             if step % cfg.eval_interval == 0 or step == max_steps:
                 if rt.master:
-                    metrics = evaluate(raw_model, val, samples, tokenizer, rt.device, cfg.eval_batch_size, autocast)
+                    metrics = evaluate(raw_model, val, samples, tokenizer, rt.device, cfg.eval_batch_size)
                     metrics = save({"train_loss": loss_sum, "train_accuracy": acc_sum, **metrics})
                     log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
                     bar.write(f"step {step}: loss {loss_sum:.4f}, " + ", ".join(

@@ -41,7 +41,8 @@ class Runtime:
         Rapids) the tiny model's bf16 products run ~3x faster than fp32 ones, and its SFT
         steps take 28 ms instead of 38, with attention kept in fp32 (minift.model.attention)
         and batches padded to few shapes (minift.model.PAD_MULTIPLE). Other CPUs have no such
-        unit, so there, and on MPS, we run in fp32. dtype="float32" turns autocast off."""
+        unit, so there, and on MPS, we run in fp32; so does any dtype but "bfloat16" on a CPU
+        (dtype="float32" turns autocast off everywhere)."""
         if self.device_type == "cuda" and dtype in ("bfloat16", "float16"):
             return torch.autocast("cuda", dtype=getattr(torch, dtype))
         if self.device_type == "cpu" and dtype == "bfloat16" and cpu_has_amx():
@@ -50,8 +51,8 @@ class Runtime:
 
 
 def cpu_has_amx():
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX). PyTorch's check is
-    private, so a version without it counts as no."""
+    """Whether this CPU has Intel AMX, whose tile unit multiplies bf16 matrices. PyTorch's
+    check is private, so a version without it counts as no."""
     return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
