@@ -72,8 +72,9 @@ class Config:
     # make_optimizer); or "adamw" for all. From one pretrained model, SFT seeds 1337 / 2 / 3,
     # test / heldout (EXPERIMENTS.md, sessions 12-13): Muon 71.6 / 45.2, 68.6 / 45.0, 66.6 /
     # 44.0 against AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 / 37.0: +6.7 / +5.8 points. Muon's
-    # step costs ~5 ms more on 2 CPU cores (SFT 164-197 s on slow days, against 138-147 s), at
-    # the tiny preset's 3 minutes; 4,400 steps to save time gained only +2.6 / +3.5. At this
+    # step costs ~5 ms more on 2 CPU cores (in fp32, SFT 164-197 s on slow days against AdamW's
+    # 138-147 s; with bf16 on AMX, 150-159 s), within the tiny preset's 3 minutes; 4,400 steps to
+    # save time gained only +2.6 / +3.5. At this
     # rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
     optimizer: str = "muon"
     grad_clip: float = 1.0
