@@ -74,8 +74,7 @@ class Config:
     # 44.0 against AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 / 37.0: +6.7 / +5.8 points. Muon's
     # step costs ~5 ms more on 2 CPU cores (in fp32, SFT 164-197 s on slow days against AdamW's
     # 138-147 s; with bf16 on AMX, 150-159 s), within the tiny preset's 3 minutes; 4,400 steps to
-    # save time gained only +2.6 / +3.5. At this
-    # rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
+    # save time gained only +2.6 / +3.5. At this rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
     optimizer: str = "muon"
     grad_clip: float = 1.0
     dropout: float = 0.0
