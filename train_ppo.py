@@ -181,6 +181,21 @@ class AdaptiveKLController:
         self.value *= 1 + error * n_samples / self.horizon
 
 
+def critic_from(ckpt):
+    """The value model: the checkpoint's transformer under a value head set to zero, so that
+    it predicts 0 until it learns (OpenAI's value-head init, ppo-details.md). Why not keep the
+    reward model's own head, as a plain copy would: that head was trained at the last token
+    only, and in the reward's raw scale, before normalisation. Copied, it read -0.9 +- 2.0
+    over the answer tokens (a std of 1.9 along one answer), against returns of
+    +0.5 +- 0.8; the value loss started at 2.2 and took ten of PPO's 24 iterations to fall
+    to 0.2, and until then those errors were most of every advantage. From zero it starts
+    at 0.12 (EXPERIMENTS.md, session 16)."""
+    critic = build_model(ckpt, ScalarModel, head_std=0.0)   # a GPT checkpoint: head made at zero
+    torch.nn.init.zeros_(critic.head.weight)
+    torch.nn.init.zeros_(critic.head.bias)
+    return critic
+
+
 def average_gradients(params, rt):
     """DDP by hand: after backward each rank holds the gradient of its own minibatch; the
     average over ranks is the gradient of the global batch, and with it the identical Adam
@@ -238,16 +253,14 @@ def main(argv=None):
         rm_ckpt = load_checkpoint(cfg.reward_ckpt, hint="Train the reward model first: python train_reward.py")
         rm_ckpt["model_config"]["dropout"] = 0.0
         reward_model = build_model(rm_ckpt, ScalarModel).to(device)
-        # The critic starts as a copy of the reward model (InstructGPT, N+, TRL): it already
-        # knows what a good answer looks like, so its early value estimates are useful.
-        value_model = build_model(rm_ckpt, ScalarModel).to(device)
     elif cfg.reward == "gold":
         reward_model = None
-        # No reward model to copy: the critic is the SFT transformer with a zero value head,
-        # so it predicts 0 until it learns (OpenAI's value-head init).
-        value_model = build_model(sft, ScalarModel, head_std=0.0).to(device)
     else:
         raise SystemExit(f"error: --reward must be 'model' or 'gold', got {cfg.reward!r}")
+    # The critic is the reward model's transformer (InstructGPT, N+, TRL: its features already
+    # tell good answers from bad), or with --reward=gold the SFT model's, under a value head
+    # that starts at zero.
+    value_model = critic_from(rm_ckpt if cfg.reward == "model" else sft).to(device)
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)

@@ -1,4 +1,5 @@
 """PPO's pieces against hand computations, then short runs of the real script."""
+import dataclasses
 import os
 import random
 import subprocess
@@ -11,10 +12,10 @@ import torch
 from conftest import ROOT, read_metrics
 from minift.checkpoint import load_checkpoint, save_training_checkpoint
 from minift.formats import write_jsonl
-from minift.model import GPT, GPTConfig, pad_left
+from minift.model import GPT, GPTConfig, ScalarModel, pad_left
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
-from train_ppo import (AdaptiveKLController, answer_logprobs, gae, masked_whiten, penalise_unfinished, ppo_losses,
-                       rollout, token_rewards)
+from train_ppo import (AdaptiveKLController, answer_logprobs, critic_from, gae, masked_whiten, penalise_unfinished,
+                       ppo_losses, rollout, token_rewards)
 
 CLIP = SimpleNamespace(clip_range=0.2, value_clip=0.2)
 
@@ -97,6 +98,25 @@ def test_adaptive_kl_controller():
     assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 0.1))
     ctl.update(kl=3.0, n_samples=1000)      # error -0.5 clipped to -0.2
     assert ctl.value == pytest.approx(0.1 * 1.02 * 0.98)
+
+
+def test_critic_keeps_the_reward_models_transformer_and_starts_at_zero():
+    """The value model is the reward model's transformer with a zero head: every value is 0
+    at the start (the reward head's raw outputs are not), the transformer's weights are the
+    reward model's, and the head still learns."""
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    reward_model = ScalarModel(config)
+    torch.nn.init.constant_(reward_model.head.bias, 0.5)
+    ckpt = {"model": reward_model.state_dict(), "model_config": dataclasses.asdict(config)}
+    critic = critic_from(ckpt)
+    idx = torch.randint(0, 50, (2, 10))
+    assert reward_model(idx).abs().min() > 0
+    assert torch.equal(critic(idx), torch.zeros(2, 10))
+    rm_state = reward_model.gpt.state_dict()
+    assert all(torch.equal(v, rm_state[k]) for k, v in critic.gpt.state_dict().items())
+    ((critic(idx) - 1) ** 2).mean().backward()
+    assert critic.head.weight.grad.abs().sum() > 0 and critic.head.bias.grad.abs() > 0
 
 
 # ---------------------------------------------------------------------------- after the end token
