@@ -9,7 +9,7 @@ from minift.checkpoint import (check_model_config, load_checkpoint, resume_train
                                save_training_checkpoint)
 from minift.config import ConfigError, parse_config
 from minift.model import GPT, GPTConfig
-from minift.training import (MUON_NS_STEPS, Muon, OptimizerPair, Runtime, cpu_has_amx, lr_at, make_optimizer,
+from minift.training import (MUON_NS_STEPS, Muon, OptimizerPair, Runtime, cpu_multiplies_bf16, lr_at, make_optimizer,
                              orthogonalize, set_lr)
 
 
@@ -198,9 +198,9 @@ def test_ctrl_c_on_one_rank_stops_every_rank(tmp_path):
         assert (tmp_path / f"rank{rank}").read_text() == "False True True"
 
 
-def test_cpu_autocast_only_with_amx_and_never_for_float32():
+def test_cpu_autocast_only_with_bf16_products_and_never_for_float32():
     rt = Runtime("cpu", "cpu")
     with rt.autocast("bfloat16"):
-        assert torch.is_autocast_enabled("cpu") == cpu_has_amx()
+        assert torch.is_autocast_enabled("cpu") == cpu_multiplies_bf16()
     with rt.autocast("float32"):
         assert not torch.is_autocast_enabled("cpu")
