@@ -77,8 +77,9 @@ class Config:
                                      # one SFT and reward model (74.2 / 43.6), test / heldout
                                      # 73.5 / 46.1 against 72.3 / 44.9 at 5e-5 and 71.2 / 46.1 at
                                      # 1e-4 (KL 0.6, 1.0, 1.5 nats): the more PPO moves, the more
-                                     # it loses on test. At 3e-5 an update's approx-KL is ~1e-3,
-                                     # as the references expect (EXPERIMENTS.md, session 16)
+                                     # it loses on test. An update's approx-KL at 3e-5: ~5e-3 in
+                                     # the first iteration, ~1e-3 from the sixth, as the references
+                                     # expect; at 1e-4, 0.03 (EXPERIMENTS.md, session 16)
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0
     # evaluation and logging
