@@ -194,7 +194,7 @@ def critic_from(ckpt):
     +0.5 +- 0.8; the value loss started at 2.2 and took ten of PPO's 24 iterations to fall
     to 0.2, and until then those errors were most of every advantage. From zero it starts
     at 0.12 (EXPERIMENTS.md, session 16)."""
-    critic = build_model(ckpt, ScalarModel, head_std=0.0)   # a GPT checkpoint: head made at zero
+    critic = build_model(ckpt, ScalarModel, head_std=0.0)   # head_std=0: no random draw for a new head
     torch.nn.init.zeros_(critic.head.weight)
     torch.nn.init.zeros_(critic.head.bias)
     return critic

@@ -72,7 +72,7 @@ class Config:
     log_interval: int = 10
     # system
     device: str = "auto"
-    dtype: str = "bfloat16"   # bf16 autocast on CUDA and on CPUs with bf16 products (Runtime.autocast); "float32" for none
+    dtype: str = "bfloat16"   # bf16 autocast on CUDA and CPUs with bf16 products (Runtime.autocast); "float32": none
     compile: bool = False     # torch.compile: worth it on a GPU, slow to start on a CPU
     seed: int = 1337
 

@@ -42,9 +42,9 @@ class Runtime:
         steps take 28 ms instead of 38, with attention kept in fp32 (minift.model.attention)
         and batches padded to few shapes (minift.model.PAD_MULTIPLE). AVX512-BF16's dot
         products (AMD since Zen 4, Intel since Cooper Lake) gain less: pretraining steps 1.45x
-        as fast, SFT 1.2-1.45x, on session 16's AMD EPYC. Other CPUs have no bf16 products,
-        so there, and on MPS, we run in fp32; so does any dtype but "bfloat16" on a CPU
-        (dtype="float32" turns autocast off everywhere)."""
+        as fast, 1,200 SFT steps 1.3x, on session 16's AMD EPYC. Other CPUs have no bf16
+        products, so there, and on MPS, we run in fp32; so does any dtype but "bfloat16" on a
+        CPU (dtype="float32" turns autocast off everywhere)."""
         if self.device_type == "cuda" and dtype in ("bfloat16", "float16"):
             return torch.autocast("cuda", dtype=getattr(torch, dtype))
         if self.device_type == "cpu" and dtype == "bfloat16" and cpu_multiplies_bf16():
@@ -137,9 +137,10 @@ def orthogonalize(updates, steps=MUON_NS_STEPS):
     (X X^T) X multiplies by them twice more. rows <= cols keeps the Gram matrix X X^T at its
     smaller size. The products run in bf16, as in Jordan et al.'s and PyTorch's Muon: the
     result is an approximation anyway, and bf16 products are fast on GPUs and on CPUs with
-    AMX or AVX512-BF16. One batched product per shape, instead of torch.optim.Muon's one per matrix, halves
-    the cost for the tiny model's 16 small matrices: 3.4 ms against 7.1 for the iterations,
-    and 6.2 ms against 11.2 for SFT's whole optimizer step (Muon and AdamW), on 2 CPU cores."""
+    AMX or AVX512-BF16. One batched product per shape, instead of torch.optim.Muon's one per
+    matrix, halves the cost for the tiny model's 16 small matrices: 3.4 ms against 7.1 for
+    the iterations, and 6.2 ms against 11.2 for SFT's whole optimizer step (Muon and AdamW),
+    on 2 CPU cores."""
     a, b, c = MUON_NS_COEFFICIENTS
     x = updates.bfloat16()
     x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=1e-7)

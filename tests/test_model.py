@@ -28,8 +28,9 @@ def test_shapes_and_loss():
 
 
 def test_cpu_autocast_keeps_attention_fp32_and_loss_close():
-    """Under CPU bf16 autocast (Runtime.autocast on a CPU with AMX or AVX512-BF16) the products run in bf16,
-    attention in fp32; the loss stays close to fp32's and covers the same positions."""
+    """Under CPU bf16 autocast (Runtime.autocast on a CPU with AMX or AVX512-BF16) the
+    products run in bf16, attention in fp32; the loss stays close to fp32's and covers the
+    same positions."""
     model = make_model()
     x = torch.randint(0, 97, (2, 12))
     y = x.clone()
