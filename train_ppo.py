@@ -191,8 +191,8 @@ def critic_from(ckpt):
     reward model's own head, as a plain copy would: that head was trained at the last token
     only, and in the reward's raw scale, before normalisation. Copied, it read -0.9 +- 2.0
     over the answer tokens (a std of 1.9 along one answer), against returns of
-    +0.5 +- 0.8; the value loss started at 2.2 and took ten of PPO's 24 iterations to fall
-    to 0.2, and until then those errors were most of every advantage. From zero it starts
+    +0.5 +- 0.8; the value loss started at 2.2 and took eleven of PPO's 24 iterations to
+    fall below 0.2, and until then those errors were most of every advantage. From zero it starts
     at 0.12 (EXPERIMENTS.md, session 16)."""
     critic = build_model(ckpt, ScalarModel, head_std=0.0)   # head_std=0: no random draw for a new head
     torch.nn.init.zeros_(critic.head.weight)
