@@ -41,7 +41,7 @@ def main(new_tokens=128, batch=8, prompt_len=32, repeats=3):
 
 
 def multinomial_sampler(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
-    """The sampler before session 17 (no top-k or top-p here): one random number per token."""
+    """The sampler before session 17 (without top-k or top-p): one random number per vocabulary entry."""
     return torch.multinomial((logits.float() / temperature).softmax(-1), 1, generator=generator).squeeze(-1)
 
 
