@@ -59,6 +59,13 @@ class Config:
     max_new_tokens: int = 96
     temperature: float = 0.7         # OpenAI, N+ and TRL sample at 0.7, with no top-k/top-p
     missing_eos_penalty: float = 1.0 # subtracted from the score of an answer that never ends
+    # K answers to each of rollout_batch / K prompts; with K > 1 each answer's score has the
+    # mean score of the prompt's other K-1 answers subtracted (leave_one_out). Over three seeds
+    # from one SFT and reward model, K=4 scored 74.9 / 49.2 against K=1's 75.2 / 48.9 (within
+    # the noise), and PPO took 99-101 s instead of 134-143: a batch of 16 prompts is padded to
+    # its longest, 60 tokens on average against 70 for 64 prompts, and waits for fewer long
+    # answers (EXPERIMENTS.md, session 17).
+    samples_per_prompt: int = 4
     # rewards
     kl_coef: float = 0.05            # beta: N+ and TRL use 0.05 (InstructGPT 0.02)
     adaptive_kl: bool = False        # Ziegler's proportional controller toward kl_target
@@ -137,6 +144,18 @@ def penalise_unfinished(score, ended, penalty):
     without its <|end|>, loses `penalty` from its score; one that ended keeps its score.
     Without it, rambling until cut off costs nothing, and the policy learns to ramble."""
     return score - penalty * (1 - ended.float())
+
+
+def leave_one_out(score, k):
+    """Each score minus the mean score of the other k-1 answers to its prompt (RLOO, Ahmadian
+    et al. 2024). Rows come in groups of k answers to one prompt. A prompt's difficulty
+    (some instructions pass 95% of the time, others 20%) then drops out of the score, and
+    what is left says whether this answer beat its siblings: the critic alone would have to
+    learn each prompt's difficulty first. The other answers do not depend on this one, so
+    the baseline leaves the policy gradient unbiased."""
+    groups = score.view(-1, k)                                                     # (B/k, k)
+    others = (groups.sum(1, keepdim=True) - groups) / (k - 1)
+    return (groups - others).flatten()
 
 
 def token_rewards(score, logprobs, ref_logprobs, mask, kl_coef):
@@ -251,6 +270,9 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
 
 def main(argv=None):
     cfg = cli_config(Config, PRESETS, argv)
+    if cfg.samples_per_prompt < 1 or cfg.rollout_batch % cfg.samples_per_prompt:
+        raise SystemExit(f"error: --rollout_batch={cfg.rollout_batch} must be a multiple of "
+                         f"--samples_per_prompt={cfg.samples_per_prompt} (at least 1)")
     rt = setup_runtime(cfg.device, cfg.seed)
     if rt.master:
         print_config(cfg)
@@ -337,8 +359,9 @@ def main(argv=None):
     with StopRequest(rt) as stop:
         while it < cfg.iterations and not stop.agreed():
             # ---- 1. rollout
-            picks = torch.randperm(len(records), generator=generator, device=device)[:cfg.rollout_batch]
-            batch = [records[i] for i in picks.tolist()]
+            K = cfg.samples_per_prompt
+            picks = torch.randperm(len(records), generator=generator, device=device)[:cfg.rollout_batch // K]
+            batch = [records[i] for i in picks.tolist() for _ in range(K)]   # a prompt's K rows side by side
             with rt.autocast(cfg.dtype):
                 seq, attn, mask, ended, texts = rollout(policy, tokenizer, batch, cfg, generator, device)
             P = seq.size(1) - mask.size(1)
@@ -351,6 +374,8 @@ def main(argv=None):
                     old_values = value_model(seq, attn)[:, P - 1:-1].float() * mask
                 score, rm_score, gold = score_answers(seq, attn, mask, texts, batch)   # in fp32
                 score = penalise_unfinished(score, ended, cfg.missing_eos_penalty)
+                if K > 1:
+                    score = leave_one_out(score, K)
                 if cfg.whiten_rewards:
                     score = masked_whiten(score, torch.ones_like(score), shift_mean=False)
                 rewards, kl = token_rewards(score, old_logp, ref_logp, mask, kl_ctl.value)

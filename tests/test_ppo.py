@@ -14,8 +14,8 @@ from minift.checkpoint import load_checkpoint, save_training_checkpoint
 from minift.formats import write_jsonl
 from minift.model import GPT, GPTConfig, ScalarModel, pad_left
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
-from train_ppo import (AdaptiveKLController, answer_logprobs, critic_from, gae, masked_whiten, penalise_unfinished,
-                       ppo_losses, rollout, token_rewards)
+from train_ppo import (AdaptiveKLController, answer_logprobs, critic_from, gae, leave_one_out, masked_whiten,
+                       penalise_unfinished, ppo_losses, rollout, token_rewards)
 
 CLIP = SimpleNamespace(clip_range=0.2, value_clip=0.2)
 
@@ -41,6 +41,16 @@ def test_kl_penalty_is_zero_when_policy_equals_reference_and_score_lands_on_last
     # and when they differ, each token pays -beta * (log pi - log pi_ref)
     rewards, kl = token_rewards(torch.zeros(2), logp, logp - 0.5, mask, kl_coef=0.1)
     assert torch.allclose(rewards, -0.05 * mask)
+
+
+def test_leave_one_out_subtracts_the_other_answers_mean():
+    # two prompts, four answers each, side by side
+    score = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])
+    out = leave_one_out(score, 4)
+    # answer 0: 1 - (0 + 0 + 1) / 3 = 2/3; answer 1: 0 - (1 + 0 + 1) / 3 = -2/3
+    assert torch.allclose(out, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3, 0, 0, 0, 0]))
+    # a prompt's difficulty drops out: the same answers to an easier prompt score the same
+    assert torch.allclose(leave_one_out(score + torch.tensor([0.3] * 4 + [-0.2] * 4), 4), out)
 
 
 def test_masked_whiten_ignores_padding():
