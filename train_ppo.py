@@ -8,8 +8,9 @@ policy toward higher scores while a per-token KL penalty keeps it close to the S
     torchrun --nproc_per_node=2 train_ppo.py # DDP: each rank samples its own rollouts
 
 One iteration, top to bottom in `main`:
-  1. rollout: sample answers to a batch of prompts (KV cache, temperature T);
-  2. score: reward model (or gold checker) at the last token, minus a KL penalty per token;
+  1. rollout: sample K answers to each of a batch of prompts (KV cache, temperature T);
+  2. score: reward model (or gold checker) at the last token, less the mean score of the
+     prompt's other answers (RLOO's baseline), minus a KL penalty per token;
   3. advantages: GAE over the answer tokens, whitened;
   4. optimise: K epochs over M minibatches of the clipped PPO objective, policy and critic.
 Before the first iteration and at every evaluation, a fixed probe (the evaluation prompts,
