@@ -12,7 +12,7 @@ One iteration, top to bottom in `main`:
   2. score: reward model (or gold checker) at the last token, less the mean score of the
      prompt's other answers (RLOO's baseline), minus a KL penalty per token;
   3. advantages: GAE over the answer tokens, whitened;
-  4. optimise: K epochs over M minibatches of the clipped PPO objective, policy and critic.
+  4. optimise: E epochs over M minibatches of the clipped PPO objective, policy and critic.
 Before the first iteration and at every evaluation, a fixed probe (the evaluation prompts,
 sampled from one seed) measures the reward model's and the gold reward's mean score, so that
 "did the rewards rise?" compares the same prompts before and after.
@@ -134,7 +134,7 @@ def answer_logprobs(model, seq, attn, prompt_len, temperature):
     compare a different distribution from the one we sampled (N+; KL rises too fast)."""
     h = model.hidden_states(seq, attn)[:, prompt_len - 1:-1]                   # (B, N, C)
     # The output layer runs only where an answer token is predicted: the prompt's half of
-    # the positions would be thrown away (a PPO update ~10% faster on the tiny preset).
+    # the positions would be thrown away (a PPO update ~8% faster on the tiny preset).
     logits = model.lm_head(h).float() / temperature                              # (B, N, V)
     logp = F.log_softmax(logits, dim=-1).gather(-1, seq[:, prompt_len:].unsqueeze(-1)).squeeze(-1)
     return logp, logits
@@ -384,7 +384,7 @@ def main(argv=None):
                 advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
                 advantages = masked_whiten(advantages, mask)
 
-            # ---- 4. optimise: K epochs over M shuffled minibatches, learning rate annealed
+            # ---- 4. optimise: E epochs over M shuffled minibatches, learning rate annealed
             # linearly to 0 over the run (CleanRL, N+)
             set_lr(optimizer, cfg.learning_rate * (1 - it / cfg.iterations))
             B, mb_size = seq.size(0), seq.size(0) // cfg.num_minibatches
