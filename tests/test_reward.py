@@ -80,15 +80,18 @@ def test_build_groups_renders_each_answer_once(tok):
     pairs = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "b"},
              {"prompt": [{"role": "user", "content": "hi"}], "chosen": "a", "rejected": "c"},
              {"prompt": [{"role": "user", "content": "yo"}], "chosen": "a", "rejected": "b", "group": 7}]
-    seqs, groups, dropped = train_reward.build_groups(pairs, tok, block_size=64)
+    seqs, groups, dropped, gold = train_reward.build_groups(pairs, tok, block_size=64)
     assert len(seqs) == 5 and dropped == 0          # "a" under "hi" is rendered once
+    assert gold == [None] * 5                       # no chosen_score / rejected_score
     assert [len(g) for g in groups] == [2, 1]       # identical prompts group together
     assert groups[0][0][0] == groups[0][1][0]
     assert seqs[0] == tok.render_conversation([{"role": "user", "content": "hi"},
                                                {"role": "assistant", "content": "a"}])[0]
     assert seqs[0][-1] == tok.end
-    _, _, dropped = train_reward.build_groups(pairs, tok, block_size=5)
+    _, _, dropped, _ = train_reward.build_groups(pairs, tok, block_size=5)
     assert dropped == 3
+    scored = [p | {"chosen_score": 1.0, "rejected_score": s} for p, s in zip(pairs, (0.5, 0.0, 0.2))]
+    assert train_reward.build_groups(scored, tok, block_size=64)[3] == [1.0, 0.5, 0.0, 1.0, 0.2]
 
 
 def test_scores_do_not_depend_on_padding_or_batch(tok):
@@ -121,6 +124,27 @@ def test_group_batch_loss_equals_pairs_scored_alone(tok):
     assert acc == pytest.approx(sum(alone[c] > alone[r] for c, r, _ in pairs) / len(pairs))
 
 
+def test_across_prompt_pairs_add_bradley_terry_between_prompts(tok):
+    """The cross-prompt term by hand: every two answers to different prompts, the one of
+    higher gold first; equal gold (to the last bits) is no pair, nor is a pair within a prompt."""
+    model = tiny_scalar_model(tok)
+    seqs = [train_reward.render(tok, "Tell me about the cat.", r) for r in ("the cat", "a big red cat sat", "sad")]
+    seqs += [train_reward.render(tok, "hi", r) for r in ("the dog ran on the mat", "the sun")]
+    gold = [1.0, 0.6000000000000001, 0.2, 0.6, 0.0]
+    groups = [[(0, 1, []), (0, 2, []), (1, 2, [])], [(3, 4, [])]]
+    better, worse = train_reward.across_prompt_pairs([0, 1, 2, 3, 4], groups, gold)
+    assert sorted(zip(better.tolist(), worse.tolist())) == [(0, 3), (0, 4), (1, 4), (2, 4), (3, 2)]
+    within, _ = train_reward.group_batch_loss(model, seqs, groups, tok, "cpu")
+    both, acc = train_reward.group_batch_loss(model, seqs, groups, tok, "cpu", gold, across_prompt_weight=0.5)
+    with torch.no_grad():
+        alone = [reward_alone(model, tok, s).item() for s in seqs]
+    bt = lambda c, r: -math.log(1 / (1 + math.exp(-(alone[c] - alone[r]))))  # noqa: E731
+    across = sum(bt(c, r) for c, r in [(0, 3), (0, 4), (1, 4), (2, 4), (3, 2)]) / 5
+    assert both.item() == pytest.approx(within.item() + 0.5 * across, abs=1e-5)
+    pairs = [p for g in groups for p in g]
+    assert acc == pytest.approx(sum(alone[c] > alone[r] for c, r, _ in pairs) / len(pairs))  # within only
+
+
 def synthetic_prefs(path, n_groups, k, seed):
     """Each prompt has k answers of random words; answers with the marker beat those without."""
     rng = random.Random(seed)
@@ -135,7 +159,8 @@ def synthetic_prefs(path, n_groups, k, seed):
             answers.append((" ".join(words) + ".", float(i == 0)))
         samples += [{"prompt": prompt, "response": a, "gold": s, "group": g} for a, s in answers]
         pairs += [{"prompt": prompt, "chosen": answers[0][0], "rejected": a, "group": g,
-                   "instruction_id_list": ["task:synthetic"], "kwargs": [{}]} for a, _ in answers[1:]]
+                   "instruction_id_list": ["task:synthetic"], "kwargs": [{}],
+                   "chosen_score": 1.0, "rejected_score": s} for a, s in answers[1:]]
     write_jsonl(path, pairs)
     return samples
 
@@ -169,7 +194,7 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["kind"] == "reward" and ckpt["step"] == 200 // 4
     model = build_model(ckpt, ScalarModel).eval()
-    seqs, groups, _ = train_reward.build_groups(
+    seqs, groups, _, _ = train_reward.build_groups(
         [json.loads(line) for line in open(tmp_path / "train.jsonl")], tok, 64)
     raw = train_reward.score_all(model, seqs, tok, "cpu", 256)
     normalised = model.gain * raw + model.bias
