@@ -10,8 +10,9 @@ What happens (InstructGPT, Ouyang et al. 2022, section 3.5; Ziegler et al. 2019)
   1. The RM is the SFT transformer plus a linear head read at the last token of
      "<|user|> prompt <|end|> <|assistant|> answer <|end|>": one number per answer. To it
      we add --likelihood_weight times the answer's mean log-probability under the RM's own
-     LM head (0 gives InstructGPT's RM): at this size the SFT model's likelihood ranks
-     answers better than a head learns to, and the two together best (ScalarModel).
+     LM head: at this size the SFT model's likelihood ranks answers better than a head
+     learns to, and the two together best (ScalarModel). --likelihood_weight=0
+     --across_prompt_weight=0 gives InstructGPT's RM.
   2. Bradley-Terry loss: P(chosen beats rejected) = sigmoid(r_chosen - r_rejected), and we
      minimise -log of it, over the pairs of each prompt and (--across_prompt_weight) over
      answers to different prompts of a batch, ranked by their gold scores, so that scores
@@ -61,9 +62,10 @@ class Config:
     grad_accum: int = 1
     epochs: int = 1                # InstructGPT: more overfits (tiny: 2-3 gained ~3 points, 4 overfit)
     # The reward adds this times the answer's mean log-probability under the RM's own LM head
-    # (ScalarModel). 0 is InstructGPT's RM. Tiny, held-out pair accuracy / Spearman with gold
-    # (session 9): 0: 58.7% / 0.35 and 60.8% / 0.36 (two seeds); 1: 72.1% / 0.44;
-    # 2: 73.7% / 0.43 and 73.9% / 0.40; 3: 72.5% / 0.40. The SFT likelihood alone: 66.6% / 0.33.
+    # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. Tiny, held-out
+    # pair accuracy / Spearman with gold (session 9): 0: 58.7% / 0.35 and 60.8% / 0.36 (two
+    # seeds); 1: 72.1% / 0.44; 2: 73.7% / 0.43 and 73.9% / 0.40; 3: 72.5% / 0.40. The SFT
+    # likelihood alone: 66.6% / 0.33.
     likelihood_weight: float = 2.0
     # Tiny, 1 epoch, held-out pair accuracy at 3e-4 vs 1e-3: 51% vs 56% and 55% vs 61% (two
     # preference sets, 2026-11-30), 61% vs 62% (2026-11-23). 3e-3: 57%.
