@@ -24,7 +24,8 @@ What happens (InstructGPT, Ouyang et al. 2022, section 3.5; Ziegler et al. 2019)
   4. One epoch: InstructGPT found the RM overfits from the second pass over the data.
 Metrics: pair accuracy on held-out prompts (overall and per instruction type) and the
 Spearman correlation between RM scores and gold rewards on held-out SFT samples (over all
-of them, and within each prompt).
+of them, and within each prompt). The training loss includes the cross-prompt term, the
+held-out loss does not (held-out pairs are pairs of one prompt), so the two differ.
 """
 
 import json
