@@ -80,7 +80,8 @@ class Config:
     # formats lack them, and the term is off). Tiny, RM seeds 1337 / 2 / 3 on one preference
     # set, held-out pair accuracy / Spearman with gold: 76.9% / 0.71, 79.4% / 0.70,
     # 79.5% / 0.74 against 0's 77.7% / 0.45, 77.5% / 0.57, 80.2% / 0.54 (weight 0.3: 78.0% /
-    # 0.68, 2: 76.0% / 0.72, seed 1337; EXPERIMENTS.md, session 18).
+    # 0.68, 2: 76.0% / 0.72, seed 1337; EXPERIMENTS.md, session 18). Pairs form within a
+    # micro-batch, so batch_groups (and grad_accum, DDP ranks) change which pairs there are.
     across_prompt_weight: float = 1.0
     optimizer: str = "adamw"       # or "muon" (make_optimizer): 77.8% against 77.9% (5 iterations)
     grad_clip: float = 1.0
@@ -174,7 +175,9 @@ def bradley_terry(r_chosen, r_rejected):
 def across_prompt_pairs(used, groups, gold):
     """(better, worse): row indices into `used` of every two answers to DIFFERENT prompts
     whose gold scores differ, the higher-scored first. Gold scores computed along different
-    paths may differ in the last bits (0.6 against 0.6000000000000001): not a preference."""
+    paths may differ in the last bits (0.6 against 0.6000000000000001): not a preference.
+    (make_preferences.py's pairs within a prompt are computed along one path, and it drops
+    exact ties only; no pair of its final run's differs by less than 1e-6.)"""
     prompt_of = {i: k for k, g in enumerate(groups) for c, r, _ in g for i in (c, r)}
     prompt = torch.tensor([prompt_of[i] for i in used])
     score = torch.tensor([gold[i] for i in used], dtype=torch.float64)
@@ -257,9 +260,9 @@ def evaluate(model, val, samples, tokenizer, device, batch_size):
         seqs, gold, group = samples
         scores = score_all(model, seqs, tokenizer, device, batch_size).tolist()
         out["spearman"] = spearman(scores, gold)
-        # Bradley-Terry only ever compares answers to the same prompt, so it leaves each prompt's
-        # offset free; within-prompt rank agreement is what it actually trains (and what PPO,
-        # whose value baseline absorbs offsets, uses). Averaged over prompts whose gold varies.
+        # Pairs within a prompt leave each prompt's offset free (only --across_prompt_weight
+        # pins it); within-prompt rank agreement is what they train, and what PPO uses (its
+        # leave-one-out baseline and critic absorb offsets). Averaged over prompts whose gold varies.
         by_prompt = {}
         for s, g, k in zip(scores, gold, group):
             by_prompt.setdefault(k, []).append((s, g))

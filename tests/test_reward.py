@@ -126,23 +126,63 @@ def test_group_batch_loss_equals_pairs_scored_alone(tok):
 
 def test_across_prompt_pairs_add_bradley_terry_between_prompts(tok):
     """The cross-prompt term by hand: every two answers to different prompts, the one of
-    higher gold first; equal gold (to the last bits) is no pair, nor is a pair within a prompt."""
+    higher gold first; equal gold (to the last bits) is no pair, nor is a pair within a prompt.
+    Sequence 0 is in no group of the batch, so batch rows (0-4) and sequence ids (1-5) differ."""
     model = tiny_scalar_model(tok)
-    seqs = [train_reward.render(tok, "Tell me about the cat.", r) for r in ("the cat", "a big red cat sat", "sad")]
+    seqs = [train_reward.render(tok, "hi", "not in this batch")]
+    seqs += [train_reward.render(tok, "Tell me about the cat.", r) for r in ("the cat", "a big red cat sat", "sad")]
     seqs += [train_reward.render(tok, "hi", r) for r in ("the dog ran on the mat", "the sun")]
-    gold = [1.0, 0.6000000000000001, 0.2, 0.6, 0.0]
-    groups = [[(0, 1, []), (0, 2, []), (1, 2, [])], [(3, 4, [])]]
-    better, worse = train_reward.across_prompt_pairs([0, 1, 2, 3, 4], groups, gold)
-    assert sorted(zip(better.tolist(), worse.tolist())) == [(0, 3), (0, 4), (1, 4), (2, 4), (3, 2)]
+    gold = [0.9, 1.0, 0.6000000000000001, 0.2, 0.6, 0.0]
+    groups = [[(1, 2, []), (1, 3, []), (2, 3, [])], [(4, 5, [])]]
+    better, worse = train_reward.across_prompt_pairs([1, 2, 3, 4, 5], groups, gold)
+    rows = [(0, 3), (0, 4), (1, 4), (2, 4), (3, 2)]          # as rows of the batch: sequence id - 1
+    assert sorted(zip(better.tolist(), worse.tolist())) == rows
     within, _ = train_reward.group_batch_loss(model, seqs, groups, tok, "cpu")
     both, acc = train_reward.group_batch_loss(model, seqs, groups, tok, "cpu", gold, across_prompt_weight=0.5)
     with torch.no_grad():
         alone = [reward_alone(model, tok, s).item() for s in seqs]
     bt = lambda c, r: -math.log(1 / (1 + math.exp(-(alone[c] - alone[r]))))  # noqa: E731
-    across = sum(bt(c, r) for c, r in [(0, 3), (0, 4), (1, 4), (2, 4), (3, 2)]) / 5
+    across = sum(bt(c + 1, r + 1) for c, r in rows) / len(rows)
     assert both.item() == pytest.approx(within.item() + 0.5 * across, abs=1e-5)
     pairs = [p for g in groups for p in g]
     assert acc == pytest.approx(sum(alone[c] > alone[r] for c, r, _ in pairs) / len(pairs))  # within only
+
+
+def tiny_sft_checkpoint(tok, tmp_path, block_size=64, n_layer=2):
+    """A random GPT saved as an SFT checkpoint, with its tokenizer: what train_reward.py starts from."""
+    tok_path = str(tmp_path / "tok.tiktoken")
+    save_ranks(tok_path, tok.enc._mergeable_ranks)
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=tok.n_vocab, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=32)
+    sft = str(tmp_path / "sft.pt")
+    save_training_checkpoint(sft, "sft", 0, GPT(config), None, config, {"path": tok_path, **tok.identity},
+                             torch.Generator(), {})
+    return sft
+
+
+def test_train_reward_uses_the_cross_prompt_term_when_pairs_carry_scores(tok, tmp_path, capsys):
+    """One step of train_reward.main from one model: its logged training loss is the
+    within-prompt loss, plus the cross-prompt term only when the flag is on AND the pairs
+    carry gold scores; pairs without them (HH-RLHF, TRL) say so and train within prompts."""
+    sft = tiny_sft_checkpoint(tok, tmp_path)
+    scored = str(tmp_path / "scored.jsonl")
+    synthetic_prefs(scored, 8, 3, seed=1)
+    plain = str(tmp_path / "plain.jsonl")
+    write_jsonl(plain, [{k: v for k, v in json.loads(line).items() if not k.endswith("_score")}
+                        for line in open(scored)])
+
+    def first_loss(data, weight):
+        out = str(tmp_path / f"rm_{os.path.basename(data)}_{weight}")
+        train_reward.main(["--preset=micro", "--batch_groups=8", "--device=cpu", "--dtype=float32",
+                           f"--init_from={sft}", f"--out_dir={out}", f"--data={data}", f"--val_data={data}",
+                           "--val_samples=", f"--across_prompt_weight={weight}"])
+        return [m for m in read_metrics(out) if "loss" in m][0]["loss"]   # step 1: the starting model's
+
+    within = first_loss(scored, 0)
+    assert first_loss(scored, 1) > within + 0.1      # 112 cross-prompt pairs at ~log 2 each, added
+    capsys.readouterr()
+    assert first_loss(plain, 1) == pytest.approx(within, abs=1e-6)
+    assert "carry no chosen_score / rejected_score" in capsys.readouterr().out
 
 
 def synthetic_prefs(path, n_groups, k, seed):
@@ -166,13 +206,7 @@ def synthetic_prefs(path, n_groups, k, seed):
 
 
 def test_train_reward_script_learns_a_marker(tok, tmp_path):
-    tok_path = str(tmp_path / "tok.tiktoken")
-    save_ranks(tok_path, tok.enc._mergeable_ranks)
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=32)
-    sft = str(tmp_path / "sft.pt")
-    save_training_checkpoint(sft, "sft", 0, GPT(config), None, config, {"path": tok_path, **tok.identity},
-                             torch.Generator(), {})
+    sft = tiny_sft_checkpoint(tok, tmp_path)
     synthetic_prefs(str(tmp_path / "train.jsonl"), 200, 3, seed=1)
     val_samples = synthetic_prefs(str(tmp_path / "val.jsonl"), 40, 3, seed=2)
     write_jsonl(str(tmp_path / "val_samples.jsonl"), val_samples)
@@ -212,13 +246,7 @@ def test_make_preferences_script(tok, tmp_path):
 
     from data import make_preferences
     from minift.splits import sample
-    tok_path = str(tmp_path / "tok.tiktoken")
-    save_ranks(tok_path, tok.enc._mergeable_ranks)
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.n_vocab, block_size=128, n_layer=1, n_head=2, n_embd=32)
-    sft = str(tmp_path / "sft.pt")
-    save_training_checkpoint(sft, "sft", 0, GPT(config), None, config, {"path": tok_path, **tok.identity},
-                             torch.Generator(), {})
+    sft = tiny_sft_checkpoint(tok, tmp_path, block_size=128, n_layer=1)
     rng = R(0)
     write_jsonl(str(tmp_path / "rl.jsonl"), [sample(rng, "rl_prompts").record(f"rl-{i}") for i in range(16)])
     out = str(tmp_path / "prefs")
