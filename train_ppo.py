@@ -77,10 +77,8 @@ class Config:
     ppo_epochs: int = 4              # OpenAI and N+ use 4
     num_minibatches: int = 4
     gamma: float = 1.0               # no discounting within an answer (all sources)
-    lam: float = 0.95                # GAE lambda (OpenAI, N+, TRL). 1.0 gives every answer token
-                                     # the whole score (RLOO's credit): over six paired seeds
-                                     # +0.5 / +0.3 points, within the noise (EXPERIMENTS.md,
-                                     # session 18)
+    lam: float = 0.95                # GAE lambda (OpenAI, N+, TRL). 1.0 (the whole score to each
+                                     # token): +0.5 / +0.3 points, within the noise (EXPERIMENTS.md)
     clip_range: float = 0.2          # policy ratio clip
     value_clip: float = 0.2
     vf_coef: float = 0.1             # OpenAI, TRL
