@@ -248,8 +248,8 @@ def average_gradients(params, rt):
 # ---------------------------------------------------------------------------- rollouts
 @torch.no_grad()
 def rollout(policy, tokenizer, records, cfg, generator, device):
-    """Sample one answer per prompt. Returns the left-padded prompt + right-padded answer
-    batch and its masks; the same positions (from the mask) are used at training time."""
+    """One answer per record (a prompt's record comes K times for K answers). Returns the
+    left-padded prompt + right-padded answer batch and its masks, used again in training."""
     prompts = [tokenizer.render_prompt([{"role": "user", "content": r["prompt"]}]) for r in records]
     prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad, device)             # (B, P)
     answers = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
