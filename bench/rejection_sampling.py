@@ -121,7 +121,11 @@ def main(argv=None):
               f"samples {stats['sample_perfect']:.1%}, prompts with one such sample of {cfg.k} "
               f"{stats['pass_at_k']:.1%}; {stats['failed_kept']} greedy-failed prompts kept")
         if not stats["rows"]:
-            raise SystemExit(f"error: no sample of {current} scored 1.0 on {cfg.prompts}: nothing to learn from")
+            raise SystemExit(f"error: nothing to learn from: {stats['kept']} prompts of {cfg.prompts} have a sample "
+                             f"of {current} scoring 1.0, {stats['failed_kept']} of them failed greedily, and "
+                             f"--others={cfg.others}")
+        # One epoch, from a fresh optimizer (hence a short warm-up), and never resumed: a
+        # rerun with other flags must not pick up the last run's model from the same folder.
         train_sft.main([f"--preset={cfg.preset}", f"--device={cfg.device}", f"--seed={cfg.seed}",
                         f"--init_from={current}", f"--data={out}/data.jsonl", "--eval_data=", f"--out_dir={out}",
                         f"--batch_size={cfg.batch_size}", f"--max_steps={math.ceil(stats['rows'] / cfg.batch_size)}",
