@@ -69,8 +69,8 @@ def chat(model, tokenizer, cfg, generator):
             continue
         messages.append({"role": "user", "content": user})
         prompt = tokenizer.render_prompt(messages)
-        if len(prompt) + cfg.max_new_tokens > model.config.block_size:  # keep the latest turns
-            messages = messages[-1:]
+        if len(prompt) + cfg.max_new_tokens > model.config.block_size:
+            messages = messages[-1:]   # too long: forget the earlier turns, keep the newest message
             prompt = tokenizer.render_prompt(messages)[-(model.config.block_size - cfg.max_new_tokens):]
         print("bot> ", end="", flush=True)
         reply = stream(model, tokenizer, prompt, cfg, tokenizer.end, generator)

@@ -49,11 +49,13 @@ class Config:
     # Small batches learn more per token. The same 1.5M tokens, measured on the whole validation
     # set: 16 sequences a step (360 steps) 1.142, 8 a step (720 steps) 1.090, 4 a step (1440
     # steps) 1.085. After SFT on top, 4 a step followed 55.0% of 300 test prompts against 49.0%
-    # for 8 a step, in the same 86 s (2026-11-30). 2 a step (2880 steps): val loss 0.985, SFT 56.0%
-    # against 55.0%, but 23% slower. We take 4.
+    # for 8 a step, in the same 86 s (2026-11-30). 2 a step (2,880 steps): val loss 0.985 against
+    # 1.053, SFT 56.0% against 55.0%, but 23% slower (session 4); re-measured in session 6, it lost
+    # (1.027 and 1.085 against 1.014 and 1.073, two pretraining seeds) and took 16-21% longer
+    # (EXPERIMENTS.md). We take 4.
     batch_size: int = 4       # sequences per micro-batch
     grad_accum: int = 1       # micro-batches per optimizer step
-    max_steps: int = 1440     # ~1.5M tokens: 1.5-3 minutes on 2 CPU cores
+    max_steps: int = 1440     # ~1.5M tokens: 75-103 s on 2 CPU cores (bf16)
     decay_steps: int = 0      # where the cosine ends; 0 means max_steps
     learning_rate: float = 6e-3   # tiny models tolerate (and need) high rates:
     min_lr: float = 6e-4          # val loss 1.146 at 6e-3 vs 1.207 at 3e-3 (16 x 360 steps)

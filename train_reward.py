@@ -66,7 +66,8 @@ class Config:
     # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. Tiny, held-out
     # pair accuracy / Spearman with gold (session 9): 0: 58.7% / 0.35 and 60.8% / 0.36 (two
     # seeds); 1: 72.1% / 0.44; 2: 73.7% / 0.43 and 73.9% / 0.40; 3: 72.5% / 0.40. The SFT
-    # likelihood alone: 66.6% / 0.33.
+    # likelihood alone: 66.6% / 0.33. On session 18's pairs, with the cross-prompt term, seed
+    # 1337: 1: 76.6% / 0.70; 2: 76.9% / 0.71; 3: 78.1% / 0.70 (0 with the term off: 69.9% / 0.45).
     likelihood_weight: float = 2.0
     # Tiny, 1 epoch, held-out pair accuracy at 3e-4 vs 1e-3: 51% vs 56% and 55% vs 61% (two
     # preference sets, 2026-11-30), 61% vs 62% (2026-11-23). 3e-3: 57%.

@@ -55,9 +55,10 @@ class Config:
     batch_size: int = 8            # conversations per micro-batch
     grad_accum: int = 1
     max_steps: int = 4800
-    # A tiny model fine-tuned for minutes needs a high rate. Measured on the tiny preset
-    # (500 steps from one pretrained checkpoint, test prompt-strict): 1e-3 gave 3%, 3e-3 12%,
-    # 6e-3 21%; with length buckets (below), 1e-2 gave 13%. Re-checked at 32 x 1200 (300 prompts,
+    # A tiny model fine-tuned for minutes needs a high rate. Measured with AdamW, before Muon
+    # became the default (its rates: below), on the tiny preset (500 steps from one pretrained
+    # checkpoint, test prompt-strict): 1e-3 gave 3%, 3e-3 12%, 6e-3 21%; with length buckets
+    # (below), 1e-2 gave 13%. Re-checked at 32 x 1200 (300 prompts,
     # 2026-11-30): 3e-3 53.3%, 6e-3 55.0%, 1e-2 53.7%; and at 8 x 4800 (500 prompts, mean of three
     # seeds, 2026-12-01): 3e-3 61.1%, 4e-3 61.7%, 6e-3 61.6%, 9e-3 46.7%.
     learning_rate: float = 6e-3
@@ -72,9 +73,10 @@ class Config:
     # make_optimizer); or "adamw" for all. From one pretrained model, SFT seeds 1337 / 2 / 3,
     # test / heldout (EXPERIMENTS.md, sessions 12-13): Muon 71.6 / 45.2, 68.6 / 45.0, 66.6 /
     # 44.0 against AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 / 37.0: +6.7 / +5.8 points. Muon's
-    # step costs ~5 ms more on 2 CPU cores (in fp32, SFT 164-197 s on slow days against AdamW's
-    # 138-147 s; with bf16 on AMX, 150-159 s), within the tiny preset's 3 minutes; 4,400 steps to
-    # save time gained only +2.6 / +3.5. At this rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
+    # step costs ~5 ms more on 2 CPU cores (fp32: SFT 164-197 s against AdamW's 138-147 s; bf16:
+    # 150-159 s on session 15's AMX CPU, 155-207 s on sessions 16-19's AMD EPYC, past the tiny
+    # preset's 3 minutes in slow hours); 4,400 steps to save time gained only +2.6 / +3.5.
+    # At this rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
     optimizer: str = "muon"
     grad_clip: float = 1.0
     dropout: float = 0.0
@@ -119,13 +121,13 @@ def get_batch(examples, order, batch_size, pad_token, generator, device, block_s
     reply attend to an unrelated earlier conversation unless we also built block-diagonal
     masks. Right padding needs no attention mask at all: causal attention already keeps
     every real token from seeing the padding that follows it.
-    Length buckets: a batch of 32 conversations drawn at random is padded to its longest
-    one, which in our data wastes ~43% of the compute on padding. So the batch is drawn
-    from a `window` of neighbours in `order` (examples sorted by length) that starts at a
-    random place; the window wraps around the end, so every example is equally likely,
-    and padding falls to a few percent. SFT takes ~1.9x more steps in the same time
-    (500 steps of the tiny preset: 105 s instead of ~200 s). The length is then rounded up
-    to a multiple of 16 (minift.model.PAD_MULTIPLE says why).
+    Length buckets: a batch of conversations drawn at random is padded to its longest
+    one, which in our data wasted ~43% of the compute on padding (32 a batch; EXPERIMENTS.md, session 4).
+    So the batch is drawn from a `window` of neighbours in `order` (examples sorted by
+    length) that starts at a random place; the window wraps around the end, so every
+    example is equally likely, and padding falls to a few percent. The length is then
+    rounded up to a multiple of 16 (minift.model.PAD_MULTIPLE says why), which adds ~10%
+    back (session 15).
     Returns x, y of shape (B, L); y is -1 (ignored by the loss) wherever mask is 0."""
     window = min(window, len(order))
     start = int(torch.randint(len(order), (1,), generator=generator))

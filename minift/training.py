@@ -205,8 +205,8 @@ def make_optimizer(model, lr, weight_decay, kind="adamw", betas=(0.9, 0.95), eps
     to the LM head here), gains and biases stay with AdamW. It runs 3 Newton-Schulz
     iterations, not PyTorch's default 5: SFT on the tiny preset with 3 scored at least as well
     (67.9 / 45.2 against 67.5 / 41.7, test / heldout, three seeds; AdamW 62.2 / 38.9) for
-    about two thirds of the cost (EXPERIMENTS.md, session 12). With the batched products its
-    step takes ~5 ms on 2 CPU cores for the tiny model, against AdamW's ~1 (session 13)."""
+    about two thirds of the cost (EXPERIMENTS.md, session 12). With the batched products SFT's
+    optimizer step takes 6.2 ms on 2 CPU cores for the tiny model, against AdamW's 1.3 (session 13)."""
     params = [p for p in model.parameters() if p.requires_grad]
     hidden = []
     if kind == "muon":
