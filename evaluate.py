@@ -5,6 +5,7 @@ instruction is verified by code, not by a judge model.
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --split=test
     python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --earlier_turn   # each prompt as a chat's second message
+    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --samples=8       # and 8 sampled answers a prompt
 
 It reads IFEval's input JSONL ({"key", "instruction_id_list", "prompt", "kwargs"}), which
 is also the format of our generated splits, answers with batched greedy decoding through
@@ -13,7 +14,11 @@ answers can be scored by Google's own instruction_following_eval tooling. It pri
   * prompt-level accuracy: the share of prompts whose instructions all pass;
   * instruction-level accuracy: passed instructions over all instructions;
   each strict (the response as is) and loose (IFEval's 8 relaxed variants);
-  * a table per instruction type, and a count of instruction ids we cannot check.
+  * a table per instruction type, and a count of instruction ids we cannot check;
+  * with --samples=K, also K answers per prompt sampled at --temperature: how often a sample
+    passes (prompt-level strict) and pass@K, the share of prompts with a passing sample.
+    PPO can only make likelier what the policy samples: these say where it starts and how
+    far it could go, and whether it moved the samples or the greedy answer.
 Our generated prompts also carry their base task as a `task:*` id (first in the list),
 so a prompt with no extra instruction is still scored on doing the task.
 """
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
-from minift.evaluation import earlier_exchanges, evaluate_records
+from minift.evaluation import earlier_exchanges, evaluate_records, sampled_pass_rates
 from minift.formats import load_ifeval_inputs, write_ifeval_responses
 from minift.scoring import format_table
 from minift.training import pick_device
@@ -42,15 +47,22 @@ class Config:
     device: str = "auto"                    # cuda if there is one, else mps, else cpu
     earlier_turn: bool = False              # ask each prompt after another record's prompt and answer:
                                             # a chat's second turn (writes *_turn2 files)
+    samples: int = 0                        # K > 0: also K sampled answers per prompt (pass rate, pass@K)
+    temperature: float = 0.7                # for those samples: PPO's rollout temperature
+    seed: int = 0                           # for those samples
 
 
 def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_size=64, device="auto",
-             output=None, earlier_turn=False):
+             output=None, earlier_turn=False, samples=0, temperature=0.7, seed=0):
     """Evaluate one checkpoint on one IFEval-format file; returns the metrics dict.
-    earlier_turn: ask each prompt as the second message of a chat (minift.evaluation.earlier_exchanges)."""
+    earlier_turn: ask each prompt as the second message of a chat (minift.evaluation.earlier_exchanges).
+    samples > 0: add the pass rates of that many answers per prompt sampled at `temperature`."""
+    if samples and earlier_turn:
+        raise SystemExit("error: --samples and --earlier_turn do not combine; run them one at a time")
     ckpt = load_checkpoint(ckpt_path, hint="Train it first, e.g. python pipeline.py")
     tokenizer = tokenizer_for(ckpt, ckpt_path)
-    model = build_model(ckpt).to(pick_device(device)).eval()
+    device = pick_device(device)
+    model = build_model(ckpt).to(device).eval()
     records = load_ifeval_inputs(input_path)
     records = records[:max_examples] if max_examples else records
     try:
@@ -58,6 +70,9 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
     except ValueError as e:  # records without reference answers: say which file
         raise ValueError(f"{input_path}: {e}") from None
     metrics, responses = evaluate_records(model, tokenizer, records, max_new_tokens, batch_size, earlier)
+    if samples:
+        metrics |= sampled_pass_rates(model, tokenizer, records, samples, temperature, max_new_tokens,
+                                      batch_size, seed, device)
     if output:
         write_ifeval_responses(output, [{"prompt": r["prompt"], "response": resp}
                                         for r, resp in zip(records, responses)])
@@ -72,8 +87,12 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     output = cfg.output or os.path.join(os.path.dirname(cfg.ckpt), f"responses_{name}.jsonl")
     metrics = evaluate(cfg.ckpt, input_path, cfg.max_examples, cfg.max_new_tokens, cfg.batch_size,
-                       cfg.device, output, cfg.earlier_turn)
+                       cfg.device, output, cfg.earlier_turn, cfg.samples, cfg.temperature, cfg.seed)
     print(format_table(metrics))
+    if cfg.samples:
+        print(f"sampled at temperature {cfg.temperature}, {cfg.samples} answers a prompt: a sample passes "
+              f"{metrics['sample_prompt_strict']:.1%} (prompt-level strict; greedy {metrics['prompt_strict']:.1%}), "
+              f"pass@{cfg.samples} {metrics['pass_at_k']:.1%}")
     print(f"responses written to {output}")
     with open(os.path.join(os.path.dirname(cfg.ckpt), f"eval_{name}.json"), "w") as f:
         json.dump(metrics, f, indent=1)

@@ -36,10 +36,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
 import train_sft  # noqa: E402
-from data.make_preferences import sample_answers  # noqa: E402
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
-from minift.evaluation import generate_responses  # noqa: E402
+from minift.evaluation import generate_responses, sample_answers  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
 from minift.gold import gold_reward  # noqa: E402
 from minift.training import pick_device  # noqa: E402

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
-from minift.evaluation import generate_responses  # noqa: E402
+from minift.evaluation import sample_answers  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
 from minift.gold import gold_breakdown  # noqa: E402
 from minift.training import pick_device  # noqa: E402
@@ -66,14 +66,6 @@ PRESETS = {
     "tiny": dict(),
     "small": dict(num_prompts=0, k=6, max_new_tokens=128, batch_size=512),
 }
-
-
-def sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator):
-    """K sampled answers per record: a list of K strings per record. The K copies of a prompt
-    sit side by side, and generate_responses batches by prompt length with the KV cache."""
-    prompts = [r["prompt"] for r in records for _ in range(k)]
-    answers = generate_responses(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, generator)
-    return [answers[i * k:(i + 1) * k] for i in range(len(records))]
 
 
 def make_pairs(samples):

@@ -2,7 +2,8 @@
 Instruction-following evaluation: generate answers to IFEval-style records with batched
 greedy decoding through the KV cache, then score them with the checkers in code
 (minift/scoring.py). Used by evaluate.py, by train_sft.py during training, and by the
-pipeline's report card.
+pipeline's report card; sampled answers (sample_answers) serve the preference data, the
+rejection-sampling bench and evaluate.py --samples.
 """
 
 from random import Random
@@ -36,6 +37,42 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
             responses[i] = tokenizer.decode(out[:-1] if ended else out).strip()
     model.train(was_training)
     return responses
+
+
+def sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator):
+    """K sampled answers per record: a list of K strings per record. The K copies of a prompt
+    sit side by side, and generate_responses batches by prompt length with the KV cache."""
+    prompts = [r["prompt"] for r in records for _ in range(k)]
+    answers = generate_responses(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, generator)
+    return [answers[i * k:(i + 1) * k] for i in range(len(records))]
+
+
+def pass_rates(passed):
+    """passed: for each prompt, one bool per sampled answer (did every instruction pass?).
+    Returns (the share of answers that pass, pass@k: the share of prompts with at least one
+    passing answer among their k; Chen et al. 2021's estimator with n = k)."""
+    answers = [p for row in passed for p in row]
+    return sum(answers) / max(len(answers), 1), sum(any(row) for row in passed) / max(len(passed), 1)
+
+
+def sampled_pass_rates(model, tokenizer, records, k, temperature, max_new_tokens=128, batch_size=64, seed=0,
+                       device="cpu"):
+    """Prompt-level strict accuracy of *sampled* answers, beside greedy decoding's: k answers to
+    each record at `temperature`. RL (PPO, rejection sampling) can only make likelier what the
+    policy already samples, so a sample's pass rate and pass@k show where it starts and how far
+    it could go (README, "How much could it gain at all?"). Records with no checkable
+    instruction are skipped, as aggregate() skips them."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    answers = sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator)
+    passed = []
+    for r, group in zip(records, answers):
+        marks = [[m for m in score(a, r["instruction_id_list"], r["kwargs"], r["prompt"])["strict"] if m is not None]
+                 for a in group]
+        if marks[0]:
+            passed.append([all(m) for m in marks])
+    sample_rate, pass_at_k = pass_rates(passed)
+    return {"samples": k, "sample_temperature": temperature, "sample_prompt_strict": sample_rate,
+            "pass_at_k": pass_at_k}
 
 
 def earlier_exchanges(records, seed=0):

@@ -156,3 +156,39 @@ def test_second_turn_evaluation_asks_after_another_records_exchange():
     assert sorted(Recorder.asked) == sorted(expected)
     with pytest.raises(ValueError, match="messages"):
         earlier_exchanges([{"prompt": "Name a pet."}, {"prompt": "Name a toy."}])
+
+
+def test_sampled_pass_rates_count_answers_and_prompts():
+    """evaluate.py --samples: a sample's pass rate is over all sampled answers, pass@k over
+    prompts (any of its k answers passes); prompts with no checkable instruction are skipped."""
+    from minift.evaluation import pass_rates, sampled_pass_rates
+    assert pass_rates([[True, False], [False, False], [True, True]]) == (0.5, pytest.approx(2 / 3))
+    tok = Tokenizer.from_ranks(train_bpe("<<A title>> Name a pet. A cat. No title here. " * 50, 300))
+    titled, plain = "<<A title>> A cat.", "No title here."
+    # "Name a pet." passes with its first sample only, "Name a toy." never, "Name a cup." always
+    plan = {"Name a pet.": [titled, plain], "Name a toy.": [plain, plain], "Name a cup.": [titled, titled],
+            "Name a hat.": [titled, titled]}
+    records = [{"prompt": p, "instruction_id_list": ["detectable_format:title"], "kwargs": [{}]} for p in plan]
+    records[-1]["instruction_id_list"] = ["language:response_language"]   # no checker: skipped
+
+    class Planned:  # a stand-in model: the planned answers of each prompt, in turn
+        config = GPTConfig(block_size=256)
+        training = False
+        seen = {}
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def generate(self, prompts, max_new_tokens, temperature=0.0, **kw):
+            assert temperature == 0.7 and kw["generator"] is not None   # sampled, not greedy
+            out = []
+            for ids in prompts:
+                p = next(p for p in plan if tok.render_prompt([{"role": "user", "content": p}]) == ids)
+                n = Planned.seen[p] = Planned.seen.get(p, -1) + 1
+                out.append(tok.encode(plan[p][n]) + [tok.end])
+            return out
+    m = sampled_pass_rates(Planned(), tok, records, k=2, temperature=0.7)
+    assert m["sample_prompt_strict"] == 0.5 and m["pass_at_k"] == pytest.approx(2 / 3) and m["samples"] == 2
