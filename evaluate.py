@@ -6,6 +6,7 @@ instruction is verified by code, not by a judge model.
     python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --earlier_turn   # each prompt as a chat's second message
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --samples=8       # and 8 sampled answers a prompt
+    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --samples=8 --reward_ckpt=out/tiny/reward/ckpt.pt
 
 It reads IFEval's input JSONL ({"key", "instruction_id_list", "prompt", "kwargs"}), which
 is also the format of our generated splits, answers with batched greedy decoding through
@@ -18,7 +19,9 @@ answers can be scored by Google's own instruction_following_eval tooling. It pri
   * with --samples=K, also K answers per prompt sampled at --temperature: how often a sample
     passes (prompt-level strict) and pass@K, the share of prompts with a passing sample.
     PPO can only make likelier what the policy samples: these say where it starts and how
-    far it could go, and whether it moved the samples or the greedy answer.
+    far it could go, and whether it moved the samples or the greedy answer. With
+    --reward_ckpt, also best-of-K: the pass rate of the answer the reward model scores
+    highest, against pass@K, which is best-of-K with a perfect judge.
 Our generated prompts also carry their base task as a `task:*` id (first in the list),
 so a prompt with no extra instruction is still scored on doing the task.
 """
@@ -31,8 +34,10 @@ from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
 from minift.evaluation import earlier_exchanges, evaluate_records, sampled_pass_rates
 from minift.formats import load_ifeval_inputs, write_ifeval_responses
+from minift.model import ScalarModel
 from minift.scoring import format_table
 from minift.training import pick_device
+from train_reward import render, score_all
 
 
 @dataclass
@@ -50,13 +55,30 @@ class Config:
     samples: int = 0                        # K > 0: also K sampled answers per prompt (pass rate, pass@K)
     temperature: float = 0.7                # for those samples: PPO's rollout temperature
     seed: int = 0                           # for those samples
+    reward_ckpt: str = ""                   # with --samples: best-of-K by this reward model too
+
+
+def reward_model_judge(reward_ckpt, device, batch_size=64):
+    """A judge for best-of-K: (records, K answers each) -> the reward model's K scores each
+    (raw; the normalisation does not change which answer is highest)."""
+    ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python train_reward.py")
+    tokenizer = tokenizer_for(ckpt, reward_ckpt)
+    reward_model = build_model(ckpt, ScalarModel).to(device).eval()
+    block_size = reward_model.gpt.config.block_size
+
+    def judge(records, answers):
+        seqs = [render(tokenizer, r["prompt"], a)[-block_size:] for r, group in zip(records, answers) for a in group]
+        scores, k = score_all(reward_model, seqs, tokenizer, device, batch_size).tolist(), len(answers[0])
+        return [scores[i * k:(i + 1) * k] for i in range(len(records))]
+    return judge
 
 
 def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_size=64, device="auto",
-             output=None, earlier_turn=False, samples=0, temperature=0.7, seed=0):
+             output=None, earlier_turn=False, samples=0, temperature=0.7, seed=0, reward_ckpt=""):
     """Evaluate one checkpoint on one IFEval-format file; returns the metrics dict.
     earlier_turn: ask each prompt as the second message of a chat (minift.evaluation.earlier_exchanges).
-    samples > 0: add the pass rates of that many answers per prompt sampled at `temperature`."""
+    samples > 0: add the pass rates of that many answers per prompt sampled at `temperature`,
+    and with reward_ckpt best-of-that-many by the reward model."""
     if samples and earlier_turn:
         raise SystemExit("error: --samples and --earlier_turn do not combine; run them one at a time")
     ckpt = load_checkpoint(ckpt_path, hint="Train it first, e.g. python pipeline.py")
@@ -71,8 +93,9 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
         raise ValueError(f"{input_path}: {e}") from None
     metrics, responses = evaluate_records(model, tokenizer, records, max_new_tokens, batch_size, earlier)
     if samples:
+        judge = reward_model_judge(reward_ckpt, device, batch_size) if reward_ckpt else None
         metrics |= sampled_pass_rates(model, tokenizer, records, samples, temperature, max_new_tokens,
-                                      batch_size, seed, device)
+                                      batch_size, seed, device, judge)
     if output:
         write_ifeval_responses(output, [{"prompt": r["prompt"], "response": resp}
                                         for r, resp in zip(records, responses)])
@@ -86,13 +109,17 @@ def main(argv=None):
         raise SystemExit(f"error: no evaluation data at {input_path}. Run: python data/make_sft.py")
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     output = cfg.output or os.path.join(os.path.dirname(cfg.ckpt), f"responses_{name}.jsonl")
+    if cfg.reward_ckpt and not cfg.samples:
+        raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")
     metrics = evaluate(cfg.ckpt, input_path, cfg.max_examples, cfg.max_new_tokens, cfg.batch_size,
-                       cfg.device, output, cfg.earlier_turn, cfg.samples, cfg.temperature, cfg.seed)
+                       cfg.device, output, cfg.earlier_turn, cfg.samples, cfg.temperature, cfg.seed, cfg.reward_ckpt)
     print(format_table(metrics))
     if cfg.samples:
-        print(f"sampled at temperature {cfg.temperature}, {cfg.samples} answers a prompt: a sample passes "
-              f"{metrics['sample_prompt_strict']:.1%} (prompt-level strict; greedy {metrics['prompt_strict']:.1%}), "
-              f"pass@{cfg.samples} {metrics['pass_at_k']:.1%}")
+        best = (f", best of {cfg.samples} by the reward model {metrics['best_of_k_prompt_strict']:.1%}"
+                if cfg.reward_ckpt else "")
+        print(f"sampled at temperature {cfg.temperature}, {cfg.samples} answers a prompt (prompt-level strict; "
+              f"greedy {metrics['prompt_strict']:.1%}): a sample passes {metrics['sample_prompt_strict']:.1%}"
+              f"{best}, pass@{cfg.samples} {metrics['pass_at_k']:.1%}")
     print(f"responses written to {output}")
     with open(os.path.join(os.path.dirname(cfg.ckpt), f"eval_{name}.json"), "w") as f:
         json.dump(metrics, f, indent=1)

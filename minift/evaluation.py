@@ -56,23 +56,29 @@ def pass_rates(passed):
 
 
 def sampled_pass_rates(model, tokenizer, records, k, temperature, max_new_tokens=128, batch_size=64, seed=0,
-                       device="cpu"):
+                       device="cpu", judge=None):
     """Prompt-level strict accuracy of *sampled* answers, beside greedy decoding's: k answers to
     each record at `temperature`. RL (PPO, rejection sampling) can only make likelier what the
     policy already samples, so a sample's pass rate and pass@k show where it starts and how far
-    it could go (README, "How much could it gain at all?"). Records with no checkable
-    instruction are skipped, as aggregate() skips them."""
+    it could go (README, "How much could it gain at all?"). pass@k is best-of-k with a perfect
+    judge. With `judge` (records, answers -> one score per answer, e.g. a reward model's), also
+    best-of-k with that judge: how often each prompt's highest-scored answer passes (Nakano et
+    al. 2021; Gao et al. 2022 set it beside RL). Records with no checkable instruction are
+    skipped, as aggregate() skips them."""
     generator = torch.Generator(device=device).manual_seed(seed)
     answers = sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator)
-    passed = []
-    for r, group in zip(records, answers):
+    judged = judge(records, answers) if judge is not None else [[0.0] * k for _ in records]
+    passed, best_passed = [], []
+    for r, group, scores in zip(records, answers, judged):
         marks = [[m for m in score(a, r["instruction_id_list"], r["kwargs"], r["prompt"])["strict"] if m is not None]
                  for a in group]
         if marks[0]:
             passed.append([all(m) for m in marks])
+            best_passed.append([passed[-1][max(range(k), key=lambda j: scores[j])]])
     sample_rate, pass_at_k = pass_rates(passed)
-    return {"samples": k, "sample_temperature": temperature, "sample_prompt_strict": sample_rate,
-            "pass_at_k": pass_at_k}
+    rates = {"samples": k, "sample_temperature": temperature, "sample_prompt_strict": sample_rate,
+             "pass_at_k": pass_at_k}
+    return rates | ({"best_of_k_prompt_strict": pass_rates(best_passed)[0]} if judge is not None else {})
 
 
 def earlier_exchanges(records, seed=0):

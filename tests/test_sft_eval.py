@@ -160,7 +160,8 @@ def test_second_turn_evaluation_asks_after_another_records_exchange():
 
 def test_sampled_pass_rates_count_answers_and_prompts():
     """evaluate.py --samples: a sample's pass rate is over all sampled answers, pass@k over
-    prompts (any of its k answers passes); prompts with no checkable instruction are skipped."""
+    prompts (any of its k answers passes), best-of-k over each prompt's highest-judged answer;
+    prompts with no checkable instruction are skipped."""
     from minift.evaluation import pass_rates, sampled_pass_rates
     assert pass_rates([[True, False], [False, False], [True, True]]) == (0.5, pytest.approx(2 / 3))
     tok = Tokenizer.from_ranks(train_bpe("<<A title>> Name a pet. A cat. No title here. " * 50, 300))
@@ -192,3 +193,16 @@ def test_sampled_pass_rates_count_answers_and_prompts():
             return out
     m = sampled_pass_rates(Planned(), tok, records, k=2, temperature=0.7)
     assert m["sample_prompt_strict"] == 0.5 and m["pass_at_k"] == pytest.approx(2 / 3) and m["samples"] == 2
+    assert "best_of_k_prompt_strict" not in m
+
+    def judge_by_length(longer_is_better):   # a stand-in reward model: it scores by length
+        def judge(recs, answers):
+            assert [r["prompt"] for r in recs] == list(plan) and all(len(a) == 2 for a in answers)
+            return [[len(a) if longer_is_better else -len(a) for a in group] for group in answers]
+        return judge
+    Planned.seen = {}   # the same answers again
+    m = sampled_pass_rates(Planned(), tok, records, 2, 0.7, judge=judge_by_length(True))
+    assert m["best_of_k_prompt_strict"] == pytest.approx(2 / 3)   # picks the titled answer to "pet"
+    Planned.seen = {}
+    m = sampled_pass_rates(Planned(), tok, records, 2, 0.7, judge=judge_by_length(False))
+    assert m["best_of_k_prompt_strict"] == pytest.approx(1 / 3)   # picks the plain one: only "cup" passes
