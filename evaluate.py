@@ -60,7 +60,8 @@ class Config:
 
 def reward_model_judge(reward_ckpt, device, batch_size=64):
     """A judge for best-of-K: (records, K answers each) -> the reward model's K scores each
-    (raw; the normalisation does not change which answer is highest)."""
+    (raw; the normalisation does not change which answer is highest). Every answer is scored
+    as a finished turn: unlike PPO's reward, no penalty for an answer cut off unfinished."""
     ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python train_reward.py")
     tokenizer = tokenizer_for(ckpt, reward_ckpt)
     reward_model = build_model(ckpt, ScalarModel).to(device).eval()
@@ -109,6 +110,8 @@ def main(argv=None):
         raise SystemExit(f"error: no evaluation data at {input_path}. Run: python data/make_sft.py")
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     output = cfg.output or os.path.join(os.path.dirname(cfg.ckpt), f"responses_{name}.jsonl")
+    if cfg.samples < 0:
+        raise SystemExit(f"error: --samples must be 0 (greedy only) or more, got {cfg.samples}")
     if cfg.reward_ckpt and not cfg.samples:
         raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")
     metrics = evaluate(cfg.ckpt, input_path, cfg.max_examples, cfg.max_new_tokens, cfg.batch_size,
