@@ -67,18 +67,19 @@ def sampled_pass_rates(model, tokenizer, records, k, temperature, max_new_tokens
     skipped, as aggregate() skips them."""
     generator = torch.Generator(device=device).manual_seed(seed)
     answers = sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator)
-    judged = judge(records, answers) if judge is not None else [[0.0] * k for _ in records]
+    judged = judge(records, answers) if judge is not None else None
     passed, best_passed = [], []
-    for r, group, scores in zip(records, answers, judged):
+    for i, (r, group) in enumerate(zip(records, answers)):
         marks = [[m for m in score(a, r["instruction_id_list"], r["kwargs"], r["prompt"])["strict"] if m is not None]
                  for a in group]
         if marks[0]:
             passed.append([all(m) for m in marks])
-            best_passed.append([passed[-1][max(range(k), key=lambda j: scores[j])]])
+            if judged is not None:   # did the judge's favourite pass?
+                best_passed.append([passed[-1][max(range(k), key=judged[i].__getitem__)]])
     sample_rate, pass_at_k = pass_rates(passed)
     rates = {"samples": k, "sample_temperature": temperature, "sample_prompt_strict": sample_rate,
              "pass_at_k": pass_at_k}
-    return rates | ({"best_of_k_prompt_strict": pass_rates(best_passed)[0]} if judge is not None else {})
+    return rates | ({"best_of_k_prompt_strict": pass_rates(best_passed)[0]} if judged is not None else {})
 
 
 def earlier_exchanges(records, seed=0):
