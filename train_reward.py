@@ -61,7 +61,7 @@ class Config:
     # optimisation
     batch_groups: int = 8          # prompts per micro-batch, each with all of its pairs
     grad_accum: int = 1
-    epochs: int = 1                # InstructGPT: more overfits (tiny: 2-3 gained ~3 points, 4 overfit)
+    epochs: int = 1                # InstructGPT: more overfits (tiny, 3: +0.8 over three seeds, noise; session 21)
     # The reward adds this times the answer's mean log-probability under the RM's own LM head
     # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. Tiny, held-out
     # pair accuracy / Spearman with gold (session 9): 0: 58.7% / 0.35 and 60.8% / 0.36 (two
