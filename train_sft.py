@@ -74,7 +74,7 @@ class Config:
     # test / heldout (EXPERIMENTS.md, sessions 12-13): Muon 71.6 / 45.2, 68.6 / 45.0, 66.6 /
     # 44.0 against AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 / 37.0: +6.7 / +5.8 points. Muon's
     # step costs ~5 ms more on 2 CPU cores (fp32: SFT 164-197 s against AdamW's 138-147 s; bf16:
-    # 150-159 s on session 15's AMX CPU, 155-207 s on sessions 16-19's AMD EPYC, past the tiny
+    # 150-159 s on session 15's AMX CPU, 151-207 s on sessions 16-21's AMD EPYC, past the tiny
     # preset's 3 minutes in slow hours); 4,400 steps to save time gained only +2.6 / +3.5.
     # At this rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
     optimizer: str = "muon"

@@ -22,7 +22,7 @@ that is a large bar; that is what three seeds can tell.
 
 Finished runs are reused (out_dir/<name>-seed<seed>/scores.json), so delete an arm's folders
 after editing the code it ran. On the tiny preset (2 CPU cores) a run takes about 3 minutes
-(SFT 150-160 s with bf16 on a CPU with AMX, 155-207 s on an AMD EPYC with AVX512-BF16,
+(SFT 150-160 s with bf16 on a CPU with AMX, 151-207 s on an AMD EPYC with AVX512-BF16,
 164-197 s in fp32; scoring 2 x 500 prompts a few seconds): three seeds, both arms, about
 16-22 minutes.
 """
