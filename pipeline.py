@@ -43,6 +43,8 @@ class Config:
     out_dir: str = ""         # default: out/<preset>
     force: bool = False       # re-run stages that already finished
     device: str = "auto"
+    slip_scale: float = 1.0   # scales the demonstrators' slip rates (minift/demonstrators.py); 0 = perfect
+    reference_sft: bool = False  # also train SFT on perfect demonstrations: the line PPO's gain is read against
 
 
 # Data sizes per preset; the training presets of the same name live in each script.
@@ -90,11 +92,14 @@ def main(argv=None):
     t_start = time.time()
     stages = {}
 
+    sizes = {k: data[k] for k in ("n_train", "n_test", "n_heldout", "n_rl")}
+
     def data_stage():
         meta = prepare(corpus, size_mb=data["size_mb"], vocab_size=data["vocab_size"])
-        make_sft(sft_data, n_train=data["n_train"], n_test=data["n_test"], n_heldout=data["n_heldout"],
-                 n_rl=data["n_rl"])
-        return {"corpus_tokens": meta.get("train_tokens"), "documents": meta.get("documents")}
+        made = make_sft(sft_data, slip_scale=cfg.slip_scale, **sizes)
+        return {"corpus_tokens": meta.get("train_tokens"), "documents": meta.get("documents"),
+                "slip_scale": cfg.slip_scale, "demo_pass_rate": made["demo_pass_rate"]["train"],
+                "demo_pass_rates": made["demo_pass_rate"], "demo_per_type": made["demo_per_type"]}
     stages["data"] = run_stage("data", out, cfg.force, data_stage)
 
     stages["pretrain"] = run_stage("pretrain", out, cfg.force, lambda: train_pretrain.main(
@@ -112,15 +117,23 @@ def main(argv=None):
                   f"--prompts={sft_data}/rl_prompts.jsonl", f"--eval_data={sft_data}/test.jsonl",
                   f"--out_dir={os.path.dirname(ckpt['ppo'])}"]), os.path.dirname(ckpt["ppo"])))
 
+    if cfg.reference_sft:  # the same SFT on perfect demonstrations of the same prompts
+        perfect_data, ckpt["sft_perfect"] = os.path.join(out, "data", "sft_perfect"), os.path.join(
+            out, "sft_perfect", "ckpt.pt")
+        stages["sft_perfect"] = run_stage("sft_perfect", out, cfg.force, lambda: (
+            make_sft(perfect_data, slip_scale=0.0, **sizes) and train_sft.main(
+                common + [f"--init_from={ckpt['pretrain']}", f"--data={perfect_data}/train.jsonl",
+                          f"--eval_data={sft_data}/test.jsonl",
+                          f"--out_dir={os.path.dirname(ckpt['sft_perfect'])}"])))
+
     def eval_stage():
+        # Greedy answers, as IFEval scores them, and one answer sampled at PPO's temperature per
+        # prompt: RL moves samples first, and a policy's samples are what it is trained on.
         results = {}
-        for model in ("pretrain", "sft", "ppo"):
-            results["base" if model == "pretrain" else model] = {
-                split: {k: v for k, v in evaluate.evaluate(
-                    ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"], device=cfg.device,
-                    output=os.path.join(out, model, f"responses_{split}.jsonl")).items()
-                    if k in METRIC_KEYS or k == "per_type"}
-                for split in ("test", "heldout")}
+        for model in [m for m in ("pretrain", "sft", "ppo", "sft_perfect") if m in ckpt]:
+            results["base" if model == "pretrain" else model] = {split: evaluate_for_card(
+                ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"], cfg.device,
+                os.path.join(out, model, f"responses_{split}.jsonl")) for split in ("test", "heldout")}
         return results
     evals = run_stage("eval", out, cfg.force, eval_stage)
 
@@ -130,8 +143,8 @@ def main(argv=None):
                                                            + evals["seconds"], 1),
               "run_seconds": round(time.time() - t_start, 1),
               "stages": {k: v for k, v in stages.items()},
-              "eval": {m: {s: {k: evals[m][s][k] for k in METRIC_KEYS} for s in ("test", "heldout")}
-                       for m in ("base", "sft", "ppo")},
+              "eval": {m: {s: {k: evals[m][s][k] for k in METRIC_KEYS + ("sampled_strict",)}
+                           for s in ("test", "heldout")} for m in evals if m != "seconds"},
               "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")}}
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
@@ -140,6 +153,18 @@ def main(argv=None):
     print(report_markdown(report))
     print(f"wrote {out}/report.md and {out}/report.json")
     return report
+
+
+SAMPLE_TEMPERATURE = 0.7  # PPO's rollout temperature (train_ppo.Config.temperature)
+
+
+def evaluate_for_card(ckpt_path, data_path, examples, device, output):
+    """The report card's figures for one model on one split: the IFEval metrics of greedy
+    answers, the per-type table, and `sampled_strict`, the prompt-level strict pass rate of one
+    answer per prompt sampled at SAMPLE_TEMPERATURE."""
+    m = evaluate.evaluate(ckpt_path, data_path, examples, device=device, output=output, samples=1,
+                          temperature=SAMPLE_TEMPERATURE)
+    return {**{k: m[k] for k in METRIC_KEYS + ("per_type",)}, "sampled_strict": m["sample_prompt_strict"]}
 
 
 def reward_summary(metrics):
@@ -200,6 +225,10 @@ def report_markdown(r):
              + (f" (the stages' own times; this run took {r['run_seconds'] / 60:.1f}, skipping finished stages)."
                 if r.get("run_seconds", r["total_seconds"]) < r["total_seconds"] - 1 else "."), "",
              "## Stages", "", "| stage | seconds | what shows it worked |", "|---|---:|---|"]
+    d = s["data"]
+    if "demo_pass_rate" in d:
+        lines.append(f"| data | {d['seconds']:.0f} | demonstrations pass {pct(d['demo_pass_rate'])} of their prompts "
+                     f"(train, prompt-strict by the checkers; slip rates x {d['slip_scale']:g}) |")
     speed = s["pretrain"].get("tokens_per_s")  # this machine's speed: compare it with the README's
     lines.append(f"| pretrain | {s['pretrain']['seconds']:.0f} | validation loss {s['pretrain']['val_loss']:.3f}"
                  + (f", at a median {speed:,.0f} tokens/s" if speed else "") + " |")
@@ -218,16 +247,57 @@ def report_markdown(r):
                  + (f", at most {p['kl_max']:.2f}" if "kl_max" in p else "") + " |")
     lines += reward_hacking_lines(p)
     lines += ["", "## Instruction following (IFEval metrics)", "",
-              "| model | split | prompt strict | instruction strict | prompt loose | instruction loose |",
-              "|---|---|---:|---:|---:|---:|"]
+              "Greedy answers, as IFEval scores them; *sampled*: one answer a prompt at temperature "
+              f"{SAMPLE_TEMPERATURE}, as PPO samples. The demonstrations are the demonstrators' own answers "
+              "to the same prompts.", "",
+              "| model | split | prompt strict | sampled strict | instruction strict | prompt loose | "
+              "instruction loose |", "|---|---|---:|---:|---:|---:|---:|"]
+    for split, rate in d.get("demo_pass_rates", {}).items():
+        if split != "train":
+            lines.append(f"| demonstrations | {split} | {pct(rate)} | | | | |")
     for model, splits in r["eval"].items():
         for split, m in splits.items():
-            lines.append(f"| {model} | {split} | " + " | ".join(pct(m[k]) for k in METRIC_KEYS) + " |")
-    lines += ["", "## Per instruction type (test split, strict)", "", "| type | n | SFT | PPO |", "|---|---:|---:|---:|"]
+            sampled = pct(m["sampled_strict"]) if "sampled_strict" in m else ""
+            lines.append(f"| {MODEL_NAMES.get(model, model)} | {split} | {pct(m['prompt_strict'])} | {sampled} | "
+                         + " | ".join(pct(m[k]) for k in METRIC_KEYS[1:]) + " |")
+    lines += story_lines(r)
+    demos = d.get("demo_per_type", {})
+    lines += ["", "## Per instruction type (test split, strict)", "", "| type | n | demonstrations | SFT | PPO |",
+              "|---|---:|---:|---:|---:|"]
     for iid, row in sorted(r["per_type"]["sft"].items()):
         ppo = r["per_type"]["ppo"].get(iid, {}).get("strict", 0)
-        lines.append(f"| {iid} | {row['n']} | {pct(row['strict'])} | {pct(ppo)} |")
+        demo = pct(demos[iid]) if iid in demos else ""
+        lines.append(f"| {iid} | {row['n']} | {demo} | {pct(row['strict'])} | {pct(ppo)} |")
     return "\n".join(lines) + "\n"
+
+
+MODEL_NAMES = {"sft_perfect": "sft (perfect demonstrations)"}
+
+
+def story_lines(r):
+    """One line per stage: what it changed, read off the numbers above (test split)."""
+    ev, d, rm = r["eval"], r["stages"]["data"], r["stages"]["reward"]
+    if "demo_pass_rates" not in d or "sampled_strict" not in ev["sft"]["test"]:
+        return []   # a report from before the demonstrators and sampled answers existed
+
+    def test(model, key="prompt_strict"):
+        return 100 * ev[model]["test"][key]
+    demo = 100 * d["demo_pass_rates"]["test"]
+    lines = ["", "## What each stage changed (test split, prompt-level strict)", "",
+             f"- **Pretraining** gives a model that continues text but does not follow instructions: "
+             f"{test('base'):.1f}%.",
+             f"- **SFT** copies its demonstrators, slips included: {test('sft'):.1f}% greedy "
+             f"({test('sft') - test('base'):+.1f} over the base model), {test('sft', 'sampled_strict'):.1f}% sampled, "
+             f"against the demonstrations' own {demo:.1f}%.",
+             f"- **The reward model** learns what the judges prefer: it ranks {100 * rm['pair_accuracy']:.1f}% "
+             f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f}).",
+             f"- **PPO** moves the policy {'above' if test('ppo') >= demo else 'toward'} its demonstrators: "
+             f"{test('ppo'):.1f}% greedy ({test('ppo') - test('sft'):+.1f} over SFT), "
+             f"{test('ppo', 'sampled_strict'):.1f}% sampled ({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f})."]
+    if "sft_perfect" in ev:
+        lines.append(f"- **SFT on perfect demonstrations** (the reference run): {test('sft_perfect'):.1f}% greedy, "
+                     f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled.")
+    return lines
 
 
 if __name__ == "__main__":

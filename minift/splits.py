@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from random import Random
 
+from minift.demonstrators import demonstrate, slip_rng
 from minift.instructions import HELDOUT_VALUES, INSTRUCTIONS, Unsatisfiable, build_response, compatible
 from minift.tasks import TASKS, Task, verify
 
@@ -211,19 +212,23 @@ def add_earlier_turns(records, share, rng):
     return records
 
 
-def make_splits(seed=0, sizes=None, stats=None):
+def make_splits(seed=0, sizes=None, stats=None, slip_scale=1.0):
     """{split: [records]} with no prompt string shared between splits (first come, first kept:
-    test, heldout, rl_prompts, then train). Heldout records also list their "novelty"."""
+    test, heldout, rl_prompts, then train). Every answer is a simulated demonstrator's
+    (minift/demonstrators.py; `slip_scale` scales its slip rates, 0 = perfect answers), and
+    each record lists the instructions it slipped on under "slips". Heldout records also
+    list their "novelty"."""
     sizes = sizes or SPLIT_SIZES
     seen, out = set(), {}
     for split in ("test", "heldout", "rl_prompts", "train"):
-        rng, records = Random(f"{seed}/{split}"), []
+        rng, slips, records = Random(f"{seed}/{split}"), slip_rng(seed, split), []
         while len(records) < sizes.get(split, 0):
             s = sample(rng, split, stats=stats)
             if s.prompt in seen:
                 continue
             seen.add(s.prompt)
-            records.append(s.record(f"{split}-{len(records)}"))
+            s.response, slipped = demonstrate(s, slips, slip_scale)
+            records.append(s.record(f"{split}-{len(records)}") | {"slips": slipped})
             if split == "heldout":
                 records[-1]["novelty"] = s.novelty()
         out[split] = records
