@@ -48,8 +48,8 @@ class Config:
 
 
 # Data sizes per preset; the training presets of the same name live in each script.
-# tiny: 40,000 SFT conversations, so that SFT's 4800 steps x 8 see each about once. With 20,000
-# (each seen twice) SFT followed 42.3% of 300 test prompts; with 40,000, 49.0% (2026-11-30).
+# tiny: 40,000 SFT conversations, so that SFT's 4800 steps x 8 see each about once: fresh
+# conversations beat seeing each twice (FINDINGS.md, "SFT demonstrations").
 DATA = {
     "micro": dict(size_mb=0.2, vocab_size=512, n_train=600, n_test=40, n_heldout=40, n_rl=80, eval_examples=40),
     "tiny": dict(size_mb=4.0, vocab_size=2048, n_train=40000, n_test=500, n_heldout=500, n_rl=2000,

@@ -51,21 +51,18 @@ class Config:
     resume: bool = True
     preset: str = "tiny"
     # rollouts
-    # Rollout + optimisation rounds: 24 x 64 = 1,536 episodes, 84-113 s on the tiny preset. Over
-    # three PPO seeds 24 against 12 gained +1.1 +- 0.7 points on test and lost 1.0 +- 0.4 on
-    # heldout; with 12 neither reward moved on the probe (EXPERIMENTS.md, session 14). 48 added
-    # +0.4 +- 0.1 on test for twice the time (session 17).
+    # Rollout + optimisation rounds: 24 x 64 = 1,536 episodes, 84-113 s on the tiny preset. With
+    # 12 neither reward moved on the probe; 48 added little for twice the time (FINDINGS.md,
+    # "PPO", 24 iterations).
     iterations: int = 24
     rollout_batch: int = 64          # answers per rollout, K to each prompt (per rank with DDP)
     max_new_tokens: int = 96
     temperature: float = 0.7         # OpenAI, N+ and TRL sample at 0.7, with no top-k/top-p
     missing_eos_penalty: float = 1.0 # subtracted from the score of an answer that never ends
     # K answers to each of rollout_batch / K prompts; with K > 1 each answer's score has the
-    # mean score of the prompt's other K-1 answers subtracted (leave_one_out). Over three seeds
-    # from one SFT and reward model, K=4 scored 74.9 / 49.2 against K=1's 75.2 / 48.9 (within
-    # the noise), and PPO took 99-101 s instead of 134-143: a batch of 16 prompts is padded to
-    # its longest, 60 tokens on average against 70 for 64 prompts, and waits for fewer long
-    # answers (EXPERIMENTS.md, session 17).
+    # mean score of the prompt's other K-1 answers subtracted (leave_one_out). K=4 scored as
+    # K=1 did, in less time: a batch of fewer prompts is padded to a shorter longest prompt and
+    # waits for fewer long answers (FINDINGS.md, "PPO", four answers to each prompt).
     samples_per_prompt: int = 4
     # rewards
     kl_coef: float = 0.05            # beta: N+ and TRL use 0.05 (InstructGPT 0.02)
@@ -78,17 +75,14 @@ class Config:
     num_minibatches: int = 4
     gamma: float = 1.0               # no discounting within an answer (all sources)
     lam: float = 0.95                # GAE lambda (OpenAI, N+, TRL). 1.0 (the whole score to each
-                                     # token): +0.5 / +0.3 points, within the noise (EXPERIMENTS.md)
+                                     # token): no better beyond the noise (FINDINGS.md, "PPO")
     clip_range: float = 0.2          # policy ratio clip
     value_clip: float = 0.2
     vf_coef: float = 0.1             # OpenAI, TRL
-    learning_rate: float = 3e-5      # annealed linearly to 0 over the run. Over three seeds from
-                                     # one SFT and reward model (74.2 / 43.6), test / heldout
-                                     # 73.5 / 46.1 against 72.3 / 44.9 at 5e-5 and 71.2 / 46.1 at
-                                     # 1e-4 (KL 0.6, 1.0, 1.5 nats): the more PPO moves, the more
-                                     # it loses on test. An update's approx-KL at 3e-5: ~5e-3 in
-                                     # the first iteration, ~1e-3 from the sixth, as the references
-                                     # expect; at 1e-4, 0.03 (EXPERIMENTS.md, session 16)
+    learning_rate: float = 3e-5      # annealed linearly to 0 over the run. Its updates keep the
+                                     # approx-KL near the ~1e-3 the references expect; at 1e-4 PPO
+                                     # moved further and lost more on test (FINDINGS.md, "PPO",
+                                     # learning rate)
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0
     # evaluation and logging
@@ -100,9 +94,8 @@ class Config:
     # scoring and updates. Old and new log-probabilities come from the same bf16 products, so
     # the first ratio is still exactly 1 (a row's result does not depend on its batch). The
     # reward model scores in fp32, the precision its normalisation was fitted in, and the
-    # evaluations decode in fp32, as evaluate.py does. On an AVX512-BF16 CPU the tiny preset's
-    # PPO took 135-152 s against 202 s in fp32, and scored the same over three seeds (test /
-    # heldout 75.5 / 49.1 against 75.2 / 49.9; EXPERIMENTS.md, session 17). "float32": none.
+    # evaluations decode in fp32, as evaluate.py does. bf16 scored as fp32 did over three
+    # seeds, in about two thirds of the time (FINDINGS.md, "PPO", bf16). "float32": none.
     dtype: str = "bfloat16"
 
 
@@ -135,7 +128,7 @@ def answer_logprobs(model, seq, attn, prompt_len, temperature):
     compare a different distribution from the one we sampled (N+; KL rises too fast)."""
     h = model.hidden_states(seq, attn)[:, prompt_len - 1:-1]                   # (B, N, C)
     # The output layer runs only where an answer token is predicted: the prompt's half of
-    # the positions would be thrown away (a PPO update ~8% faster on the tiny preset).
+    # the positions would be thrown away.
     logits = model.lm_head(h).float() / temperature                              # (B, N, V)
     logp = F.log_softmax(logits, dim=-1).gather(-1, seq[:, prompt_len:].unsqueeze(-1)).squeeze(-1)
     return logp, logits
@@ -220,11 +213,10 @@ def critic_from(ckpt):
     """The value model: the checkpoint's transformer under a value head set to zero, so that
     it predicts 0 until it learns (OpenAI's value-head init, ppo-details.md). Why not keep the
     reward model's own head, as a plain copy would: that head was trained at the last token
-    only, and in the reward's raw scale, before normalisation. Copied, it read -0.9 +- 2.0
-    over the answer tokens (a std of 1.9 along one answer), against returns of
-    +0.5 +- 0.8; the value loss started at 2.2 and took eleven of PPO's 24 iterations to
-    fall below 0.2, and until then those errors were most of every advantage. From zero it starts
-    at 0.12 (EXPERIMENTS.md, session 16)."""
+    only, and in the reward's raw scale, before normalisation. Copied, its values wandered
+    along an answer by more than the returns themselves spread, and for the first third of
+    the run those errors were most of every advantage; from zero the value loss starts low
+    (FINDINGS.md, "PPO", the critic)."""
     critic = build_model(ckpt, ScalarModel, head_std=0.0)   # head_std=0: no random draw for a new head
     torch.nn.init.zeros_(critic.head.weight)
     torch.nn.init.zeros_(critic.head.bias)

@@ -46,13 +46,9 @@ class Config:
     block_size: int = 256
     dropout: float = 0.0      # no dropout: one pass over lots of data hardly overfits
     # optimisation
-    # Small batches learn more per token. The same 1.5M tokens, measured on the whole validation
-    # set: 16 sequences a step (360 steps) 1.142, 8 a step (720 steps) 1.090, 4 a step (1440
-    # steps) 1.085. After SFT on top, 4 a step followed 55.0% of 300 test prompts against 49.0%
-    # for 8 a step, in the same 86 s (2026-11-30). 2 a step (2,880 steps): val loss 0.985 against
-    # 1.053, SFT 56.0% against 55.0%, but 23% slower (session 4); re-measured in session 6, it lost
-    # (1.027 and 1.085 against 1.014 and 1.073, two pretraining seeds) and took 16-21% longer
-    # (EXPERIMENTS.md). We take 4.
+    # Small batches learn more per token: the same 1.5M tokens in more updates gave a lower
+    # validation loss and a better SFT model on top; 2 a step was slower and no better
+    # (FINDINGS.md, "Pretraining").
     batch_size: int = 4       # sequences per micro-batch
     grad_accum: int = 1       # micro-batches per optimizer step
     max_steps: int = 1440     # ~1.5M tokens: 75-103 s on 2 CPU cores (bf16)
@@ -61,11 +57,9 @@ class Config:
     min_lr: float = 6e-4          # val loss 1.146 at 6e-3 vs 1.207 at 3e-3 (16 x 360 steps)
     warmup_steps: int = 120
     weight_decay: float = 0.1
-    # "adamw", or "muon" for the blocks' matrices (minift.training.make_optimizer). Muon (with 5
-    # Newton-Schulz iterations; make_optimizer now runs 3) lowered the val loss from 1.085 to
-    # 0.972 (102 s against 68 s), but SFT on top did worse: test / heldout 57.7 / 39.0 against
-    # 62.2 / 38.9 with AdamW SFT, 63.7 / 38.7 against 67.9 / 45.2 with Muon SFT, means of three
-    # seeds (EXPERIMENTS.md, session 12).
+    # "adamw", or "muon" for the blocks' matrices (minift.training.make_optimizer). Muon lowered
+    # the validation loss, but SFT on top did worse: a lower loss is not what this model's
+    # instruction following lacks (FINDINGS.md, "Pretraining").
     optimizer: str = "adamw"
     grad_clip: float = 1.0
     # evaluation and logging

@@ -61,16 +61,14 @@ class Config:
     # optimisation
     batch_groups: int = 8          # prompts per micro-batch, each with all of its pairs
     grad_accum: int = 1
-    epochs: int = 1                # InstructGPT: more overfits (tiny, 3: +0.8 over three seeds, noise; session 21)
+    epochs: int = 1                # InstructGPT: more overfits (tiny: 3 gained nothing beyond the noise)
     # The reward adds this times the answer's mean log-probability under the RM's own LM head
-    # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. Tiny, held-out
-    # pair accuracy / Spearman with gold (session 9): 0: 58.7% / 0.35 and 60.8% / 0.36 (two
-    # seeds); 1: 72.1% / 0.44; 2: 73.7% / 0.43 and 73.9% / 0.40; 3: 72.5% / 0.40. The SFT
-    # likelihood alone: 66.6% / 0.33. On session 18's pairs, with the cross-prompt term, seed
-    # 1337: 1: 76.6% / 0.70; 2: 76.9% / 0.71; 3: 78.1% / 0.70 (0 with the term off: 69.9% / 0.45).
+    # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. On the tiny preset
+    # the term lifted held-out pair accuracy from 59-61% to 72-74%; weights 1 to 3 did alike
+    # (FINDINGS.md, "The reward model", the likelihood term).
     likelihood_weight: float = 2.0
-    # Tiny, 1 epoch, held-out pair accuracy at 3e-4 vs 1e-3: 51% vs 56% and 55% vs 61% (two
-    # preference sets, 2026-11-30), 61% vs 62% (2026-11-23). 3e-3: 57%.
+    # 3e-4 was worse on every preference set we tried, 2e-3 and 3e-3 no better
+    # (FINDINGS.md, "The reward model").
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 10
@@ -78,13 +76,12 @@ class Config:
     # Bradley-Terry also between answers to DIFFERENT prompts of a batch, ranked by their gold
     # scores (across_prompt_pairs), with this weight; 0 = within a prompt only (InstructGPT).
     # Needs each answer's score (make_preferences.py's chosen_score / rejected_score; other
-    # formats lack them, and the term is off). Tiny, RM seeds 1337 / 2 / 3 on one preference
-    # set, held-out pair accuracy / Spearman with gold: 76.9% / 0.71, 79.4% / 0.70,
-    # 79.5% / 0.74 against 0's 77.7% / 0.45, 77.5% / 0.57, 80.2% / 0.54 (weight 0.3: 78.0% /
-    # 0.68, 2: 76.0% / 0.72, seed 1337; EXPERIMENTS.md, session 18). Pairs form within a
-    # micro-batch, so batch_groups (and grad_accum, DDP ranks) change which pairs there are.
+    # formats lack them, and the term is off). It lifted the Spearman correlation with gold
+    # from 0.52 to 0.71 (means of three seeds), pair accuracy unchanged (FINDINGS.md, "The
+    # reward model", ranking across prompts). Pairs form within a micro-batch, so
+    # batch_groups (and grad_accum, DDP ranks) change which pairs there are.
     across_prompt_weight: float = 1.0
-    optimizer: str = "adamw"       # or "muon" (make_optimizer): 77.8% against 77.9% (5 iterations)
+    optimizer: str = "adamw"       # or "muon" (make_optimizer): no better here
     grad_clip: float = 1.0
     dropout: float = 0.0
     # evaluation and logging
@@ -200,9 +197,9 @@ def group_batch_loss(model, seqs, groups, tokenizer, device, gold=None, across_p
     pairwise loss over graded labels (Burges et al. 2005). Pairs within a prompt only ever
     compare its own answers, so each prompt's level is left free, and the RM's scores of two
     prompts' answers are not comparable. On held-out answers the gold reward varies more
-    between prompts than within one: each prompt's mean gold score alone ranks them with a
-    Spearman of 0.72 against gold; the RM trained within prompts only, 0.45 (tiny preset,
-    EXPERIMENTS.md, session 18). The accuracy returned is the within-prompt pairs' only."""
+    between prompts than within one: each prompt's mean gold score alone ranks them better
+    than the RM trained within prompts only (FINDINGS.md, "The reward model"). The accuracy
+    returned is the within-prompt pairs' only."""
     used = sorted({i for g in groups for c, r, _ in g for i in (c, r)})
     row = {s: k for k, s in enumerate(used)}
     scores = last_token_scores(model, [seqs[i] for i in used], tokenizer, device)

@@ -44,39 +44,26 @@ class Config:
     resume: bool = True
     preset: str = "tiny"
     # optimisation
-    # Updates are what a tiny model needs most. The same 38,400 conversations (each seen about
-    # once) in smaller batches, from one pretrained checkpoint, test / heldout prompt-strict over
-    # 500 + 500 prompts, two or three seeds each (2026-12-01): 32 x 1200 steps 52.0 / 32.2 and 51.2 / 40.6
-    # (117-121 s); 16 x 2400 55.0 / 36.8 and 56.0 / 32.8 (118-120 s); 8 x 4800 62.0 / 34.0 and
-    # 62.6 / 34.2 (143-150 s); after the two speed-ups in model.forward and make_optimizer, which
-    # change only rounding, 57.4 / 34.8, 56.8 / 37.4 and (seed 3) 52.8 / 35.6 in 125-134 s, against
-    # 51.6 / 32.2 for 32 x 1200. Reversing a list went from 12-24% to 43-81%: more updates let the
-    # model find its place in a list. Heldout did not move. (EXPERIMENTS.md, session 6.)
+    # Updates are what a tiny model needs most: the same conversations, each seen about once,
+    # in batches of 8 beat batches of 32 on test in every run, and more updates let the model
+    # find its place in a list (FINDINGS.md, "SFT training", batch size).
     batch_size: int = 8            # conversations per micro-batch
     grad_accum: int = 1
     max_steps: int = 4800
-    # A tiny model fine-tuned for minutes needs a high rate. Measured with AdamW, before Muon
-    # became the default (its rates: below), on the tiny preset (500 steps from one pretrained
-    # checkpoint, test prompt-strict): 1e-3 gave 3%, 3e-3 12%, 6e-3 21%; with length buckets
-    # (below), 1e-2 gave 13%. Re-checked at 32 x 1200 (300 prompts,
-    # 2026-11-30): 3e-3 53.3%, 6e-3 55.0%, 1e-2 53.7%; and at 8 x 4800 (500 prompts, mean of three
-    # seeds, 2026-12-01): 3e-3 61.1%, 4e-3 61.7%, 6e-3 61.6%, 9e-3 46.7%.
+    # A tiny model fine-tuned for minutes needs a high rate; 3e-3 to 6e-3 did alike, 9e-3 was
+    # too high, with AdamW and with Muon (FINDINGS.md, "SFT training", learning rate).
     learning_rate: float = 6e-3
     min_lr: float = 6e-4
     warmup_steps: int = 80
     # Decoupled weight decay (Loshchilov & Hutter 2019), paired with Muon as Liu et al. (2025) do:
     # it pulls the blocks' matrices (and, through AdamW, the embedding) towards zero each step.
-    # Over six SFT seeds 0.1 scored 71.6 / 46.8 against 67.7 / 43.7 without, higher in every
-    # seed (EXPERIMENTS.md, session 13). 0.0 turns it off.
+    # Over six SFT seeds 0.1 scored 71.6 / 46.8 against 67.7 / 43.7 without (test / heldout;
+    # FINDINGS.md, "SFT training", weight decay). 0.0 turns it off.
     weight_decay: float = 0.1
     # "muon": Muon for the blocks' weight matrices, AdamW for the rest (minift.training.Muon and
-    # make_optimizer); or "adamw" for all. From one pretrained model, SFT seeds 1337 / 2 / 3,
-    # test / heldout (EXPERIMENTS.md, sessions 12-13): Muon 71.6 / 45.2, 68.6 / 45.0, 66.6 /
-    # 44.0 against AdamW's 64.4 / 41.6, 58.4 / 38.2, 63.8 / 37.0: +6.7 / +5.8 points. Muon's
-    # step costs ~5 ms more on 2 CPU cores (fp32: SFT 164-197 s against AdamW's 138-147 s; bf16:
-    # 150-159 s on session 15's AMX CPU, 151-207 s on sessions 16-21's AMD EPYC, past the tiny
-    # preset's 3 minutes in slow hours); 4,400 steps to save time gained only +2.6 / +3.5.
-    # At this rate: 4e-3 69.2 / 43.7, 9e-3 63.0 / 41.1.
+    # make_optimizer); or "adamw" for all. Muon scored +6.7 / +5.8 points over AdamW (three
+    # seeds), for a fixed cost per step that needs all of SFT's steps to pay off: cut to save
+    # time, most of the gain went (FINDINGS.md, "SFT training", Muon).
     optimizer: str = "muon"
     grad_clip: float = 1.0
     dropout: float = 0.0
@@ -122,12 +109,12 @@ def get_batch(examples, order, batch_size, pad_token, generator, device, block_s
     masks. Right padding needs no attention mask at all: causal attention already keeps
     every real token from seeing the padding that follows it.
     Length buckets: a batch of conversations drawn at random is padded to its longest
-    one, which in our data wasted ~43% of the compute on padding (32 a batch; EXPERIMENTS.md, session 4).
+    one, which in our data wasted much of the compute on padding (FINDINGS.md, "SFT training").
     So the batch is drawn from a `window` of neighbours in `order` (examples sorted by
     length) that starts at a random place; the window wraps around the end, so every
     example is equally likely, and padding falls to a few percent. The length is then
-    rounded up to a multiple of 16 (minift.model.PAD_MULTIPLE says why), which adds ~10%
-    back (session 15).
+    rounded up to a multiple of 16 (minift.model.PAD_MULTIPLE says why), which adds a
+    little back.
     Returns x, y of shape (B, L); y is -1 (ignored by the loss) wherever mask is 0."""
     window = min(window, len(order))
     start = int(torch.randint(len(order), (1,), generator=generator))

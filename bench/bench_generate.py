@@ -8,8 +8,9 @@ much the cache saves. Without it, step t re-runs the whole prefix: O(t^2) attent
 O(t) MLP work per token instead of O(t) and O(1).
 
 --sampler times batched sampling as the preference data does it (256 rows, temperature 1,
-96 new tokens) with minift's inverse-CDF sampler and with torch.multinomial, the sampler
-before session 17, alternated in one process so that both see the machine alike.
+96 new tokens) with minift's inverse-CDF sampler and with torch.multinomial, one random
+number per vocabulary entry, alternated in one process so that both see the machine alike
+(FINDINGS.md, "Sampling and generation").
 """
 import os
 import sys
@@ -41,7 +42,7 @@ def main(new_tokens=128, batch=8, prompt_len=32, repeats=3):
 
 
 def multinomial_sampler(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
-    """The sampler before session 17 (without top-k or top-p): one random number per vocabulary entry."""
+    """torch.multinomial's sampler (without top-k or top-p): one random number per vocabulary entry."""
     return torch.multinomial((logits.float() / temperature).softmax(-1), 1, generator=generator).squeeze(-1)
 
 

@@ -11,17 +11,13 @@ after a warm-up, and reports the peak resident memory of the process.
 slows down or speeds up mid-run touches both alike, and print the ratio.
 
 --muon: Muon orthogonalises each block matrix's update with three Newton-Schulz
-iterations, a fixed cost per step that does not shrink with the batch. On this project's
-machine it is ~7 ms a step on top of AdamW's with our batched Muon (session 13), against
-~10 ms with torch.optim.Muon's one product per matrix (EXPERIMENTS.md, session 12).
+iterations, a fixed cost per step that does not shrink with the batch; our batched Muon
+makes one product per shape instead of one per matrix (FINDINGS.md, "Speed and precision").
 
---bf16: a CPU with AMX (Intel Sapphire Rapids and later) multiplies bf16 matrices in
-hardware. The plain figure above is fp32's. On this project's machine bf16 gained 1.28x
-(42 / 48 ms a step against 57 / 58; session 15), with attention kept in fp32 by the model
-(minift.model.attention); session 11 measured 1.15x with attention in bf16. So the training
-scripts use bf16 where the CPU has AMX or AVX512-BF16 (minift.training.Runtime.autocast);
-on session 16's AMD EPYC (AVX512-BF16, no AMX) bf16 was 1.45x as fast (fp32 102 / 84 ms a
-step, bf16 67 / 61).
+--bf16: a CPU with AMX (Intel Sapphire Rapids and later) or AVX512-BF16 multiplies bf16
+matrices in hardware. The plain figure above is fp32's. The training scripts use bf16 where
+the CPU has either (minift.training.Runtime.autocast), with attention kept in fp32 by the
+model (minift.model.attention); FINDINGS.md, "Speed and precision", has the ratios.
 """
 import contextlib
 import functools

@@ -13,15 +13,9 @@ One round, from the current model:
   3. fine-tune with train_sft.py for one epoch on the kept answers: each answer to a prompt
      whose greedy answer fell short `repeat_failed` times, and `others` of the rest;
   4. score the test and heldout prompts, as evaluate.py does.
-Why the weighting: what the model already answers right greedily teaches it little. On one
-draw of samples from session 18's SFT model (75.0 / 49.0 test / heldout prompt-strict), one
-epoch on all 1,706 kept answers alike scored 75.6 / 49.2, and weighted as here 76.8 / 50.2,
-76.4 / 49.2 and 76.8 / 50.6 over three fine-tuning seeds. Over three draws (seeds 1337 / 2 /
-3) this script scored 76.8 / 48.4, 75.2 / 46.8 and 75.8 / 47.4 after one round, and 76.0 /
-48.4, 74.8 / 47.0 and 76.6 / 49.4 after two: about a point on test, and a loss on heldout,
-where PPO from the same model gained nothing (74.9 / 49.7 over three seeds; EXPERIMENTS.md,
-session 19). Two rounds take about 4 minutes on 2 CPU cores, most of it sampling 16,000
-answers a round.
+Why the weighting: what the model already answers right greedily teaches it little
+(FINDINGS.md, "Beyond PPO: best-of-n and rejection sampling", has the figures). Two rounds
+take about 4 minutes on 2 CPU cores, most of it sampling 16,000 answers a round.
 """
 
 import json

@@ -45,11 +45,8 @@ class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"
     prompts: str = "data/generated/sft/rl_prompts.jsonl"   # IFEval-style records
     out_dir: str = "data/generated/prefs"
-    # 0 = all. 2000 (every tiny RL prompt): ~60 s on 2 CPU cores, then train_reward.py ~40 s.
-    # Held-out pair accuracy from one SFT model (2026-11-30): 1,000 prompts x 4 answers 55.4%
-    # (reward lr 3e-4); with lr 1e-3, 1,000 x 8 60.5% and 2,000 x 4 59.6% (EXPERIMENTS.md, "The
-    # reward model, sessions 4 to 6"). Later, 8 answers a prompt gave 74.4% against 4's 73.7%,
-    # in 106 s against 59 (session 9).
+    # 0 = all: every RL prompt, four answers each; eight answers a prompt gained the reward
+    # model under a point for twice the sampling (FINDINGS.md, "Preferences and the gold reward").
     num_prompts: int = 2000
     k: int = 4                    # answers per prompt -> up to k(k-1)/2 pairs
     temperature: float = 1.0

@@ -133,7 +133,7 @@ def spaced(words):
 
     Why no quotes: our BPE splits ` "egg"` into ` "`, `e`, `gg`, `"`, while the answer says
     ` egg`, one token. Copying a word the prompt names is then a spelling puzzle that a
-    1M-parameter model never solves (keywords:existence stayed at 0%). Bare, the prompt holds
+    1M-parameter model never solves. Bare, the prompt holds
     the very token the answer needs; tests/test_instructions.py checks this for every type."""
     return " and ".join(words)
 
@@ -292,9 +292,8 @@ def counted(parts):
     more than the previous counter, and "stop now?" is read off the tokens just written:
     "(n/n)" ends the list. A scratchpad, like the worked steps of list tasks (Nye et al.
     2021), placed at the end of the line, where the model decides whether another one
-    follows (at the start of the line it helped far less). Over three SFT seeds, bullets
-    went from 61% to 91% right on test and paragraphs from 54% to 97% (EXPERIMENTS.md,
-    session 11). The checkers count lines and dividers, so the counters change no verdict;
+    follows (at the start of the line it helped far less; FINDINGS.md, "SFT demonstrations").
+    The checkers count lines and dividers, so the counters change no verdict;
     IFEval's sentence splitter does read "(1/2)" as the start of the next sentence, and the
     count fit sees that."""
     return [f"{p} ({k}/{len(parts)})" for k, p in enumerate(parts, 1)]

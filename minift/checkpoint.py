@@ -80,7 +80,7 @@ def build_model(ckpt, cls=GPT, **kwargs):
     if cls is ScalarModel and not any(k.startswith("gpt.") for k in state):
         model.gpt.load_state_dict(state)
     else:
-        if cls is ScalarModel and "likelihood_weight" not in state:  # saved before session 9:
+        if cls is ScalarModel and "likelihood_weight" not in state:  # saved before the likelihood term:
             state = {**state, "likelihood_weight": torch.zeros(())}   # the head alone
         model.load_state_dict(state)
     return model

@@ -7,7 +7,7 @@ Internal forms:
 
 Every malformed record raises DataFormatError naming the file, the line (or, for a JSON array
 file, the record's 0-based index), the field, what is wrong and what was expected -- a data bug
-should cost one read of the message, not a debugging session.
+should cost one read of the message, not an afternoon of debugging.
 
 File detection: a ".json" file whose content starts with "[" is one JSON array of records (the
 Alpaca release); anything else is JSONL (one JSON object per line, blank lines skipped).

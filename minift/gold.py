@@ -28,8 +28,9 @@ flaws    how many of these five content flaws the response shows; each one halve
               keyword an instruction asked for ("Look at the owl.") do not count either way.
   garbled     a word that neither the prompt nor anything in the story world's text generators
               could have written ("OWba", "areAMP", "bunnys"): a sampling slip. Without this
-              flaw, 30% of the SFT model's garbled samples scored a perfect 1.0 (EXPERIMENTS.md,
-              session 9); a human rater would mark them down. Numbers (digits) are always words.
+              flaw, many garbled samples scored a perfect 1.0 when every checker passed
+              (FINDINGS.md, "Preferences and the gold reward"); a human rater would mark them
+              down. Numbers (digits) are always words.
 Why this shape:
   * The floor of 0.2 makes any attempt beat an empty answer, which scores lowest.
   * Flaws multiply: a flawed answer scores at most 0.5, half of a clean answer that passes

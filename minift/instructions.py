@@ -65,8 +65,7 @@ HELDOUT_VALUES = {  # one value per numeric kwarg (and one end phrase) never use
 # it. Above a minimum, a fifth more words (at least 3) and one sentence more: a model that
 # copies the answers' habits stops short now and then, and with references that cleared
 # "at least N" by 2 words and 0 sentences, every failed count was one that stopped short
-# (EXPERIMENTS.md, session 8: number_words 50-72% -> 62-81%, number_sentences 47-72% ->
-# 72-94% over six SFT seeds).
+# (FINDINGS.md, "SFT demonstrations").
 _exact = lambda kw: 0  # noqa: E731
 _by_relation = lambda kw: 1 if kw["relation"] == "at least" else -1  # noqa: E731
 

@@ -98,7 +98,7 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0):
     if torch.is_autocast_enabled("cpu"):
         # Under CPU autocast (minift.training.Runtime.autocast) attention stays fp32: the
         # products around it gain from bf16, but PyTorch's bf16 attention kernel for the CPU
-        # is ~8x slower to backpropagate than its fp32 one.
+        # is many times slower to backpropagate than its fp32 one (FINDINGS.md, "Speed and precision").
         with torch.autocast("cpu", enabled=False):
             return attention(q.float(), k.float(), v.float(), attn_mask, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
@@ -243,8 +243,8 @@ class GPT(nn.Module):
         With targets (B, T): (logits (N, V), loss), where the N positions are those whose target
         is not ignore_index (prompt tokens in SFT, padding), and loss is their mean cross-entropy.
         The output layer only runs where a target is scored: with V = 2053 against C = 128 it
-        is a large share of a tiny model's compute, and SFT scores only the answers (47% of
-        its tokens), so this makes an SFT step ~10% faster (8 x 100 tokens: 37 -> 33 ms)."""
+        is a large share of a tiny model's compute, and SFT scores only the answers (about half
+        of its tokens)."""
         x = self.hidden_states(idx, attention_mask, cache)  # (B, T, C)
         if targets is None:
             return self.lm_head(x), None
@@ -256,8 +256,7 @@ class GPT(nn.Module):
         """The output layer on some rows of hidden states, (N, C) -> (N, V). The rows are
         zero-padded to a multiple of ROW_MULTIPLE for the product and cut back after: N
         changes with every batch, and a new shape of product costs a new oneDNN kernel under
-        CPU autocast (see PAD_MULTIPLE). bf16 SFT steps took 41 ms with lengths padded but
-        not these rows, and 28 ms with both (fp32: 38)."""
+        CPU autocast (see PAD_MULTIPLE)."""
         n = h.size(0)
         return self.lm_head(F.pad(h, (0, 0, 0, -n % ROW_MULTIPLE)))[:n]
 
@@ -307,10 +306,9 @@ class GPT(nn.Module):
 
 # SFT's and the reward model's batches are padded to a multiple of this many tokens. Under
 # CPU autocast, oneDNN runs the bf16 products and builds a kernel for each new matrix shape
-# (~1 ms each), keeping ~1,000 of them. SFT's ~200 conversation lengths, times each product's
-# shapes, overflow that store, and bf16 steps went ~2x slower; 16 lengths cost ~10% more
-# padding instead. In fp32 (no oneDNN) the padding cost nothing we could measure: 37.6-39.3
-# ms an SFT step against 36.1-39.4 unpadded.
+# and keeps only so many. SFT's ~200 conversation lengths, times each product's shapes,
+# overflow that store and rebuild kernels at every step; a few lengths cost a little padding
+# instead, and nothing measurable in fp32 (FINDINGS.md, "Speed and precision").
 PAD_MULTIPLE = 16
 ROW_MULTIPLE = 64   # the same for the rows that the output layer scores (GPT.lm_head_rows)
 
@@ -353,9 +351,8 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     # Inverse-CDF sampling: one uniform number u per row, and the first token whose
     # cumulative probability exceeds u. torch.multinomial draws one random number per
-    # vocabulary entry instead (B x V): batched generation spent 28% of its time there, and
-    # 512 answers at temperature 1 took 5.1 s instead of 6.5-7.1 on 2 CPU cores (and
-    # `python bench/bench_generate.py --sampler`: 1.27x as fast).
+    # vocabulary entry instead (B x V), a large share of batched generation's time
+    # (`python bench/bench_generate.py --sampler`; FINDINGS.md, "Sampling and generation").
     probs = logits.softmax(-1)
     cdf = probs.cumsum(-1)                                                      # (B, V)
     u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
@@ -371,9 +368,9 @@ class ScalarModel(nn.Module):
     the head at the last real token (`reward`), and adds likelihood_weight times the mean
     log-probability that its own LM head gives the answer's tokens (0 gives InstructGPT's
     reward model exactly). Why the second term: the SFT model's likelihood alone ranks our
-    held-out preference pairs better than the trained head does (67% against 59%), because
-    a sampled answer that the model finds unlikely is usually one that went wrong; the head
-    learns what the likelihood misses (together 72-74%; EXPERIMENTS.md, session 9). It is
+    held-out preference pairs better than the trained head does, because a sampled answer
+    that the model finds unlikely is usually one that went wrong; the head learns what the
+    likelihood misses, and the two together beat both (FINDINGS.md, "The reward model"). It is
     DPO's observation (Rafailov et al. 2023) that an LM's log-probabilities are a reward,
     used here beside the head rather than instead of it."""
 

@@ -200,7 +200,7 @@ def add_earlier_turns(records, share, rng):
     """Chat practice: `share` of the records get another record's prompt and answer as an
     earlier exchange before their own, so that the model learns to answer the LAST user
     message of a conversation (sample.py --chat). Trained on one-turn data only, it answered
-    the first message again (EXPERIMENTS.md, session 8). The IFEval fields (prompt,
+    the first message again (FINDINGS.md, "SFT demonstrations"). The IFEval fields (prompt,
     instruction ids, kwargs) stay those of the last turn. The other record is drawn from all
     of them, so a record could in principle draw itself (1 in 40,000 at the tiny preset's
     size, and none did). Runs after the prompts are drawn, on its own random stream: the

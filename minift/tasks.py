@@ -143,7 +143,7 @@ def draft_list_things(rng, kw):
     things = world.PLACE_THINGS[place]
     # Listed in the world's own order (PLACE_THINGS), not shuffled: then each thing has a usual
     # successor, and greedy decoding walks the list instead of repeating its likeliest item
-    # (shuffled answers left list_things at 27%, most failures "a shell, a shell, a shell").
+    # (shuffled, most failures were "a shell, a shell, a shell").
     items = [_a(things[i]) for i in sorted(rng.sample(range(len(things)), n))]
     others = [_a(t) for t in rng.sample(things, n)]
     spare = cycle([t for t in things if _a(t) not in items])
@@ -183,11 +183,9 @@ def sample_question(rng):
         # green camera."), and a yes-no verdict comes after it ("... so the answer is no.").
         # Copying a span is the look-up a small transformer learns first (an induction head:
         # find the name, copy what followed it); re-wording the fact ("Max's camera is
-        # green") or saying yes or no before looking is harder. The pet, food and place
-        # replies always copied, and were right 95% of the time while colour questions were
-        # right 2 times in 21. With copied replies SFT gained 1.3 points on test and 4.1 on
-        # heldout (same prompts, three pairs of runs; EXPERIMENTS.md, session 5). Colours stay
-        # weak: the keyword filler ("The muffin is black.") pairs things with random colours.
+        # green") or saying yes or no before looking is harder (FINDINGS.md, "SFT
+        # demonstrations"). Colours stay weak: the keyword filler ("The muffin is black.")
+        # pairs things with random colours.
         fact = f"{n1} has {_a(c1)} {thing}"
         if kind == "color":
             q, answer, wrong, reply = f"What color is {n1}'s {thing}?", c1, c2, f"{fact}."
@@ -232,14 +230,14 @@ def draft_list_op(transform, title, work=None):
 
 
 # The worked steps. The checkers only look for the finished list, so steps are allowed, and
-# they turn a look-up the tiny model fails into ones it can do (EXPERIMENTS.md, session 8):
+# they turn a look-up the tiny model fails into ones it can do (FINDINGS.md, "SFT demonstrations"):
 # * Reversing: in the prompt ("snail, spider, key") the word before "key" is two tokens back,
 #   behind a comma. Copied once without commas, it is the token just before, and the reversed
-#   list walks that copy backwards: reverse_list 58% -> 81-83% on test (means of 3 seeds).
+#   list walks that copy backwards.
 # * Upper-casing: ` turtle` -> ` T`,`UR`,`TLE` is a spelling the model must recall per word.
 #   Right next to its word ("turtle is TURTLE") it recalls it well; from a word somewhere in
-#   the prompt list it did not (0%). The final list must still copy the capitals past the
-#   "frog is" in between, and that copy is where it now fails (uppercase_list 0% -> 4-9%).
+#   the prompt list it did not. The final list must still copy the capitals past the
+#   "frog is" in between, and that copy is where it now fails.
 # Sorting got steps too ("By first letter: p pie, s shovel"); they did not help, so it has none.
 def reverse_steps(words):
     return "From the start: " + " ".join(words) + "."

@@ -38,13 +38,12 @@ class Runtime:
         """bf16 autocast: matmuls run in bf16 while weights and the optimizer stay fp32.
         bf16 keeps fp32's exponent range, so it needs no loss scaler (unlike fp16).
         On CUDA the tensor cores multiply bf16. On a CPU with AMX (Intel Xeon since Sapphire
-        Rapids) the tiny model's bf16 products run ~3x faster than fp32 ones, and its SFT
-        steps take 28 ms instead of 38, with attention kept in fp32 (minift.model.attention)
-        and batches padded to few shapes (minift.model.PAD_MULTIPLE). AVX512-BF16's dot
-        products (AMD since Zen 4, Intel since Cooper Lake) gain less: pretraining steps 1.45x
-        as fast, 1,200 SFT steps 1.3x, on session 16's AMD EPYC. Other CPUs have no bf16
-        products, so there, and on MPS, we run in fp32; so does any dtype but "bfloat16" on a
-        CPU (dtype="float32" turns autocast off everywhere)."""
+        Rapids) or AVX512-BF16's dot products (AMD since Zen 4, Intel since Cooper Lake) the
+        tiny model's training steps run faster too, with attention kept in fp32
+        (minift.model.attention) and batches padded to few shapes (minift.model.PAD_MULTIPLE;
+        FINDINGS.md, "Speed and precision"). Other CPUs have no bf16 products, so there, and
+        on MPS, we run in fp32; so does any dtype but "bfloat16" on a CPU (dtype="float32"
+        turns autocast off everywhere)."""
         if self.device_type == "cuda" and dtype in ("bfloat16", "float16"):
             return torch.autocast("cuda", dtype=getattr(torch, dtype))
         if self.device_type == "cpu" and dtype == "bfloat16" and cpu_multiplies_bf16():
@@ -138,9 +137,8 @@ def orthogonalize(updates, steps=MUON_NS_STEPS):
     smaller size. The products run in bf16, as in Jordan et al.'s and PyTorch's Muon: the
     result is an approximation anyway, and bf16 products are fast on GPUs and on CPUs with
     AMX or AVX512-BF16. One batched product per shape, instead of torch.optim.Muon's one per
-    matrix, halves the cost for the tiny model's 16 small matrices: 3.4 ms against 7.1 for
-    the iterations, and 6.2 ms against 11.2 for SFT's whole optimizer step (Muon and AdamW),
-    on 2 CPU cores."""
+    matrix, about halves the cost for the tiny model's 16 small matrices (FINDINGS.md, "Speed
+    and precision")."""
     a, b, c = MUON_NS_COEFFICIENTS
     x = updates.bfloat16()
     x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=1e-7)
@@ -204,9 +202,7 @@ def make_optimizer(model, lr, weight_decay, kind="adamw", betas=(0.9, 0.95), eps
     Muon (kind="muon", the class above) is meant for hidden layers only: the embedding (tied
     to the LM head here), gains and biases stay with AdamW. It runs 3 Newton-Schulz
     iterations, not PyTorch's default 5: SFT on the tiny preset with 3 scored at least as well
-    (67.9 / 45.2 against 67.5 / 41.7, test / heldout, three seeds; AdamW 62.2 / 38.9) for
-    about two thirds of the cost (EXPERIMENTS.md, session 12). With the batched products SFT's
-    optimizer step takes 6.2 ms on 2 CPU cores for the tiny model, against AdamW's 1.3 (session 13)."""
+    for about two thirds of the cost (FINDINGS.md, "SFT training", Muon)."""
     params = [p for p in model.parameters() if p.requires_grad]
     hidden = []
     if kind == "muon":
@@ -219,8 +215,7 @@ def make_optimizer(model, lr, weight_decay, kind="adamw", betas=(0.9, 0.95), eps
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
     # One fused kernel for the whole update, on GPU and on CPU. Without it PyTorch's CPU
-    # default loops over the tensors one by one: 2.5 ms a step for the tiny model against
-    # 0.5 ms fused, which adds up over SFT's 4,800 small steps.
+    # default loops over the tensors one by one, which adds up over SFT's 4,800 small steps.
     fused = device_type in ("cuda", "cpu")
     adamw = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
     if not hidden:

@@ -114,7 +114,7 @@ def test_reference_answers_use_only_world_words():
 
 
 def test_garbled_words_are_found():
-    # Slips from the SFT model's temperature-1 samples (EXPERIMENTS.md, session 9).
+    # Slips from the SFT model's temperature-1 samples (FINDINGS.md, "Preferences and the gold reward").
     answer = "A deer is a big animal. OWba Tomatoes areAMP. <|user|>oiders are animals. Two bunnys."
     assert garbled_words("Describe a deer.", answer) == ["OWba", "areAMP", "user", "oiders", "bunnys"]
     assert garbled_words("Describe a Zorp.", "The Zorp has 3 legs. Max's kite is red.") == []  # prompt words, digits
