@@ -1,12 +1,12 @@
 """
 Preference data for the reward model, made the InstructGPT way with a program as the rater:
 
-    python data/make_preferences.py                  # tiny preset: out/sft/ckpt.pt, 2000 prompts x 4 answers
-    python data/make_preferences.py --k=6 --num_prompts=0    # every RL prompt, 6 answers each
+    python data/make_preferences.py                  # tiny preset: out/sft/ckpt.pt, 2000 prompts x 8 answers
+    python data/make_preferences.py --k=4 --num_prompts=0    # every RL prompt, 4 answers each
 
-For each prompt of data/generated/sft/rl_prompts.jsonl the SFT model samples K answers
-(temperature 1: the RM must see the policy's real spread of good and bad answers, which
-greedy decoding would hide). The gold reward (minift/gold.py) scores each answer, and every
+For each prompt of data/generated/sft/rl_prompts.jsonl the SFT model samples K answers at
+PPO's temperature (sampled, not greedy: the RM must see the policy's real spread of good and
+bad answers, which greedy decoding would hide). The gold reward (minift/gold.py) scores each answer, and every
 two answers of a prompt with different scores make a pair, the higher one "chosen".
 InstructGPT's labelers likewise ranked K = 4..9 answers per prompt, giving C(K,2) pairs.
 Ties carry no preference, so they are dropped (a human would say "about the same").
@@ -45,11 +45,14 @@ class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"
     prompts: str = "data/generated/sft/rl_prompts.jsonl"   # IFEval-style records
     out_dir: str = "data/generated/prefs"
-    # 0 = all: every RL prompt, four answers each; eight answers a prompt gained the reward
-    # model under a point for twice the sampling (FINDINGS.md, "Preferences and the gold reward").
+    # 0 = all. Eight answers to each of the 2,000 tiny RL prompts give more comparisons than SFT
+    # has demonstrations, as InstructGPT had (FINDINGS.md, "Preferences and the gold reward").
     num_prompts: int = 2000
-    k: int = 4                    # answers per prompt -> up to k(k-1)/2 pairs
-    temperature: float = 1.0
+    k: int = 8                    # answers per prompt -> up to k(k-1)/2 pairs
+    # PPO's sampling temperature: the reward model learns to judge the answers the policy will
+    # write. At temperature 1 a third of the answers held a garbled word, and the pairs were
+    # more about spelling than about the instructions.
+    temperature: float = 0.7
     max_new_tokens: int = 96
     batch_size: int = 256         # sequences generated together
     val_fraction: float = 0.1     # share of prompts held out, whole

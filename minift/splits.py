@@ -192,7 +192,7 @@ def satisfied_without(base, items, seed):
 
 
 # Records per split by default (the tiny preset's sizes; data/make_sft.py reads them too).
-SPLIT_SIZES = {"train": 40000, "test": 500, "heldout": 500, "rl_prompts": 2000}
+SPLIT_SIZES = {"train": 12000, "test": 500, "heldout": 500, "rl_prompts": 2000}
 EARLIER_TURN_SHARE = 0.1  # train conversations that start with an earlier, unrelated exchange
 
 
@@ -202,8 +202,8 @@ def add_earlier_turns(records, share, rng):
     message of a conversation (sample.py --chat). Trained on one-turn data only, it answered
     the first message again (FINDINGS.md, "SFT demonstrations"). The IFEval fields (prompt,
     instruction ids, kwargs) stay those of the last turn. The other record is drawn from all
-    of them, so a record could in principle draw itself (1 in 40,000 at the tiny preset's
-    size, and none did). Runs after the prompts are drawn, on its own random stream: the
+    of them, so a record could in principle draw itself (1 in 12,000 at the tiny preset's
+    size). Runs after the prompts are drawn, on its own random stream: the
     splits' prompts do not change."""
     for r in records:
         if rng.random() < share:

@@ -1,0 +1,75 @@
+"""Tests for the simulated demonstrators (minift/demonstrators.py) and their effect on the splits."""
+
+from collections import Counter
+from random import Random
+
+import pytest
+
+from data.make_sft import demo_pass_rate
+from minift.demonstrators import HABITS, Habit, demonstrate, slipped_kwargs
+from minift.instructions import REGISTRY
+from minift.splits import make_splits, sample
+
+SIZES = {"train": 600, "test": 100, "heldout": 100, "rl_prompts": 50}
+
+
+@pytest.fixture(scope="module")
+def samples():
+    rng = Random(7)
+    return [sample(rng, "train") for _ in range(400)]
+
+
+def test_every_instruction_type_has_a_habit():
+    assert set(HABITS) == set(REGISTRY)
+    assert all(0 < h.rate < 1 for h in HABITS.values())
+    common = [iid for iid, h in HABITS.items() if h.rate > 0.5]
+    assert 2 <= len(common) < len(HABITS) / 3  # a few common habits, the rest rare
+
+
+def test_a_slip_fails_its_instruction_and_only_slips_fail(samples):
+    for scale in (1.0, 3.0):  # scale 3: most instructions slip
+        rng = Random(1)
+        for s in samples:
+            answer, slipped = demonstrate(s, rng, scale)
+            for ins, kw in s.items:
+                assert ins.verify(answer, kw) == (ins.id not in slipped), (ins.id, s.prompt, answer)
+
+
+def test_slip_frequency_follows_the_rates(samples):
+    asked, slipped = Counter(), Counter()
+    for _ in range(5):
+        rng = Random(len(asked))
+        for s in samples:
+            asked.update(ins.id for ins, _ in s.items)
+            slipped.update(demonstrate(s, rng)[1])
+    for iid in ("detectable_content:postscript", "startend:end_checker"):  # common habits, with room to measure
+        assert abs(slipped[iid] / asked[iid] - HABITS[iid].rate) < 0.1, (iid, slipped[iid], asked[iid])
+    assert sum(slipped.values()) / sum(asked.values()) < 0.4
+
+
+def test_scale_zero_is_perfect_and_a_smaller_scale_slips_on_a_subset(samples):
+    for s in samples[:100]:
+        assert demonstrate(s, Random(3), 0.0) == (s.response, [])
+        half, full = demonstrate(s, Random(3), 0.5)[1], demonstrate(s, Random(3), 1.0)[1]
+        assert set(half) <= set(full)
+
+
+def test_count_slips_go_one_past_or_to_the_other_side():
+    bullets = Habit(0.2, "one too many", "num_bullets")
+    assert slipped_kwargs(bullets, {"num_bullets": 3}) == {"num_bullets": 4}
+    words = Habit(0.2, "the other side", "relation")
+    assert slipped_kwargs(words, {"num_words": 20, "relation": "less than"})["relation"] == "at least"
+
+
+def test_slips_change_answers_not_prompts():
+    perfect, slipped = make_splits(0, SIZES, slip_scale=0.0), make_splits(0, SIZES)
+    for split in SIZES:
+        assert [r["prompt"] for r in perfect[split]] == [r["prompt"] for r in slipped[split]]
+    assert all(r["slips"] == [] for r in perfect["train"])
+    rate_perfect, _ = demo_pass_rate(perfect["train"])
+    rate_slipped, per_type = demo_pass_rate(slipped["train"])
+    assert rate_perfect == 1.0   # every reference answer passes its checkers
+    assert 0.45 < rate_slipped < 0.8
+    assert per_type["detectable_content:postscript"]["strict"] < 0.5  # a common habit shows
+    assert sum(bool(r["slips"]) for r in slipped["train"]) / len(slipped["train"]) == pytest.approx(1 - rate_slipped,
+                                                                                                   abs=0.02)
