@@ -34,6 +34,7 @@ from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
 from minift.config import cli_config, run
+from minift.demonstrators import HABITS
 from minift.scoring import paired_difference
 
 
@@ -275,28 +276,39 @@ def report_markdown(r):
 
 
 MODEL_NAMES = {"sft_perfect": "sft (perfect demonstrations)"}
+COMMON_HABITS = [iid for iid, habit in HABITS.items() if habit.rate > 0.5]
 
 
 def story_lines(r):
-    """One line per stage: what it changed, read off the numbers above (test split)."""
+    """One line per stage: what it changed, read off the numbers above (test split). The
+    common habits are the demonstrators' slips of over half the time (minift/demonstrators.py)."""
     ev, d, rm = r["eval"], r["stages"]["data"], r["stages"]["reward"]
     if "demo_pass_rates" not in d or "sampled_strict" not in ev["sft"]["test"]:
         return []   # a report from before the demonstrators and sampled answers existed
 
     def test(model, key="prompt_strict"):
         return 100 * ev[model]["test"][key]
-    demo = 100 * d["demo_pass_rates"]["test"]
+
+    def on_habits(rates):   # pass rate over the common habits' instructions, weighted by their counts
+        rows = [(r["per_type"]["sft"][iid]["n"], rates[iid]) for iid in COMMON_HABITS
+                if iid in rates and iid in r["per_type"]["sft"]]
+        return 100 * sum(n * x for n, x in rows) / max(1, sum(n for n, _ in rows))
+    demo, habits = 100 * d["demo_pass_rates"]["test"], {m: {iid: row["strict"] for iid, row in
+                                                            r["per_type"][m].items()} for m in ("sft", "ppo")}
     lines = ["", "## What each stage changed (test split, prompt-level strict)", "",
              f"- **Pretraining** gives a model that continues text but does not follow instructions: "
              f"{test('base'):.1f}%.",
              f"- **SFT** copies its demonstrators, slips included: {test('sft'):.1f}% greedy "
-             f"({test('sft') - test('base'):+.1f} over the base model), {test('sft', 'sampled_strict'):.1f}% sampled, "
-             f"against the demonstrations' own {demo:.1f}%.",
+             f"({test('sft') - test('base'):+.1f} over the base model), {test('sft', 'sampled_strict'):.1f}% sampled; "
+             f"the demonstrations pass {demo:.1f}%. On the instructions of the common habits SFT passes "
+             f"{on_habits(habits['sft']):.1f}%, its demonstrators {on_habits(d['demo_per_type']):.1f}%.",
              f"- **The reward model** learns what the judges prefer: it ranks {100 * rm['pair_accuracy']:.1f}% "
              f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f}).",
-             f"- **PPO** moves the policy {'above' if test('ppo') >= demo else 'toward'} its demonstrators: "
-             f"{test('ppo'):.1f}% greedy ({test('ppo') - test('sft'):+.1f} over SFT), "
-             f"{test('ppo', 'sampled_strict'):.1f}% sampled ({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f})."]
+             f"- **PPO** against the reward model: {test('ppo'):.1f}% greedy ({test('ppo') - test('sft'):+.1f} over "
+             f"SFT), {test('ppo', 'sampled_strict'):.1f}% sampled "
+             f"({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f}); "
+             f"{'above' if test('ppo') >= demo else 'below'} the demonstrations' {demo:.1f}%. On the common "
+             f"habits' instructions it passes {on_habits(habits['ppo']):.1f}%."]
     if "sft_perfect" in ev:
         lines.append(f"- **SFT on perfect demonstrations** (the reference run): {test('sft_perfect'):.1f}% greedy, "
                      f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled.")
