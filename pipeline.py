@@ -226,7 +226,8 @@ def report_markdown(r):
     lines += ["", "## Per instruction type (test split, strict)", "", "| type | n | SFT | PPO |", "|---|---:|---:|---:|"]
     for iid, row in sorted(r["per_type"]["sft"].items()):
         ppo = r["per_type"]["ppo"].get(iid, {}).get("strict", 0)
-        lines.append(f"| {iid} | {row['n']} | {pct(row['strict'])} | {pct(ppo)} |")
+        unchecked = " (language not checked: langdetect not installed)" if row.get("language_checked") is False else ""
+        lines.append(f"| {iid}{unchecked} | {row['n']} | {pct(row['strict'])} | {pct(ppo)} |")
     return "\n".join(lines) + "\n"
 
 
