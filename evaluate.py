@@ -12,6 +12,9 @@ It reads IFEval's input JSONL ({"key", "instruction_id_list", "prompt", "kwargs"
 is also the format of our generated splits, answers with batched greedy decoding through
 the KV cache, and writes IFEval's response JSONL ({"prompt", "response"}), so the same
 answers can be scored by Google's own instruction_following_eval tooling. It prints:
+  * "scored N of M prompts": a prompt whose ids we cannot check is counted, not scored;
+    a warning counts the prompts longer than the model's context, whose start was cut off;
+    the language checks need `pip install langdetect` (without it, the printout says so);
   * prompt-level accuracy: the share of prompts whose instructions all pass;
   * instruction-level accuracy: passed instructions over all instructions;
   each strict (the response as is) and loose (IFEval's 8 relaxed variants);

@@ -271,7 +271,8 @@ def report_markdown(r):
     for iid, row in sorted(r["per_type"]["sft"].items()):
         ppo = r["per_type"]["ppo"].get(iid, {}).get("strict", 0)
         demo = pct(demos[iid]) if iid in demos else ""
-        lines.append(f"| {iid} | {row['n']} | {demo} | {pct(row['strict'])} | {pct(ppo)} |")
+        unchecked = " (language not checked: langdetect not installed)" if row.get("language_checked") is False else ""
+        lines.append(f"| {iid}{unchecked} | {row['n']} | {demo} | {pct(row['strict'])} | {pct(ppo)} |")
     return "\n".join(lines) + "\n"
 
 

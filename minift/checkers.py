@@ -1,13 +1,20 @@
 """IFEval's checkers (Zhou et al. 2023; google-research/instruction_following_eval,
 instructions.py `check_following`) as pure functions: check_*(response, **kwargs) -> bool.
 
-Same semantics as IFEval; comments say where we differ (no NLTK, no langdetect: our world is
-small, English-only text). The empty-response rule (strict fails on "") is applied once, in
-minift/scoring.py, not here.
+Same semantics as IFEval; comments say where we differ. NLTK's sentence and word splitting
+is re-implemented in minift/ifeval_text.py. The language checks ask `langdetect`, as IFEval
+does, when it is installed (it is optional); without it `language_checked()` is False and
+minift/scoring.py says so. The data builders and the gold reward use the checkers of
+minift/instructions.py's registry, which differ from IFEval's in two places: sentences are
+counted as our stories write them (check_sentences), and the all-capital / all-lowercase
+checks look at the case only, so that the generated data never depends on an optional
+package. The empty-response rule (strict fails on "") is applied once, in minift/scoring.py.
 """
 
 import json
 import re
+
+from minift import ifeval_text
 
 RELATIONS = ("less than", "at least")  # IFEval's only two comparison relations
 
@@ -26,8 +33,9 @@ _SENTENCE_END = re.compile(r'[.!?]+(?:(?=\s|$)|["\u201d]+(?=$|\s+[^a-z\s]))')
 
 
 def split_sentences(text):
-    """IFEval uses NLTK's punkt; this small splitter agrees with it on our simple English.
-    A "P.S." marker is not a sentence end; a piece with no word in it is not a sentence."""
+    """Sentences as our generated answers write them, for the data builders and the gold
+    reward: a quote with its speech tag ('"Let's play!" said Tom.') is one sentence, and so is
+    a "P.S." line. IFEval's Punkt splits both in two (ifeval_text.split_sentences)."""
     pieces = _SENTENCE_END.split(_PS_MARK.sub("PS", text))
     return [p.strip() for p in pieces if re.search(r"\w", p)]
 
@@ -93,14 +101,14 @@ def check_json(response):
 
 
 def check_postscript(response, postscript_marker):
-    # As in our IFEval note: a line starts with the marker. IFEval's own regex has no "^",
-    # so it also accepts the marker mid-line; our builders always start a line with it.
+    # IFEval's regexes have no "^": the marker may stand anywhere, so a "P.P.S." line also
+    # satisfies "P.S." (it holds "p.s."). Our builders start a line with the marker.
     if postscript_marker == "P.P.S":
-        pattern = r"^\s*p\.\s?p\.\s?s.*$"
+        pattern = r"\s*p\.\s?p\.\s?s.*$"
     elif postscript_marker == "P.S.":
-        pattern = r"^\s*p\.\s?s\..*$"
+        pattern = r"\s*p\.\s?s\..*$"
     else:
-        pattern = r"^\s*" + re.escape(postscript_marker.lower()) + r".*$"
+        pattern = r"\s*" + re.escape(postscript_marker.lower()) + r".*$"
     return bool(re.search(pattern, response.lower(), flags=re.MULTILINE))
 
 
@@ -113,7 +121,7 @@ def check_no_comma(response):
 
 
 def check_capital(response):
-    # IFEval also asks langdetect for "en"; our closed world is English-only, so we skip it.
+    # The case alone (the registry's check); IFEval's also asks langdetect: check_english_capital.
     return response.isupper()
 
 
@@ -126,7 +134,13 @@ def check_words(response, num_words, relation):
 
 
 def check_sentences(response, num_sentences, relation):
+    # Our count (split_sentences), which the builders fit; IFEval's is check_ifeval_sentences.
     return _holds(count_sentences(response), relation, num_sentences)
+
+
+def check_ifeval_sentences(response, num_sentences, relation):
+    """IFEval's NumberOfSentences: sentences as NLTK's Punkt splits them."""
+    return _holds(len(ifeval_text.split_sentences(response)), relation, num_sentences)
 
 
 def check_repeat(response, prompt_to_repeat):
@@ -172,6 +186,65 @@ def check_constrained(response):
 
 
 def check_capital_words(response, capital_frequency, capital_relation):
-    # IFEval tokenizes with nltk.word_tokenize; \w+ runs give the same count on our text.
-    capitals = [w for w in re.findall(r"\w+", response) if w.isupper()]
-    return _holds(len(capitals), capital_relation, capital_frequency)
+    # Words as nltk.word_tokenize splits them: "P.S." is one capital word, not two.
+    return _holds(ifeval_text.count_capital_words(response), capital_relation, capital_frequency)
+
+
+# --------------------------------------------------------------------------- IFEval's ids the registry lacks
+
+def check_sections(response, section_spliter, num_sections):
+    """At least N sections, each opened by "<Spliter> <n>" ("SECTION 1")."""
+    return len(re.split(rf"\s?{re.escape(section_spliter.strip())}\s?\d+\s?", response)) - 1 >= num_sections
+
+
+def check_letter_frequency(response, letter, let_frequency, let_relation):
+    """The letter's count in the lower-cased response (IFEval: relation "less than", else "at least")."""
+    count = response.lower().count(letter.strip().lower())
+    return count < let_frequency if let_relation == "less than" else count >= let_frequency
+
+
+def check_nth_paragraph_first_word(response, num_paragraphs, nth_paragraph, first_word):
+    """Exactly N paragraphs split on blank lines ("\\n\\n"), and the nth starts with the word
+    (lower-cased, leading quotes dropped, cut at the first . , ? ! ' or ")."""
+    paragraphs = response.split("\n\n")
+    count = sum(1 for p in paragraphs if p.strip())
+    if nth_paragraph > count or not paragraphs[nth_paragraph - 1].strip():
+        return False  # (IFEval indexes the split with the empty pieces still in it)
+    word = paragraphs[nth_paragraph - 1].split()[0].lstrip("'").lstrip('"')
+    first = re.match(r"[^.,?!'\"]*", word).group().lower()
+    return count == num_paragraphs and first == first_word.lower()
+
+
+# --------------------------------------------------------------------------- language (optional langdetect)
+
+try:
+    import langdetect  # IFEval's language detector; optional here
+    langdetect.DetectorFactory.seed = 0  # deterministic verdicts (IFEval leaves it unseeded)
+except ImportError:
+    langdetect = None
+
+
+def language_checked():
+    """Whether the language checks below can run: langdetect is installed."""
+    return langdetect is not None
+
+
+def _in_language(text, language):
+    # IFEval: langdetect.detect(text) == language, and text it cannot detect counts as followed.
+    try:
+        return langdetect.detect(text) == language
+    except langdetect.LangDetectException:
+        return True
+
+
+def check_response_language(response, language):
+    return _in_language(response, language)
+
+
+def check_english_capital(response):
+    """IFEval's english_capital: all upper case AND detected as English (case only without langdetect)."""
+    return response.isupper() and (langdetect is None or _in_language(response, "en"))
+
+
+def check_english_lowercase(response):
+    return response.islower() and (langdetect is None or _in_language(response, "en"))

@@ -13,6 +13,12 @@ import torch
 from minift.scoring import aggregate, score
 
 
+def render_prompts(tokenizer, prompts):
+    """Token ids of each prompt through the chat template: a user message (a string), or a
+    whole conversation (a list of messages that ends with the user's)."""
+    return [tokenizer.render_prompt(p if isinstance(p, list) else [{"role": "user", "content": p}]) for p in prompts]
+
+
 @torch.no_grad()
 def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size=64, temperature=0.0,
                        generator=None):
@@ -22,10 +28,8 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
     order. Greedy (temperature 0) by default, as IFEval reports."""
     was_training = model.training
     model.eval()
-    rendered = [tokenizer.render_prompt(p if isinstance(p, list) else [{"role": "user", "content": p}])
-                for p in prompts]
     limit = model.config.block_size - max_new_tokens
-    rendered = [ids[-limit:] for ids in rendered]  # keep the end of over-long prompts
+    rendered = [ids[-limit:] for ids in render_prompts(tokenizer, prompts)]  # keep the end of over-long prompts
     order = sorted(range(len(prompts)), key=lambda i: len(rendered[i]))
     responses = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -99,12 +103,16 @@ def earlier_exchanges(records, seed=0):
 def evaluate_records(model, tokenizer, records, max_new_tokens=128, batch_size=64, earlier=None):
     """records: IFEval inputs {"prompt", "instruction_id_list", "kwargs"} -> (metrics, responses).
     metrics has prompt/instruction x strict/loose accuracies, a per-type table and the
-    count of unsupported instruction ids (see minift/scoring.py). With `earlier` (one list of
-    messages per record, e.g. from earlier_exchanges) each prompt is asked after them."""
+    count of unsupported instruction ids (see minift/scoring.py), and "prompts_cut": how many
+    prompts were longer than the model can read before its answer ("prompt_token_limit"
+    tokens) and lost their start. With `earlier` (one list of messages per record, e.g. from
+    earlier_exchanges) each prompt is asked after them."""
     prompts = [r["prompt"] for r in records]
     if earlier is not None:
         prompts = [turns + [{"role": "user", "content": p}] for turns, p in zip(earlier, prompts, strict=True)]
     responses = generate_responses(model, tokenizer, prompts, max_new_tokens, batch_size)
     scored = [score(resp, r["instruction_id_list"], r["kwargs"], r["prompt"]) | {"instruction_id_list": r["instruction_id_list"]}
               for resp, r in zip(responses, records)]
-    return aggregate(scored), responses
+    limit = model.config.block_size - max_new_tokens
+    cut = sum(len(ids) > limit for ids in render_prompts(tokenizer, prompts))
+    return aggregate(scored) | {"prompts_cut": cut, "prompt_token_limit": limit}, responses

@@ -8,14 +8,54 @@ loose   it passes when the checker says yes on ANY of 8 variants of the response
 Prompt-level accuracy: the share of prompts whose instructions ALL pass.
 Instruction-level accuracy: passed instructions / all instructions, pooled over prompts.
 
-An id we have no checker for (e.g. IFEval's language:response_language) is "unsupported":
-score() marks it None, aggregate() counts it under "unsupported" and judges the prompt on its
-supported ids only; a prompt with no supported id at all is counted but not scored.
+Scoring uses IFEval's own checkers (IFEVAL_CHECKERS): all 25 of IFEval's instruction ids,
+plus our task:* ids. Where they differ from the registry's, which make the data and the gold
+reward (minift/checkers.py says where), IFEval's win here. language:response_language needs
+langdetect; without it, it is "not checked", and english_capital/lowercase check the case alone.
+An id we have no checker for is "unsupported": score() marks it None, aggregate() counts it
+under "unsupported" and judges the prompt on its other ids; a prompt with no checkable id
+at all is counted but not scored, and format_table says "scored N of M prompts".
 """
 
 import statistics
 
+from minift import checkers as C
 from minift.tasks import CHECKERS, verify
+
+# IFEval's instruction ids (instructions_registry.py INSTRUCTION_DICT), all 25.
+IFEVAL_IDS = (
+    "keywords:existence", "keywords:frequency", "keywords:forbidden_words", "keywords:letter_frequency",
+    "language:response_language", "length_constraints:number_sentences", "length_constraints:number_paragraphs",
+    "length_constraints:number_words", "length_constraints:nth_paragraph_first_word",
+    "detectable_content:number_placeholders", "detectable_content:postscript",
+    "detectable_format:number_bullet_lists", "detectable_format:constrained_response",
+    "detectable_format:number_highlighted_sections", "detectable_format:multiple_sections",
+    "detectable_format:json_format", "detectable_format:title", "combination:two_responses",
+    "combination:repeat_prompt", "startend:end_checker", "change_case:capital_word_frequency",
+    "change_case:english_capital", "change_case:english_lowercase", "startend:quotation", "punctuation:no_comma")
+LANGUAGE_IDS = ("language:response_language", "change_case:english_capital", "change_case:english_lowercase")
+
+
+def _checker(check, names):
+    return lambda response, kw: check(response, **{k: kw[k] for k in names})
+
+
+_IFEVAL_OWN = {  # IFEval's checkers where the registry's differ, and the ids the registry has not
+    "length_constraints:number_sentences": (C.check_ifeval_sentences, ("num_sentences", "relation")),
+    "change_case:english_capital": (C.check_english_capital, ()),
+    "change_case:english_lowercase": (C.check_english_lowercase, ()),
+    "detectable_format:multiple_sections": (C.check_sections, ("section_spliter", "num_sections")),
+    "keywords:letter_frequency": (C.check_letter_frequency, ("letter", "let_frequency", "let_relation")),
+    "length_constraints:nth_paragraph_first_word": (C.check_nth_paragraph_first_word,
+                                                    ("num_paragraphs", "nth_paragraph", "first_word")),
+    "language:response_language": (C.check_response_language, ("language",)),
+}
+IFEVAL_CHECKERS = {**CHECKERS, **{iid: _checker(check, names) for iid, (check, names) in _IFEVAL_OWN.items()}}
+
+
+def checkable(iid):
+    """An id scoring can judge here: it has a checker, and a language check has langdetect."""
+    return iid in IFEVAL_CHECKERS and (iid != "language:response_language" or C.language_checked())
 
 # Student's t at 97.5% (two-sided 95%) for 1..9 degrees of freedom; 2.0 beyond (near the normal's 1.96).
 T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
@@ -33,11 +73,11 @@ def score(response, instruction_id_list, kwargs, prompt=""):
     strict, loose = [], []
     variants = [v for v in _variants(response) if v.strip()]  # an empty variant never passes
     for iid, kw in zip(instruction_id_list, kwargs):
-        if iid not in CHECKERS:
+        if not checkable(iid):
             strict.append(None)
             loose.append(None)
             continue
-        ok = lambda text: verify(text, [iid], [kw], prompt)[0]  # noqa: E731
+        ok = lambda text: verify(text, [iid], [kw], prompt, IFEVAL_CHECKERS)[0]  # noqa: E731
         strict.append(bool(response.strip()) and ok(response))
         loose.append(any(ok(v) for v in variants))
     return {"strict": strict, "loose": loose}
@@ -45,15 +85,18 @@ def score(response, instruction_id_list, kwargs, prompt=""):
 
 def aggregate(scored):
     """scored: [{"strict", "loose", "instruction_id_list"}] (score() output plus the ids).
-    Returns the four IFEval accuracies in [0, 1], a per-type table and unsupported counts."""
-    metrics = {"n_prompts": len(scored), "unsupported": {}, "per_type": {}}
+    Returns the four IFEval accuracies in [0, 1] over the prompts with a checkable id (n_scored
+    of n_prompts; n_partial of them had an id we could not check), a per-type table, and the
+    counts of unsupported ids."""
+    metrics = {"n_prompts": len(scored), "unsupported": {}, "per_type": {}, "language_checked": C.language_checked()}
     for level in ("strict", "loose"):
-        prompts_ok = prompts_n = inst_ok = inst_n = 0
+        prompts_ok = prompts_n = inst_ok = inst_n = partial = 0
         for rec in scored:
             marks = [(iid, m) for iid, m in zip(rec["instruction_id_list"], rec[level]) if m is not None]
             if marks:
                 prompts_n += 1
                 prompts_ok += all(m for _, m in marks)
+                partial += len(marks) < len(rec[level])
             inst_n += len(marks)
             inst_ok += sum(m for _, m in marks)
             for iid, m in zip(rec["instruction_id_list"], rec[level]):
@@ -66,22 +109,41 @@ def aggregate(scored):
                 row[level] += m
         metrics[f"prompt_{level}"] = prompts_ok / max(prompts_n, 1)
         metrics[f"instruction_{level}"] = inst_ok / max(inst_n, 1)
-    for row in metrics["per_type"].values():
+        metrics["n_scored"], metrics["n_partial"] = prompts_n, partial
+    for iid, row in metrics["per_type"].items():
         row["strict"] /= row["n"]
         row["loose"] /= row["n"]
+        if iid in LANGUAGE_IDS and not C.language_checked():
+            row["language_checked"] = False  # the case only: the report card marks the row
     return metrics
 
 
+NO_LANGDETECT = "language not checked: langdetect not installed"
+
+
 def format_table(metrics):
-    """A plain-text report: the four accuracies, then one row per type."""
-    lines = [f"prompts: {metrics['n_prompts']}",
-             f"prompt-level      strict {metrics['prompt_strict']:.1%}   loose {metrics['prompt_loose']:.1%}",
-             f"instruction-level strict {metrics['instruction_strict']:.1%}   loose {metrics['instruction_loose']:.1%}",
-             "", f"{'type':<48} {'n':>5} {'strict':>7} {'loose':>7}"]
+    """A plain-text report: how many prompts were scored, the four accuracies, then one row per type."""
+    n = metrics["n_prompts"]
+    scored, partial = metrics.get("n_scored", n), metrics.get("n_partial", 0)
+    lines = [f"scored {scored} of {n} prompts"
+             + (f" ({n - scored} have no instruction we can check)" if scored < n else "")
+             + (f"; {partial} scored on only some of their instructions" if partial else "")]
+    if metrics.get("prompts_cut"):
+        lines.append(f"warning: {metrics['prompts_cut']} of {n} prompts are longer than the "
+                     f"{metrics['prompt_token_limit']} tokens the model reads before its answer; "
+                     "their start was cut off")
+    if any(iid in LANGUAGE_IDS for iid in {**metrics["per_type"], **metrics["unsupported"]}) \
+            and not metrics.get("language_checked", True):
+        lines.append(f"{NO_LANGDETECT} (pip install langdetect): english_capital/lowercase check the case only")
+    lines += [f"prompt-level      strict {metrics['prompt_strict']:.1%}   loose {metrics['prompt_loose']:.1%}",
+              f"instruction-level strict {metrics['instruction_strict']:.1%}   "
+              f"loose {metrics['instruction_loose']:.1%}", "", f"{'type':<48} {'n':>5} {'strict':>7} {'loose':>7}"]
     for iid, row in sorted(metrics["per_type"].items()):
-        lines.append(f"{iid:<48} {row['n']:>5} {row['strict']:>7.1%} {row['loose']:>7.1%}")
-    for iid, n in sorted(metrics["unsupported"].items()):
-        lines.append(f"{iid:<48} {n:>5}  (unsupported: no checker; not scored)")
+        note = f"  ({NO_LANGDETECT})" if row.get("language_checked") is False else ""
+        lines.append(f"{iid:<48} {row['n']:>5} {row['strict']:>7.1%} {row['loose']:>7.1%}{note}")
+    for iid, n_ids in sorted(metrics["unsupported"].items()):
+        why = NO_LANGDETECT if iid in LANGUAGE_IDS else "unsupported: no checker"
+        lines.append(f"{iid:<48} {n_ids:>5}  ({why}; not scored)")
     return "\n".join(lines)
 
 

@@ -322,14 +322,15 @@ CHECKERS = {**{i: ins.verify for i, ins in REGISTRY.items()},
                for t in TASKS}}
 
 
-def verify(response, instruction_id_list, kwargs, prompt=""):
+def verify(response, instruction_id_list, kwargs, prompt="", checkers=CHECKERS):
     """[checker passes?] per id. Unknown ids raise KeyError (minift/scoring.py counts them).
     kwargs entries that are None (as in IFEval's HF export) are dropped; repeat_prompt falls
-    back to the prompt when prompt_to_repeat is missing."""
+    back to the prompt when prompt_to_repeat is missing. `checkers`: id -> (response, kwargs)
+    -> bool; minift/scoring.py passes IFEval's own (IFEVAL_CHECKERS)."""
     out = []
     for iid, kw in zip(instruction_id_list, kwargs):
         kw = {k: v for k, v in (kw or {}).items() if v is not None}
         if iid == "combination:repeat_prompt":
             kw.setdefault("prompt_to_repeat", prompt)
-        out.append(bool(CHECKERS[iid](response, kw)))
+        out.append(bool(checkers[iid](response, kw)))
     return out
