@@ -294,7 +294,7 @@ def test_splits_disjoint_and_heldout_novel():
     assert 0.07 < sum(len(r["messages"]) == 4 for r in splits["train"]) / len(splits["train"]) < 0.13
     assert all(len(r["messages"]) == 2 for name in ("test", "heldout", "rl_prompts") for r in splits[name])
     rec = splits["test"][0]
-    assert set(rec) == {"key", "prompt", "instruction_id_list", "kwargs", "messages"}
+    assert set(rec) == {"key", "prompt", "instruction_id_list", "kwargs", "messages", "slips"}
     assert rec["messages"][0] == {"role": "user", "content": rec["prompt"]}
     assert rec["instruction_id_list"][0].startswith("task:")
 
