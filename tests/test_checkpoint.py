@@ -1,0 +1,56 @@
+"""minift.checkpoint: atomic weights-only files, named config mismatches, exact resume, and the
+tokenizer each checkpoint carries."""
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from minift.checkpoint import (check_model_config, load_checkpoint, resume_training, save_checkpoint,
+                               save_training_checkpoint)
+from minift.model import GPT, GPTConfig
+
+
+def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    payload = {"kind": "pretrain", "step": 3, "model": {"w": torch.arange(4.0)}, "config": {"a": 1}}
+    save_checkpoint(path, payload)
+    assert not os.path.exists(path + ".tmp")
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+
+    class Evil:  # a pickled object (arbitrary code on load) is refused by weights_only
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="run this first"):
+        load_checkpoint(str(tmp_path / "missing.pt"), hint="run this first")
+
+
+def test_checkpoint_config_mismatch_is_named():
+    ckpt = {"model_config": dataclasses.asdict(GPTConfig(n_layer=4))}
+    check_model_config(ckpt, GPTConfig(n_layer=4), "c.pt")
+    with pytest.raises(ValueError, match="n_layer: checkpoint has 4, config asks for 6"):
+        check_model_config(ckpt, GPTConfig(n_layer=6), "c.pt")
+
+
+def test_resume_gives_rank_0_the_saved_draws_and_other_ranks_their_own(tmp_path):
+    """Only rank 0 saves its batch generator; after a DDP resume, rank 0 continues exactly,
+    and rank 1 must not copy rank 0's draws (both would train on the same batches)."""
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    path = str(tmp_path / "ckpt.pt")
+    saved = torch.Generator().manual_seed(7)
+    torch.randint(100, (5,), generator=saved)
+    save_training_checkpoint(path, "pretrain", 3, GPT(config), None, config, {}, saved, {})
+    expected = torch.randint(10**6, (8,), generator=saved)
+
+    draws = []
+    for rank in (0, 1):
+        generator = torch.Generator().manual_seed(7 + rank)
+        resume_training(path, GPT(config), None, generator, rank=rank, seed=7)
+        draws.append(torch.randint(10**6, (8,), generator=generator))
+    assert torch.equal(draws[0], expected)
+    assert not torch.equal(draws[1], expected)
+
