@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from minift.checkpoint import (check_model_config, load_checkpoint, resume_training, save_checkpoint,
-                               save_training_checkpoint)
+                               save_training_checkpoint, tokenizer_for)
 from minift.model import GPT, GPTConfig
+from minift.tokenizer import Tokenizer, save_ranks, train_bpe
 
 
 def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
@@ -54,3 +55,32 @@ def test_resume_gives_rank_0_the_saved_draws_and_other_ranks_their_own(tmp_path)
     assert torch.equal(draws[0], expected)
     assert not torch.equal(draws[1], expected)
 
+
+
+def test_a_checkpoint_carries_its_tokenizer(tmp_path):
+    """The tokenizer travels inside the checkpoint (ranks, split pattern, specials), so a
+    checkpoint copied anywhere needs no tokenizer file; one saved before that names its file,
+    which still loads; and a tokenizer that is not the one trained with is refused."""
+    tok = Tokenizer.from_ranks(train_bpe("Name a pet. A cat. A dog. " * 50, 300))
+    config = GPTConfig(vocab_size=tok.n_vocab, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    tok_path = str(tmp_path / "tok.tiktoken")
+    save_ranks(tok_path, tok.enc._mergeable_ranks)
+
+    def saved(name, info):
+        path = str(tmp_path / name)
+        save_training_checkpoint(path, "sft", 0, GPT(config), None, config, info, torch.Generator(), {})
+        return load_checkpoint(path), path
+    carrying, path = saved("carrying.pt", {"path": tok_path, **tok.to_record()})
+    naming, _ = saved("naming.pt", {"path": tok_path, **tok.identity})   # the older layout
+    os.replace(tok_path, tok_path + ".moved")
+    text = "Name a dog. <|end|> é"
+    loaded = tokenizer_for(carrying, path)
+    assert loaded.encode(text) == tok.encode(text) and loaded.identity == tok.identity
+    assert (loaded.eot, loaded.end, loaded.pad) == (tok.eot, tok.end, tok.pad)
+    with pytest.raises(FileNotFoundError, match="tok.tiktoken"):
+        tokenizer_for(naming, "naming.pt")
+    os.replace(tok_path + ".moved", tok_path)
+    assert tokenizer_for(naming, "naming.pt").encode(text) == tok.encode(text)
+    other = Tokenizer.from_ranks(train_bpe("Name a toy. A ball. " * 50, 300)).to_record()
+    with pytest.raises(ValueError, match="hash differs"):
+        tokenizer_for({"tokenizer": {"path": tok_path, **other, "sha256": tok.identity["sha256"]}}, path)

@@ -2,6 +2,7 @@
 and checkpoints that still work after the output folder moves."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -50,6 +51,24 @@ def test_pipeline_micro_end_to_end(tmp_path):
     with open(os.path.join(out, "report.json")) as f:
         again = json.load(f)
     assert again["total_seconds"] == report["total_seconds"] > again["run_seconds"]
+
+    # Checkpoints carry their tokenizer: after out/ moves, or a checkpoint is copied on its own
+    # to another machine, sample.py and evaluate.py work from the checkpoint alone.
+    import evaluate
+    import sample
+    from minift.checkpoint import load_checkpoint
+    moved, alone = tmp_path / "moved", tmp_path / "alone"
+    shutil.move(out, moved)
+    alone.mkdir()
+    shutil.copy(moved / "ppo" / "ckpt.pt", alone / "ckpt.pt")
+    assert not os.path.exists(load_checkpoint(str(alone / "ckpt.pt"))["tokenizer"]["path"])
+    answers = sample.main([f"--ckpt={alone / 'ckpt.pt'}", "--prompt=Name a pet.", "--max_new_tokens=8",
+                           "--num_samples=2"])
+    assert len(answers) == 2
+    metrics = evaluate.main([f"--ckpt={moved / 'sft' / 'ckpt.pt'}", f"--input={moved / 'data' / 'sft' / 'test.jsonl'}",
+                             "--device=cpu", "--max_examples=40"])
+    assert {k: metrics[k] for k in report["eval"]["sft"]["test"]} == report["eval"]["sft"]["test"]
+    assert os.path.exists(moved / "sft" / "responses_test.jsonl")
 
 
 def test_reward_hacking_needs_changes_beyond_the_noise():
