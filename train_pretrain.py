@@ -120,7 +120,10 @@ def main(argv=None):
                          f"(or python data/prepare.py --input your_text.txt --out_dir {cfg.data_dir})")
     with open(os.path.join(cfg.data_dir, "meta.json")) as f:
         meta = json.load(f)
-    tokenizer = load_tokenizer(meta["tokenizer"])
+    tokenizer_spec = meta["tokenizer"]  # "gpt2", or the file prepare.py wrote beside the data,
+    if meta.get("tokenizer_file"):       # looked up there, so that a moved data_dir still finds it
+        tokenizer_spec = os.path.join(cfg.data_dir, meta["tokenizer_file"])
+    tokenizer = load_tokenizer(tokenizer_spec)
     train_data = np.memmap(train_path, dtype=np.uint16, mode="r")
     val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=np.uint16, mode="r")
 
@@ -144,7 +147,7 @@ def main(argv=None):
 
     def save(val_loss):
         save_training_checkpoint(ckpt_path, "pretrain", step, model, optimizer, cfg,
-                                 {"path": meta["tokenizer"], **tokenizer.identity}, batch_rng,
+                                 {"path": tokenizer_spec, **tokenizer.to_record()}, batch_rng,
                                  {"val_loss": val_loss})
 
     # ---- the training loop

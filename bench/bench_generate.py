@@ -67,4 +67,7 @@ def compare_samplers(batch=256, prompt_len=80, new_tokens=96, repeats=3):
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     compare_samplers() if "--sampler" in sys.argv[1:] else main()

@@ -4,7 +4,7 @@ Checkpoints: written atomically, read without unpickling code.
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
     {"kind": "pretrain" | "sft" | "reward" | "ppo", "step": int,
      "model": state_dict, "model_config": dict, "optimizer": state_dict,
-     "config": dict (the script's hyperparameters), "tokenizer": {"path", "sha256", ...},
+     "config": dict (the script's hyperparameters), "tokenizer": {"path", "sha256", "ranks", ...},
      "rng": {...}, "metrics": {...}}
 
 * Atomic: we write `ckpt.pt.tmp` and `os.replace` it over `ckpt.pt`. A crash or Ctrl-C
@@ -60,10 +60,11 @@ def check_model_config(ckpt, model_config, path):
 def tokenizer_for(ckpt, path):
     """Load the tokenizer a checkpoint was trained with, and make sure it is the same one:
     a model is meaningless under a different id mapping (say, after re-running prepare.py
-    with another --vocab_size)."""
-    from minift.tokenizer import load_tokenizer
+    with another --vocab_size). A checkpoint carries its tokenizer (Tokenizer.to_record), so
+    it works wherever it is copied; older ones name a tokenizer file, read from its path."""
+    from minift.tokenizer import Tokenizer, load_tokenizer
     info = ckpt["tokenizer"]
-    tokenizer = load_tokenizer(info["path"])
+    tokenizer = Tokenizer.from_record(info) if "ranks" in info else load_tokenizer(info["path"])
     if tokenizer.identity["sha256"] != info["sha256"]:
         raise ValueError(f"{info['path']} is not the tokenizer checkpoint {path} was trained with "
                          f"(hash differs). Re-run the stages after data/prepare.py, or restore that file.")

@@ -6,13 +6,20 @@ style), a dict of presets, and calls `parse_config`. The command line then reads
 
 Presets are applied first, then the `--key=value` overrides, each checked against the
 dataclass field's type. A typo or a bad value stops the script with a message that
-names the option and says what was expected, before any work is done.
+names the option and says what was expected, before any work is done. `--help` prints the
+script's docstring, every option with its default and the comment beside its field, and
+the presets.
 """
 
 import dataclasses
 import difflib
 import gc
+import inspect
+import io
+import re
 import sys
+import textwrap
+import tokenize
 
 
 class ConfigError(ValueError):
@@ -41,12 +48,64 @@ def _convert(name, text, default, script):
         raise ConfigError(f"{script}: --{name} expects {kind.__name__}, got {text!r}") from None
 
 
+def field_comments(cls):
+    """{field name: its one-line help} read from the class's source: the first sentence of the
+    comment after the field, which may run on in comment-only lines just below it, indented
+    further. Comments above a field are notes on how its value was chosen, not help."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source file (an interactive session): help without comments
+        return {}
+    comments = {tok.start[0]: tok for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    names = {f.name for f in dataclasses.fields(cls)}
+    result, field, field_col = {}, None, 0
+    for number, line in enumerate(source.splitlines(), start=1):
+        stripped = line.lstrip()
+        name = stripped.split(":", 1)[0].strip()
+        comment = comments.get(number)
+        if name in names and ":" in stripped:
+            field, field_col = name, len(line) - len(stripped)
+            result[field] = comment.string.lstrip("# ").rstrip() if comment else ""
+        elif field and comment and stripped.startswith("#") and comment.start[1] > field_col and result[field]:
+            result[field] += " " + comment.string.lstrip("# ").rstrip()
+        else:
+            field = None
+    return {name: re.split(r"(?<=\.)\s+(?=[A-Z0-9(])", text, maxsplit=1)[0] for name, text in result.items()}
+
+
+def config_help(cls, presets=None, script=None):
+    """The text of --help: the script's docstring, the options, the presets."""
+    doc = inspect.getdoc(sys.modules.get(cls.__module__)) or ""
+    comments = field_comments(cls)
+    options = [(f"--{f.name}={getattr(cls(), f.name)}", comments.get(f.name, "")) for f in dataclasses.fields(cls)]
+    width = min(max(len(o) for o, _ in options), 34) + 2
+    preset = " [--preset=NAME]" if presets else ""
+    lines = [f"usage: python {script or cls.__module__ + '.py'}{preset} [--key=value ...]", ""]
+    lines += [doc, ""] if doc else []
+    lines.append("options, shown with their defaults (--key=value or --key value; a bare --flag turns a "
+                 "boolean on):")
+    for option, comment in options:
+        lines.append(f"  {option:<{width}}{comment}".rstrip() if len(option) < width
+                     else f"  {option}  {comment}".rstrip())
+    if presets:
+        lines += ["", "presets (--preset=NAME sets these first; the options you give override them):"]
+        for name, values in presets.items():
+            settings = " ".join(f"{k}={v}" for k, v in values.items()) or "the defaults above"
+            lines += textwrap.wrap(settings, 100, initial_indent=f"  {name:<8}", subsequent_indent=" " * 10)
+    return "\n".join(lines)
+
+
 def parse_config(cls, argv=None, presets=None, script=None):
     """Build a `cls` dataclass from defaults, then `--preset=NAME`, then `--key=value`s.
-    Accepts `--key=value` and `--key value`. Raises ConfigError on anything unknown."""
+    Accepts `--key=value` and `--key value`. Raises ConfigError on anything unknown.
+    `--help` (or -h) prints config_help and exits with status 0, as argparse does."""
     argv = sys.argv[1:] if argv is None else list(argv)
     script = script or (sys.argv[0] if sys.argv and sys.argv[0] else cls.__name__)
     presets = presets or {}
+    if "--help" in argv or "-h" in argv:
+        print(config_help(cls, presets, script))
+        raise SystemExit(0)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     config = cls()
 

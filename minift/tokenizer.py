@@ -154,17 +154,21 @@ def save_ranks(path: str, ranks: dict[bytes, int]) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _bytes_to_ranks(data: bytes) -> dict[bytes, int]:
+    ranks = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
 def load_ranks(path: str) -> dict[bytes, int]:
     """Read a .tiktoken file. Same format as tiktoken.load.load_tiktoken_bpe, but we parse it
     ourselves: that function also caches local files by path in TIKTOKEN_CACHE_DIR and would
     return a stale copy after the file at the same path is retrained."""
-    ranks = {}
     with open(path, "rb") as f:
-        for line in f.read().splitlines():
-            if line:
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-    return ranks
+        return _bytes_to_ranks(f.read())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +202,19 @@ class Tokenizer:
         h.update(self.enc._pat_str.encode())
         h.update(repr(sorted(self.enc._special_tokens.items())).encode())
         return {"name": self.name, "n_vocab": self.n_vocab, "sha256": h.hexdigest()}
+
+    def to_record(self) -> dict:
+        """identity plus everything that rebuilds the tokenizer (ranks in the .tiktoken text,
+        the split pattern, the specials): every checkpoint carries it, ~25 KB for our 2048-token
+        BPE, so a checkpoint copied to another machine needs no tokenizer file beside it."""
+        return {**self.identity, "pat_str": self.enc._pat_str, "specials": dict(self.enc._special_tokens),
+                "ranks": _ranks_to_bytes(self.enc._mergeable_ranks).decode("ascii")}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Tokenizer":
+        enc = tiktoken.Encoding(record["name"], pat_str=record["pat_str"], special_tokens=record["specials"],
+                                mergeable_ranks=_bytes_to_ranks(record["ranks"].encode("ascii")))
+        return cls(enc, record["name"])
 
     def encode(self, text: str) -> list[int]:
         """Plain text to ids. Special-token strings are encoded as ordinary text: a user typing

@@ -164,7 +164,7 @@ class Muon(torch.optim.Optimizer):
     Training") gives the update the root-mean-square size of a typical AdamW update, so the
     learning rate tuned for AdamW serves Muon too. This is PyTorch's torch.optim.Muon with
     adjust_lr_fn="match_rms_adamw"; ours orthogonalizes all matrices of one shape in a single
-    batched product (tests/test_config_checkpoint.py checks the two agree)."""
+    batched product (tests/test_training.py checks the two agree)."""
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=MUON_NS_STEPS):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))

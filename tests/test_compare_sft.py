@@ -23,6 +23,18 @@ def test_paired_summary_against_hand_computation():
     assert compare_sft.arm_name("--learning_rate=3e-3 --max_steps=10") == "learning_rate=3e-3_max_steps=10"
 
 
+def test_the_verdict_follows_the_paired_test(monkeypatch, capsys):
+    """The scores of the hand computation above, as if trained: a change within the seed
+    noise on test, beyond it on heldout, and the report says so for each."""
+    planned = {"unchanged": [{"test": 0.5, "heldout": 0.3}, {"test": 0.6, "heldout": 0.3}, {"test": 0.7, "heldout": 0.3}],
+               "lr": [{"test": 0.6, "heldout": 0.40}, {"test": 0.8, "heldout": 0.41}, {"test": 0.7, "heldout": 0.39}]}
+    monkeypatch.setattr(compare_sft, "run_arm", lambda cfg, name, seed, flags: planned[name][seed - 1])
+    compare_sft.main(["--seeds=1,2,3", "--change=--learning_rate=3e-3", "--name=lr"])
+    out = capsys.readouterr().out
+    assert "test: +10.0 +- 5.8 points (mean +- standard error): within the seed noise\n" in out
+    assert "heldout: +10.0 +- 0.6 points (mean +- standard error): beyond the seed noise (95%)\n" in out
+
+
 def test_compare_runs_both_arms_per_seed_and_reuses_them(corpus_dir, tmp_path, capsys):
     pre = str(tmp_path / "pretrain")
     train_pretrain.main(["--preset=micro", "--device=cpu", f"--data_dir={corpus_dir}", f"--out_dir={pre}"])
@@ -42,7 +54,9 @@ def test_compare_runs_both_arms_per_seed_and_reuses_them(corpus_dir, tmp_path, c
     assert ckpt(arm, 1)["step"] == 4 and ckpt("unchanged", 1)["step"] == 20
     assert "pair" not in ckpt(arm, 1)["optimizer"] and "pair" in ckpt("unchanged", 1)["optimizer"]
     out = capsys.readouterr().out
-    assert "difference" in out and ("within the seed noise" in out or "beyond the seed noise" in out)
+    for split, d in result["difference"].items():   # each split's line says what its paired test found
+        verdict = "beyond the seed noise (95%)" if d["significant"] else "within the seed noise"
+        assert f"{split}: {100 * d['mean']:+.1f} +- {100 * d['se']:.1f} points (mean +- standard error): {verdict}" in out
     # a second call trains nothing: all four runs are reused
     again = compare_sft.main(args)
     assert capsys.readouterr().out.count("reusing") == 4 and again["unchanged"] == result["unchanged"]

@@ -190,13 +190,13 @@ def test_prepare_cuts_long_documents(tmp_path):
     assert "\n".join(docs) == "\n".join(lines)
 
 
-def test_gpt2_tokenizer_or_a_clear_error(tmp_path):
+def test_gpt2_tokenizer(tmp_path):
     try:
-        meta = prepare(str(tmp_path), size_mb=0.01, tokenizer="gpt2", verbose=False)
-    except RuntimeError as e:  # offline and not in tiktoken's cache: the error says what to do
-        assert "GPT-2" in str(e)
-    else:
-        assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] > 50000
+        load_tokenizer("gpt2")
+    except RuntimeError:  # the error itself: test_tokenizer.py's test_gpt2_without_cache_fails_fast_and_clearly
+        pytest.skip("GPT-2's files are not in tiktoken's cache, and minift never downloads them")
+    meta = prepare(str(tmp_path), size_mb=0.01, tokenizer="gpt2", verbose=False)
+    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] > 50000
 
 
 def test_prepare_errors_name_the_path(tmp_path):

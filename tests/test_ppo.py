@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, read_metrics
-from minift.checkpoint import load_checkpoint, save_training_checkpoint
+from minift.checkpoint import build_model, load_checkpoint, save_training_checkpoint
 from minift.formats import write_jsonl
 from minift.model import GPT, GPTConfig, ScalarModel, pad_left
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
@@ -295,8 +295,11 @@ def test_probe_changes_only_when_the_policy_does(micro_sft, tmp_path):
 
 
 def test_ddp_two_cpu_processes_with_gloo(micro_sft, tmp_path):
+    """Two ranks sample different rollouts; average_gradients must keep their models identical."""
     out = tmp_path / "ddp"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out.mkdir()
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "tests/rank_weights.py", str(out)]
                        + ppo_args(micro_sft, out, iterations=2, rollout_batch=8, max_new_tokens=8),
                        cwd=ROOT, capture_output=True, text=True, timeout=240,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -306,3 +309,8 @@ def test_ddp_two_cpu_processes_with_gloo(micro_sft, tmp_path):
     metrics = read_metrics(out)
     assert [m["iteration"] for m in metrics] == [1, 2]
     assert all(0.0 <= m["gold"] <= 1.0 for m in metrics)
+    # both ranks end with the same policy and critic, and it moved from the SFT model
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt") for r in (0, 1))
+    assert len(rank0) == len(rank1) > 0 and all(torch.equal(a, b) for a, b in zip(rank0, rank1))
+    start = build_model(load_checkpoint(str(micro_sft / "sft.pt"))).parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(start, rank0))

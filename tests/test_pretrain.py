@@ -11,7 +11,7 @@ import torch
 
 import train_pretrain
 from conftest import ROOT, read_metrics
-from minift.checkpoint import load_checkpoint
+from minift.checkpoint import build_model, load_checkpoint
 from minift.training import NonFiniteLoss
 
 MICRO = ["--preset=micro", "--device=cpu"]
@@ -91,12 +91,19 @@ def test_ctrl_c_saves_a_checkpoint(corpus_dir, tmp_path):
 
 
 def test_ddp_two_cpu_processes_with_gloo(corpus_dir, tmp_path):
+    """Two ranks train on different batches; DDP's all-reduced gradients keep their models identical."""
     out = str(tmp_path / "ddp")
-    r = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_pretrain.py"]
-                   + MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--max_steps=6"],
+    os.makedirs(out)
+    r = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "tests/rank_weights.py",
+                    out, "train_pretrain.py"] + MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--max_steps=6"],
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["step"] == 6
     # only rank 0 writes the log: one line per step, not two
     assert len([m for m in read_metrics(out) if "loss" in m]) == 6
+    # both ranks end with the same weights, the ones rank 0 saved
+    rank0, rank1 = (torch.load(os.path.join(out, f"rank{r}.pt")) for r in (0, 1))
+    assert len(rank0) == len(rank1) > 0 and all(torch.equal(a, b) for a, b in zip(rank0, rank1))
+    saved = list(build_model(ckpt).parameters())
+    assert all(any(a.shape == b.shape and torch.equal(a, b) for b in saved) for a in rank0)

@@ -185,11 +185,14 @@ def test_train_reward_uses_the_cross_prompt_term_when_pairs_carry_scores(tok, tm
     assert "carry no chosen_score / rejected_score" in capsys.readouterr().out
 
 
-def synthetic_prefs(path, n_groups, k, seed):
-    """Each prompt has k answers of random words; answers with the marker beat those without."""
+def synthetic_prefs(path, n_groups, k, seed, flipped=0):
+    """Each prompt has k answers of random words; answers with the marker beat those without.
+    The last `flipped` prompts are of another instruction type, whose pairs prefer the answers
+    without the marker: a model that learned the marker gets them wrong."""
     rng = random.Random(seed)
     pairs, samples = [], []
     for g in range(n_groups):
+        flip = g >= n_groups - flipped
         prompt = f"Tell me about the {rng.choice(WORDS)}."
         answers = []
         for i in range(k):
@@ -198,8 +201,8 @@ def synthetic_prefs(path, n_groups, k, seed):
                 words.insert(rng.randrange(len(words)), MARKER)
             answers.append((" ".join(words) + ".", float(i == 0)))
         samples += [{"prompt": prompt, "response": a, "gold": s, "group": g} for a, s in answers]
-        pairs += [{"prompt": prompt, "chosen": answers[0][0], "rejected": a, "group": g,
-                   "instruction_id_list": ["task:synthetic"], "kwargs": [{}],
+        pairs += [{"prompt": prompt, "chosen": a if flip else answers[0][0], "rejected": answers[0][0] if flip else a,
+                   "group": g, "instruction_id_list": ["task:flipped" if flip else "task:synthetic"], "kwargs": [{}],
                    "chosen_score": 1.0, "rejected_score": s} for a, s in answers[1:]]
     write_jsonl(path, pairs)
     return samples
@@ -208,7 +211,7 @@ def synthetic_prefs(path, n_groups, k, seed):
 def test_train_reward_script_learns_a_marker(tok, tmp_path):
     sft = tiny_sft_checkpoint(tok, tmp_path)
     synthetic_prefs(str(tmp_path / "train.jsonl"), 200, 3, seed=1)
-    val_samples = synthetic_prefs(str(tmp_path / "val.jsonl"), 40, 3, seed=2)
+    val_samples = synthetic_prefs(str(tmp_path / "val.jsonl"), 40, 3, seed=2, flipped=4)
     write_jsonl(str(tmp_path / "val_samples.jsonl"), val_samples)
     out = str(tmp_path / "rm")
     args = ["train_reward.py", "--preset=micro", "--batch_groups=4", "--device=cpu", f"--init_from={sft}",
@@ -222,7 +225,11 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     final = [m for m in read_metrics(out) if "eval_val_accuracy" in m][-1]
     assert final["eval_val_accuracy"] > 0.7 and final["eval_spearman"] > 0.4, final
     assert final["eval_spearman_within"] > 0.5, final
-    assert final["eval_val_accuracy_by_type"]["task:synthetic"] == final["eval_val_accuracy"]
+    # per instruction type: the marker's pairs right, the flipped type's (8 of 80 pairs) wrong
+    by_type = final["eval_val_accuracy_by_type"]
+    assert set(by_type) == {"task:synthetic", "task:flipped"}
+    assert by_type["task:synthetic"] > 0.8 and by_type["task:flipped"] < 0.2, by_type
+    assert (72 * by_type["task:synthetic"] + 8 * by_type["task:flipped"]) / 80 == pytest.approx(final["eval_val_accuracy"])
 
     # the checkpoint: kind "reward", normalised on the training answers, readable by sample.py
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))

@@ -1,0 +1,86 @@
+"""minift.checkpoint: atomic weights-only files, named config mismatches, exact resume, and the
+tokenizer each checkpoint carries."""
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from minift.checkpoint import (check_model_config, load_checkpoint, resume_training, save_checkpoint,
+                               save_training_checkpoint, tokenizer_for)
+from minift.model import GPT, GPTConfig
+from minift.tokenizer import Tokenizer, save_ranks, train_bpe
+
+
+def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
+    path = str(tmp_path / "ckpt.pt")
+    payload = {"kind": "pretrain", "step": 3, "model": {"w": torch.arange(4.0)}, "config": {"a": 1}}
+    save_checkpoint(path, payload)
+    assert not os.path.exists(path + ".tmp")
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+
+    class Evil:  # a pickled object (arbitrary code on load) is refused by weights_only
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="run this first"):
+        load_checkpoint(str(tmp_path / "missing.pt"), hint="run this first")
+
+
+def test_checkpoint_config_mismatch_is_named():
+    ckpt = {"model_config": dataclasses.asdict(GPTConfig(n_layer=4))}
+    check_model_config(ckpt, GPTConfig(n_layer=4), "c.pt")
+    with pytest.raises(ValueError, match="n_layer: checkpoint has 4, config asks for 6"):
+        check_model_config(ckpt, GPTConfig(n_layer=6), "c.pt")
+
+
+def test_resume_gives_rank_0_the_saved_draws_and_other_ranks_their_own(tmp_path):
+    """Only rank 0 saves its batch generator; after a DDP resume, rank 0 continues exactly,
+    and rank 1 must not copy rank 0's draws (both would train on the same batches)."""
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    path = str(tmp_path / "ckpt.pt")
+    saved = torch.Generator().manual_seed(7)
+    torch.randint(100, (5,), generator=saved)
+    save_training_checkpoint(path, "pretrain", 3, GPT(config), None, config, {}, saved, {})
+    expected = torch.randint(10**6, (8,), generator=saved)
+
+    draws = []
+    for rank in (0, 1):
+        generator = torch.Generator().manual_seed(7 + rank)
+        resume_training(path, GPT(config), None, generator, rank=rank, seed=7)
+        draws.append(torch.randint(10**6, (8,), generator=generator))
+    assert torch.equal(draws[0], expected)
+    assert not torch.equal(draws[1], expected)
+
+
+
+def test_a_checkpoint_carries_its_tokenizer(tmp_path):
+    """The tokenizer travels inside the checkpoint (ranks, split pattern, specials), so a
+    checkpoint copied anywhere needs no tokenizer file; one saved before that names its file,
+    which still loads; and a tokenizer that is not the one trained with is refused."""
+    tok = Tokenizer.from_ranks(train_bpe("Name a pet. A cat. A dog. " * 50, 300))
+    config = GPTConfig(vocab_size=tok.n_vocab, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    tok_path = str(tmp_path / "tok.tiktoken")
+    save_ranks(tok_path, tok.enc._mergeable_ranks)
+
+    def saved(name, info):
+        path = str(tmp_path / name)
+        save_training_checkpoint(path, "sft", 0, GPT(config), None, config, info, torch.Generator(), {})
+        return load_checkpoint(path), path
+    carrying, path = saved("carrying.pt", {"path": tok_path, **tok.to_record()})
+    naming, _ = saved("naming.pt", {"path": tok_path, **tok.identity})   # the older layout
+    os.replace(tok_path, tok_path + ".moved")
+    text = "Name a dog. <|end|> é"
+    loaded = tokenizer_for(carrying, path)
+    assert loaded.encode(text) == tok.encode(text) and loaded.identity == tok.identity
+    assert (loaded.eot, loaded.end, loaded.pad) == (tok.eot, tok.end, tok.pad)
+    with pytest.raises(FileNotFoundError, match="tok.tiktoken"):
+        tokenizer_for(naming, "naming.pt")
+    os.replace(tok_path + ".moved", tok_path)
+    assert tokenizer_for(naming, "naming.pt").encode(text) == tok.encode(text)
+    other = Tokenizer.from_ranks(train_bpe("Name a toy. A ball. " * 50, 300)).to_record()
+    with pytest.raises(ValueError, match="hash differs"):
+        tokenizer_for({"tokenizer": {"path": tok_path, **other, "sha256": tok.identity["sha256"]}}, path)

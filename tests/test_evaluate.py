@@ -1,0 +1,89 @@
+"""evaluate.py's second-turn and sampled evaluation (minift.evaluation), with stand-in models."""
+import pytest
+
+from minift.model import GPTConfig
+from minift.tokenizer import Tokenizer, train_bpe
+
+
+def test_second_turn_evaluation_asks_after_another_records_exchange():
+    """evaluate.py --earlier_turn: each prompt is asked after ANOTHER record's prompt and
+    reference answer, rendered as one conversation through the chat template."""
+    from minift.evaluation import earlier_exchanges, evaluate_records
+    tok = Tokenizer.from_ranks(train_bpe("Name a pet. A cat. Name a toy. A ball. " * 50, 300))
+    records = [{"prompt": p, "instruction_id_list": [], "kwargs": [],
+                "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]}
+               for p, a in [("Name a pet.", "A cat."), ("Name a toy.", "A ball."), ("Name a pet.", "A dog.")]]
+    earlier = earlier_exchanges(records)
+    assert earlier == earlier_exchanges(records)  # deterministic
+    for i, turns in enumerate(earlier):             # another record's exchange, never its own
+        assert turns in [r["messages"] for k, r in enumerate(records) if k != i]
+
+    class Recorder:  # a stand-in model that records the prompts it is asked to continue
+        config = GPTConfig(block_size=256)
+        training = False
+        asked = []
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def generate(self, prompts, max_new_tokens, **kw):
+            Recorder.asked += prompts
+            return [[tok.end] for _ in prompts]
+    evaluate_records(Recorder(), tok, records, earlier=earlier)
+    expected = [tok.render_prompt(e + [{"role": "user", "content": r["prompt"]}]) for e, r in zip(earlier, records)]
+    assert sorted(Recorder.asked) == sorted(expected)
+    with pytest.raises(ValueError, match="messages"):
+        earlier_exchanges([{"prompt": "Name a pet."}, {"prompt": "Name a toy."}])
+
+
+def test_sampled_pass_rates_count_answers_and_prompts():
+    """evaluate.py --samples: a sample's pass rate is over all sampled answers, pass@k over
+    prompts (any of its k answers passes), best-of-k over each prompt's highest-judged answer;
+    prompts with no checkable instruction are skipped."""
+    from minift.evaluation import pass_rates, sampled_pass_rates
+    assert pass_rates([[True, False], [False, False], [True, True]]) == (0.5, pytest.approx(2 / 3))
+    tok = Tokenizer.from_ranks(train_bpe("<<A title>> Name a pet. A cat. No title here. " * 50, 300))
+    titled, plain = "<<A title>> A cat.", "No title here."
+    # "Name a pet." passes with its first sample only, "Name a toy." never, "Name a cup." always
+    plan = {"Name a pet.": [titled, plain], "Name a toy.": [plain, plain], "Name a cup.": [titled, titled],
+            "Name a hat.": [titled, titled]}
+    records = [{"prompt": p, "instruction_id_list": ["detectable_format:title"], "kwargs": [{}]} for p in plan]
+    records[-1]["instruction_id_list"] = ["language:response_language"]   # no checker: skipped
+
+    class Planned:  # a stand-in model: the planned answers of each prompt, in turn
+        config = GPTConfig(block_size=256)
+        training = False
+        seen = {}
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def generate(self, prompts, max_new_tokens, temperature=0.0, **kw):
+            assert temperature == 0.7 and kw["generator"] is not None   # sampled, not greedy
+            out = []
+            for ids in prompts:
+                p = next(p for p in plan if tok.render_prompt([{"role": "user", "content": p}]) == ids)
+                n = Planned.seen[p] = Planned.seen.get(p, -1) + 1
+                out.append(tok.encode(plan[p][n]) + [tok.end])
+            return out
+    m = sampled_pass_rates(Planned(), tok, records, k=2, temperature=0.7)
+    assert m["sample_prompt_strict"] == 0.5 and m["pass_at_k"] == pytest.approx(2 / 3) and m["samples"] == 2
+    assert "best_of_k_prompt_strict" not in m
+
+    def judge_by_length(longer_is_better):   # a stand-in reward model: it scores by length
+        def judge(recs, answers):
+            assert [r["prompt"] for r in recs] == list(plan) and all(len(a) == 2 for a in answers)
+            return [[len(a) if longer_is_better else -len(a) for a in group] for group in answers]
+        return judge
+    Planned.seen = {}   # the same answers again
+    m = sampled_pass_rates(Planned(), tok, records, 2, 0.7, judge=judge_by_length(True))
+    assert m["best_of_k_prompt_strict"] == pytest.approx(2 / 3)   # picks the titled answer to "pet"
+    Planned.seen = {}
+    m = sampled_pass_rates(Planned(), tok, records, 2, 0.7, judge=judge_by_length(False))
+    assert m["best_of_k_prompt_strict"] == pytest.approx(1 / 3)   # picks the plain one: only "cup" passes

@@ -1,0 +1,92 @@
+"""pipeline.py: every stage through the real scripts on the micro preset, the report card,
+and checkpoints that still work after the output folder moves."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, read_metrics
+
+
+def test_pipeline_micro_end_to_end(tmp_path):
+    """Every stage through the real scripts on the micro preset; the report has every key."""
+    out = str(tmp_path / "micro")
+    r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    with open(os.path.join(out, "report.json")) as f:
+        report = json.load(f)
+    assert report["preset"] == "micro" and report["total_seconds"] > 0
+    assert set(report["stages"]["pretrain"]) >= {"seconds", "val_loss"}
+    assert report["stages"]["pretrain"]["tokens_per_s"] > 0  # the machine's speed, for comparing times
+    assert "seconds" in report["stages"]["sft"]
+    assert set(report["stages"]["reward"]) >= {"seconds", "pair_accuracy", "spearman_gold"}
+    assert report["stages"]["reward"]["likelihood_weight"] == 2.0  # train_reward.py's default, reported
+    assert set(report["stages"]["ppo"]) >= {"seconds", "kl", "reward_start", "reward_end", "gold_start", "gold_end"}
+    assert report["stages"]["ppo"]["kl_max"] >= report["stages"]["ppo"]["kl"]  # the largest batch KL of the run
+    # the probe's change, paired prompt by prompt (per-prompt scores are rounded to 4 decimals)
+    ppo = report["stages"]["ppo"]
+    assert set(ppo["gold_change"]) == {"mean", "se", "significant"}
+    assert abs(ppo["gold_change"]["mean"] - (ppo["gold_end"] - ppo["gold_start"])) < 1e-3
+    for model in ("base", "sft", "ppo"):
+        for split in ("test", "heldout"):
+            m = report["eval"][model][split]
+            assert set(m) == {"prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose"}
+            assert all(0.0 <= v <= 1.0 for v in m.values())
+    with open(os.path.join(out, "report.md")) as f:
+        assert "tokens/s" in f.read()
+    # SFT was evaluated during training, and its metrics log has the accuracy
+    assert any("eval_prompt_strict" in m for m in read_metrics(os.path.join(out, "sft")))
+    # IFEval-format responses were written for external scoring
+    with open(os.path.join(out, "sft", "responses_test.jsonl")) as f:
+        assert set(json.loads(f.readline())) == {"prompt", "response"}
+    # a second run skips every finished stage
+    r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("done already") == 7, r.stdout[-2000:]
+    # ... and its report still adds up the stages' own times, not just this quick run's
+    with open(os.path.join(out, "report.json")) as f:
+        again = json.load(f)
+    assert again["total_seconds"] == report["total_seconds"] > again["run_seconds"]
+
+    # Checkpoints carry their tokenizer: after out/ moves, or a checkpoint is copied on its own
+    # to another machine, sample.py and evaluate.py work from the checkpoint alone.
+    import evaluate
+    import sample
+    from minift.checkpoint import load_checkpoint
+    moved, alone = tmp_path / "moved", tmp_path / "alone"
+    shutil.move(out, moved)
+    alone.mkdir()
+    shutil.copy(moved / "ppo" / "ckpt.pt", alone / "ckpt.pt")
+    assert not os.path.exists(load_checkpoint(str(alone / "ckpt.pt"))["tokenizer"]["path"])
+    answers = sample.main([f"--ckpt={alone / 'ckpt.pt'}", "--prompt=Name a pet.", "--max_new_tokens=8",
+                           "--num_samples=2"])
+    assert len(answers) == 2
+    metrics = evaluate.main([f"--ckpt={moved / 'sft' / 'ckpt.pt'}", f"--input={moved / 'data' / 'sft' / 'test.jsonl'}",
+                             "--device=cpu", "--max_examples=40"])
+    assert {k: metrics[k] for k in report["eval"]["sft"]["test"]} == report["eval"]["sft"]["test"]
+    assert os.path.exists(moved / "sft" / "responses_test.jsonl")
+
+
+def test_reward_hacking_needs_changes_beyond_the_noise():
+    """The report calls it reward hacking only when a paired test over the probe prompts puts
+    both changes beyond the noise: the learned reward up, the gold reward down."""
+    from pipeline import reward_hacking_lines
+    from minift.scoring import paired_difference
+    before = [0.2, 0.6, 1.0, 0.6, 0.2, 1.0]
+    fell = paired_difference(before, [x - 0.1 for x in before])      # every prompt 0.1 lower
+    assert fell["mean"] == pytest.approx(-0.1) and fell["se"] == pytest.approx(0) and fell["significant"]
+    noisy = paired_difference(before, [0.2, 0.6, 1.0, 0.6, 0.2, 0.6])  # one prompt lower, the rest equal
+    assert noisy["mean"] == pytest.approx(-0.4 / 6) and not noisy["significant"]
+    rose = paired_difference(before, [x + 0.3 for x in before])
+    base = {"reward_start": 0.0, "reward_end": 0.3, "gold_start": 0.6, "gold_end": 0.5}
+    assert "reward hacking" in " ".join(reward_hacking_lines({**base, "reward_change": rose, "gold_change": fell}))
+    text = " ".join(reward_hacking_lines({**base, "reward_change": rose, "gold_change": noisy}))
+    assert "within the noise" in text and "Warning" not in text
+    flat = paired_difference(before, before)  # no change at all
+    assert "made the policy worse" in " ".join(reward_hacking_lines({**base, "reward_change": flat, "gold_change": fell}))
+    assert reward_hacking_lines({**base, "reward_change": rose, "gold_change": rose}) == []
+    assert "reward hacking" in " ".join(reward_hacking_lines(base))  # an older log: the means decide
