@@ -30,8 +30,8 @@ def test_plain_gpt2_scores_every_position_like_minift():
     apart from positions: at initialisation both sit near log(V)."""
     config = bench_train.GPTConfig(**bench_train.CONFIGS["cpu-smoke"][0])
     torch.manual_seed(0)
-    x = torch.randint(0, config.vocab_size, (2, config.block_size))
-    logits, loss = bench_train.PlainGPT2(config)(x, x)
+    x, y = torch.randint(0, config.vocab_size, (2, 2, config.block_size))
+    logits, loss = bench_train.PlainGPT2(config)(x, y)
     assert logits.shape == (2, config.block_size, config.vocab_size)
     assert abs(loss.item() - torch.log(torch.tensor(float(config.vocab_size))).item()) < 0.3
 
