@@ -235,7 +235,8 @@ def report_markdown(r):
                      f"(train, prompt-strict by the checkers; slip rates x {d['slip_scale']:g}) |")
     speed = s["pretrain"].get("tokens_per_s")  # this machine's speed: compare it with the README's
     lines.append(f"| pretrain | {s['pretrain']['seconds']:.0f} | validation loss {s['pretrain']['val_loss']:.3f}"
-                 + (f", at a median {speed:,.0f} tokens/s" if speed else "") + " |")
+                 + (f", at a median {speed:,.0f} tokens/s" if speed else "")
+                 + (f" (MFU {s['pretrain']['mfu']:.1%})" if s["pretrain"].get("mfu") else "") + " |")
     lines.append(f"| sft | {s['sft']['seconds']:.0f} | test prompt-strict during training "
                  f"{pct(s['sft'].get('prompt_strict', 0))} |")
     lines.append(f"| prefs | {s['prefs']['seconds']:.0f} | {s['prefs'].get('train_pairs', '?')} training pairs |")

@@ -29,7 +29,7 @@ from minift.config import cli_config, print_config, run
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import load_tokenizer
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime,
-                             lr_at, make_optimizer, set_lr, setup_runtime)
+                             flops_per_token, lr_at, make_optimizer, peak_bf16_flops, set_lr, setup_runtime)
 
 
 @dataclass
@@ -85,10 +85,13 @@ PRESETS = {
 
 def get_batch(data, batch_size, block_size, generator, device):
     """Random windows of the token stream: x is a window, y the same window shifted by one.
-    (B, T) int64 each."""
+    (B, T) int64 each. One fancy index reads all B windows of T + 1 tokens at once."""
     starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
-    x = torch.stack([torch.from_numpy(data[s:s + block_size].astype(np.int64)) for s in starts])
-    y = torch.stack([torch.from_numpy(data[s + 1:s + 1 + block_size].astype(np.int64)) for s in starts])
+    windows = torch.from_numpy(data[starts.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))
+    x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+    if device.startswith("cuda"):
+        # From pinned memory the copy is queued behind the GPU's work instead of waiting for it.
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
 
 
@@ -140,6 +143,7 @@ def main(argv=None):
         step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed)["step"]
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
+    raw_model = model
     if cfg.compile:
         model = torch.compile(model)
     if rt.ddp:
@@ -154,10 +158,15 @@ def main(argv=None):
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     decay_steps = cfg.decay_steps or cfg.max_steps
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * rt.world_size
+    # Model FLOPs utilisation, on a GPU whose bf16 peak we know: the share of the peak that the
+    # model's own arithmetic uses (nanoGPT's estimate_mfu).
+    peak = peak_bf16_flops(rt.device)
+    flops_token = flops_per_token(raw_model.num_params(), cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head,
+                                  cfg.block_size)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", disable=not rt.master, dynamic_ncols=True)
     val_loss = None
-    speeds = []  # tokens/s of each step: the machine's speed, which sets every stage's time
-    t0 = time.time()
+    speeds = []  # tokens/s of each log interval: the machine's speed, which sets every stage's time
+    t_log, step_log = time.time(), step
     with StopRequest(rt) as stop:
         while step < cfg.max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, decay_steps)
@@ -172,32 +181,47 @@ def main(argv=None):
                 with sync, rt.autocast(cfg.dtype):
                     _, loss = model(x, y)
                     (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-            check_finite(loss_sum, step, ckpt_path)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+                loss_sum += loss.detach() / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # The host reads the loss only at log intervals and before a save (nanoGPT does the
+            # same): reading a GPU number makes the host wait for the GPU to finish, and the GPU
+            # then idles while the host prepares the next step. The NaN guard looks then too,
+            # still before any update that a checkpoint would keep.
+            reading = (step + 1) % cfg.log_interval == 0 or (step + 1) % cfg.eval_interval == 0 \
+                or step + 1 == cfg.max_steps or stop.requested
+            if reading:
+                loss_sum, grad_norm = loss_sum.item(), grad_norm.item()
+                check_finite(loss_sum, step, ckpt_path)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-
-            tok_per_s = tokens_per_step * (step - bar.n) / max(time.time() - t0, 1e-9)
-            t0 = time.time()
-            speeds.append(tok_per_s)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}")
+            if not reading:
+                continue
+
+            tok_per_s = tokens_per_step * (step - step_log) / max(time.time() - t_log, 1e-9)
+            t_log, step_log = time.time(), step
+            speeds.append(tok_per_s)
+            mfu = {"mfu": tok_per_s * flops_token / (peak * rt.world_size)} if peak else {}
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}",
+                            **{k: f"{v:.1%}" for k, v in mfu.items()})
             if step % cfg.log_interval == 0:
-                log.log(step=step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s)
+                log.log(step=step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s, **mfu)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 val_loss = estimate_loss(model, val_data, cfg, rt)
                 log.log(step=step, val_loss=val_loss)
                 bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val_loss:.4f}")
                 if rt.master:
                     save(val_loss)
+                t_log = time.time()  # the evaluation's time is not training time
         if stop.requested and rt.master:
             save(val_loss)
             print(f"saved {ckpt_path} at step {step}; run the same command again to resume")
     bar.close()
     cleanup_runtime(rt)
-    return {"step": step, "val_loss": val_loss, "tokens_per_s": statistics.median(speeds) if speeds else None}
+    speed = statistics.median(speeds) if speeds else None
+    mfu = {"mfu": speed * flops_token / (peak * rt.world_size)} if peak and speed else {}
+    return {"step": step, "val_loss": val_loss, "tokens_per_s": speed, **mfu}
 
 
 if __name__ == "__main__":

@@ -194,14 +194,22 @@ def main(argv=None):
                 with (model.no_sync() if rt.ddp and not last else nullcontext()), rt.autocast(cfg.dtype):
                     _, loss = model(x, y)   # mean over answer tokens only (y = -1 elsewhere)
                     (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-            check_finite(loss_sum, step, ckpt_path)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+                loss_sum += loss.detach() / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # The host reads the loss only at log intervals and before a save, as in
+            # train_pretrain.py (which says why).
+            reading = (step + 1) % cfg.log_interval == 0 or (step + 1) % cfg.eval_interval == 0 \
+                or step + 1 == cfg.max_steps or stop.requested
+            if reading:
+                loss_sum, grad_norm = loss_sum.item(), grad_norm.item()
+                check_finite(loss_sum, step, ckpt_path)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-
             bar.update(1)
+            if not reading:
+                continue
+
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", **{k[:6]: f"{v:.2f}" for k, v in metrics.items()
                                                                        if k == "prompt_strict"})
             if step % cfg.log_interval == 0:

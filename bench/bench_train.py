@@ -1,14 +1,24 @@
-"""Training throughput and peak memory of the tiny preset's model on this machine.
+"""Training speed of minift's GPT beside a plain GPT-2 of the same size, on this machine.
 
-    python bench/bench_train.py
-    python bench/bench_train.py --bf16     # and fp32 against bf16 autocast on the CPU, as a ratio
-    python bench/bench_train.py --muon     # and AdamW against Muon (--optimizer=muon), as a ratio
+    python bench/bench_train.py                       # a GPU: both GPU configs below; a CPU: the tiny preset's
+    python bench/bench_train.py --config=gpt2-124m    # one config (gpt2-124m, small, tiny, cpu-smoke)
+    python bench/bench_train.py --config=cpu-smoke    # a few seconds on the CPU (tests/test_bench.py runs it)
+    python bench/bench_train.py --against=e5c8e74     # and minift's GPT at that git revision, interleaved
+    python bench/bench_train.py --bf16                # and fp32 against bf16 autocast, as a ratio
+    python bench/bench_train.py --muon                # and AdamW against Muon (--optimizer=muon), as a ratio
+    python bench/bench_train.py --json=results.json   # also write the figures as JSON
 
-Times forward + backward + AdamW step of train_pretrain.py's tiny model, at its batch size,
-after a warm-up, and reports the peak resident memory of the process.
+The side-by-side times the same step for both models: forward, loss over every position, backward,
+gradient clipping and a fused AdamW step (minift.training.make_optimizer), under the training
+scripts' autocast (bf16 on a GPU and on CPUs with bf16 products), torch.compile on a GPU
+(--compile=0 turns it off), on random tokens, after warm-up steps. It prints tokens/s, model FLOPs
+utilisation (MFU: minift.training.flops_per_token against the GPU's bf16 peak,
+minift.training.PEAK_BF16_FLOPS), peak memory (a GPU's allocated memory per model; on a CPU the
+process's resident peak), and minift's ratio to GPT-2. The plain GPT-2 (PlainGPT2 below) is
+nanoGPT's model: learned positions, the output layer on every position.
 
---bf16 and --muon time both ways twice, interleaved (A, B, A, B), so that a machine that
-slows down or speeds up mid-run touches both alike, and print the ratio.
+--against, --bf16 and --muon time the two ways as A, B, A, B, so that a machine that slows down
+or speeds up mid-run touches both alike, and print the ratio.
 
 --muon: Muon orthogonalises each block matrix's update with three Newton-Schulz
 iterations, a fixed cost per step that does not shrink with the batch; our batched Muon
@@ -21,65 +31,234 @@ model (minift.model.attention); FINDINGS.md, "Speed and precision", has the rati
 """
 import contextlib
 import functools
+import importlib.util
+import json
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 from minift.model import GPT, GPTConfig  # noqa: E402
-from minift.training import make_optimizer  # noqa: E402
-from train_pretrain import Config  # noqa: E402  (the tiny preset's defaults)
+from minift.training import (Runtime, flops_per_token, make_optimizer, peak_bf16_flops,  # noqa: E402
+                             pick_device)
+
+# name: (model config, sequences per step). gpt2-124m is GPT-2 small with nanoGPT's vocabulary
+# padded to 50,304; small and tiny are train_pretrain.py's presets of those names.
+CONFIGS = {
+    "gpt2-124m": (dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304), 16),
+    "small": (dict(n_layer=8, n_head=8, n_embd=512, block_size=512, vocab_size=8192), 64),
+    "tiny": (dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=2053), 4),
+    "cpu-smoke": (dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=97), 2),
+}
+GPU_CONFIGS = ("gpt2-124m", "small")
 
 
-def seconds_per_step(cfg, autocast=contextlib.nullcontext, optimizer="adamw", steps=20):
-    """Mean seconds of one training step of a fresh tiny model, after 3 warm-up steps."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=2053, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                          n_embd=cfg.n_embd))
-    opt = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, optimizer)
-    x = torch.randint(0, 2053, (cfg.batch_size, cfg.block_size))
-    for i in range(steps + 3):
-        if i == 3:
-            t0 = time.perf_counter()
-        with autocast():
-            _, loss = model(x, x)
+class PlainGPT2(nn.Module):
+    """GPT-2 as nanoGPT writes it (Radford et al. 2019): learned position embeddings, pre-LayerNorm
+    blocks, tied output layer run on every position, loss over every target that is not -1."""
+
+    def __init__(self, config):
+        super().__init__()
+        C = config.n_embd
+        self.config = config
+        self.wte, self.wpe = nn.Embedding(config.vocab_size, C), nn.Embedding(config.block_size, C)
+        self.blocks = nn.ModuleList(nn.ModuleDict(dict(
+            ln_1=nn.LayerNorm(C, bias=False), c_attn=nn.Linear(C, 3 * C, bias=False),
+            attn_proj=nn.Linear(C, C, bias=False), ln_2=nn.LayerNorm(C, bias=False),
+            c_fc=nn.Linear(C, 4 * C, bias=False), mlp_proj=nn.Linear(4 * C, C, bias=False)))
+            for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(C, bias=False)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for p in self.parameters():
+            nn.init.normal_(p, std=0.02) if p.dim() == 2 else None
+
+    def num_params(self):
+        """Weights whose products run for each token: all but the position table."""
+        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
+
+    def forward(self, idx, targets):
+        B, T = idx.shape
+        H, C = self.config.n_head, self.config.n_embd
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for b in self.blocks:
+            q, k, v = b.c_attn(b.ln_1(x)).split(C, dim=2)
+            q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + b.attn_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+            x = x + b.mlp_proj(F.gelu(b.c_fc(b.ln_2(x))))
+        logits = self.lm_head(self.ln_f(x))
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+
+def gpt_at_revision(revision):
+    """minift's GPT class as it was at a git revision: its model.py, loaded as a module of its own."""
+    source = subprocess.run(["git", "show", f"{revision}:minift/model.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    path = os.path.join(tempfile.mkdtemp(), f"model_{revision}.py")
+    with open(path, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(f"model_{revision}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GPT
+
+
+class Bench:
+    """One model at one config: build, compile, warm up, then time(steps) as often as asked."""
+
+    def __init__(self, cls, name, config, batch_size, device, dtype="bfloat16", compile=False,
+                 optimizer="adamw", autocast=None):
+        torch.manual_seed(0)
+        self.name, self.device = name, device
+        self.gpu = device.startswith("cuda")
+        if self.gpu:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        self.base_memory = torch.cuda.memory_allocated(device) if self.gpu else 0
+        model_config = GPTConfig(**config)
+        self.model = cls(model_config).to(device)
+        self.n_params = self.model.num_params()
+        self.flops_per_token = flops_per_token(self.n_params, model_config.n_layer, model_config.n_head,
+                                               model_config.n_embd // model_config.n_head, model_config.block_size)
+        self.opt = make_optimizer(self.model, 6e-4, 0.1, optimizer, device_type=device.split(":")[0])
+        self.step_fn = torch.compile(self.model) if compile else self.model
+        self.autocast = autocast or functools.partial(Runtime(device, device.split(":")[0]).autocast, dtype)
+        generator = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, model_config.vocab_size, (batch_size, model_config.block_size + 1),
+                               generator=generator).to(device)
+        self.x, self.y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        self.tokens = batch_size * model_config.block_size
+        self.seconds = []
+
+    def step(self):
+        with self.autocast():
+            _, loss = self.step_fn(self.x, self.y)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return (time.perf_counter() - t0) / steps, model.num_params()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def sync(self):
+        if self.gpu:
+            torch.cuda.synchronize(self.device)
+
+    def warm_up(self, steps):
+        for _ in range(steps):
+            self.step()
+        self.sync()
+        return self
+
+    def time(self, steps):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.sync()
+        self.seconds.append((time.perf_counter() - t0) / steps)
+        return self.seconds[-1]
+
+    def result(self):
+        dt = sum(self.seconds) / len(self.seconds)
+        peak = peak_bf16_flops(self.device)
+        memory = (torch.cuda.max_memory_allocated(self.device) - self.base_memory if self.gpu
+                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return {"model": self.name, "params": self.n_params, "ms_per_step": 1000 * dt, "tokens_per_s": self.tokens / dt,
+                "mfu": self.tokens / dt * self.flops_per_token / peak if peak else None, "peak_bytes": memory}
+
+    def release(self):
+        """Free this model's memory before the next one is measured."""
+        del self.model, self.step_fn, self.opt, self.x, self.y
+        if self.gpu:
+            torch.cuda.empty_cache()
 
 
-def interleaved(name_a, step_a, name_b, step_b, first_a):
-    """Time A and B as A, B, A, B (first_a is A's first timing, already taken) and print both
-    and the ratio."""
-    a, b = [first_a], []
-    b.append(step_b())
-    a.append(step_a())
-    b.append(step_b())
+def print_result(r):
+    mfu = f"MFU {100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "MFU n/a"
+    print(f"  {r['model']:<16} {r['params'] / 1e6:8.2f}M params {r['ms_per_step']:9.1f} ms/step "
+          f"{r['tokens_per_s']:>12,.0f} tokens/s  {mfu}  peak {r['peak_bytes'] / 1e9:6.2f} GB", flush=True)
+
+
+def side_by_side(name, device, compile, steps, warmup, against=None):
+    """minift's GPT and the plain GPT-2 at one config (and minift's GPT at `against`), two timed
+    rounds each."""
+    config, batch_size = CONFIGS[name]
+    print(f"config {name}: {config['n_layer']} x {config['n_embd']} ({config['n_head']} heads), "
+          f"T {config['block_size']}, vocab {config['vocab_size']}, batch {batch_size}, {device}, "
+          f"{'compiled' if compile else 'eager'}, {torch.get_num_threads()} threads", flush=True)
+    models = [(GPT, "minift GPT"), (PlainGPT2, "plain GPT-2")]
+    if against:
+        models.append((gpt_at_revision(against), f"GPT @ {against}"))
+    results = []
+    if device.startswith("cuda"):  # one model at a time, so that each has the GPU's memory to itself
+        for cls, label in models:
+            bench = Bench(cls, label, config, batch_size, device, compile=compile).warm_up(warmup)
+            bench.time(steps)
+            bench.time(steps)
+            results.append(bench.result())
+            bench.release()
+            print_result(results[-1])
+    else:  # interleaved, A, B, A, B: a shared CPU's speed drifts
+        benches = [Bench(cls, label, config, batch_size, device, compile=compile).warm_up(warmup)
+                   for cls, label in models]
+        for _ in range(2):
+            for bench in benches:
+                bench.time(steps)
+        for bench in benches:
+            results.append(bench.result())
+            print_result(results[-1])
+    ours, plain = results[0], results[1]
+    print(f"  minift / GPT-2: {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s, "
+          f"{ours['peak_bytes'] / plain['peak_bytes']:.2f}x peak memory"
+          + (f"; minift / minift @ {against}: {ours['tokens_per_s'] / results[2]['tokens_per_s']:.2f}x tokens/s"
+             if against else ""), flush=True)
+    return {"config": name, "device": device, "compile": compile, "batch_size": batch_size, **config,
+            "results": results, "speed_ratio": ours["tokens_per_s"] / plain["tokens_per_s"],
+            "memory_ratio": ours["peak_bytes"] / plain["peak_bytes"]}
+
+
+def interleaved(name_a, bench_a, name_b, bench_b, steps):
+    """Time A and B as A, B, A, B and print both and the ratio."""
+    for _ in range(2):
+        bench_a.time(steps)
+        bench_b.time(steps)
+    a, b = bench_a.seconds, bench_b.seconds
     print(f"{name_a} {a[0] * 1000:.0f} / {a[1] * 1000:.0f} ms/step, {name_b} {b[0] * 1000:.0f} / "
-          f"{b[1] * 1000:.0f} ms/step: {name_b} is {sum(a) / sum(b):.2f}x as fast")
+          f"{b[1] * 1000:.0f} ms/step: {name_b} is {sum(a) / sum(b):.2f}x as fast", flush=True)
 
 
 def main(args):
-    cfg = Config()
-    tokens = cfg.batch_size * cfg.block_size
-    dt, n_params = seconds_per_step(cfg)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"tiny preset model ({n_params / 1e6:.2f}M params), batch {cfg.batch_size} x {cfg.block_size}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{dt * 1000:.0f} ms/step, {tokens / dt:,.0f} tokens/s, peak RSS {peak_mb:.0f} MB")
-
-    def step_time(**kwargs):
-        return seconds_per_step(cfg, **kwargs)[0]
-
-    if "--bf16" in args:
-        bf16_cpu = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
-        interleaved("fp32", step_time, "bf16 autocast", functools.partial(step_time, autocast=bf16_cpu), dt)
-    if "--muon" in args:
-        interleaved("AdamW", step_time, "Muon", functools.partial(step_time, optimizer="muon"), dt)
+    opts = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "1") for a in args)
+    device = pick_device(opts.get("device", "auto"))
+    gpu = device.startswith("cuda")
+    names = [opts["config"]] if "config" in opts else (GPU_CONFIGS if gpu else ["tiny"])
+    compile = opts.get("compile", "1" if gpu else "0") not in ("0", "false")
+    steps = int(opts.get("steps", 20 if gpu else 10))
+    warmup = int(opts.get("warmup", 5 if gpu else 3))
+    if gpu:
+        print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(device)}, "
+              f"bf16 peak {peak_bf16_flops(device) or 'unknown'} FLOP/s")
+    reports = [side_by_side(name, device, compile, steps, warmup, opts.get("against")) for name in names]
+    config, batch_size = CONFIGS[names[-1]]
+    plain_fp32 = functools.partial(Bench, GPT, "", config, batch_size, device, compile=compile,
+                                   autocast=contextlib.nullcontext)
+    if "bf16" in opts:
+        bf16 = functools.partial(torch.autocast, device.split(":")[0], dtype=torch.bfloat16)
+        interleaved("fp32", plain_fp32().warm_up(warmup), "bf16 autocast",
+                    Bench(GPT, "", config, batch_size, device, compile=compile, autocast=bf16).warm_up(warmup), steps)
+    if "muon" in opts:
+        interleaved("AdamW", plain_fp32().warm_up(warmup), "Muon", plain_fp32(optimizer="muon").warm_up(warmup), steps)
+    if "json" in opts:
+        with open(opts["json"], "w") as f:
+            json.dump(reports, f, indent=1)
+    return reports
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ tokenizer's training sample (the first --bpe_mb MB of training text) is held at 
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import re
 import shutil
 import sys
 import time
+from collections import deque
 from itertools import chain
 from pathlib import Path
 
@@ -49,17 +51,44 @@ VAL_EVERY = 20  # document i goes to val when i % VAL_EVERY == 1
 MAX_DOC_CHARS = 64_000
 CHUNK_BYTES = 1_000_000  # tokenize and write this much text at a time
 NGRAM_SAMPLE_BYTES = 1_000_000  # the distinct-3-gram ratio depends on sample size: fix it
+SHARD_BYTES = 8_000_000  # generated text is made in shards of this size, in parallel (generated_documents)
 
 
 # --------------------------------------------------------------------------------------------------
 # Document sources: each is a generator of strings.
 
-def generated_documents(seed: int, n_bytes: int, formatted_share: float = 0.25):
-    """The story world's documents until about n_bytes of text.
+def generated_documents(seed: int, n_bytes: int, formatted_share: float = 0.25, processes: int | None = None):
+    """The story world's documents until about n_bytes of text, made SHARD_BYTES at a time over
+    `processes` worker processes (default: one per core) when there is more than one shard.
 
-    A share of them are short *formatted* pieces: a titled description, a bullet list, a note in
-    capitals, a JSON record, a letter with a P.S. (minift.splits.formatted_piece). Web text, which
-    real models pretrain on, is full of such forms; without them our base model would meet a
+    Shard 0 is seed's own stream and shard k > 0 the stream of seed "<seed>/<k>", each cut at
+    SHARD_BYTES, so the text depends on the seed and the size only, never on the core count, and
+    every corpus of up to SHARD_BYTES (the tiny preset's 4 MB) is the one sequential stream it
+    always was. One process makes a few MB of text a second, so the small preset's 200 MB took
+    minutes on one core."""
+    sizes = [min(SHARD_BYTES, n_bytes - start) for start in range(0, n_bytes, SHARD_BYTES)]
+    jobs = [(seed if k == 0 else f"{seed}/{k}", size, formatted_share) for k, size in enumerate(sizes)]
+    processes = min(processes or os.cpu_count() or 1, len(jobs))
+    if processes <= 1:
+        for job in jobs:
+            yield from _shard_documents(*job)
+        return
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pending = deque()  # shards handed out, taken back in order; a few ahead, so memory stays small
+        for job in jobs:
+            pending.append(pool.apply_async(_shard_documents_list, (job,)))
+            if len(pending) > processes:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+def _shard_documents(seed, n_bytes: int, formatted_share: float):
+    """One shard: a share of formatted pieces among the stories, until about n_bytes of text.
+
+    A share of the documents are short *formatted* pieces: a titled description, a bullet list, a
+    note in capitals, a JSON record, a letter with a P.S. (minift.splits.formatted_piece). Web text,
+    which real models pretrain on, is full of such forms; without them our base model would meet a
     `<<title>>` or an ALL-CAPS word for the first time during SFT, and a few minutes of SFT are
     too little to learn how to write them AND when to. The pieces carry no instructions, so the
     base model still does not know when to use which form: that is what SFT teaches."""
@@ -70,6 +99,10 @@ def generated_documents(seed: int, n_bytes: int, formatted_share: float = 0.25):
         doc = splits.formatted_piece(rng) if rng.random() < formatted_share else next(stories)
         yield doc
         total += len(doc) + 1
+
+
+def _shard_documents_list(job):
+    return list(_shard_documents(*job))
 
 
 def instruction_prompts(seed: int, n_bytes: int):

@@ -209,13 +209,15 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens is longer than block_size "
                              f"{self.config.block_size}")
         if attention_mask is None:
-            pos = torch.arange(past, past + T, device=idx.device).unsqueeze(0)  # (1, T)
+            # Positions past..past+T-1 for every row: a slice of the tables, not a gather.
+            rotary = (self.rotary_cos[past:past + T][None, None], self.rotary_sin[past:past + T][None, None])
             attn_mask = None if cache is None else self._attention_mask(
                 torch.ones(B, past + T, dtype=torch.bool, device=idx.device), T)
         else:
             pos = positions_from_mask(attention_mask)[:, -T:]  # (B, T)
+            rotary = (self.rotary_cos[pos].unsqueeze(1), self.rotary_sin[pos].unsqueeze(1))
             attn_mask = self._attention_mask(attention_mask.bool(), T)
-        rotary = (self.rotary_cos[pos].unsqueeze(1), self.rotary_sin[pos].unsqueeze(1))  # (B|1, 1, T, D/2)
+        # rotary: cos and sin, (B|1, 1, T, D/2)
         x = self.drop(self.wte(idx))
         for i, block in enumerate(self.blocks):
             x = block(x, rotary, attn_mask, cache, i)
@@ -240,17 +242,23 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None, attention_mask=None, cache=None, ignore_index=-1):
         """Without targets: (logits (B, T, V), None).
-        With targets (B, T): (logits (N, V), loss), where the N positions are those whose target
-        is not ignore_index (prompt tokens in SFT, padding), and loss is their mean cross-entropy.
-        The output layer only runs where a target is scored: with V = 2053 against C = 128 it
-        is a large share of a tiny model's compute, and SFT scores only the answers (about half
-        of its tokens)."""
+        With targets (B, T): (logits, loss), loss the mean cross-entropy over the positions whose
+        target is not ignore_index (prompt tokens in SFT, padding).
+        On the CPU the output layer only runs where a target is scored, and logits are those
+        rows, (N, V): with V = 2053 against C = 128 it is a large share of a tiny model's compute,
+        and SFT scores only the answers (about half of its tokens). Elsewhere logits are every
+        position's, (B*T, V): picking rows by a mask gives a tensor whose size depends on the
+        data, which makes a GPU wait for the count and splits a torch.compile graph in two,
+        while a GPU has compute to spare."""
         x = self.hidden_states(idx, attention_mask, cache)  # (B, T, C)
         if targets is None:
             return self.lm_head(x), None
-        scored = targets != ignore_index                    # (B, T)
-        logits = self.lm_head_rows(x[scored])               # (N, V)
-        return logits, F.cross_entropy(logits.float(), targets[scored])
+        if x.device.type == "cpu" and not torch.compiler.is_compiling():
+            scored = targets != ignore_index                # (B, T)
+            logits = self.lm_head_rows(x[scored])           # (N, V)
+            return logits, F.cross_entropy(logits.float(), targets[scored])
+        logits = self.lm_head(x).flatten(0, 1)              # (B*T, V)
+        return logits, F.cross_entropy(logits.float(), targets.flatten(), ignore_index=ignore_index)
 
     def lm_head_rows(self, h):
         """The output layer on some rows of hidden states, (N, C) -> (N, V). The rows are

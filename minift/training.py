@@ -272,6 +272,30 @@ def check_finite(loss, step, ckpt_path):
             f"the last good weights. Try a lower --learning_rate or a smaller --grad_clip.")
 
 
+# ---------------------------------------------------------------------- throughput
+# Dense bf16 tensor-core peak of a GPU, FLOP/s, without sparsity (the vendors' data sheets):
+# the denominator of model FLOPs utilisation (MFU). Matched in this order against
+# torch.cuda.get_device_name(), so "H100 PCIe" is tried before the SXM part's "H100".
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "A10G": 70e12, "L4": 121e12}
+
+
+def peak_bf16_flops(device):
+    """This GPU's bf16 peak from PEAK_BF16_FLOPS, or None (a CPU, or a GPU not in the table)."""
+    if not str(device).startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def flops_per_token(n_params, n_layer, n_head, head_dim, seq_len):
+    """Training FLOPs per token (PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's estimate_mfu):
+    6 N for the forward and backward products through N weights (2 N forward, 4 N backward),
+    plus 12 L H Q T for attention's scores and weighted sums (L layers of H heads of size Q,
+    T positions; counted in full, though causal attention skips half)."""
+    return 6 * n_params + 12 * n_layer * n_head * head_dim * seq_len
+
+
 # ---------------------------------------------------------------------- bookkeeping
 class MetricsLog:
     """Appends one JSON object per line to <out_dir>/metrics.jsonl: easy to tail, to

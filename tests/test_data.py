@@ -160,6 +160,23 @@ PARAGRAPHS = ["First Citizen:\nBefore we proceed any further, hear me speak.",
               "One more line\nand another one."]
 
 
+def test_generated_shards_do_not_depend_on_the_core_count(monkeypatch):
+    """Text past SHARD_BYTES comes from shards made in parallel; which process makes a shard
+    must not change it. Text up to SHARD_BYTES is the one stream it always was."""
+    import data.prepare
+    monkeypatch.setattr(data.prepare, "SHARD_BYTES", 20_000)
+    one = list(generated_documents(7, 50_000, processes=1))
+    assert list(generated_documents(7, 50_000, processes=2)) == one
+    head = list(generated_documents(7, 20_000))
+    assert one[:len(head)] == head and len(one) > len(head) + 5
+    # the first shard: stories from seed 7's stream, with formatted pieces from their own
+    stories, rng, total, expected = world.iter_documents(7), random.Random("formatted/7"), 0, []
+    while total < 20_000:
+        expected.append(data.prepare.splits.formatted_piece(rng) if rng.random() < 0.25 else next(stories))
+        total += len(expected[-1]) + 1
+    assert head == expected
+
+
 def test_prepare_user_file_splits_on_blank_lines(tmp_path):
     text = "\n\n".join(PARAGRAPHS) + "\n\n\n"
     path = tmp_path / "play.txt"

@@ -175,3 +175,25 @@ def test_reward_adds_the_weighted_mean_logprob_of_the_answer():
     by_hand = (logp[2, 7] + logp[3, 8] + logp[4, 9]) / 3                 # tokens 7, 8, 9 of the answer
     assert head_only.item() == pytest.approx(model.head(model.gpt.hidden_states(ids))[0, -1].item(), abs=1e-5)
     assert (both - head_only).item() == pytest.approx(2.0 * by_hand.item(), abs=1e-4)
+
+
+def test_compiled_loss_is_one_graph_and_matches_eager():
+    """torch.compile captures the whole loss in one graph: no graph break, so the GPU runs one
+    compiled kernel sequence (picking scored rows by a mask would break it: their count depends
+    on the data). The compiled path's loss over every position's logits, ignored positions
+    included, equals the CPU's loss over the scored rows only."""
+    model = make_model().train()
+    x = torch.randint(0, 97, (2, 16))
+    y = x.clone()
+    y[:, :3] = -1
+
+    def loss_of(x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x, y)[1]
+    explained = torch._dynamo.explain(loss_of)(x, y)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")  # traced by dynamo, run eagerly: fast to build
+    logits, loss = compiled(x, y)
+    assert logits.shape == (2 * 16, 97)
+    assert torch.allclose(loss, model(x, y)[1], atol=1e-6)

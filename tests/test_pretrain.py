@@ -6,8 +6,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import train_pretrain
 from conftest import ROOT, read_metrics
@@ -52,6 +54,44 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus_dir, tmp_path, mon
     after = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert after["step"] == 3
     assert all(torch.equal(good["model"][k], after["model"][k]) for k in good["model"])
+
+
+def test_get_batch_reads_windows_and_their_shift():
+    data = np.arange(1000, dtype=np.uint16)
+    x, y = train_pretrain.get_batch(data, 3, 16, torch.Generator().manual_seed(0), "cpu")
+    starts = torch.randint(1000 - 16 - 1, (3,), generator=torch.Generator().manual_seed(0))
+    assert x.dtype == torch.int64 and x.shape == y.shape == (3, 16)
+    assert torch.equal(x, starts[:, None] + torch.arange(16)) and torch.equal(y, x + 1)
+
+
+class HostReads(TorchDispatchMode):
+    """Records the training step during which the host reads a tensor's value: item(), float(),
+    bool() and tolist() all reach aten._local_scalar_dense, and on a GPU each one waits for the
+    GPU to finish its queue. `step` is advanced by the training loop's set_lr (patched below)."""
+
+    def __init__(self):
+        super().__init__()
+        self.step, self.reads = -1, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads.append(self.step)
+        return func(*args, **(kwargs or {}))
+
+
+def test_host_reads_values_only_at_log_intervals(corpus_dir, tmp_path, monkeypatch):
+    reads = HostReads()
+    real_set_lr = train_pretrain.set_lr
+
+    def set_lr(optimizer, lr):  # called once at the start of every step
+        reads.step += 1
+        real_set_lr(optimizer, lr)
+    monkeypatch.setattr(train_pretrain, "set_lr", set_lr)
+    with reads:
+        train_pretrain.main(MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={tmp_path / 'reads'}", "--max_steps=12",
+                                     "--log_interval=4", "--eval_interval=12"])
+    assert reads.step == 11
+    assert {s for s in reads.reads if s >= 0} == {3, 7, 11}  # steps 4, 8 and 12 log; 12 also evaluates
 
 
 def run_script(args, **kw):
