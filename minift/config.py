@@ -54,7 +54,7 @@ def field_comments(cls):
     further. Comments above a field are notes on how its value was chosen, not help."""
     try:
         source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):  # no source file (an interactive session): help without comments
+    except (OSError, TypeError):  # no source file (an interactive interpreter): help without comments
         return {}
     comments = {tok.start[0]: tok for tok in tokenize.generate_tokens(io.StringIO(source).readline)
                 if tok.type == tokenize.COMMENT}

@@ -8,13 +8,19 @@ sys.path.insert(0, ROOT)
 import pytest
 
 
-@pytest.fixture(scope="session")
+_CORPUS = {}
+
+
+@pytest.fixture
 def corpus_dir(tmp_path_factory):
-    """A small generated corpus with its own tokenizer, shared by the training tests."""
-    from data.prepare import prepare
-    out = tmp_path_factory.mktemp("corpus")
-    prepare(str(out), size_mb=0.3, seed=0, vocab_size=512)
-    return str(out)
+    """A small generated corpus with its own tokenizer, made once per test run and shared by
+    the training tests."""
+    if "dir" not in _CORPUS:
+        from data.prepare import prepare
+        out = tmp_path_factory.mktemp("corpus")
+        prepare(str(out), size_mb=0.3, seed=0, vocab_size=512)
+        _CORPUS["dir"] = str(out)
+    return _CORPUS["dir"]
 
 
 def read_metrics(out_dir):
