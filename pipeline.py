@@ -14,8 +14,10 @@ Stages, each a script you can also run on its own:
     ppo       train_ppo.py                         PPO against the reward model, KL to SFT
     eval      evaluate.py                          IFEval metrics for base, SFT and PPO models
 
-Every stage writes <out_dir>/<stage>/stage.json when it finishes; a re-run skips finished
-stages (unless --force), and an interrupted stage resumes from its own checkpoint.
+Every stage writes <out_dir>/<stage>/stage.json when its script ran to the end (Ctrl-C makes a
+script save and raise Interrupted instead of returning); a re-run skips finished stages (unless
+--force), and an interrupted stage resumes from its own checkpoint. Each training stage's record
+holds the steps it completed ("step", or PPO's "iterations").
 The report card is <out_dir>/report.md, with the same numbers in <out_dir>/report.json.
 """
 
@@ -59,7 +61,8 @@ METRIC_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instructi
 
 
 def run_stage(name, out_dir, force, fn):
-    """Run fn() unless <out_dir>/<name>/stage.json says it already finished."""
+    """Run fn() unless <out_dir>/<name>/stage.json says it already finished. The marker is
+    written only when fn returns: an exception (Interrupted by Ctrl-C, or an error) leaves none."""
     marker = os.path.join(out_dir, name, "stage.json")
     if os.path.exists(marker) and not force:
         with open(marker) as f:

@@ -18,6 +18,7 @@ from collections import Counter
 # Run as a script from the repo root: make `import minift` work without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from minift.config import run  # noqa: E402
 from minift.splits import SPLIT_SIZES, make_splits  # noqa: E402
 
 try:
@@ -47,7 +48,7 @@ def make_sft(out_dir="data/generated/sft", seed=0, n_train=SPLIT_SIZES["train"],
     return stats
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="data/generated/sft")
     p.add_argument("--seed", type=int, default=0)
@@ -55,7 +56,10 @@ def main():
     p.add_argument("--n_test", type=int, default=SPLIT_SIZES["test"])
     p.add_argument("--n_heldout", type=int, default=SPLIT_SIZES["heldout"])
     p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"])
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    for name in ("n_train", "n_test", "n_heldout", "n_rl"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name}={getattr(a, name)}: expected at least 1 record")
     stats = make_sft(a.out_dir, a.seed, a.n_train, a.n_test, a.n_heldout, a.n_rl)
     for name, n in stats["counts"].items():
         print(f"{name:<11} {n:>6} records   instructions per prompt: {stats['n_instructions'][name]}")
@@ -69,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -24,6 +24,7 @@ tokenizer's training sample (the first --bpe_mb MB of training text) is held at 
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import random
 import re
@@ -42,6 +43,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 
 from minift import splits, world  # noqa: E402
+from minift.config import run  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
 EOT_MARKER = "<|endoftext|>"
@@ -96,11 +98,24 @@ def input_files(path: str) -> list[Path]:
 
 
 def file_documents(path: Path):
-    """Split one text file into documents, streaming it line by line (see the module docstring)."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        by_marker = EOT_MARKER in f.read(1_000_000)
+    """Split one text file into documents, streaming it line by line (see the module docstring).
+    Text that is not UTF-8 (Latin-1, say) or looks binary is refused, naming the file: decoded
+    with replacement characters it would train a tokenizer and a model on garbage."""
+    with open(path, "rb") as f:
+        if b"\x00" in f.read(1_000_000):
+            raise ValueError(f"{path} looks binary (it holds NUL bytes); --input takes UTF-8 text files")
+    try:
+        with open(path, encoding="utf-8") as f:
+            by_marker = EOT_MARKER in f.read(1_000_000)
+        yield from _split_documents(path, by_marker)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} in its text); convert it, "
+                         f"e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _split_documents(path, by_marker):
     doc, size = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             for k, piece in enumerate(line.split(EOT_MARKER) if by_marker else [line]):
                 if k > 0:  # a marker ends the document
@@ -179,6 +194,8 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     formatted_share: the share of generated documents that are formatted pieces.
     """
     log = print if verbose else (lambda *a, **k: None)
+    check_options(size_mb=size_mb, vocab_size=vocab_size, bpe_mb=bpe_mb, formatted_share=formatted_share,
+                  prompts_mb=prompts_mb)
     t_start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     if input is None:
@@ -229,11 +246,13 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     paths = {s: os.path.join(out_dir, f"{s}.bin") for s in counts}
     files = {s: open(p + ".tmp", "wb") for s, p in paths.items()}
     t_enc, n_docs, next_report = 0.0, 0, 50e6
-    threads = min(8, os.cpu_count() or 1)
+    # tiktoken's encode_ordinary_batch, with a pool we shut down ourselves: on Ctrl-C its own
+    # pool waited for every queued document (a hang on a big chunk); ours drops them.
+    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
     try:
         for chunk in _chunks(chain(head, docs), CHUNK_BYTES):
             t0 = time.perf_counter()
-            ids = tok.enc.encode_ordinary_batch(chunk, num_threads=threads)  # tiktoken, in Rust
+            ids = list(pool.map(tok.enc.encode_ordinary, chunk))  # tiktoken, in Rust
             parts = {"train": [], "val": []}
             for doc, doc_ids in zip(chunk, ids):
                 split = "val" if n_docs % VAL_EVERY == 1 else "train"
@@ -253,6 +272,7 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
                 log(f"  ... {n_docs:,} documents, {done / 1e6:.0f} MB tokenized")
                 next_report += 50e6
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         for f in files.values():
             f.close()
     if n_docs == 0:
@@ -294,6 +314,19 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     return meta
 
 
+def check_options(size_mb, vocab_size, bpe_mb, formatted_share, prompts_mb):
+    """Ranges, before any work: one line naming the option."""
+    problems = [(size_mb > 0, f"--size_mb={size_mb}: expected more than 0"),
+                (256 <= vocab_size <= 65536 - 5, f"--vocab_size={vocab_size}: expected 256 (the single bytes) to "
+                                                  "65531 (ids are stored as uint16, with 5 special tokens)"),
+                (bpe_mb > 0, f"--bpe_mb={bpe_mb}: expected more than 0"),
+                (0 <= formatted_share <= 1, f"--formatted_share={formatted_share}: expected a share from 0 to 1"),
+                (prompts_mb >= 0, f"--prompts_mb={prompts_mb}: expected 0 or more")]
+    for ok, message in problems:
+        if not ok:
+            raise ValueError(message)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -315,4 +348,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -17,6 +17,19 @@ def corpus_dir(tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def micro_pipeline(tmp_path_factory):
+    """pipeline.py run once, uninterrupted, on the micro preset: its out_dir and report.json."""
+    import json
+    import subprocess
+    out = str(tmp_path_factory.mktemp("pipeline") / "micro")
+    r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    with open(os.path.join(out, "report.json")) as f:
+        return out, json.load(f)
+
+
 def read_metrics(out_dir):
     import json
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
