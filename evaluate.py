@@ -98,9 +98,10 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
         earlier = earlier_exchanges(records) if earlier_turn else None
     except ValueError as e:  # records without reference answers: say which file
         raise ValueError(f"{input_path}: {e}") from None
+    # the judge first: a wrong --reward_ckpt stops the run before any answer is generated
+    judge = reward_model_judge(reward_ckpt, device, batch_size, ckpt["tokenizer"], ckpt_path) if reward_ckpt else None
     metrics, responses = evaluate_records(model, tokenizer, records, max_new_tokens, batch_size, earlier)
     if samples:
-        judge = reward_model_judge(reward_ckpt, device, batch_size, ckpt["tokenizer"], ckpt_path) if reward_ckpt else None
         metrics |= sampled_pass_rates(model, tokenizer, records, samples, temperature, max_new_tokens,
                                       batch_size, seed, device, judge)
     if output:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_checkpoint, resume_training,
-                               save_training_checkpoint, start_afresh, tokenizer_for)
+                               save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_inputs
@@ -288,18 +288,16 @@ def main(argv=None):
     tokenizer = tokenizer_for(sft, cfg.sft_ckpt)
     policy = build_model(sft).to(device)          # trained; starts as the SFT model
     reference = build_model(sft).to(device)       # frozen SFT copy, anchor of the KL penalty
+    rm_ckpt = None   # --reward=gold: the checkers score, no reward model
     if cfg.reward == "model":
-        rm_ckpt = load_checkpoint(cfg.reward_ckpt, hint="Train the reward model first: python train_reward.py",
-                                  kinds=("reward",))
+        rm_ckpt = load_checkpoint(cfg.reward_ckpt, hint="Train it first: python train_reward.py", kinds=("reward",))
         check_tokenizer(rm_ckpt, cfg.reward_ckpt, sft["tokenizer"], cfg.sft_ckpt)
         rm_ckpt["model_config"]["dropout"] = 0.0
-        reward_model = build_model(rm_ckpt, ScalarModel).to(device)
-    else:  # "gold" (cli_config allows only the two)
-        reward_model = None
+    reward_model = build_model(rm_ckpt, ScalarModel).to(device) if rm_ckpt else None
     # The critic is the reward model's transformer (InstructGPT, N+, TRL: its features already
     # tell good answers from bad), or with --reward=gold the SFT model's, under a value head
     # that starts at zero.
-    value_model = critic_from(rm_ckpt if cfg.reward == "model" else sft).to(device)
+    value_model = critic_from(rm_ckpt or sft).to(device)
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)
@@ -317,9 +315,7 @@ def main(argv=None):
     generator = torch.Generator(device=device).manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     it = 0
-    if cfg.force:
-        start_afresh(cfg.out_dir)
-    elif cfg.resume and os.path.exists(ckpt_path):
+    if should_resume(cfg, ckpt_path):
         ckpt = resume_training(ckpt_path, policy, optimizer, generator, device, rt.rank, cfg.seed, "ppo", cfg,
                                sft["tokenizer"])
         value_model.load_state_dict(ckpt["value_model"])

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from minift.checkpoint import resume_training, save_training_checkpoint, start_afresh
+from minift.checkpoint import resume_training, save_training_checkpoint, should_resume
 from minift.config import cli_config, print_config, run
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import load_tokenizer
@@ -159,9 +159,7 @@ def main(argv=None):
     batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step = 0
-    if cfg.force:
-        start_afresh(cfg.out_dir)
-    elif cfg.resume and os.path.exists(ckpt_path):
+    if should_resume(cfg, ckpt_path):
         step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "pretrain",
                                cfg, tokenizer.identity)["step"]
         if rt.master:

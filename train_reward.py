@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               start_afresh, tokenizer_for)
+                               should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, read_jsonl
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
@@ -323,9 +323,7 @@ def main(argv=None):
     batch_rng = torch.Generator().manual_seed(cfg.seed)  # saved with checkpoints; the order is epoch_order's
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step, metrics = 0, {}
-    if cfg.force:
-        start_afresh(cfg.out_dir)
-    elif cfg.resume and os.path.exists(ckpt_path):
+    if should_resume(cfg, ckpt_path):
         ckpt = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, kind="reward", cfg=cfg,
                                tokenizer=init["tokenizer"])
         step, metrics = ckpt["step"], ckpt["metrics"]  # a finished run just reports its metrics again

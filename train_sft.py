@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               start_afresh, tokenizer_for)
+                               should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import DataFormatError, load_ifeval_inputs, load_sft
@@ -192,9 +192,7 @@ def main(argv=None):
     batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step = 0
-    if cfg.force:
-        start_afresh(cfg.out_dir)
-    elif cfg.resume and os.path.exists(ckpt_path):
+    if should_resume(cfg, ckpt_path):
         step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "sft",
                                cfg, init["tokenizer"])["step"]
         if rt.master:

@@ -147,12 +147,16 @@ def save_training_checkpoint(path, kind, step, model, optimizer, cfg, tokenizer_
         "rng": rng_state(generator), "metrics": metrics, **extra})
 
 
-def start_afresh(out_dir):
-    """--force: the run starts over in out_dir. Its old metrics log goes, so the log never
-    mixes two runs; its checkpoint is replaced at the new run's first save."""
-    path = os.path.join(out_dir, "metrics.jsonl")
-    if os.path.exists(path):
-        os.remove(path)
+def should_resume(cfg, ckpt_path):
+    """Whether a training script resumes from <out_dir>/ckpt.pt: it does when the file exists
+    and --resume is on (the default). --force starts over instead: the old metrics log goes, so
+    a log never mixes two runs, and the checkpoint is replaced at the new run's first save."""
+    if cfg.force:
+        log = os.path.join(cfg.out_dir, "metrics.jsonl")
+        if os.path.exists(log):
+            os.remove(log)
+        return False
+    return cfg.resume and os.path.exists(ckpt_path)
 
 
 def resume_training(path, model, optimizer, generator, device="cpu", rank=0, seed=0, kind=None, cfg=None,
