@@ -81,11 +81,27 @@ def run_stage(name, out_dir, force, fn):
     return result
 
 
+def check_preset(out, cfg):
+    """A finished stage of another preset in this out_dir would be skipped, and its numbers
+    reported as this preset's: refuse, unless --force starts over."""
+    path = os.path.join(out, "pipeline.json")
+    if os.path.exists(path) and not cfg.force:
+        with open(path) as f:
+            other = json.load(f).get("preset")
+        if other != cfg.preset:
+            raise SystemExit(f"error: {out} holds a --preset={other} run; resume it with --preset={other}, start "
+                             f"over with --force, or choose another --out_dir")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"preset": cfg.preset}, f)
+
+
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     if cfg.preset not in DATA:
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
+    check_preset(out, cfg)
     data = DATA[cfg.preset]
     corpus, sft_data, prefs = (os.path.join(out, "data", d) for d in ("corpus", "sft", "prefs"))
     ckpt = {s: os.path.join(out, s, "ckpt.pt") for s in ("pretrain", "sft", "reward", "ppo")}

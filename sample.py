@@ -83,7 +83,7 @@ def main(argv=None):
     ckpt = load_checkpoint(cfg.ckpt, hint="Train one first, e.g. python pipeline.py")
     tokenizer = tokenizer_for(ckpt, cfg.ckpt)
     seed = cfg.seed if cfg.seed >= 0 else random.SystemRandom().randrange(2 ** 31)
-    if cfg.seed < 0 and not ckpt["kind"] == "reward":  # stderr: stdout stays the text alone
+    if cfg.seed < 0 and cfg.temperature > 0 and ckpt["kind"] != "reward":  # stderr: stdout stays the text
         print(f"seed {seed} (--seed={seed} draws this sample again)", file=sys.stderr)
     generator = torch.Generator(device=cfg.device).manual_seed(seed)
 

@@ -98,9 +98,9 @@ AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad
                 "ppo_epochs", "num_minibatches", "epochs", "batch_groups", "eval_batch_size", "k", "num_samples",
                 "kl_horizon")
 AT_LEAST_ZERO = ("max_examples", "samples", "eval_examples", "num_prompts", "top_k", "warmup_steps", "decay_steps",
-                 "min_lr", "weight_decay", "temperature", "missing_eos_penalty", "kl_coef", "likelihood_weight",
-                 "across_prompt_weight", "vf_coef")
-ABOVE_ZERO = ("learning_rate", "grad_clip", "clip_range", "value_clip", "kl_target", "adam_eps")
+                 "learning_rate", "min_lr", "weight_decay", "temperature", "missing_eos_penalty", "kl_coef",
+                 "likelihood_weight", "across_prompt_weight", "vf_coef")
+ABOVE_ZERO = ("grad_clip", "clip_range", "value_clip", "kl_target", "adam_eps")
 FRACTIONS = {"dropout": (0, 1, False), "val_fraction": (0, 1, False), "gamma": (0, 1, True), "lam": (0, 1, True),
              "top_p": (0, 1, True)}   # name: (low, high, high included); low is included except for top_p
 CHOICES = {"dtype": ("bfloat16", "float16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold")}
@@ -122,7 +122,8 @@ def check_ranges(config, script):
             bad(name, "more than 0")
         if name in FRACTIONS:
             low, high, closed = FRACTIONS[name]
-            if not (low < value if name == "top_p" else low <= value) or not (value <= high if closed else value < high):
+            above_low = low < value if name == "top_p" else low <= value
+            if not above_low or not (value <= high if closed else value < high):
                 bad(name, f"a number from {low} to {high}" + ("" if closed else f" (not {high} itself)"))
         if name in CHOICES and value not in CHOICES[name]:
             bad(name, f"one of {', '.join(CHOICES[name])}")

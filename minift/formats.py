@@ -69,7 +69,7 @@ def read_text(path):
         raise DataFormatError(f"{os.fspath(path)}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
                               f"{e.start}); expected a UTF-8 JSON or JSONL file") from None
     if "\x00" in text:
-        raise DataFormatError(f"{os.fspath(path)}: looks binary (it holds NUL bytes); expected a JSON or JSONL text file")
+        raise DataFormatError(f"{os.fspath(path)}: looks binary (it holds NUL bytes); expected a JSON or JSONL file")
     return text
 
 

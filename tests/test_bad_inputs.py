@@ -279,7 +279,7 @@ def test_sft_checks_its_data_before_training(kit, tmp_path, data, eval_data, nee
 
 
 @pytest.mark.parametrize("main, args, needles", [
-    (train_sft.main, ["--learning_rate=0"], ["--learning_rate=0"]),
+    (train_sft.main, ["--learning_rate=-0.1"], ["--learning_rate=-0.1"]),
     (train_reward.main, ["--batch_groups=0"], ["--batch_groups=0"]),
     (train_reward.main, ["--val_fraction=1"], ["--val_fraction=1"]),
     (train_ppo.main, ["--temperature=0"], ["--temperature=0"]),
@@ -294,6 +294,18 @@ def test_sft_checks_its_data_before_training(kit, tmp_path, data, eval_data, nee
 ])
 def test_option_ranges(tmp_path, main, args, needles):
     fails(main, args + [f"--out_dir={tmp_path}"] if main is not sample.main else args, *needles)
+
+
+def test_pipeline_refuses_another_preset_in_its_out_dir(tmp_path):
+    """Its finished stages would be skipped, and their numbers reported as the new preset's."""
+    os.makedirs(tmp_path / "data")
+    with open(tmp_path / "pipeline.json", "w") as f:
+        json.dump({"preset": "micro"}, f)
+    with open(tmp_path / "data" / "stage.json", "w") as f:
+        json.dump({"seconds": 1.0}, f)
+    before = digest(str(tmp_path))
+    fails(pipeline.main, ["--preset=tiny", f"--out_dir={tmp_path}"], "--preset=micro", "--force", "--out_dir")
+    assert digest(str(tmp_path)) == before
 
 
 # ---------------------------------------------------------------------------- evaluate.py, sample.py
