@@ -224,17 +224,16 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         if input is None:
             sample += instruction_prompts(seed, int(prompts_mb * 1e6))
         ranks = train_bpe("\n".join(sample or head), vocab_size)
-        tok_path = os.path.join(out_dir, "tokenizer.tiktoken")
-        save_ranks(tok_path, ranks)
-        tok_spec = tok_path
-        tok = load_tokenizer(tok_path)
+        tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
+        save_ranks(tok_spec + ".new", ranks)
+        tok = load_tokenizer(tok_spec + ".new")
     elif tokenizer == "gpt2":
         tok, tok_spec = load_tokenizer("gpt2"), "gpt2"  # offline this raises a clear error
     else:
         tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
         tok = load_tokenizer(tokenizer)
         if os.path.abspath(tokenizer) != os.path.abspath(tok_spec):  # keep a copy beside the data
-            shutil.copyfile(tokenizer, tok_spec)
+            shutil.copyfile(tokenizer, tok_spec + ".new")
     tokenizer_seconds = time.perf_counter() - t_tok
     assert tok.n_vocab <= 65536, f"{tok.n_vocab} tokens do not fit in uint16"
     log(f"tokenizer: {tok.name}, {tok.n_vocab} tokens (incl. specials), {tokenizer_seconds:.2f}s")
@@ -277,8 +276,12 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
             f.close()
     if n_docs == 0:
         raise ValueError(f"no text found in {input!r}")
+    # Only complete files get the real names, the tokenizer with them: one interrupted before
+    # this point leaves the previous corpus and its tokenizer whole, and matching.
     for split, p in paths.items():
-        os.replace(p + ".tmp", p)  # only complete files get the real names
+        os.replace(p + ".tmp", p)
+    if os.path.exists(tok_spec + ".new"):
+        os.replace(tok_spec + ".new", tok_spec)
 
     # 3) Stats and meta.json
     ratio = distinct_ngram_ratio("\n".join(ngram_sample))

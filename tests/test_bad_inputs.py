@@ -142,6 +142,22 @@ def test_prepare_script_answers_in_one_line(tmp_path):
     assert r.stderr.strip() == "error: --input '/nonexistent.txt' does not exist"
 
 
+def test_ctrl_c_while_tokenizing_keeps_the_previous_corpus(corpus_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C mid-way: one line, status 130, and the corpus there before, with its tokenizer, whole."""
+    import tiktoken
+    out = str(tmp_path / "corpus")
+    shutil.copytree(corpus_dir, out)
+    before = digest(out)
+
+    def interrupted(self, text):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tiktoken.Encoding, "encode_ordinary", interrupted)
+    with pytest.raises(SystemExit) as e:
+        run(lambda: prepare.main([f"--out_dir={out}", "--size_mb=0.05", "--vocab_size=300"]))
+    assert e.value.code == 130 and capsys.readouterr().err.strip().startswith("interrupted by Ctrl-C")
+    assert {k: v for k, v in digest(out).items() if not k.endswith((".tmp", ".new"))} == before
+
+
 def test_make_sft_bad_count(tmp_path):
     fails(make_sft.main, [f"--out_dir={tmp_path}", "--n_train=0"], "--n_train=0")
 
