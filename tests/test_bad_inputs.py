@@ -380,7 +380,7 @@ def test_ctrl_c_is_one_line_with_status_130(corpus_dir, tmp_path):
                                           and len(read_metrics(out)) >= 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=240)
     step = load_checkpoint(os.path.join(out, "ckpt.pt"))["step"]
     last = err.strip().splitlines()[-1]
     assert proc.returncode == 130 and "Traceback" not in err
