@@ -118,8 +118,6 @@ def main(argv=None):
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     out_dir = os.path.join(cfg.out_dir, os.path.basename(os.path.dirname(os.path.abspath(cfg.ckpt))))
     output = cfg.output or os.path.join(out_dir, f"responses_{name}.jsonl")
-    if cfg.samples < 0:
-        raise SystemExit(f"error: --samples must be 0 (greedy only) or more, got {cfg.samples}")
     if cfg.reward_ckpt and not cfg.samples:
         raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")
     metrics = evaluate(cfg.ckpt, input_path, cfg.max_examples, cfg.max_new_tokens, cfg.batch_size,
