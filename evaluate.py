@@ -8,6 +8,9 @@ instruction is verified by code, not by a judge model.
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --samples=8       # and 8 sampled answers a prompt
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --samples=8 --reward_ckpt=out/tiny/reward/ckpt.pt
 
+Files go to --out_dir/<the checkpoint's folder name>/ (out/eval/sft/ for the first line), never
+beside the checkpoint, where the pipeline keeps its own responses; --output names the responses file.
+
 It reads IFEval's input JSONL ({"key", "instruction_id_list", "prompt", "kwargs"}), which
 is also the format of our generated splits, answers with batched greedy decoding through
 the KV cache, and writes IFEval's response JSONL ({"prompt", "response"}), so the same
@@ -33,7 +36,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
+from minift.checkpoint import GENERATIVE, build_model, check_tokenizer, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
 from minift.evaluation import earlier_exchanges, evaluate_records, sampled_pass_rates
 from minift.formats import load_ifeval_inputs, write_ifeval_responses
@@ -48,7 +51,8 @@ class Config:
     ckpt: str = "out/tiny/sft/ckpt.pt"
     split: str = "test"                     # test | heldout, from data/generated/sft/
     input: str = ""                         # or any IFEval input JSONL (overrides --split)
-    output: str = ""                        # responses JSONL (default: next to the checkpoint)
+    output: str = ""                        # responses JSONL (default: in out_dir)
+    out_dir: str = "out/eval"               # responses and metrics go to out_dir/<checkpoint folder>/
     max_examples: int = 0                   # 0 = all
     max_new_tokens: int = 128
     batch_size: int = 64
@@ -61,11 +65,13 @@ class Config:
     reward_ckpt: str = ""                   # with --samples: best-of-K by this reward model too
 
 
-def reward_model_judge(reward_ckpt, device, batch_size=64):
+def reward_model_judge(reward_ckpt, device, batch_size=64, tokenizer_info=None, policy_ckpt=""):
     """A judge for best-of-K: (records, K answers each) -> the reward model's K scores each
     (raw; the normalisation does not change which answer is highest). Every answer is scored
     as a finished turn: unlike PPO's reward, no penalty for an answer cut off unfinished."""
-    ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python train_reward.py")
+    ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python train_reward.py", kinds=("reward",))
+    if tokenizer_info is not None:  # it must read the answers with the policy's id mapping
+        check_tokenizer(ckpt, reward_ckpt, tokenizer_info, policy_ckpt)
     tokenizer = tokenizer_for(ckpt, reward_ckpt)
     reward_model = build_model(ckpt, ScalarModel).to(device).eval()
     block_size = reward_model.gpt.config.block_size
@@ -85,7 +91,7 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
     and with reward_ckpt best-of-that-many by the reward model."""
     if samples and earlier_turn:
         raise SystemExit("error: --samples and --earlier_turn do not combine; run them one at a time")
-    ckpt = load_checkpoint(ckpt_path, hint="Train it first, e.g. python pipeline.py")
+    ckpt = load_checkpoint(ckpt_path, hint="Train it first, e.g. python pipeline.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(ckpt, ckpt_path)
     device = pick_device(device)
     model = build_model(ckpt).to(device).eval()
@@ -95,9 +101,10 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
         earlier = earlier_exchanges(records) if earlier_turn else None
     except ValueError as e:  # records without reference answers: say which file
         raise ValueError(f"{input_path}: {e}") from None
+    # the judge first: a wrong --reward_ckpt stops the run before any answer is generated
+    judge = reward_model_judge(reward_ckpt, device, batch_size, ckpt["tokenizer"], ckpt_path) if reward_ckpt else None
     metrics, responses = evaluate_records(model, tokenizer, records, max_new_tokens, batch_size, earlier)
     if samples:
-        judge = reward_model_judge(reward_ckpt, device, batch_size) if reward_ckpt else None
         metrics |= sampled_pass_rates(model, tokenizer, records, samples, temperature, max_new_tokens,
                                       batch_size, seed, device, judge)
     if output:
@@ -112,9 +119,8 @@ def main(argv=None):
     if not os.path.exists(input_path):
         raise SystemExit(f"error: no evaluation data at {input_path}. Run: python data/make_sft.py")
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
-    output = cfg.output or os.path.join(os.path.dirname(cfg.ckpt), f"responses_{name}.jsonl")
-    if cfg.samples < 0:
-        raise SystemExit(f"error: --samples must be 0 (greedy only) or more, got {cfg.samples}")
+    out_dir = os.path.join(cfg.out_dir, os.path.basename(os.path.dirname(os.path.abspath(cfg.ckpt))))
+    output = cfg.output or os.path.join(out_dir, f"responses_{name}.jsonl")
     if cfg.reward_ckpt and not cfg.samples:
         raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")
     metrics = evaluate(cfg.ckpt, input_path, cfg.max_examples, cfg.max_new_tokens, cfg.batch_size,
@@ -127,7 +133,8 @@ def main(argv=None):
               f"greedy {metrics['prompt_strict']:.1%}): a sample passes {metrics['sample_prompt_strict']:.1%}"
               f"{best}, pass@{cfg.samples} {metrics['pass_at_k']:.1%}")
     print(f"responses written to {output}")
-    with open(os.path.join(os.path.dirname(cfg.ckpt), f"eval_{name}.json"), "w") as f:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"eval_{name}.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     return metrics
 

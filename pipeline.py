@@ -14,8 +14,10 @@ Stages, each a script you can also run on its own:
     ppo       train_ppo.py                         PPO against the reward model, KL to SFT
     eval      evaluate.py                          IFEval metrics for base, SFT and PPO models
 
-Every stage writes <out_dir>/<stage>/stage.json when it finishes; a re-run skips finished
-stages (unless --force), and an interrupted stage resumes from its own checkpoint.
+Every stage writes <out_dir>/<stage>/stage.json when its script ran to the end (Ctrl-C makes a
+script save and raise Interrupted instead of returning); a re-run skips finished stages (unless
+--force), and an interrupted stage resumes from its own checkpoint. Each training stage's record
+holds the steps it completed ("step", or PPO's "iterations").
 The report card is <out_dir>/report.md, with the same numbers in <out_dir>/report.json.
 """
 
@@ -65,7 +67,8 @@ METRIC_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instructi
 
 
 def run_stage(name, out_dir, force, fn):
-    """Run fn() unless <out_dir>/<name>/stage.json says it already finished."""
+    """Run fn() unless <out_dir>/<name>/stage.json says it already finished. The marker is
+    written only when fn returns: an exception (Interrupted by Ctrl-C, or an error) leaves none."""
     marker = os.path.join(out_dir, name, "stage.json")
     if os.path.exists(marker) and not force:
         with open(marker) as f:
@@ -84,11 +87,27 @@ def run_stage(name, out_dir, force, fn):
     return result
 
 
+def check_preset(out, cfg):
+    """A finished stage of another preset in this out_dir would be skipped, and its numbers
+    reported as this preset's: refuse, unless --force starts over."""
+    path = os.path.join(out, "pipeline.json")
+    if os.path.exists(path) and not cfg.force:
+        with open(path) as f:
+            other = json.load(f).get("preset")
+        if other != cfg.preset:
+            raise SystemExit(f"error: {out} holds a --preset={other} run; resume it with --preset={other}, start "
+                             f"over with --force, or choose another --out_dir")
+    os.makedirs(out, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"preset": cfg.preset}, f)
+
+
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     if cfg.preset not in DATA:
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
+    check_preset(out, cfg)
     data = DATA[cfg.preset]
     corpus, sft_data, prefs = (os.path.join(out, "data", d) for d in ("corpus", "sft", "prefs"))
     ckpt = {s: os.path.join(out, s, "ckpt.pt") for s in ("pretrain", "sft", "reward", "ppo")}

@@ -11,6 +11,7 @@ come; an SFT or PPO checkpoint answers through the chat template. A reward check
 scores a (prompt, response) pair, which is a quick way to poke at what it has learned.
 """
 
+import random
 import sys
 from dataclasses import dataclass
 
@@ -34,7 +35,7 @@ class Config:
     temperature: float = 0.8    # 0 = greedy
     top_k: int = 0              # 0 = off
     top_p: float = 0.95         # 1.0 = off
-    seed: int = 1337
+    seed: int = -1              # -1: a fresh seed each run, printed so that a sample can be drawn again
     device: str = "cpu"
 
 
@@ -81,7 +82,10 @@ def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     ckpt = load_checkpoint(cfg.ckpt, hint="Train one first, e.g. python pipeline.py")
     tokenizer = tokenizer_for(ckpt, cfg.ckpt)
-    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    seed = cfg.seed if cfg.seed >= 0 else random.SystemRandom().randrange(2 ** 31)
+    if cfg.seed < 0 and cfg.temperature > 0 and ckpt["kind"] != "reward":  # stderr: stdout stays the text
+        print(f"seed {seed} (--seed={seed} draws this sample again)", file=sys.stderr)
+    generator = torch.Generator(device=cfg.device).manual_seed(seed)
 
     if ckpt["kind"] == "reward":
         model = build_model(ckpt, ScalarModel).to(cfg.device).eval()
@@ -103,6 +107,13 @@ def main(argv=None):
         prompt_ids, stop = tokenizer.render_prompt([{"role": "user", "content": prompt}]), tokenizer.end
     else:
         prompt_ids, stop = [tokenizer.eot] + tokenizer.encode(prompt), tokenizer.eot
+    room = model.config.block_size - len(prompt_ids)
+    if room < 1:
+        raise SystemExit(f"error: --prompt is {len(prompt_ids)} tokens with the template, and the model's context "
+                         f"is {model.config.block_size}: shorten it")
+    if room < cfg.max_new_tokens:
+        print(f"note: {room} tokens of context left after the prompt; the sample stops there", file=sys.stderr)
+    if not is_chat_model:
         print(prompt, end="")
     samples = []
     for i in range(cfg.num_samples):

@@ -29,7 +29,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minift.checkpoint import build_model, load_checkpoint, resume_training, save_training_checkpoint, tokenizer_for
+from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_checkpoint, resume_training,
+                               save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_inputs
@@ -49,6 +50,7 @@ class Config:
     eval_data: str = "data/generated/sft/test.jsonl"
     reward: str = "model"            # "model": the learned reward model; "gold": the checkers directly
     resume: bool = True
+    force: bool = False              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # rollouts
     # Rollout + optimisation rounds: 24 x 64 = 1,536 episodes, 84-113 s on the tiny preset. With
@@ -266,9 +268,8 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
 
 def main(argv=None):
     cfg = cli_config(Config, PRESETS, argv)
-    if cfg.samples_per_prompt < 1 or cfg.rollout_batch % cfg.samples_per_prompt:
-        raise SystemExit(f"error: --rollout_batch={cfg.rollout_batch} must be a multiple of "
-                         f"--samples_per_prompt={cfg.samples_per_prompt} (at least 1)")
+    if cfg.temperature <= 0:  # the log-probabilities divide the logits by it
+        raise SystemExit(f"error: --temperature={cfg.temperature}: PPO samples its rollouts, so it must be more than 0")
     rt = setup_runtime(cfg.device, cfg.seed)
     if rt.master:
         print_config(cfg)
@@ -276,23 +277,21 @@ def main(argv=None):
 
     # ---- four models. Dropout is off in all of them (Ziegler, N+): with dropout, the
     # log-probabilities of the rollout and of the update would differ by noise alone.
-    sft = load_checkpoint(cfg.sft_ckpt, hint="Run SFT first: python train_sft.py")
+    sft = load_checkpoint(cfg.sft_ckpt, hint="Run SFT first: python train_sft.py", kinds=GENERATIVE)
     sft["model_config"]["dropout"] = 0.0
     tokenizer = tokenizer_for(sft, cfg.sft_ckpt)
     policy = build_model(sft).to(device)          # trained; starts as the SFT model
     reference = build_model(sft).to(device)       # frozen SFT copy, anchor of the KL penalty
+    rm_ckpt = None   # --reward=gold: the checkers score, no reward model
     if cfg.reward == "model":
-        rm_ckpt = load_checkpoint(cfg.reward_ckpt, hint="Train the reward model first: python train_reward.py")
+        rm_ckpt = load_checkpoint(cfg.reward_ckpt, hint="Train it first: python train_reward.py", kinds=("reward",))
+        check_tokenizer(rm_ckpt, cfg.reward_ckpt, sft["tokenizer"], cfg.sft_ckpt)
         rm_ckpt["model_config"]["dropout"] = 0.0
-        reward_model = build_model(rm_ckpt, ScalarModel).to(device)
-    elif cfg.reward == "gold":
-        reward_model = None
-    else:
-        raise SystemExit(f"error: --reward must be 'model' or 'gold', got {cfg.reward!r}")
+    reward_model = build_model(rm_ckpt, ScalarModel).to(device) if rm_ckpt else None
     # The critic is the reward model's transformer (InstructGPT, N+, TRL: its features already
     # tell good answers from bad), or with --reward=gold the SFT model's, under a value head
     # that starts at zero.
-    value_model = critic_from(rm_ckpt if cfg.reward == "model" else sft).to(device)
+    value_model = critic_from(rm_ckpt or sft).to(device)
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)
@@ -310,8 +309,9 @@ def main(argv=None):
     generator = torch.Generator(device=device).manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     it = 0
-    if cfg.resume and os.path.exists(ckpt_path):
-        ckpt = resume_training(ckpt_path, policy, optimizer, generator, device, rt.rank, cfg.seed)
+    if should_resume(cfg, ckpt_path):
+        ckpt = resume_training(ckpt_path, policy, optimizer, generator, device, rt.rank, cfg.seed, "ppo", cfg,
+                               sft["tokenizer"])
         value_model.load_state_dict(ckpt["value_model"])
         it, kl_ctl.value = ckpt["step"], ckpt["kl_coef"]
         if rt.master:
@@ -434,9 +434,9 @@ def main(argv=None):
                             kl=f"{metrics['kl']:.2f}", clip=f"{metrics['clipfrac']:.3f}")
         if stop.requested and rt.master:
             save(metrics)
-            print(f"saved {ckpt_path} at iteration {it}; run the same command again to resume")
     bar.close()
     cleanup_runtime(rt)
+    stop.raise_if_requested(f"saved {ckpt_path} at iteration {it} of {cfg.iterations}")
     return metrics
 
 

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from minift.checkpoint import resume_training, save_training_checkpoint
+from minift.checkpoint import resume_training, save_training_checkpoint, should_resume
 from minift.config import cli_config, print_config, run
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import load_tokenizer
@@ -38,6 +38,7 @@ class Config:
     out_dir: str = "out/pretrain"
     data_dir: str = "data/generated/corpus"   # train.bin, val.bin, tokenizer, from data/prepare.py
     resume: bool = True                        # continue from <out_dir>/ckpt.pt when it exists
+    force: bool = False                        # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # model
     n_layer: int = 4
@@ -83,6 +84,19 @@ PRESETS = {
 }
 
 
+def token_stream(path, block_size):
+    """A .bin file of uint16 token ids, checked: it must hold more than one window."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path} is missing; re-run data/prepare.py")
+    if os.path.getsize(path) % 2:
+        raise SystemExit(f"error: {path} is not a file of uint16 token ids (odd size); re-run data/prepare.py")
+    n_tokens = os.path.getsize(path) // 2
+    if n_tokens <= block_size + 1:
+        raise SystemExit(f"error: {path} holds {n_tokens} tokens, too few for one window of --block_size="
+                         f"{block_size}; give data/prepare.py more text, or lower --block_size")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
 def get_batch(data, batch_size, block_size, generator, device):
     """Random windows of the token stream: x is a window, y the same window shifted by one.
     (B, T) int64 each. One fancy index reads all B windows of T + 1 tokens at once."""
@@ -121,14 +135,20 @@ def main(argv=None):
     if not os.path.exists(train_path):
         raise SystemExit(f"error: no training data at {train_path}. Run: python data/prepare.py "
                          f"(or python data/prepare.py --input your_text.txt --out_dir {cfg.data_dir})")
-    with open(os.path.join(cfg.data_dir, "meta.json")) as f:
+    meta_path = os.path.join(cfg.data_dir, "meta.json")
+    if not os.path.exists(meta_path):
+        raise SystemExit(f"error: {meta_path} is missing; data/prepare.py writes it beside train.bin")
+    with open(meta_path) as f:
         meta = json.load(f)
     tokenizer_spec = meta["tokenizer"]  # "gpt2", or the file prepare.py wrote beside the data,
     if meta.get("tokenizer_file"):       # looked up there, so that a moved data_dir still finds it
         tokenizer_spec = os.path.join(cfg.data_dir, meta["tokenizer_file"])
     tokenizer = load_tokenizer(tokenizer_spec)
-    train_data = np.memmap(train_path, dtype=np.uint16, mode="r")
-    val_data = np.memmap(os.path.join(cfg.data_dir, "val.bin"), dtype=np.uint16, mode="r")
+    if meta.get("tokenizer_sha256", tokenizer.identity["sha256"]) != tokenizer.identity["sha256"]:
+        raise SystemExit(f"error: {tokenizer_spec} is not the tokenizer {cfg.data_dir}'s token files were made "
+                         f"with (meta.json has another hash); re-run data/prepare.py")
+    train_data, val_data = (token_stream(os.path.join(cfg.data_dir, f"{split}.bin"), cfg.block_size)
+                            for split in ("train", "val"))
 
     # ---- model, optimizer, and (maybe) the checkpoint to resume from
     model_config = GPTConfig(vocab_size=tokenizer.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
@@ -139,8 +159,9 @@ def main(argv=None):
     batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step = 0
-    if cfg.resume and os.path.exists(ckpt_path):
-        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed)["step"]
+    if should_resume(cfg, ckpt_path):
+        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "pretrain",
+                               cfg, tokenizer.identity)["step"]
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     raw_model = model
@@ -216,9 +237,9 @@ def main(argv=None):
                 t_log = time.time()  # the evaluation's time is not training time
         if stop.requested and rt.master:
             save(val_loss)
-            print(f"saved {ckpt_path} at step {step}; run the same command again to resume")
     bar.close()
     cleanup_runtime(rt)
+    stop.raise_if_requested(f"saved {ckpt_path} at step {step} of {cfg.max_steps}")
     speed = statistics.median(speeds) if speeds else None
     mfu = {"mfu": speed * flops_token / (peak * rt.world_size)} if peak and speed else {}
     return {"step": step, "val_loss": val_loss, "tokens_per_s": speed, **mfu}

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from minift.checkpoint import (build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               tokenizer_for)
+from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
+                               should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, read_jsonl
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
@@ -57,6 +57,7 @@ class Config:
     val_samples: str = "data/generated/prefs/val_samples.jsonl"  # answers with gold scores ("" to skip)
     val_fraction: float = 0.1      # only used when val_data is ""
     resume: bool = True
+    force: bool = False            # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # optimisation
     batch_groups: int = 8          # prompts per micro-batch, each with all of its pairs
@@ -277,7 +278,7 @@ def main(argv=None):
         print_config(cfg)
 
     # ---- the reward model: the SFT transformer plus a fresh scalar head
-    init = load_checkpoint(cfg.init_from, hint="Train the SFT model first: python train_sft.py")
+    init = load_checkpoint(cfg.init_from, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(init, cfg.init_from)
     init["model_config"]["dropout"] = cfg.dropout
     model = build_model(init, ScalarModel).to(rt.device)
@@ -319,8 +320,9 @@ def main(argv=None):
     batch_rng = torch.Generator().manual_seed(cfg.seed)  # saved with checkpoints; the order is epoch_order's
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step, metrics = 0, {}
-    if cfg.resume and os.path.exists(ckpt_path):
-        ckpt = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device)
+    if should_resume(cfg, ckpt_path):
+        ckpt = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, kind="reward", cfg=cfg,
+                               tokenizer=init["tokenizer"])
         step, metrics = ckpt["step"], ckpt["metrics"]  # a finished run just reports its metrics again
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
@@ -392,13 +394,13 @@ def main(argv=None):
                         f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
         if stop.requested and rt.master:
             save(metrics)
-            print(f"saved {ckpt_path} at step {step}; run the same command again to resume")
     bar.close()
     if rt.master and metrics.get("val_accuracy_by_type"):
         print("held-out pair accuracy by instruction type:")
         for t, a in metrics["val_accuracy_by_type"].items():
             print(f"  {t:50s} {a:.3f}")
     cleanup_runtime(rt)
+    stop.raise_if_requested(f"saved {ckpt_path} at step {step} of {max_steps}")
     return {"step": step, "likelihood_weight": cfg.likelihood_weight, **metrics}
 
 

@@ -24,11 +24,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from minift.checkpoint import (build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               tokenizer_for)
+from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
+                               should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
-from minift.formats import load_sft
+from minift.formats import DataFormatError, load_ifeval_inputs, load_sft
 from minift.model import padded_length
 from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
                              set_lr, setup_runtime)
@@ -42,6 +42,7 @@ class Config:
     data: str = "data/generated/sft/train.jsonl"     # chat messages JSONL, Alpaca JSON or ShareGPT
     eval_data: str = "data/generated/sft/test.jsonl" # IFEval-style records ("" to skip)
     resume: bool = True
+    force: bool = False                              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # optimisation
     # Updates are what a tiny model needs most: the same conversations, each seen about once,
@@ -133,6 +134,21 @@ def get_batch(examples, order, batch_size, pad_token, generator, device, block_s
     return x.to(device), y.to(device)
 
 
+def load_eval_records(path):
+    """The evaluation prompts, read and checked before training: IFEval records, whose
+    instructions the checkers verify. Conversations alone (Alpaca, ShareGPT) cannot be scored."""
+    if not path:
+        return []
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no evaluation data at --eval_data={path}; make it with data/make_sft.py, "
+                         f"or pass --eval_data= to train without evaluating")
+    try:
+        return load_ifeval_inputs(path)
+    except DataFormatError as e:
+        raise DataFormatError(f"{e}. --eval_data takes IFEval records (prompt, instruction_id_list, kwargs), "
+                              f"as data/make_sft.py writes; --eval_data= trains without evaluating") from None
+
+
 def main(argv=None):
     cfg = cli_config(Config, PRESETS, argv)
     rt = setup_runtime(cfg.device, cfg.seed)
@@ -140,7 +156,7 @@ def main(argv=None):
         print_config(cfg)
 
     # ---- the pretrained model and its tokenizer
-    init = load_checkpoint(cfg.init_from, hint="Pretrain first: python train_pretrain.py")
+    init = load_checkpoint(cfg.init_from, hint="Pretrain first: python train_pretrain.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(init, cfg.init_from)
     init["model_config"]["dropout"] = cfg.dropout
     model = build_model(init).to(rt.device)
@@ -148,8 +164,11 @@ def main(argv=None):
 
     # ---- data: conversations (any supported format), rendered with the chat template
     examples, dropped = render_dataset(load_sft(cfg.data), tokenizer, block_size)
+    if not examples:
+        raise SystemExit(f"error: all {dropped} conversations of {cfg.data} are longer than the model's context "
+                         f"({block_size} tokens); shorten them, or pretrain with a larger --block_size")
     order = length_order(examples)
-    eval_records = load_sft(cfg.eval_data)[:cfg.eval_examples] if cfg.eval_data else []
+    eval_records = load_eval_records(cfg.eval_data)[:cfg.eval_examples]
     if rt.master:
         n_target = sum(sum(m) for _, m in examples)
         print(f"{len(examples)} conversations from {cfg.data} ({dropped} longer than {block_size} "
@@ -160,8 +179,9 @@ def main(argv=None):
     batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step = 0
-    if cfg.resume and os.path.exists(ckpt_path):
-        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed)["step"]
+    if should_resume(cfg, ckpt_path):
+        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "sft",
+                               cfg, init["tokenizer"])["step"]
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     raw_model = model
@@ -223,9 +243,9 @@ def main(argv=None):
                     save(metrics)
         if stop.requested and rt.master:
             save(metrics)
-            print(f"saved {ckpt_path} at step {step}; run the same command again to resume")
     bar.close()
     cleanup_runtime(rt)
+    stop.raise_if_requested(f"saved {ckpt_path} at step {step} of {cfg.max_steps}")
     return {"step": step, **metrics}
 
 

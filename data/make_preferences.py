@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
-from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
+from minift.checkpoint import GENERATIVE, build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import sample_answers  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
@@ -126,7 +126,7 @@ def main(argv=None):
     cfg = cli_config(Config, PRESETS, argv)
     print_config(cfg)
     device = pick_device(cfg.device)
-    ckpt = load_checkpoint(cfg.sft_ckpt, hint="Train the SFT model first: python train_sft.py")
+    ckpt = load_checkpoint(cfg.sft_ckpt, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
     model = build_model(ckpt).to(device).eval()
     records = load_ifeval_inputs(cfg.prompts)

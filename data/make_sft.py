@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minift.demonstrators import slip_table  # noqa: E402
 from minift.scoring import aggregate, score  # noqa: E402
+from minift.config import run  # noqa: E402
 from minift.splits import SPLIT_SIZES, make_splits  # noqa: E402
 
 try:
@@ -68,7 +69,7 @@ def make_sft(out_dir="data/generated/sft", seed=0, n_train=SPLIT_SIZES["train"],
     return stats
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="data/generated/sft")
     p.add_argument("--seed", type=int, default=0)
@@ -77,7 +78,12 @@ def main():
     p.add_argument("--n_heldout", type=int, default=SPLIT_SIZES["heldout"])
     p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"])
     p.add_argument("--slip_scale", type=float, default=1.0, help="scales every demonstrator slip rate; 0 = perfect")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    for name in ("n_train", "n_test", "n_heldout", "n_rl"):
+        if getattr(a, name) < 1:
+            raise ValueError(f"--{name}={getattr(a, name)}: expected at least 1 record")
+    if a.slip_scale < 0:
+        raise ValueError(f"--slip_scale={a.slip_scale}: expected 0 (perfect demonstrations) or more")
     stats = make_sft(a.out_dir, a.seed, a.n_train, a.n_test, a.n_heldout, a.n_rl, a.slip_scale)
     for name, n in stats["counts"].items():
         print(f"{name:<11} {n:>6} records   instructions per prompt: {stats['n_instructions'][name]}")
@@ -94,4 +100,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,6 +25,7 @@ tokenizer's training sample (the first --bpe_mb MB of training text) is held at 
 import argparse
 import json
 import multiprocessing
+from concurrent.futures import ThreadPoolExecutor
 import os
 import random
 import re
@@ -44,6 +45,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 
 from minift import splits, world  # noqa: E402
+from minift.config import run  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
 EOT_MARKER = "<|endoftext|>"
@@ -129,11 +131,24 @@ def input_files(path: str) -> list[Path]:
 
 
 def file_documents(path: Path):
-    """Split one text file into documents, streaming it line by line (see the module docstring)."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        by_marker = EOT_MARKER in f.read(1_000_000)
+    """Split one text file into documents, streaming it line by line (see the module docstring).
+    Text that is not UTF-8 (Latin-1, say) or looks binary is refused, naming the file: decoded
+    with replacement characters it would train a tokenizer and a model on garbage."""
+    with open(path, "rb") as f:
+        if b"\x00" in f.read(1_000_000):
+            raise ValueError(f"{path} looks binary (it holds NUL bytes); --input takes UTF-8 text files")
+    try:
+        with open(path, encoding="utf-8") as f:
+            by_marker = EOT_MARKER in f.read(1_000_000)
+        yield from _split_documents(path, by_marker)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} in its text); convert it, "
+                         f"e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _split_documents(path, by_marker):
     doc, size = [], 0
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             for k, piece in enumerate(line.split(EOT_MARKER) if by_marker else [line]):
                 if k > 0:  # a marker ends the document
@@ -212,6 +227,8 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     formatted_share: the share of generated documents that are formatted pieces.
     """
     log = print if verbose else (lambda *a, **k: None)
+    check_options(size_mb=size_mb, vocab_size=vocab_size, bpe_mb=bpe_mb, formatted_share=formatted_share,
+                  prompts_mb=prompts_mb)
     t_start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     if input is None:
@@ -240,17 +257,16 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         if input is None:
             sample += instruction_prompts(seed, int(prompts_mb * 1e6))
         ranks = train_bpe("\n".join(sample or head), vocab_size)
-        tok_path = os.path.join(out_dir, "tokenizer.tiktoken")
-        save_ranks(tok_path, ranks)
-        tok_spec = tok_path
-        tok = load_tokenizer(tok_path)
+        tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
+        save_ranks(tok_spec + ".new", ranks)
+        tok = load_tokenizer(tok_spec + ".new")
     elif tokenizer == "gpt2":
         tok, tok_spec = load_tokenizer("gpt2"), "gpt2"  # offline this raises a clear error
     else:
         tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
         tok = load_tokenizer(tokenizer)
         if os.path.abspath(tokenizer) != os.path.abspath(tok_spec):  # keep a copy beside the data
-            shutil.copyfile(tokenizer, tok_spec)
+            shutil.copyfile(tokenizer, tok_spec + ".new")
     tokenizer_seconds = time.perf_counter() - t_tok
     assert tok.n_vocab <= 65536, f"{tok.n_vocab} tokens do not fit in uint16"
     log(f"tokenizer: {tok.name}, {tok.n_vocab} tokens (incl. specials), {tokenizer_seconds:.2f}s")
@@ -262,11 +278,13 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     paths = {s: os.path.join(out_dir, f"{s}.bin") for s in counts}
     files = {s: open(p + ".tmp", "wb") for s, p in paths.items()}
     t_enc, n_docs, next_report = 0.0, 0, 50e6
-    threads = min(8, os.cpu_count() or 1)
+    # tiktoken's encode_ordinary_batch, with a pool we shut down ourselves: on Ctrl-C its own
+    # pool waited for every queued document (a hang on a big chunk); ours drops them.
+    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
     try:
         for chunk in _chunks(chain(head, docs), CHUNK_BYTES):
             t0 = time.perf_counter()
-            ids = tok.enc.encode_ordinary_batch(chunk, num_threads=threads)  # tiktoken, in Rust
+            ids = list(pool.map(tok.enc.encode_ordinary, chunk))  # tiktoken, in Rust
             parts = {"train": [], "val": []}
             for doc, doc_ids in zip(chunk, ids):
                 split = "val" if n_docs % VAL_EVERY == 1 else "train"
@@ -286,12 +304,17 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
                 log(f"  ... {n_docs:,} documents, {done / 1e6:.0f} MB tokenized")
                 next_report += 50e6
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         for f in files.values():
             f.close()
     if n_docs == 0:
         raise ValueError(f"no text found in {input!r}")
+    # Only complete files get the real names, the tokenizer with them: one interrupted before
+    # this point leaves the previous corpus and its tokenizer whole, and matching.
     for split, p in paths.items():
-        os.replace(p + ".tmp", p)  # only complete files get the real names
+        os.replace(p + ".tmp", p)
+    if os.path.exists(tok_spec + ".new"):
+        os.replace(tok_spec + ".new", tok_spec)
 
     # 3) Stats and meta.json
     ratio = distinct_ngram_ratio("\n".join(ngram_sample))
@@ -327,6 +350,19 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     return meta
 
 
+def check_options(size_mb, vocab_size, bpe_mb, formatted_share, prompts_mb):
+    """Ranges, before any work: one line naming the option."""
+    problems = [(size_mb > 0, f"--size_mb={size_mb}: expected more than 0"),
+                (256 <= vocab_size <= 65536 - 5, f"--vocab_size={vocab_size}: expected 256 (the single bytes) to "
+                                                  "65531 (ids are stored as uint16, with 5 special tokens)"),
+                (bpe_mb > 0, f"--bpe_mb={bpe_mb}: expected more than 0"),
+                (0 <= formatted_share <= 1, f"--formatted_share={formatted_share}: expected a share from 0 to 1"),
+                (prompts_mb >= 0, f"--prompts_mb={prompts_mb}: expected 0 or more")]
+    for ok, message in problems:
+        if not ok:
+            raise ValueError(message)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -348,4 +384,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -2,7 +2,7 @@
 Checkpoints: written atomically, read without unpickling code.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
-    {"kind": "pretrain" | "sft" | "reward" | "ppo", "step": int,
+    {"kind": "pretrain" | "sft" | "reward" | "ppo" | ..., "step": int,
      "model": state_dict, "model_config": dict, "optimizer": state_dict,
      "config": dict (the script's hyperparameters), "tokenizer": {"path", "sha256", "ranks", ...},
      "rng": {...}, "metrics": {...}}
@@ -11,6 +11,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
   mid-write leaves the previous checkpoint whole, never a truncated file.
 * Safe: `torch.load(weights_only=True)` refuses anything but tensors and plain containers,
   so opening a checkpoint from the internet cannot run code (pickle can).
+* Checked: a script names the kinds it accepts (load_checkpoint's `kinds`), and a resumed run
+  must have the checkpoint's settings and tokenizer (resume_training); a wrong, foreign or
+  unreadable file stops the script with one line that names it.
 """
 
 import dataclasses
@@ -31,10 +34,53 @@ def save_checkpoint(path, payload):
     os.replace(tmp, path)  # atomic on POSIX and Windows
 
 
-def load_checkpoint(path, hint="", map_location="cpu"):
+# The language models: a checkpoint of one of these kinds holds a GPT that generates.
+GENERATIVE = ("pretrain", "sft", "ppo", "dpo")
+# Settings a resumed run may change: where and how fast it runs, how often it reports, and
+# how long it trains (resuming to a larger --max_steps continues a run; see resume_training).
+RESUMABLE_CHANGES = {"out_dir", "resume", "force", "device", "compile", "log_interval", "eval_interval",
+                     "eval_batches", "eval_examples", "eval_batch_size", "max_steps", "decay_steps", "iterations",
+                     "preset"}
+
+
+def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
+    """Read a checkpoint; with `kinds`, refuse one of any other kind (a pretraining checkpoint
+    given as the reward model would otherwise load, with its head left at its random init)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}." + (f" {hint}" if hint else ""))
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a damaged file can fail anywhere in the unpickler (a KeyError, even)
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable checkpoint ({reason}). It may be truncated or another "
+                         f"kind of file: restore it, or delete it to start afresh.") from None
+    if not isinstance(ckpt, dict) or not {"kind", "model"} <= set(ckpt):
+        raise ValueError(f"{path} is not a minift checkpoint (it has no kind and model)")
+    if kinds is not None and ckpt["kind"] not in kinds:
+        raise ValueError(f"{path} is a {ckpt['kind']} checkpoint; expected {' or '.join(kinds)}."
+                         + (f" {hint}" if hint else ""))
+    return ckpt
+
+
+def check_tokenizer(ckpt, path, expected, source):
+    """Two models that meet (a policy and its reward model; a resumed run and its data) must
+    share one id mapping: the same tokenizer hash."""
+    have = ckpt.get("tokenizer", {}).get("sha256")
+    if have != expected["sha256"]:
+        raise ValueError(f"{path} was trained with another tokenizer than {source} "
+                         f"({ckpt.get('tokenizer', {}).get('path', '?')}, hash {str(have)[:12]} against "
+                         f"{expected['sha256'][:12]}). Use checkpoints and data made from one data/prepare.py run.")
+
+
+def check_settings(ckpt, cfg, path):
+    """A resumed run must be the run the checkpoint started: re-running with another
+    --learning_rate (say) in the same --out_dir would otherwise resume the old run silently."""
+    saved, wanted = ckpt.get("config", {}), dataclasses.asdict(cfg)
+    diff = [f"--{k}={wanted[k]} (it has {saved[k]})" for k in wanted
+            if k in saved and k not in RESUMABLE_CHANGES and saved[k] != wanted[k]]
+    if diff:
+        raise ValueError(f"{path} holds a run with other settings: {', '.join(diff)}. To resume it, use its "
+                         f"settings; to start over, add --force; or choose another --out_dir.")
 
 
 def model_state(model):
@@ -101,14 +147,33 @@ def save_training_checkpoint(path, kind, step, model, optimizer, cfg, tokenizer_
         "rng": rng_state(generator), "metrics": metrics, **extra})
 
 
-def resume_training(path, model, optimizer, generator, device="cpu", rank=0, seed=0):
+def should_resume(cfg, ckpt_path):
+    """Whether a training script resumes from <out_dir>/ckpt.pt: it does when the file exists
+    and --resume is on (the default). --force starts over instead: the old metrics log goes, so
+    a log never mixes two runs, and the checkpoint is replaced at the new run's first save."""
+    if cfg.force:
+        log = os.path.join(cfg.out_dir, "metrics.jsonl")
+        if os.path.exists(log):
+            os.remove(log)
+        return False
+    return cfg.resume and os.path.exists(ckpt_path)
+
+
+def resume_training(path, model, optimizer, generator, device="cpu", rank=0, seed=0, kind=None, cfg=None,
+                    tokenizer=None):
     """Load <out_dir>/ckpt.pt into a freshly built model and optimizer, and restore the
     random state, so the run continues exactly where it stopped. Returns the checkpoint.
+    With them, first check that the checkpoint is of this `kind`, was made with this run's
+    settings (`cfg`, check_settings) and `tokenizer` (its identity dict).
     Under DDP only rank 0 saves, so the checkpoint holds rank 0's generator: every other
     rank reseeds its own from (seed, rank, step) instead of copying rank 0's draws (which
     would make all ranks train on the same batches after a resume)."""
     from minift.training import set_rng_state
-    ckpt = load_checkpoint(path, map_location=device)
+    ckpt = load_checkpoint(path, map_location=device, kinds=(kind,) if kind else None)
+    if cfg is not None:
+        check_settings(ckpt, cfg, path)
+    if tokenizer is not None:
+        check_tokenizer(ckpt, path, tokenizer, "this run's data")
     gpt = getattr(model, "gpt", model)
     check_model_config(ckpt, gpt.config, path)
     model.load_state_dict(ckpt["model"])

@@ -145,7 +145,57 @@ def parse_config(cls, argv=None, presets=None, script=None):
             raise ConfigError(f"{script}: unknown option --{key}.{hint} "
                               f"Valid options: {', '.join('--' + f for f in fields)}")
         setattr(config, key, _convert(key, value, getattr(cls(), key), script))
+    check_ranges(config, script)
     return config
+
+
+# Ranges, checked by option name in every script's config (one table serves them all), so a
+# bad value stops the script before any work, not as a ZeroDivisionError at step 200.
+AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps", "eval_interval",
+                "eval_batches", "log_interval", "iterations", "rollout_batch", "max_new_tokens", "samples_per_prompt",
+                "ppo_epochs", "num_minibatches", "epochs", "batch_groups", "eval_batch_size", "k", "num_samples",
+                "kl_horizon")
+AT_LEAST_ZERO = ("max_examples", "samples", "eval_examples", "num_prompts", "top_k", "warmup_steps", "decay_steps",
+                 "learning_rate", "min_lr", "weight_decay", "temperature", "missing_eos_penalty", "kl_coef",
+                 "likelihood_weight", "across_prompt_weight", "vf_coef")
+ABOVE_ZERO = ("grad_clip", "clip_range", "value_clip", "kl_target", "adam_eps")
+FRACTIONS = {"dropout": (0, 1, False), "val_fraction": (0, 1, False), "gamma": (0, 1, True), "lam": (0, 1, True),
+             "top_p": (0, 1, True)}   # name: (low, high, high included); low is included except for top_p
+CHOICES = {"dtype": ("bfloat16", "float16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold")}
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_ranges(config, script):
+    """Raise ConfigError naming the first option whose value is out of its range."""
+    values = dataclasses.asdict(config)
+
+    def bad(name, expected):
+        raise ConfigError(f"{script}: --{name}={values[name]} is out of range; expected {expected}")
+    for name, value in values.items():
+        if name in AT_LEAST_ONE and value < 1:
+            bad(name, "at least 1")
+        if name in AT_LEAST_ZERO and value < 0:
+            bad(name, "0 or more")
+        if name in ABOVE_ZERO and not value > 0:
+            bad(name, "more than 0")
+        if name in FRACTIONS:
+            low, high, closed = FRACTIONS[name]
+            above_low = low < value if name == "top_p" else low <= value
+            if not above_low or not (value <= high if closed else value < high):
+                bad(name, f"a number from {low} to {high}" + ("" if closed else f" (not {high} itself)"))
+        if name in CHOICES and value not in CHOICES[name]:
+            bad(name, f"one of {', '.join(CHOICES[name])}")
+        if name == "device" and not DEVICE.fullmatch(value):
+            bad(name, "auto, cpu, mps, cuda or cuda:N")
+    if "n_head" in values and "n_embd" in values and values["n_embd"] % values["n_head"]:
+        raise ConfigError(f"{script}: --n_head={values['n_head']} does not divide --n_embd={values['n_embd']}; "
+                          f"each head takes n_embd / n_head channels")
+    if "samples_per_prompt" in values and values["rollout_batch"] % values["samples_per_prompt"]:
+        raise ConfigError(f"{script}: --rollout_batch={values['rollout_batch']} must be a multiple of "
+                          f"--samples_per_prompt={values['samples_per_prompt']}")
+    if "num_minibatches" in values and values["num_minibatches"] > values["rollout_batch"]:
+        raise ConfigError(f"{script}: --num_minibatches={values['num_minibatches']} is more than "
+                          f"--rollout_batch={values['rollout_batch']} answers")
 
 
 def cli_config(cls, presets=None, argv=None):
@@ -162,13 +212,21 @@ def print_config(config):
 
 def run(main):
     """A script's entry point: an expected failure (a missing file, malformed data, a bad
-    option, a NaN loss) ends with its one-line message, not a traceback. Anything else is
-    a bug, and keeps its traceback."""
-    from minift.training import NonFiniteLoss  # DataFormatError is a ValueError
+    option, a wrong checkpoint, a NaN loss, Ctrl-C) ends with its one-line message, not a
+    traceback. Anything else is a bug, and keeps its traceback. Ctrl-C exits with 130, the
+    shell's code for SIGINT."""
+    from minift.training import Interrupted, NonFiniteLoss  # DataFormatError is a ValueError
     try:
         main()
-    except (FileNotFoundError, ValueError, NonFiniteLoss) as e:
+    except (FileNotFoundError, IsADirectoryError, ValueError, NonFiniteLoss) as e:
         sys.exit(f"error: {e}")
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted by Ctrl-C: nothing unfinished was marked done; run the same command again to "
+              "continue", file=sys.stderr)
+        sys.exit(130)
     # A DistributedDataParallel wrapper sits in a reference cycle, so it outlives main() until
     # the garbage collector runs, which may be only while the interpreter shuts down. Its
     # gloo process group torn down then can abort the process after a finished run

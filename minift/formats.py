@@ -60,10 +60,22 @@ def _parse_jsonl(path, text):
                                       "expected one JSON value per line") from None
 
 
+def read_text(path):
+    """A data file's text; one that is not UTF-8 (Latin-1, a binary file) is refused by name."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a UTF-8 byte-order mark
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{os.fspath(path)}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                              f"{e.start}); expected a UTF-8 JSON or JSONL file") from None
+    if "\x00" in text:
+        raise DataFormatError(f"{os.fspath(path)}: looks binary (it holds NUL bytes); expected a JSON or JSONL file")
+    return text
+
+
 def read_jsonl(path):
     """All values of a JSONL file (blank lines skipped). An empty file gives []."""
-    with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a UTF-8 byte-order mark
-        return [v for _, v in _parse_jsonl(os.fspath(path), f.read())]
+    return [v for _, v in _parse_jsonl(os.fspath(path), read_text(path))]
 
 
 def write_jsonl(path, records):
@@ -85,8 +97,7 @@ def write_jsonl(path, records):
 def _records(path):
     """[(where, record dict)] from a JSONL or JSON-array file; zero records is an error."""
     path = os.fspath(path)
-    with open(path, encoding="utf-8-sig") as f:
-        text = f.read()
+    text = read_text(path)
     if path.endswith(".json") and text.lstrip().startswith("["):
         try:
             data = json.loads(text)

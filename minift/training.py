@@ -313,6 +313,11 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped a run early, after it saved its checkpoint. An exception, not a normal
+    return, so that nothing downstream (pipeline.py's stage markers) takes the run as finished."""
+
+
 class StopRequest:
     """Turns Ctrl-C (SIGINT) into a flag the training loop checks after each step, so an
     interrupted run saves a checkpoint and exits cleanly instead of dying mid-step.
@@ -346,6 +351,12 @@ class StopRequest:
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self._previous)
         return False
+
+    def raise_if_requested(self, what):
+        """After the loop and the last save: a stopped run ends in Interrupted (`what` says
+        where it stopped), a finished one goes on."""
+        if self.requested:
+            raise Interrupted(f"{what}; run the same command again to resume")
 
 
 def rng_state(generator):

@@ -23,6 +23,25 @@ def corpus_dir(tmp_path_factory):
     return _CORPUS["dir"]
 
 
+_PIPELINE = {}
+
+
+@pytest.fixture
+def micro_pipeline(tmp_path_factory):
+    """pipeline.py run once per test run, uninterrupted, on the micro preset: its out_dir and
+    report.json. Tests that change the folder work on a copy."""
+    if "run" not in _PIPELINE:
+        import json
+        import subprocess
+        out = str(tmp_path_factory.mktemp("pipeline") / "micro")
+        r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-4000:]
+        with open(os.path.join(out, "report.json")) as f:
+            _PIPELINE["run"] = out, json.load(f)
+    return _PIPELINE["run"]
+
+
 def read_metrics(out_dir):
     import json
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:

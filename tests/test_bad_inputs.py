@@ -1,0 +1,423 @@
+"""Every bad input ends with one line that names the file or option, a non-zero exit and no
+traceback, and leaves earlier good outputs (checkpoints, responses, stage markers) as they were.
+Most cases call a script's main() in-process through minift.config.run, as `python script.py`
+does; a traceback there is an exception this test does not catch, so it fails."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import evaluate
+import pipeline
+import sample
+import train_ppo
+import train_pretrain
+import train_reward
+import train_sft
+from conftest import ROOT, read_metrics
+from data import make_preferences, make_sft, prepare
+from minift.checkpoint import load_checkpoint, save_checkpoint, save_training_checkpoint
+from minift.config import run
+from minift.formats import write_jsonl
+from minift.model import ScalarModel, GPTConfig
+from minift.tokenizer import load_ranks, load_tokenizer, save_ranks
+from minift.training import Interrupted, StopRequest
+
+MICRO = ["--preset=micro", "--device=cpu"]
+
+
+def fails(main, argv, *needles):
+    """Run main(argv) as a script's entry point does; it must exit non-zero with one line
+    that contains every needle. Returns the line."""
+    with pytest.raises(SystemExit) as e:
+        run(lambda: main(argv))
+    code = e.value.code
+    assert code not in (0, None)
+    line = str(code).strip()
+    assert len(line.splitlines()) == 1 and line.startswith("error: "), line
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def digest(*paths):
+    """A fingerprint of files (and the files under folders), to show that nothing changed."""
+    out = {}
+    for p in paths:
+        files = [os.path.join(d, f) for d, _, fs in os.walk(p) for f in fs] if os.path.isdir(p) else [p]
+        for f in sorted(files):
+            with open(f, "rb") as fh:
+                out[f] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def kit(corpus_dir, tmp_path_factory):
+    """A two-step micro pretraining run, and checkpoints of each kind made from it (their
+    weights do not matter here), plus small data files in the good and the bad formats."""
+    d = tmp_path_factory.mktemp("kit")
+    pre = str(d / "pretrain")
+    train_pretrain.main(MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={pre}", "--max_steps=2",
+                                 "--eval_interval=2"])
+    ckpt = load_checkpoint(os.path.join(pre, "ckpt.pt"))
+    paths = {"pretrain": os.path.join(pre, "ckpt.pt")}
+    for kind in ("sft", "ppo"):
+        paths[kind] = str(d / f"{kind}.pt")
+        save_checkpoint(paths[kind], {**ckpt, "kind": kind})
+    rm = ScalarModel(GPTConfig(**ckpt["model_config"]))
+    rm.gpt.load_state_dict(ckpt["model"])
+    paths["reward"] = str(d / "reward.pt")
+    save_training_checkpoint(paths["reward"], "reward", 1, rm, None, train_reward.Config(), ckpt["tokenizer"],
+                             torch.Generator(), {})
+    other = load_checkpoint(paths["reward"])
+    other["tokenizer"] = {**other["tokenizer"], "sha256": "0" * 64}
+    paths["reward_other_tokenizer"] = str(d / "reward_other.pt")
+    save_checkpoint(paths["reward_other_tokenizer"], other)
+    with open(paths["pretrain"], "rb") as f:
+        whole = f.read()
+    for name, data in (("truncated", whole[:len(whole) // 2]), ("empty", b""), ("text", b"hello, not a model\n")):
+        paths[name] = str(d / f"{name}.pt")
+        with open(paths[name], "wb") as f:
+            f.write(data)
+    paths["foreign"] = str(d / "foreign.pt")
+    torch.save({"weights": torch.zeros(3)}, paths["foreign"])
+
+    record = {"key": 1, "prompt": "Describe a cat. Do not use any capital letters.",
+              "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}],
+              "messages": [{"role": "user", "content": "Describe a cat. Do not use any capital letters."},
+                           {"role": "assistant", "content": "the cat is soft."}]}
+    paths["sft_data"] = str(d / "sft.jsonl")
+    write_jsonl(paths["sft_data"], [{**record, "key": i} for i in range(16)])
+    paths["alpaca"] = str(d / "alpaca.json")
+    with open(paths["alpaca"], "w") as f:
+        json.dump([{"instruction": "Name a pet.", "input": "", "output": "A cat."}] * 4, f)
+    paths["long_sft"] = str(d / "long.jsonl")
+    write_jsonl(paths["long_sft"], [{"messages": [{"role": "user", "content": "cat " * 400},
+                                                  {"role": "assistant", "content": "ok"}]}] * 3)
+    paths["latin1"] = str(d / "latin1.txt")
+    with open(paths["latin1"], "wb") as f:
+        f.write("Le garçon mangea une pomme.\n\nUne crème brûlée.\n".encode("latin-1"))
+    paths["binary"] = str(d / "binary.bin.txt")
+    with open(paths["binary"], "wb") as f:
+        f.write(bytes(range(256)) * 8)
+    paths["empty_txt"] = str(d / "empty.txt")
+    open(paths["empty_txt"], "w").close()
+    return paths
+
+
+# ---------------------------------------------------------------------------- data/prepare.py
+@pytest.mark.parametrize("args, needles", [
+    (["--input=/nonexistent/story.txt"], ["/nonexistent/story.txt", "does not exist"]),
+    (["--vocab_size=100"], ["--vocab_size=100", "256"]),
+    (["--size_mb=-1"], ["--size_mb=-1"]),
+    (["--formatted_share=2"], ["--formatted_share=2"]),
+])
+def test_prepare_bad_options(tmp_path, args, needles):
+    fails(prepare.main, [f"--out_dir={tmp_path}/c"] + args, *needles)
+    assert not os.path.exists(tmp_path / "c" / "meta.json")
+
+
+@pytest.mark.parametrize("name, needles", [
+    ("empty_txt", ["no text found"]),
+    ("latin1", ["latin1.txt", "not UTF-8"]),
+    ("binary", ["binary.bin.txt", "looks binary"]),
+])
+def test_prepare_refuses_files_that_are_not_text(kit, tmp_path, name, needles):
+    fails(prepare.main, [f"--out_dir={tmp_path}/c", f"--input={kit[name]}"], *needles)
+
+
+def test_prepare_script_answers_in_one_line(tmp_path):
+    """As a process: the message and exit status of `python data/prepare.py`, no traceback."""
+    r = subprocess.run([sys.executable, "data/prepare.py", f"--out_dir={tmp_path}", "--input=/nonexistent.txt"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "error: --input '/nonexistent.txt' does not exist"
+
+
+def test_ctrl_c_while_tokenizing_keeps_the_previous_corpus(corpus_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C mid-way: one line, status 130, and the corpus there before, with its tokenizer, whole."""
+    import tiktoken
+    out = str(tmp_path / "corpus")
+    shutil.copytree(corpus_dir, out)
+    before = digest(out)
+
+    def interrupted(self, text):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tiktoken.Encoding, "encode_ordinary", interrupted)
+    with pytest.raises(SystemExit) as e:
+        run(lambda: prepare.main([f"--out_dir={out}", "--size_mb=0.05", "--vocab_size=300"]))
+    assert e.value.code == 130 and capsys.readouterr().err.strip().startswith("interrupted by Ctrl-C")
+    assert {k: v for k, v in digest(out).items() if not k.endswith((".tmp", ".new"))} == before
+
+
+def test_make_sft_bad_count(tmp_path):
+    fails(make_sft.main, [f"--out_dir={tmp_path}", "--n_train=0"], "--n_train=0")
+
+
+# ---------------------------------------------------------------------------- train_pretrain.py
+@pytest.mark.parametrize("args, needles", [
+    (["--max_steps=0"], ["--max_steps=0", "at least 1"]),
+    (["--batch_size=0"], ["--batch_size=0"]),
+    (["--n_head=3"], ["--n_head=3", "--n_embd=32"]),
+    (["--dtype=fp16"], ["--dtype=fp16", "bfloat16, float16, float32"]),
+    (["--device=gpu"], ["--device=gpu"]),
+    (["--optimizer=sgd"], ["--optimizer=sgd"]),
+    (["--learning_rate=-1"], ["--learning_rate=-1"]),
+    (["--dropout=1.5"], ["--dropout=1.5"]),
+    (["--eval_interval=0"], ["--eval_interval=0"]),
+    (["--data_dir=/nonexistent"], ["/nonexistent/train.bin", "prepare.py"]),
+    (["--block_size=100000"], ["val.bin", "--block_size=100000"]),
+])
+def test_pretrain_bad_options(corpus_dir, tmp_path, args, needles):
+    fails(train_pretrain.main, MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={tmp_path}/p"] + args, *needles)
+    assert not os.path.exists(tmp_path / "p" / "ckpt.pt")
+
+
+@pytest.fixture
+def finished_pretrain(kit, tmp_path):
+    """A copy of the kit's finished pretraining run (max_steps=2), to re-run in."""
+    out = str(tmp_path / "pre")
+    shutil.copytree(os.path.dirname(kit["pretrain"]), out)
+    return out
+
+
+def test_rerun_with_new_settings_stops_and_says_how_to_go_on(corpus_dir, finished_pretrain):
+    args = MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={finished_pretrain}", "--max_steps=2",
+                    "--eval_interval=2"]
+    before = digest(finished_pretrain)
+    line = fails(train_pretrain.main, args + ["--learning_rate=1e-3"], finished_pretrain, "--learning_rate=0.001",
+                 "--force", "--out_dir")
+    assert "(it has 0.006)" in line
+    assert digest(finished_pretrain) == before
+    # --force starts over: a new run with the new setting, and a log of the new run alone
+    train_pretrain.main(args + ["--learning_rate=1e-3", "--force"])
+    ckpt = load_checkpoint(os.path.join(finished_pretrain, "ckpt.pt"))
+    assert ckpt["config"]["learning_rate"] == 1e-3 and ckpt["step"] == 2
+    assert [m["step"] for m in read_metrics(finished_pretrain) if "loss" in m] == [1, 2]
+
+
+@pytest.mark.parametrize("name, needles", [
+    ("truncated", ["not a readable checkpoint"]),
+    ("empty", ["not a readable checkpoint"]),
+    ("sft", ["is a sft checkpoint; expected pretrain"]),
+])
+def test_resume_refuses_a_bad_checkpoint_and_keeps_it(kit, corpus_dir, finished_pretrain, name, needles):
+    ckpt = os.path.join(finished_pretrain, "ckpt.pt")
+    shutil.copyfile(kit[name], ckpt)
+    before = digest(ckpt)
+    fails(train_pretrain.main, MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={finished_pretrain}",
+                                        "--max_steps=2", "--eval_interval=2"], ckpt, *needles)
+    assert digest(ckpt) == before
+
+
+def test_resume_with_another_tokenizer_of_the_same_size_stops(corpus_dir, tmp_path):
+    """data/prepare.py re-run with other settings but the same --vocab_size: a resumed run would
+    go on with other token ids (loss 1.1 -> 9.1) and overwrite the checkpoint's record."""
+    data, out = str(tmp_path / "corpus"), str(tmp_path / "pre")
+    shutil.copytree(corpus_dir, data)
+    tokenizer, meta_path = os.path.join(data, "tokenizer.tiktoken"), os.path.join(data, "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["tokenizer"] = tokenizer   # the copy's own tokenizer file
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    args = MICRO + [f"--data_dir={data}", f"--out_dir={out}", "--max_steps=1", "--eval_interval=1",
+                    "--eval_batches=1"]
+    train_pretrain.main(args)
+    ranks = load_ranks(tokenizer)
+    a, b = bytes([1]), bytes([2])
+    ranks[a], ranks[b] = ranks[b], ranks[a]     # same size, another id mapping
+    save_ranks(tokenizer, ranks)
+    meta["tokenizer_sha256"] = load_tokenizer(tokenizer).identity["sha256"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    before = digest(out)
+    fails(train_pretrain.main, args, os.path.join(out, "ckpt.pt"), "another tokenizer")
+    assert digest(out) == before
+    # ... and token files whose meta.json names another tokenizer are refused too
+    meta["tokenizer_sha256"] = "0" * 64
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    fails(train_pretrain.main, args + ["--force"], "tokenizer.tiktoken", "re-run data/prepare.py")
+
+
+# ---------------------------------------------------------------------------- checkpoints as inputs
+@pytest.mark.parametrize("main, option, name, needles", [
+    (train_sft.main, "init_from", "reward", ["is a reward checkpoint; expected pretrain or sft"]),
+    (train_sft.main, "init_from", "foreign", ["is not a minift checkpoint"]),
+    (train_sft.main, "init_from", "text", ["is not a readable checkpoint"]),
+    (train_sft.main, "init_from", "truncated", ["is not a readable checkpoint"]),
+    (train_reward.main, "init_from", "reward", ["is a reward checkpoint"]),
+    (train_ppo.main, "reward_ckpt", "pretrain", ["is a pretrain checkpoint; expected reward"]),
+    (train_ppo.main, "reward_ckpt", "sft", ["is a sft checkpoint; expected reward"]),
+    (train_ppo.main, "reward_ckpt", "reward_other_tokenizer", ["another tokenizer", "sft.pt"]),
+    (train_ppo.main, "sft_ckpt", "reward", ["is a reward checkpoint"]),
+    (make_preferences.main, "sft_ckpt", "reward", ["is a reward checkpoint"]),
+])
+def test_scripts_check_the_kind_of_checkpoint(kit, tmp_path, main, option, name, needles):
+    args = {"init_from": kit["pretrain"], "data": kit["sft_data"], "eval_data": "", "sft_ckpt": kit["sft"],
+            "reward_ckpt": kit["reward"], "prompts": kit["sft_data"], "out_dir": tmp_path / "out", option: kit[name]}
+    keep = {train_sft.main: ("init_from", "data", "eval_data"), train_reward.main: ("init_from",),
+            train_ppo.main: ("sft_ckpt", "reward_ckpt", "prompts", "eval_data"),
+            make_preferences.main: ("sft_ckpt", "prompts")}[main]
+    argv = MICRO + [f"--{k}={args[k]}" for k in keep + ("out_dir",)]
+    fails(main, argv, kit[name], *needles)
+    assert not os.path.exists(tmp_path / "out" / "ckpt.pt")
+
+
+def test_missing_checkpoint_says_what_to_run_first(tmp_path):
+    fails(train_sft.main, MICRO + [f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"],
+          f"{tmp_path}/none.pt", "python train_pretrain.py")
+
+
+# ---------------------------------------------------------------------------- train_sft.py data
+@pytest.mark.parametrize("data, eval_data, needles", [
+    ("sft_data", "alpaca", ["alpaca.json", '"key"', "--eval_data="]),
+    ("sft_data", "/nonexistent/test.jsonl", ["--eval_data=/nonexistent/test.jsonl", "make_sft.py"]),
+    ("long_sft", "", ["all 3 conversations", "long.jsonl", "longer than the model's context"]),
+    ("latin1", "", ["latin1.txt", "not UTF-8"]),
+    ("binary", "", ["binary.bin.txt"]),
+])
+def test_sft_checks_its_data_before_training(kit, tmp_path, data, eval_data, needles):
+    """An Alpaca file as --eval_data used to train until the first evaluation and die there."""
+    eval_path = kit.get(eval_data, eval_data)
+    fails(train_sft.main, MICRO + [f"--init_from={kit['pretrain']}", f"--data={kit.get(data, data)}",
+                                   f"--eval_data={eval_path}", f"--out_dir={tmp_path}/sft"], *needles)
+    assert not os.path.exists(tmp_path / "sft" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("main, args, needles", [
+    (train_sft.main, ["--learning_rate=-0.1"], ["--learning_rate=-0.1"]),
+    (train_reward.main, ["--batch_groups=0"], ["--batch_groups=0"]),
+    (train_reward.main, ["--val_fraction=1"], ["--val_fraction=1"]),
+    (train_ppo.main, ["--temperature=0"], ["--temperature=0"]),
+    (train_ppo.main, ["--rollout_batch=6", "--samples_per_prompt=4"], ["--rollout_batch=6"]),
+    (train_ppo.main, ["--reward=human"], ["--reward=human", "model, gold"]),
+    (train_ppo.main, ["--gamma=1.5"], ["--gamma=1.5"]),
+    (evaluate.main, ["--max_examples=-495"], ["--max_examples=-495"]),
+    (evaluate.main, ["--samples=-1"], ["--samples=-1"]),
+    (sample.main, ["--temperature=-1"], ["--temperature=-1"]),
+    (sample.main, ["--top_p=0"], ["--top_p=0"]),
+    (pipeline.main, ["--preset=huge"], ["huge"]),
+])
+def test_option_ranges(tmp_path, main, args, needles):
+    fails(main, args + [f"--out_dir={tmp_path}"] if main is not sample.main else args, *needles)
+
+
+def test_pipeline_refuses_another_preset_in_its_out_dir(tmp_path):
+    """Its finished stages would be skipped, and their numbers reported as the new preset's."""
+    os.makedirs(tmp_path / "data")
+    with open(tmp_path / "pipeline.json", "w") as f:
+        json.dump({"preset": "micro"}, f)
+    with open(tmp_path / "data" / "stage.json", "w") as f:
+        json.dump({"seconds": 1.0}, f)
+    before = digest(str(tmp_path))
+    fails(pipeline.main, ["--preset=tiny", f"--out_dir={tmp_path}"], "--preset=micro", "--force", "--out_dir")
+    assert digest(str(tmp_path)) == before
+
+
+# ---------------------------------------------------------------------------- evaluate.py, sample.py
+def test_evaluate_checks_kinds(kit, tmp_path):
+    fails(evaluate.main, [f"--ckpt={kit['reward']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}"],
+          kit["reward"], "is a reward checkpoint")
+    fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}",
+                          "--samples=2", f"--reward_ckpt={kit['sft']}", "--max_new_tokens=2"],
+          kit["sft"], "is a sft checkpoint; expected reward")
+
+
+def test_evaluate_writes_to_its_own_folder(kit, tmp_path):
+    """Never beside the checkpoint, where the pipeline keeps its 500-line responses."""
+    beside = digest(os.path.dirname(kit["sft"]))
+    evaluate.main([f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}/ev",
+                   "--max_examples=2", "--max_new_tokens=2", "--device=cpu"])
+    assert digest(os.path.dirname(kit["sft"])) == beside
+    folder = tmp_path / "ev" / os.path.basename(os.path.dirname(kit["sft"]))
+    assert sorted(os.listdir(folder)) == ["eval_sft.json", "responses_sft.jsonl"]
+    with open(folder / "responses_sft.jsonl") as f:
+        assert len(f.readlines()) == 2
+
+
+def test_sample_prompt_longer_than_the_context(kit):
+    fails(sample.main, [f"--ckpt={kit['pretrain']}", "--prompt=" + "cat " * 300, "--max_new_tokens=2"],
+          "--prompt", "context is 256")
+
+
+@pytest.mark.parametrize("name", ["truncated", "foreign", "empty"])
+def test_sample_unreadable_checkpoint(kit, name):
+    fails(sample.main, [f"--ckpt={kit[name]}", "--prompt=hi"], kit[name])
+
+
+def test_sample_draws_a_fresh_seed_unless_given(kit, capsys):
+    args = [f"--ckpt={kit['pretrain']}", "--prompt=Once", "--max_new_tokens=12", "--temperature=1.5"]
+    seeds = set()
+    for _ in range(2):
+        sample.main(args)
+        err = capsys.readouterr().err
+        seeds.add(err.split("seed ")[1].split()[0])
+    assert len(seeds) == 2
+    seed = seeds.pop()
+    assert sample.main(args + [f"--seed={seed}"]) == sample.main(args + [f"--seed={seed}"])
+    assert "seed" not in capsys.readouterr().err   # a given seed is not announced again
+
+
+# ---------------------------------------------------------------------------- Ctrl-C
+# (A real SIGINT to train_pretrain.py: tests/test_pretrain.py's test_ctrl_c_saves_a_checkpoint.)
+def stop_after(steps):
+    """A StopRequest that acts as if Ctrl-C came during step `steps` + 1: the loop then saves
+    and raises Interrupted, exactly as after a real SIGINT (StopRequest._handle sets the flag)."""
+    class Stop(StopRequest):
+        calls = 0
+
+        def agreed(self):
+            self.calls += 1
+            if self.calls > steps:
+                self.requested = True
+            return super().agreed()
+    return Stop
+
+
+TIMINGS = {"seconds", "tokens_per_s", "total_seconds", "run_seconds"}
+
+
+def without_timings(x):
+    if isinstance(x, dict):
+        return {k: without_timings(v) for k, v in x.items() if k not in TIMINGS}
+    return x
+
+
+def test_pipeline_interrupted_in_pretrain_sft_and_ppo_resumes_to_the_same_card(micro_pipeline, tmp_path,
+                                                                                 monkeypatch):
+    """Ctrl-C in three stages, one after another, each followed by a re-run: no interrupted
+    stage is marked done, each resumes from its checkpoint, and the last run's report card
+    equals the uninterrupted run's (all but the timings)."""
+    ref, ref_report = micro_pipeline
+    out = str(tmp_path / "micro")
+    os.makedirs(out)
+    shutil.copytree(os.path.join(ref, "data"), os.path.join(out, "data"))  # the data stage is not in question
+    argv = ["--preset=micro", f"--out_dir={out}", "--device=cpu"]
+    for script, steps, done in ((train_pretrain, 4, {"data"}), (train_sft, 5, {"data", "pretrain"}),
+                                (train_ppo, 1, {"data", "pretrain", "sft", "prefs", "reward"})):
+        with monkeypatch.context() as m:
+            m.setattr(script, "StopRequest", stop_after(steps))
+            with pytest.raises(Interrupted, match="run the same command again to resume"):
+                pipeline.main(argv)
+        stage = script.__name__.replace("train_", "")
+        assert {s for s in os.listdir(out) if os.path.exists(os.path.join(out, s, "stage.json"))} == done
+        assert load_checkpoint(os.path.join(out, stage, "ckpt.pt"))["step"] == steps
+    # The resumed stages' weights are the uninterrupted run's, bit for bit. The evaluation of
+    # equal weights is greedy and so equal too: the reference's eval marker stands in for it
+    # (it costs as much as the rest of the pipeline), valid once the weights are shown equal.
+    os.makedirs(os.path.join(out, "eval"))
+    shutil.copyfile(os.path.join(ref, "eval", "stage.json"), os.path.join(out, "eval", "stage.json"))
+    report = pipeline.main(argv)
+    for stage in ("pretrain", "sft", "reward", "ppo"):
+        a, b = (load_checkpoint(os.path.join(d, stage, "ckpt.pt")) for d in (out, ref))
+        assert a["step"] == b["step"] and a["model"].keys() == b["model"].keys(), stage
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), stage
+    assert without_timings(report) == without_timings(ref_report)
