@@ -11,7 +11,7 @@ import pytest
 _CORPUS = {}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # and cached below: one corpus for the whole run
 def corpus_dir(tmp_path_factory):
     """A small generated corpus with its own tokenizer, made once per test run and shared by
     the training tests."""
@@ -26,7 +26,7 @@ def corpus_dir(tmp_path_factory):
 _PIPELINE = {}
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # and cached below: one run for the whole test run
 def micro_pipeline(tmp_path_factory):
     """pipeline.py run once per test run, uninterrupted, on the micro preset: its out_dir and
     report.json. Tests that change the folder work on a copy."""

@@ -160,7 +160,7 @@ def test_evaluate_reports_scored_prompts_and_cut_prompts(tmp_path, capsys):
     config = GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=1, n_head=1, n_embd=16)
     torch.manual_seed(0)
     ckpt = str(tmp_path / "ckpt.pt")
-    torch.save({"model": GPT(config).state_dict(), "model_config": config.__dict__,
+    torch.save({"kind": "sft", "model": GPT(config).state_dict(), "model_config": config.__dict__,
                 "tokenizer": {"path": tok_path, **tok.identity}}, ckpt)
     records = [
         {"key": 1, "prompt": "Write a short poem about a kite.", "instruction_id_list": ["punctuation:no_comma"],
@@ -171,7 +171,8 @@ def test_evaluate_reports_scored_prompts_and_cut_prompts(tmp_path, capsys):
     ]
     path = tmp_path / "input.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    metrics = evaluate.main([f"--ckpt={ckpt}", f"--input={path}", "--max_new_tokens=8", "--device=cpu"])
+    metrics = evaluate.main([f"--ckpt={ckpt}", f"--input={path}", "--max_new_tokens=8", "--device=cpu",
+                             f"--out_dir={tmp_path / 'eval'}"])
     out = capsys.readouterr().out
     assert (metrics["n_prompts"], metrics["n_scored"], metrics["prompts_cut"]) == (3, 2, 1)
     assert "scored 2 of 3 prompts (1 have no instruction we can check)" in out

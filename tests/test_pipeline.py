@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, read_metrics
 
 
-def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path):
+def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     """Every stage through the real scripts on the micro preset; the report has every key."""
     shared, report = micro_pipeline
     out = str(tmp_path / "micro")
@@ -65,15 +65,17 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path):
     shutil.move(out, moved)
     alone.mkdir()
     shutil.copy(moved / "ppo" / "ckpt.pt", alone / "ckpt.pt")
-    assert not os.path.exists(load_checkpoint(str(alone / "ckpt.pt"))["tokenizer"]["path"])
+    assert "ranks" in load_checkpoint(str(alone / "ckpt.pt"))["tokenizer"]
+    # the tokenizer file it was made with must not be needed: reading it fails the test
+    monkeypatch.setattr("minift.tokenizer.load_tokenizer", lambda path: pytest.fail(f"read {path}"))
     answers = sample.main([f"--ckpt={alone / 'ckpt.pt'}", "--prompt=Name a pet.", "--max_new_tokens=8",
                            "--num_samples=2"])
     assert len(answers) == 2
     metrics = evaluate.main([f"--ckpt={moved / 'sft' / 'ckpt.pt'}", f"--input={moved / 'data' / 'sft' / 'test.jsonl'}",
-                             "--device=cpu", "--max_examples=40"])
+                             "--device=cpu", "--max_examples=40", f"--out_dir={tmp_path / 'eval'}"])
     greedy = {k: v for k, v in report["eval"]["sft"]["test"].items() if k != "sampled_strict"}
     assert {k: metrics[k] for k in greedy} == greedy
-    assert os.path.exists(moved / "sft" / "responses_test.jsonl")
+    assert os.path.exists(tmp_path / "eval" / "sft" / "responses_test.jsonl")
 
 
 def test_reward_hacking_needs_changes_beyond_the_noise():
