@@ -4,15 +4,20 @@ The whole InstructGPT pipeline in one command, ending in a report card.
     python pipeline.py                     # tiny preset: about 10 minutes on 2 CPU cores
     python pipeline.py --preset=small      # one GPU
     python pipeline.py --force             # redo every stage
+    python pipeline.py --reference_sft     # add SFT on perfect demonstrations: the line PPO is read against
+    python pipeline.py --slip_scale=0 --out_dir=out/tiny_perfect   # the whole pipeline without slips
+
+The SFT demonstrations are written by simulated demonstrators who slip at documented rates
+(minift/demonstrators.py); the preference pairs are judged by the checkers, which never slip.
 
 Stages, each a script you can also run on its own:
-    data      data/prepare.py + data/make_sft.py   corpus, tokenizer, instruction data
+    data      data/prepare.py + data/make_sft.py   corpus, tokenizer, instruction data (demonstrators' answers)
     pretrain  train_pretrain.py                    next-token prediction on the corpus
     sft       train_sft.py                         instruction tuning, loss on answers only
     prefs     data/make_preferences.py             K sampled answers per prompt, ranked by the gold checker
     reward    train_reward.py                      Bradley-Terry reward model
     ppo       train_ppo.py                         PPO against the reward model, KL to SFT
-    eval      evaluate.py                          IFEval metrics for base, SFT and PPO models
+    eval      evaluate.py                          IFEval metrics for base, SFT and PPO models, greedy and sampled
 
 Every stage writes <out_dir>/<stage>/stage.json when its script ran to the end (Ctrl-C makes a
 script save and raise Interrupted instead of returning); a re-run skips finished stages (unless
@@ -140,32 +145,36 @@ def main(argv=None):
                   f"--prompts={sft_data}/rl_prompts.jsonl", f"--eval_data={sft_data}/test.jsonl",
                   f"--out_dir={os.path.dirname(ckpt['ppo'])}"]), os.path.dirname(ckpt["ppo"])))
 
-    if cfg.reference_sft:  # the same SFT on perfect demonstrations of the same prompts
-        perfect_data, ckpt["sft_perfect"] = os.path.join(out, "data", "sft_perfect"), os.path.join(
-            out, "sft_perfect", "ckpt.pt")
-        stages["sft_perfect"] = run_stage("sft_perfect", out, cfg.force, lambda: (
-            make_sft(perfect_data, slip_scale=0.0, **sizes) and train_sft.main(
-                common + [f"--init_from={ckpt['pretrain']}", f"--data={perfect_data}/train.jsonl",
-                          f"--eval_data={sft_data}/test.jsonl",
-                          f"--out_dir={os.path.dirname(ckpt['sft_perfect'])}"])))
+    def card_figures(model):   # greedy and sampled, on both splits
+        return {split: evaluate_for_card(ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"],
+                                         cfg.device, os.path.join(out, model, f"responses_{split}.jsonl"))
+                for split in ("test", "heldout")}
 
     def eval_stage():
         # Greedy answers, as IFEval scores them, and one answer sampled at PPO's temperature per
         # prompt: RL moves samples first, and a policy's samples are what it is trained on.
-        results = {}
-        for model in [m for m in ("pretrain", "sft", "ppo", "sft_perfect") if m in ckpt]:
-            results["base" if model == "pretrain" else model] = {split: evaluate_for_card(
-                ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"], cfg.device,
-                os.path.join(out, model, f"responses_{split}.jsonl")) for split in ("test", "heldout")}
-        return results
+        return {"base" if model == "pretrain" else model: card_figures(model) for model in ("pretrain", "sft", "ppo")}
     evals = run_stage("eval", out, cfg.force, eval_stage)
+
+    if cfg.reference_sft:  # the same SFT on perfect demonstrations of the same prompts, evaluated alike
+        perfect_data, ckpt["sft_perfect"] = os.path.join(out, "data", "sft_perfect"), os.path.join(
+            out, "sft_perfect", "ckpt.pt")
+
+        def reference_stage():
+            make_sft(perfect_data, slip_scale=0.0, **sizes)
+            train_sft.main(common + [f"--init_from={ckpt['pretrain']}", f"--data={perfect_data}/train.jsonl",
+                                     f"--eval_data={sft_data}/test.jsonl",
+                                     f"--out_dir={os.path.dirname(ckpt['sft_perfect'])}"])
+            return {"eval": card_figures("sft_perfect")}
+        stages["sft_perfect"] = run_stage("sft_perfect", out, cfg.force, reference_stage)
+        evals = {**evals, "sft_perfect": stages["sft_perfect"]["eval"]}
 
     # total_seconds adds up the stages' own times (stage.json), so a pipeline finished over
     # several runs still reports what it cost; run_seconds is this run alone.
     report = {"preset": cfg.preset, "total_seconds": round(sum(v["seconds"] for v in stages.values())
                                                            + evals["seconds"], 1),
               "run_seconds": round(time.time() - t_start, 1),
-              "stages": {k: v for k, v in stages.items()},
+              "stages": {k: {key: x for key, x in v.items() if key != "eval"} for k, v in stages.items()},
               "eval": {m: {s: {k: evals[m][s][k] for k in METRIC_KEYS + ("sampled_strict",)}
                            for s in ("test", "heldout")} for m in evals if m != "seconds"},
               "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")}}

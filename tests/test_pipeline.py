@@ -55,6 +55,16 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     with open(os.path.join(out, "report.json")) as f:
         again = json.load(f)
     assert again["total_seconds"] == report["total_seconds"] > again["run_seconds"]
+    # the reference run adds SFT on perfect demonstrations of the same prompts, and nothing else
+    r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu",
+                        "--reference_sft"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("done already") == 7, r.stdout[-2000:]
+    with open(os.path.join(out, "report.json")) as f:
+        reference = json.load(f)
+    assert reference["eval"]["sft"] == report["eval"]["sft"]
+    assert set(reference["eval"]["sft_perfect"]["test"]) == set(report["eval"]["sft"]["test"])
+    with open(os.path.join(out, "data", "sft_perfect", "train.jsonl")) as f:
+        assert all(json.loads(line)["slips"] == [] for line in f)
 
     # Checkpoints carry their tokenizer: after out/ moves, or a checkpoint is copied on its own
     # to another machine, sample.py and evaluate.py work from the checkpoint alone.
