@@ -42,8 +42,11 @@ class Runtime:
         tiny model's training steps run faster too, with attention kept in fp32
         (minift.model.attention) and batches padded to few shapes (minift.model.PAD_MULTIPLE;
         FINDINGS.md, "Speed and precision"). Other CPUs have no bf16 products, so there, and
-        on MPS, we run in fp32; so does any dtype but "bfloat16" on a CPU (dtype="float32"
-        turns autocast off everywhere)."""
+        on MPS, we run in fp32 (dtype="float32" turns autocast off everywhere). fp16 is for
+        CUDA only: asked for elsewhere, it stops the script rather than run fp32 unannounced."""
+        if dtype == "float16" and self.device_type != "cuda":
+            raise ValueError(f"--dtype=float16 needs a CUDA GPU; on {self.device_type} use --dtype=bfloat16 "
+                             "(or float32)")
         if self.device_type == "cuda" and dtype in ("bfloat16", "float16"):
             return torch.autocast("cuda", dtype=getattr(torch, dtype))
         if self.device_type == "cpu" and dtype == "bfloat16" and cpu_multiplies_bf16():
