@@ -53,9 +53,8 @@ class Config:
     force: bool = False              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # rollouts
-    # Rollout + optimisation rounds: 24 x 64 = 1,536 episodes, 84-113 s on the tiny preset. With
-    # 12 neither reward moved on the probe; 48 added little for twice the time (FINDINGS.md,
-    # "PPO", 24 iterations).
+    # Rollout + optimisation rounds: 24 x 64 = 1,536 episodes. 48 added nothing for twice the
+    # time, with perfect demonstrations and with slipping ones (FINDINGS.md, "PPO", section 14).
     iterations: int = 24
     rollout_batch: int = 64          # answers per rollout, K to each prompt (per rank with DDP)
     max_new_tokens: int = 96
