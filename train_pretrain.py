@@ -29,7 +29,8 @@ from minift.config import cli_config, print_config, run
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import load_tokenizer
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime,
-                             flops_per_token, lr_at, make_optimizer, peak_bf16_flops, set_lr, setup_runtime)
+                             flops_per_token, host_reads, lr_at, make_optimizer, peak_bf16_flops, set_lr,
+                             setup_runtime)
 
 
 @dataclass
@@ -204,12 +205,7 @@ def main(argv=None):
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach() / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            # The host reads the loss only at log intervals and before a save (nanoGPT does the
-            # same): reading a GPU number makes the host wait for the GPU to finish, and the GPU
-            # then idles while the host prepares the next step. The NaN guard looks then too,
-            # still before any update that a checkpoint would keep.
-            reading = (step + 1) % cfg.log_interval == 0 or (step + 1) % cfg.eval_interval == 0 \
-                or step + 1 == cfg.max_steps or stop.requested
+            reading = host_reads(step, cfg, stop.requested)   # the loss stays on the device otherwise
             if reading:
                 loss_sum, grad_norm = loss_sum.item(), grad_norm.item()
                 check_finite(loss_sum, step, ckpt_path)

@@ -30,8 +30,8 @@ from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import DataFormatError, load_ifeval_inputs, load_sft
 from minift.model import padded_length
-from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
-                             set_lr, setup_runtime)
+from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, host_reads, lr_at,
+                             make_optimizer, set_lr, setup_runtime)
 
 
 @dataclass
@@ -216,10 +216,7 @@ def main(argv=None):
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach() / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            # The host reads the loss only at log intervals and before a save, as in
-            # train_pretrain.py (which says why).
-            reading = (step + 1) % cfg.log_interval == 0 or (step + 1) % cfg.eval_interval == 0 \
-                or step + 1 == cfg.max_steps or stop.requested
+            reading = host_reads(step, cfg, stop.requested)   # the loss stays on the device otherwise
             if reading:
                 loss_sum, grad_norm = loss_sum.item(), grad_norm.item()
                 check_finite(loss_sum, step, ckpt_path)

@@ -54,6 +54,15 @@ class Runtime:
         return contextlib.nullcontext()
 
 
+def host_reads(step, cfg, stopping):
+    """Whether a training step's loss is read on the host: at log and evaluation intervals,
+    the last step, and before a Ctrl-C save. Reading a GPU number makes the host wait for the
+    GPU, which then idles while the host prepares the next step (nanoGPT reads at log steps
+    too); the NaN guard looks then, still before any update that a checkpoint would keep."""
+    done = step + 1
+    return done % cfg.log_interval == 0 or done % cfg.eval_interval == 0 or done == cfg.max_steps or stopping
+
+
 def cpu_multiplies_bf16():
     """Whether this CPU multiplies bf16 in hardware: Intel AMX's tile unit, or AVX512-BF16's
     dot-product instructions. PyTorch's checks are private, so a version without them
