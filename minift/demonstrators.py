@@ -74,15 +74,8 @@ def demonstrate(sample, rng, scale=1.0):
              if ins.id in HABITS and u < min(1.0, HABITS[ins.id].rate * scale)]
     if not slips:
         return sample.response, []
-    items, done = [], []
-    for ins, kw in sample.items:
-        if ins.id not in slips:
-            items.append((ins, kw))
-        elif HABITS[ins.id].edit == "forget":
-            done.append(ins.id)
-        else:
-            items.append((ins, slipped_kwargs(HABITS[ins.id], kw)))
-            done.append(ins.id)
+    items = [(ins, slipped_kwargs(HABITS[ins.id], kw) if ins.id in slips else kw) for ins, kw in sample.items
+             if ins.id not in slips or HABITS[ins.id].edit != "forget"]
     forgotten = [(ins, kw) for ins, kw in sample.items if ins.id not in slips]
     answer = sample.response  # if no slipped version can be built, the demonstrator gets it right
     for attempt in (items, forgotten):  # a count the base answer cannot reach: forget it instead
@@ -92,13 +85,7 @@ def demonstrate(sample, rng, scale=1.0):
         except Unsatisfiable:
             continue
     # Keep only the slips the checkers can see (a slip that still passes is no slip).
-    seen = [iid for iid in done if not _passes(sample, answer, iid)]
-    return answer, seen
-
-
-def _passes(sample, answer, iid):
-    ins, kw = next((ins, kw) for ins, kw in sample.items if ins.id == iid)
-    return ins.verify(answer, kw)
+    return answer, [ins.id for ins, kw in sample.items if ins.id in slips and not ins.verify(answer, kw)]
 
 
 def slip_table(scale=1.0):
