@@ -93,18 +93,19 @@ def run_stage(name, out_dir, force, fn):
 
 
 def check_preset(out, cfg):
-    """A finished stage of another preset in this out_dir would be skipped, and its numbers
-    reported as this preset's: refuse, unless --force starts over."""
-    path = os.path.join(out, "pipeline.json")
+    """A finished stage of a run with another preset or slip scale in this out_dir would be
+    skipped, and its numbers reported as this run's: refuse, unless --force starts over."""
+    path, settings = os.path.join(out, "pipeline.json"), {"preset": cfg.preset, "slip_scale": cfg.slip_scale}
     if os.path.exists(path) and not cfg.force:
         with open(path) as f:
-            other = json.load(f).get("preset")
-        if other != cfg.preset:
-            raise SystemExit(f"error: {out} holds a --preset={other} run; resume it with --preset={other}, start "
-                             f"over with --force, or choose another --out_dir")
+            other = {"slip_scale": 1.0, **json.load(f)}   # a record from before the demonstrators slipped
+        changed = [f"--{k}={other[k]}" for k in settings if other.get(k) != settings[k]]
+        if changed:
+            raise SystemExit(f"error: {out} holds a run with {' '.join(changed)}; resume it with the same "
+                             f"options, start over with --force, or choose another --out_dir")
     os.makedirs(out, exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"preset": cfg.preset}, f)
+        json.dump(settings, f)
 
 
 def main(argv=None):

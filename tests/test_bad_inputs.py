@@ -320,6 +320,9 @@ def test_pipeline_refuses_another_preset_in_its_out_dir(tmp_path):
     before = digest(str(tmp_path))
     fails(pipeline.main, ["--preset=tiny", f"--out_dir={tmp_path}"], "--preset=micro", "--force", "--out_dir")
     assert digest(str(tmp_path)) == before
+    # the same for other demonstrators: perfect ones must not reuse the slipping ones' SFT
+    fails(pipeline.main, ["--preset=micro", "--slip_scale=0", f"--out_dir={tmp_path}"], "--slip_scale=1.0", "--force")
+    assert digest(str(tmp_path)) == before
 
 
 # ---------------------------------------------------------------------------- evaluate.py, sample.py
