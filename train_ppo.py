@@ -34,7 +34,7 @@ from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_ch
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_inputs
-from minift.gold import gold_reward
+from minift.synthetic.gold import gold_reward
 from minift.model import ScalarModel, pad_left
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, set_lr,
                              setup_runtime)
