@@ -41,7 +41,7 @@ from minift.config import cli_config, run
 from minift.evaluation import earlier_exchanges, evaluate_records, sampled_pass_rates
 from minift.formats import load_ifeval_inputs, write_ifeval_responses
 from minift.model import ScalarModel
-from minift.scoring import format_table
+from minift.synthetic.scoring import format_table
 from minift.training import pick_device
 from train_reward import render, score_all
 

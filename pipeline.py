@@ -8,7 +8,7 @@ The whole InstructGPT pipeline in one command, ending in a report card.
     python pipeline.py --slip_scale=0 --out_dir=out/tiny_perfect   # the whole pipeline without slips
 
 The SFT demonstrations are written by simulated demonstrators who slip at documented rates
-(minift/demonstrators.py); the preference pairs are judged by the checkers, which never slip.
+(minift/synthetic/demonstrators.py); the preference pairs are judged by the checkers, which never slip.
 
 Stages, each a script you can also run on its own:
     data      data/prepare.py + data/make_sft.py   corpus, tokenizer, instruction data (demonstrators' answers)
@@ -41,8 +41,8 @@ from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
 from minift.config import cli_config, run
-from minift.demonstrators import HABITS
-from minift.scoring import paired_difference
+from minift.synthetic.demonstrators import HABITS
+from minift.synthetic.scoring import paired_difference
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Config:
     out_dir: str = ""         # default: out/<preset>
     force: bool = False       # re-run stages that already finished
     device: str = "auto"
-    slip_scale: float = 1.0   # scales the demonstrators' slip rates (minift/demonstrators.py); 0 = perfect
+    slip_scale: float = 1.0   # scales the demonstrators' slip rates (minift/synthetic/demonstrators.py); 0 = perfect
     reference_sft: bool = False  # also train SFT on perfect demonstrations: the line PPO's gain is read against
 
 
@@ -312,7 +312,7 @@ COMMON_HABITS = [iid for iid, habit in HABITS.items() if habit.rate > 0.5]
 
 def story_lines(r):
     """One line per stage: what it changed, read off the numbers above (test split). The
-    common habits are the demonstrators' slips of over half the time (minift/demonstrators.py)."""
+    common habits are the demonstrators' slips of over half the time (minift/synthetic/demonstrators.py)."""
     ev, d, rm = r["eval"], r["stages"]["data"], r["stages"]["reward"]
     if "demo_pass_rates" not in d or "sampled_strict" not in ev["sft"]["test"]:
         return []   # a report from before the demonstrators and sampled answers existed

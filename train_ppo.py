@@ -25,7 +25,6 @@ import os
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -34,10 +33,10 @@ from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_ch
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_inputs
-from minift.gold import gold_reward
+from minift.synthetic.gold import gold_reward
 from minift.model import ScalarModel, pad_left
-from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, set_lr,
-                             setup_runtime)
+from minift.training import (MetricsLog, StopRequest, all_reduce_mean, average_gradients, check_finite,
+                             cleanup_runtime, set_lr, setup_runtime)
 
 
 @dataclass
@@ -226,20 +225,6 @@ def critic_from(ckpt):
     return critic
 
 
-def average_gradients(params, rt):
-    """DDP by hand: after backward each rank holds the gradient of its own minibatch; the
-    average over ranks is the gradient of the global batch, and with it the identical Adam
-    step keeps the replicas identical (they start so: every rank loads the same checkpoint).
-    train_pretrain.py wraps its model in DDP instead, which does this in buckets during
-    backward. Here the policy also generates and is evaluated, and policy and critic share
-    one backward, so one explicit loop is simpler than two wrappers and their `.module`s."""
-    if rt.ddp:
-        for p in params:
-            if p.grad is not None:      # the same on every rank: they all ran the same graph
-                dist.all_reduce(p.grad)     # a sum over ranks, in place
-                p.grad /= rt.world_size
-
-
 # ---------------------------------------------------------------------------- rollouts
 @torch.no_grad()
 def rollout(policy, tokenizer, records, cfg, generator, device):
@@ -265,17 +250,10 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
     return seq, attn, answer_mask.to(device), ended.to(device), texts
 
 
-def main(argv=None):
-    cfg = cli_config(Config, PRESETS, argv)
-    if cfg.temperature <= 0:  # the log-probabilities divide the logits by it
-        raise SystemExit(f"error: --temperature={cfg.temperature}: PPO samples its rollouts, so it must be more than 0")
-    rt = setup_runtime(cfg.device, cfg.seed)
-    if rt.master:
-        print_config(cfg)
-    device = rt.device
-
-    # ---- four models. Dropout is off in all of them (Ziegler, N+): with dropout, the
-    # log-probabilities of the rollout and of the update would differ by noise alone.
+def load_models(cfg, device):
+    """The SFT checkpoint, its tokenizer, and four models. Dropout is off in all of them
+    (Ziegler, N+): with dropout, the log-probabilities of the rollout and of the update would
+    differ by noise alone."""
     sft = load_checkpoint(cfg.sft_ckpt, hint="Run SFT first: python train_sft.py", kinds=GENERATIVE)
     sft["model_config"]["dropout"] = 0.0
     tokenizer = tokenizer_for(sft, cfg.sft_ckpt)
@@ -296,13 +274,92 @@ def main(argv=None):
             frozen.eval().requires_grad_(False)
     policy.eval()       # eval mode = no dropout; gradients still flow
     value_model.eval()
+    return sft, tokenizer, policy, reference, reward_model, value_model
 
+
+def score_answers(reward_model, cfg, seq, attn, mask, texts, batch):
+    """The sequence-level score of each answer: the reward model's normalised reward (its
+    head at the last real token, plus its weighted likelihood of the answer's tokens, which
+    `mask` marks), or the gold checker's. Both are logged; only one is optimised."""
+    gold = torch.tensor([gold_reward(r["prompt"], t, r["instruction_id_list"], r["kwargs"])
+                         for r, t in zip(batch, texts)], device=seq.device)
+    answer_only = torch.cat([torch.zeros_like(attn[:, :seq.size(1) - mask.size(1)]), mask.long()], 1)
+    rm = reward_model.reward(seq, attn, answer_only) if reward_model is not None else gold
+    return (rm if cfg.reward == "model" else gold), rm, gold
+
+
+def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
+    """Mean reward-model score and gold reward on a fixed probe: the evaluation prompts,
+    sampled as in a rollout but from the same seed each time. The rollout batches' own
+    means compare different prompts, and prompt difficulty varies more between two batches
+    than a short PPO run moves the policy. The probe compares the same prompts with the same
+    random numbers (common random numbers), so its change is the policy's change. Each
+    prompt's scores are logged too, for a paired test of that change (pipeline.py)."""
+    with rt.autocast(cfg.dtype):   # sampled as the rollouts are
+        seq, attn, mask, _, texts = rollout(policy, tokenizer, eval_records, cfg,
+                                            torch.Generator(device=rt.device).manual_seed(cfg.seed), rt.device)
+    _, rm, gold = score_answers(reward_model, cfg, seq, attn, mask, texts, eval_records)
+    return {"probe_rm_score": rm.mean().item(), "probe_gold": gold.mean().item(),
+            "probe_rm_each": [round(x, 4) for x in rm.tolist()],
+            "probe_gold_each": [round(x, 4) for x in gold.tolist()]}
+
+
+def optimise(policy, value_model, optimizer, rollout_batch, cfg, rt, generator, it, ckpt_path):
+    """E epochs over M shuffled minibatches of the clipped PPO objective, policy and critic in
+    one backward. `rollout_batch` holds what step 1-3 stored. Returns each minibatch's stats."""
+    seq, attn, mask, P, old_logp, old_values, advantages, returns = rollout_batch
+    params = list(policy.parameters()) + list(value_model.parameters())
+    B, mb_size = seq.size(0), seq.size(0) // cfg.num_minibatches
+    stats = []
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=generator, device=rt.device)
+        for start in range(0, B - mb_size + 1, mb_size):
+            mb = order[start:start + mb_size]
+            with rt.autocast(cfg.dtype):
+                new_logp, logits = answer_logprobs(policy, seq[mb], attn[mb], P, cfg.temperature)
+                new_values = value_model(seq[mb], attn[mb])[:, P - 1:-1].float()
+            pg_loss, vf_loss, st = ppo_losses(new_logp, old_logp[mb], advantages[mb], new_values,
+                                              old_values[mb], returns[mb], mask[mb], cfg)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            # averaged, so that all ranks stop together (one alone would leave the
+            # others waiting forever in the next all-reduce)
+            check_finite(all_reduce_mean(loss.item(), rt), it, ckpt_path)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(params, rt)
+            # Clip each network on its own, so the critic's large early gradients
+            # cannot shrink the policy's step.
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                p = logits.softmax(-1)
+                st["entropy"] = masked_mean(-(p * p.clamp_min(1e-12).log()).sum(-1), mask[mb]).item()
+            stats.append(st | {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item()})
+    return stats
+
+
+def save(ckpt_path, it, metrics, policy, value_model, optimizer, cfg, tokenizer_info, generator, kl_ctl):
+    """The policy, its optimizer and random state (save_training_checkpoint), the critic and beta."""
+    save_training_checkpoint(ckpt_path, "ppo", it, policy, optimizer, cfg, tokenizer_info, generator,
+                             metrics, value_model=value_model.state_dict(), kl_coef=kl_ctl.value)
+
+
+def main(argv=None):
+    cfg = cli_config(Config, PRESETS, argv)
+    if cfg.temperature <= 0:  # the log-probabilities divide the logits by it
+        raise SystemExit(f"error: --temperature={cfg.temperature}: PPO samples its rollouts, so it must be more than 0")
+    rt = setup_runtime(cfg.device, cfg.seed)
+    if rt.master:
+        print_config(cfg)
+    device = rt.device
+    sft, tokenizer, policy, reference, reward_model, value_model = load_models(cfg, device)
     records = load_ifeval_inputs(cfg.prompts)
     eval_records = load_ifeval_inputs(cfg.eval_data)[:cfg.eval_examples] if cfg.eval_data else []
-    params = list(policy.parameters()) + list(value_model.parameters())
     # One Adam over both networks: Adam adapts per parameter, so this equals two optimizers
     # with one learning rate. eps 1e-5 as N+ (TensorFlow's placement differs from PyTorch's).
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate, eps=cfg.adam_eps)
+    optimizer = torch.optim.Adam(list(policy.parameters()) + list(value_model.parameters()),
+                                 lr=cfg.learning_rate, eps=cfg.adam_eps)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     # With DDP each rank draws its own prompts and samples: a rank-specific seed.
     generator = torch.Generator(device=device).manual_seed(cfg.seed + rt.rank)
@@ -316,58 +373,28 @@ def main(argv=None):
         if rt.master:
             print(f"resuming from {ckpt_path} at iteration {it}")
 
-    def score_answers(seq, attn, mask, texts, batch):
-        """The sequence-level score of each answer: the reward model's normalised reward (its
-        head at the last real token, plus its weighted likelihood of the answer's tokens, which
-        `mask` marks), or the gold checker's. Both are logged; only one is optimised."""
-        gold = torch.tensor([gold_reward(r["prompt"], t, r["instruction_id_list"], r["kwargs"])
-                             for r, t in zip(batch, texts)], device=device)
-        answer_only = torch.cat([torch.zeros_like(attn[:, :seq.size(1) - mask.size(1)]), mask.long()], 1)
-        rm = reward_model.reward(seq, attn, answer_only) if reward_model is not None else gold
-        return (rm if cfg.reward == "model" else gold), rm, gold
-
-    def probe():
-        """Mean reward-model score and gold reward on a fixed probe: the evaluation prompts,
-        sampled as in a rollout but from the same seed each time. The rollout batches' own
-        means compare different prompts, and prompt difficulty varies more between two batches
-        than a short PPO run moves the policy. The probe compares the same prompts with the same
-        random numbers (common random numbers), so its change is the policy's change. Each
-        prompt's scores are logged too, for a paired test of that change (pipeline.py)."""
-        with rt.autocast(cfg.dtype):   # sampled as the rollouts are
-            seq, attn, mask, _, texts = rollout(policy, tokenizer, eval_records, cfg,
-                                                torch.Generator(device=device).manual_seed(cfg.seed), device)
-        _, rm, gold = score_answers(seq, attn, mask, texts, eval_records)
-        return {"probe_rm_score": rm.mean().item(), "probe_gold": gold.mean().item(),
-                "probe_rm_each": [round(x, 4) for x in rm.tolist()],
-                "probe_gold_each": [round(x, 4) for x in gold.tolist()]}
-
-    def save(metrics):
-        save_training_checkpoint(ckpt_path, "ppo", it, policy, optimizer, cfg, sft["tokenizer"], generator,
-                                 metrics, value_model=value_model.state_dict(), kl_coef=kl_ctl.value)
-
     # Only rank 0 logs, evaluates and saves; the statistics it logs are averaged over ranks.
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=cfg.iterations, initial=it, desc="ppo", disable=not rt.master, dynamic_ncols=True)
     metrics = {}
     if rt.master and eval_records and it == 0:  # the probe before any update: the "start" figures
-        log.log(iteration=0, **probe())
+        log.log(iteration=0, **probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
     with StopRequest(rt) as stop:
         while it < cfg.iterations and not stop.agreed():
             # ---- 1. rollout
             K = cfg.samples_per_prompt
             picks = torch.randperm(len(records), generator=generator, device=device)[:cfg.rollout_batch // K]
             batch = [records[i] for i in picks.tolist() for _ in range(K)]   # a prompt's K rows side by side
-            with rt.autocast(cfg.dtype):
+            with torch.no_grad(), rt.autocast(cfg.dtype):
                 seq, attn, mask, ended, texts = rollout(policy, tokenizer, batch, cfg, generator, device)
-            P = seq.size(1) - mask.size(1)
-            with torch.no_grad():
+                P = seq.size(1) - mask.size(1)
                 # ---- 2. score. Old log-probs and values are stored once, before any update.
-                with rt.autocast(cfg.dtype):
-                    old_logp, _ = answer_logprobs(policy, seq, attn, P, cfg.temperature)
-                    ref_logp, _ = answer_logprobs(reference, seq, attn, P, cfg.temperature)
-                    # V(s_t) is read at the token before answer token t: positions P-1 .. P+N-2.
-                    old_values = value_model(seq, attn)[:, P - 1:-1].float() * mask
-                score, rm_score, gold = score_answers(seq, attn, mask, texts, batch)   # in fp32
+                old_logp, _ = answer_logprobs(policy, seq, attn, P, cfg.temperature)
+                ref_logp, _ = answer_logprobs(reference, seq, attn, P, cfg.temperature)
+                # V(s_t) is read at the token before answer token t: positions P-1 .. P+N-2.
+                old_values = value_model(seq, attn)[:, P - 1:-1].float() * mask
+            with torch.no_grad():
+                score, rm_score, gold = score_answers(reward_model, cfg, seq, attn, mask, texts, batch)   # in fp32
                 score = penalise_unfinished(score, ended, cfg.missing_eos_penalty)
                 if K > 1:
                     score = leave_one_out(score, K)
@@ -381,33 +408,9 @@ def main(argv=None):
             # ---- 4. optimise: E epochs over M shuffled minibatches, learning rate annealed
             # linearly to 0 over the run (CleanRL, N+)
             set_lr(optimizer, cfg.learning_rate * (1 - it / cfg.iterations))
-            B, mb_size = seq.size(0), seq.size(0) // cfg.num_minibatches
-            stats = []
-            for epoch in range(cfg.ppo_epochs):
-                order = torch.randperm(B, generator=generator, device=device)
-                for start in range(0, B - mb_size + 1, mb_size):
-                    mb = order[start:start + mb_size]
-                    with rt.autocast(cfg.dtype):
-                        new_logp, logits = answer_logprobs(policy, seq[mb], attn[mb], P, cfg.temperature)
-                        new_values = value_model(seq[mb], attn[mb])[:, P - 1:-1].float()
-                    pg_loss, vf_loss, st = ppo_losses(new_logp, old_logp[mb], advantages[mb], new_values,
-                                                      old_values[mb], returns[mb], mask[mb], cfg)
-                    loss = pg_loss + cfg.vf_coef * vf_loss
-                    # averaged, so that all ranks stop together (one alone would leave the
-                    # others waiting forever in the next all-reduce)
-                    check_finite(all_reduce_mean(loss.item(), rt), it, ckpt_path)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    average_gradients(params, rt)
-                    # Clip each network on its own, so the critic's large early gradients
-                    # cannot shrink the policy's step.
-                    torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                    torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                    with torch.no_grad():
-                        p = logits.softmax(-1)
-                        st["entropy"] = masked_mean(-(p * p.clamp_min(1e-12).log()).sum(-1), mask[mb]).item()
-                    stats.append(st | {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item()})
+            stats = optimise(policy, value_model, optimizer,
+                             (seq, attn, mask, P, old_logp, old_values, advantages, returns),
+                             cfg, rt, generator, it, ckpt_path)
             it += 1
 
             # ---- logging: the KL to the reference is summed over an answer's tokens (nats).
@@ -419,20 +422,21 @@ def main(argv=None):
                      "first_ratio": stats[0]["ratio"]}
             metrics = {"iteration": it, **{k: all_reduce_mean(v, rt) for k, v in local.items()}}
             if cfg.adaptive_kl:  # on the averaged KL, so every rank keeps the same beta
-                kl_ctl.update(metrics["kl"], B * rt.world_size)
+                kl_ctl.update(metrics["kl"], seq.size(0) * rt.world_size)
             metrics["kl_coef"] = kl_ctl.value
             if rt.master and (it % cfg.eval_interval == 0 or it == cfg.iterations):
                 if eval_records:
                     ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
                     metrics["eval_prompt_strict"] = ev["prompt_strict"]
-                    metrics.update(probe())
-                save(metrics)
+                    metrics.update(probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
+                save(ckpt_path, it, metrics, policy, value_model, optimizer, cfg, sft["tokenizer"], generator,
+                     kl_ctl)
             log.log(**metrics)
             bar.update(1)
             bar.set_postfix(rm=f"{metrics['rm_score']:.2f}", gold=f"{metrics['gold']:.2f}",
                             kl=f"{metrics['kl']:.2f}", clip=f"{metrics['clipfrac']:.3f}")
         if stop.requested and rt.master:
-            save(metrics)
+            save(ckpt_path, it, metrics, policy, value_model, optimizer, cfg, sft["tokenizer"], generator, kl_ctl)
     bar.close()
     cleanup_runtime(rt)
     stop.raise_if_requested(f"saved {ckpt_path} at iteration {it} of {cfg.iterations}")

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
 import train_sft  # noqa: E402
 from minift.config import cli_config, run  # noqa: E402
-from minift.scoring import paired_difference  # noqa: E402
+from minift.synthetic.scoring import paired_difference  # noqa: E402
 
 SPLITS = ("test", "heldout")
 

@@ -34,7 +34,7 @@ from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noq
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import generate_responses, sample_answers  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
-from minift.gold import gold_reward  # noqa: E402
+from minift.synthetic.gold import gold_reward  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 
 

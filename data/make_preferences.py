@@ -6,7 +6,7 @@ Preference data for the reward model, made the InstructGPT way with a program as
 
 For each prompt of data/generated/sft/rl_prompts.jsonl the SFT model samples K answers at
 PPO's temperature (sampled, not greedy: the RM must see the policy's real spread of good and
-bad answers, which greedy decoding would hide). The gold reward (minift/gold.py) scores each answer, and every
+bad answers, which greedy decoding would hide). The gold reward (minift/synthetic/gold.py) scores each answer, and every
 two answers of a prompt with different scores make a pair, the higher one "chosen".
 InstructGPT's labelers likewise ranked K = 4..9 answers per prompt, giving C(K,2) pairs.
 Ties carry no preference, so they are dropped (a human would say "about the same").
@@ -36,7 +36,7 @@ from minift.checkpoint import GENERATIVE, build_model, load_checkpoint, tokenize
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import sample_answers  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
-from minift.gold import gold_breakdown  # noqa: E402
+from minift.synthetic.gold import gold_breakdown  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 
 

@@ -7,8 +7,8 @@
 
 Each line is one record {"key", "prompt", "instruction_id_list", "kwargs", "messages", "slips"}:
 chat messages for SFT and, at the same time, an IFEval input record for evaluation (see
-minift/splits.py for how prompts and the splits are made). The answers are written by
-simulated demonstrators who slip at the rates of minift/demonstrators.py; "slips" lists the
+minift/synthetic/splits.py for how prompts and the splits are made). The answers are written by
+simulated demonstrators who slip at the rates of minift/synthetic/demonstrators.py; "slips" lists the
 instructions an answer slipped on, and the script prints the demonstrations' own pass rate,
 judged by the checkers. Heldout records also list their "novelty" (what train never showed them).
 """
@@ -22,10 +22,10 @@ from collections import Counter
 # Run as a script from the repo root: make `import minift` work without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minift.demonstrators import slip_table  # noqa: E402
-from minift.scoring import aggregate, score  # noqa: E402
+from minift.synthetic.demonstrators import slip_table  # noqa: E402
+from minift.synthetic.scoring import aggregate, score  # noqa: E402
 from minift.config import run  # noqa: E402
-from minift.splits import SPLIT_SIZES, make_splits  # noqa: E402
+from minift.synthetic.splits import SPLIT_SIZES, make_splits  # noqa: E402
 
 try:
     from minift.formats import write_jsonl
@@ -50,7 +50,7 @@ def make_sft(out_dir="data/generated/sft", seed=0, n_train=SPLIT_SIZES["train"],
              n_heldout=SPLIT_SIZES["heldout"], n_rl=SPLIT_SIZES["rl_prompts"], slip_scale=1.0):
     """Generate and write the four splits; returns {"counts", "n_instructions", "types", "retries",
     "demo_pass_rate": {split: the demonstrations' prompt-strict pass rate}}."""
-    retries = Counter()  # why candidate prompts were resampled (see minift.splits.sample)
+    retries = Counter()  # why candidate prompts were resampled (see minift.synthetic.splits.sample)
     splits = make_splits(seed, {"train": n_train, "test": n_test, "heldout": n_heldout, "rl_prompts": n_rl},
                          stats=retries, slip_scale=slip_scale)
     stats = {"counts": {}, "n_instructions": {}, "types": {}, "retries": dict(retries.most_common()),

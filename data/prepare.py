@@ -11,7 +11,7 @@ Writes into --out_dir (default data/generated/corpus):
     tokenizer.tiktoken   the BPE we trained (not written with --tokenizer gpt2)
     meta.json            sizes, token counts, tokenizer spec and hash, timings, distinct-3-gram ratio
 
-Documents. The default corpus is minift/world.py's stories. A user text file is split into
+Documents. The default corpus is minift/synthetic/world.py's stories. A user text file is split into
 documents on `<|endoftext|>` markers if its first MB has one (TinyStories uses them), otherwise
 on blank lines (paragraphs; a Shakespeare speech). A document longer than 64 KB is cut at the
 next line end, so even a file without blank lines gives many documents. Every 20th document
@@ -44,7 +44,7 @@ if ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from minift import splits, world  # noqa: E402
+from minift.synthetic import splits, world  # noqa: E402
 from minift.config import run  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
@@ -89,7 +89,7 @@ def _shard_documents(seed, n_bytes: int, formatted_share: float):
     """One shard: a share of formatted pieces among the stories, until about n_bytes of text.
 
     A share of the documents are short *formatted* pieces: a titled description, a bullet list, a
-    note in capitals, a JSON record, a letter with a P.S. (minift.splits.formatted_piece). Web text,
+    note in capitals, a JSON record, a letter with a P.S. (minift.synthetic.splits.formatted_piece). Web text,
     which real models pretrain on, is full of such forms; without them our base model would meet a
     `<<title>>` or an ALL-CAPS word for the first time during SFT, and a few minutes of SFT are
     too little to learn how to write them AND when to. The pieces carry no instructions, so the
@@ -232,7 +232,7 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     t_start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     if input is None:
-        source = f"generated (minift.world, seed {seed})"
+        source = f"generated (minift.synthetic.world, seed {seed})"
         docs = _Timed(generated_documents(seed, int(size_mb * 1e6), formatted_share))
     else:
         source = os.path.abspath(input)

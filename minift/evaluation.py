@@ -1,7 +1,7 @@
 """
 Instruction-following evaluation: generate answers to IFEval-style records with batched
 greedy decoding through the KV cache, then score them with the checkers in code
-(minift/scoring.py). Used by evaluate.py, by train_sft.py during training, and by the
+(minift/synthetic/scoring.py). Used by evaluate.py, by train_sft.py during training, and by the
 pipeline's report card; sampled answers (sample_answers) serve the preference data, the
 rejection-sampling bench and evaluate.py --samples.
 """
@@ -10,7 +10,7 @@ from random import Random
 
 import torch
 
-from minift.scoring import aggregate, score
+from minift.synthetic.scoring import aggregate, score
 
 
 def render_prompts(tokenizer, prompts):
@@ -103,7 +103,7 @@ def earlier_exchanges(records, seed=0):
 def evaluate_records(model, tokenizer, records, max_new_tokens=128, batch_size=64, earlier=None):
     """records: IFEval inputs {"prompt", "instruction_id_list", "kwargs"} -> (metrics, responses).
     metrics has prompt/instruction x strict/loose accuracies, a per-type table and the
-    count of unsupported instruction ids (see minift/scoring.py), and "prompts_cut": how many
+    count of unsupported instruction ids (see minift/synthetic/scoring.py), and "prompts_cut": how many
     prompts were longer than the model can read before its answer ("prompt_token_limit"
     tokens) and lost their start. With `earlier` (one list of messages per record, e.g. from
     earlier_exchanges) each prompt is asked after them."""

@@ -118,6 +118,20 @@ def all_reduce_mean(value, rt):
     return t.item() / rt.world_size
 
 
+def average_gradients(params, rt):
+    """DDP by hand: after backward each rank holds the gradient of its own minibatch; the
+    average over ranks is the gradient of the global batch, and with it the identical Adam
+    step keeps the replicas identical (they start so: every rank loads the same checkpoint).
+    train_pretrain.py wraps its model in DDP instead, which does this in buckets during
+    backward. train_ppo.py's policy also generates and is evaluated, and policy and critic
+    share one backward, so one explicit loop is simpler than two wrappers and their `.module`s."""
+    if rt.ddp:
+        for p in params:
+            if p.grad is not None:      # the same on every rank: they all ran the same graph
+                dist.all_reduce(p.grad)     # a sum over ranks, in place
+                p.grad /= rt.world_size
+
+
 # ---------------------------------------------------------------------- optimisation
 def lr_at(step, max_lr, min_lr, warmup_steps, decay_steps):
     """Linear warmup for `warmup_steps`, then cosine decay to min_lr at `decay_steps`,

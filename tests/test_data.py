@@ -1,4 +1,4 @@
-"""Tests for the story world (minift/world.py) and data preparation (data/prepare.py)."""
+"""Tests for the story world (minift/synthetic/world.py) and data preparation (data/prepare.py)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data.prepare import distinct_ngram_ratio, generated_documents, instruction_prompts, prepare
-from minift import world
+from minift.synthetic import world
 from minift.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""Tests for the simulated demonstrators (minift/demonstrators.py) and their effect on the splits."""
+"""Tests for the simulated demonstrators (minift/synthetic/demonstrators.py) and their effect on the splits."""
 
 from collections import Counter
 from random import Random
@@ -6,9 +6,9 @@ from random import Random
 import pytest
 
 from data.make_sft import demo_pass_rate
-from minift.demonstrators import HABITS, Habit, demonstrate, slipped_kwargs
-from minift.instructions import REGISTRY
-from minift.splits import make_splits, sample
+from minift.synthetic.demonstrators import HABITS, Habit, demonstrate, slipped_kwargs
+from minift.synthetic.instructions import REGISTRY
+from minift.synthetic.splits import make_splits, sample
 
 SIZES = {"train": 600, "test": 100, "heldout": 100, "rl_prompts": 50}
 

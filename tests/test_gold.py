@@ -6,12 +6,12 @@ from random import Random
 
 import pytest
 
-from minift import world
-from minift.builders import Unsatisfiable, build_response
-from minift.gold import garbled_words, gold_breakdown, gold_reward, repeated_3gram_share, world_words
-from minift.instructions import split_sentences
-from minift.splits import sample
-from minift.tasks import verify
+from minift.synthetic import world
+from minift.synthetic.builders import Unsatisfiable, build_response
+from minift.synthetic.gold import garbled_words, gold_breakdown, gold_reward, repeated_3gram_share, world_words
+from minift.synthetic.instructions import split_sentences
+from minift.synthetic.splits import sample
+from minift.synthetic.tasks import verify
 
 N = 150
 NOUNS = set(world.NAMES + world.OBJECTS + world.ANIMALS + world.FOODS + world.PLACES + world.COLORS)

@@ -1,4 +1,4 @@
-"""Fidelity to Google's IFEval: NLTK's sentence and word splitting (minift/ifeval_text.py),
+"""Fidelity to Google's IFEval: NLTK's sentence and word splitting (minift/synthetic/ifeval_text.py),
 the checkers the registry lacks, the language checks, and how evaluate.py reports what it
 scored. The expected splits are what NLTK 3.10's Punkt (English) and word_tokenize give."""
 import json
@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from minift import checkers as C
-from minift import ifeval_text as X
-from minift import scoring as S
+from minift.synthetic import checkers as C
+from minift.synthetic import ifeval_text as X
+from minift.synthetic import scoring as S
 from minift.model import GPT, GPTConfig
-from minift.scoring import aggregate, format_table, score
+from minift.synthetic.scoring import aggregate, format_table, score
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
 
 

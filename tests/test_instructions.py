@@ -7,10 +7,10 @@ from random import Random
 
 import pytest
 
-from minift import instructions as I
-from minift import splits as S
-from minift import tasks as T
-from minift.scoring import LANGUAGE_IDS, aggregate, format_table, score
+from minift.synthetic import instructions as I
+from minift.synthetic import splits as S
+from minift.synthetic import tasks as T
+from minift.synthetic.scoring import LANGUAGE_IDS, aggregate, format_table, score
 from minift.tokenizer import pre_split
 
 

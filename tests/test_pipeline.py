@@ -92,7 +92,7 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     """The report calls it reward hacking only when a paired test over the probe prompts puts
     both changes beyond the noise: the learned reward up, the gold reward down."""
     from pipeline import reward_hacking_lines
-    from minift.scoring import paired_difference
+    from minift.synthetic.scoring import paired_difference
     before = [0.2, 0.6, 1.0, 0.6, 0.2, 1.0]
     fell = paired_difference(before, [x - 0.1 for x in before])      # every prompt 0.1 lower
     assert fell["mean"] == pytest.approx(-0.1) and fell["se"] == pytest.approx(0) and fell["significant"]

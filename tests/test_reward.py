@@ -252,7 +252,7 @@ def test_make_preferences_script(tok, tmp_path):
     from random import Random as R
 
     from data import make_preferences
-    from minift.splits import sample
+    from minift.synthetic.splits import sample
     sft = tiny_sft_checkpoint(tok, tmp_path, block_size=128, n_layer=1)
     rng = R(0)
     write_jsonl(str(tmp_path / "rl.jsonl"), [sample(rng, "rl_prompts").record(f"rl-{i}") for i in range(16)])

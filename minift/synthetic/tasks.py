@@ -2,13 +2,13 @@
 
 Each task ("Describe a kite.", "Reverse this list: ...") has a few phrasings (the last is held
 out of train), a sampler of its parameters, a draft of an honest base answer (which the
-instruction builders then edit, minift/instructions.py), and a checker. The task is itself
+instruction builders then edit, minift/synthetic/instructions.py), and a checker. The task is itself
 verifiable and is listed FIRST in a record's instruction_id_list as "task:..." (with its own
 kwargs). So every prompt is scored, even one with no extra instruction, and the gold reward
 can check the content too. Our scorer knows the task:* ids (CHECKERS, verify below); IFEval's
 own tooling will report them as unknown ids, which is expected.
 
-minift/splits.py composes prompts from a task plus 0-3 instructions, and makes the splits.
+minift/synthetic/splits.py composes prompts from a task plus 0-3 instructions, and makes the splits.
 """
 
 import re
@@ -17,8 +17,8 @@ from functools import lru_cache
 from itertools import cycle
 from typing import Callable
 
-from minift import world
-from minift.instructions import REGISTRY, Draft
+from minift.synthetic import world
+from minift.synthetic.instructions import REGISTRY, Draft
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -323,10 +323,10 @@ CHECKERS = {**{i: ins.verify for i, ins in REGISTRY.items()},
 
 
 def verify(response, instruction_id_list, kwargs, prompt="", checkers=CHECKERS):
-    """[checker passes?] per id. Unknown ids raise KeyError (minift/scoring.py counts them).
+    """[checker passes?] per id. Unknown ids raise KeyError (minift/synthetic/scoring.py counts them).
     kwargs entries that are None (as in IFEval's HF export) are dropped; repeat_prompt falls
     back to the prompt when prompt_to_repeat is missing. `checkers`: id -> (response, kwargs)
-    -> bool; minift/scoring.py passes IFEval's own (IFEVAL_CHECKERS)."""
+    -> bool; minift/synthetic/scoring.py passes IFEval's own (IFEVAL_CHECKERS)."""
     out = []
     for iid, kw in zip(instruction_id_list, kwargs):
         kw = {k: v for k, v in (kw or {}).items() if v is not None}

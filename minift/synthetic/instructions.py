@@ -3,12 +3,12 @@ Evaluation for Large Language Models"; google-research/instruction_following_eva
 
 Each instruction type is one declarative `Instruction` record (the registry below) holding
   * its IFEval id and kwargs names ("detectable_format:number_bullet_lists", num_bullets),
-  * a few phrasings; the LAST one is held out of train (see minift/splits.py),
-  * `check(response, **kwargs) -> bool`: IFEval's checker semantics (minift/checkers.py),
+  * a few phrasings; the LAST one is held out of train (see minift/synthetic/splits.py),
+  * `check(response, **kwargs) -> bool`: IFEval's checker semantics (minift/synthetic/checkers.py),
   * `sample(rng, ctx) -> kwargs | None`: parameters scaled down for a ~1M-parameter model
     (1-5 bullets, <= 30 words, ...), or None when the type does not fit this prompt,
   * builders that edit an honest base answer until it follows the instruction, and their
-    place in the canonical build order (minift/builders.py explains the order),
+    place in the canonical build order (minift/synthetic/builders.py explains the order),
 plus the pairs of types that cannot be combined (CONFLICTS) and the parameter values held
 out of training (HELDOUT_VALUES).
 """
@@ -18,10 +18,10 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from minift import builders as B  # samplers and builders (how reference answers are made)
-from minift import checkers as C  # IFEval's checkers
-from minift.builders import Draft, Unsatisfiable, build_response  # noqa: F401  (re-exported)
-from minift.checkers import count_sentences, count_words, split_sentences  # noqa: F401  (re-exported)
+from minift.synthetic import builders as B  # samplers and builders (how reference answers are made)
+from minift.synthetic import checkers as C  # IFEval's checkers
+from minift.synthetic.builders import Draft, Unsatisfiable, build_response  # noqa: F401  (re-exported)
+from minift.synthetic.checkers import count_sentences, count_words, split_sentences  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Instruction:
     sample: Callable = lambda rng, ctx: {}  # -> kwargs, or None if the type does not fit
     edit_draft: Callable | None = None    # (draft, kwargs, rng) -> None, step 1
     edit_text: Callable | None = None     # (draft, kwargs, rng) -> None, step 3, sets draft.text
-    order: int = 50                       # position in the build order (see minift/builders.py)
+    order: int = 50                       # position in the build order (see minift/synthetic/builders.py)
     fit: Callable | None = None           # count types: kwargs -> 0 exact, +1 at least, -1 less than
     slack: Callable | None = None         # count types: kwargs with a safety margin (or None)
     fields: Callable = lambda kw: kw      # kwargs -> template fields
@@ -217,7 +217,7 @@ INSTRUCTIONS = [
          "Before you answer, repeat the request exactly.",
          "Start by copying the request word for word, then answer it.",
          "Say the request again exactly as written, then respond."),
-        # prompt_to_repeat is everything before this sentence; minift/splits.py fills it in.
+        # prompt_to_repeat is everything before this sentence; minift/synthetic/splits.py fills it in.
         C.check_repeat, ("prompt_to_repeat",), lambda rng, ctx: {"prompt_to_repeat": None},
         edit_text=B.wrap(lambda d, kw: f"{kw['prompt_to_repeat']}\n{d.text}"), order=57),
     Instruction(

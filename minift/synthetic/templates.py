@@ -1,5 +1,5 @@
 """The story world's sentence templates: openings, fillers, problems and their resolutions,
-endings, descriptions and diary entries. minift/world.py fills their {slots} from a story's
+endings, descriptions and diary entries. minift/synthetic/world.py fills their {slots} from a story's
 context (see its docstring) and re-exports them."""
 
 # ------------------------------------------------------------------------------------------

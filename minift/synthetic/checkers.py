@@ -2,19 +2,19 @@
 instructions.py `check_following`) as pure functions: check_*(response, **kwargs) -> bool.
 
 Same semantics as IFEval; comments say where we differ. NLTK's sentence and word splitting
-is re-implemented in minift/ifeval_text.py. The language checks ask `langdetect`, as IFEval
+is re-implemented in minift/synthetic/ifeval_text.py. The language checks ask `langdetect`, as IFEval
 does, when it is installed (it is optional); without it `language_checked()` is False and
-minift/scoring.py says so. The data builders and the gold reward use the checkers of
-minift/instructions.py's registry, which differ from IFEval's in two places: sentences are
+minift/synthetic/scoring.py says so. The data builders and the gold reward use the checkers of
+minift/synthetic/instructions.py's registry, which differ from IFEval's in two places: sentences are
 counted as our stories write them (check_sentences), and the all-capital / all-lowercase
 checks look at the case only, so that the generated data never depends on an optional
-package. The empty-response rule (strict fails on "") is applied once, in minift/scoring.py.
+package. The empty-response rule (strict fails on "") is applied once, in minift/synthetic/scoring.py.
 """
 
 import json
 import re
 
-from minift import ifeval_text
+from minift.synthetic import ifeval_text
 
 RELATIONS = ("less than", "at least")  # IFEval's only two comparison relations
 

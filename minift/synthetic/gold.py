@@ -11,7 +11,7 @@ cheap trick that could raise the share of passed checkers must cost more than it
     gold = (0.2 + 0.8 * passed) * 0.5 ** flaws          otherwise
 
 passed   the share of the prompt's items whose checker says yes (strict): the base task, listed
-         first as "task:*", and each instruction, weighted equally (minift/tasks.py verify).
+         first as "task:*", and each instruction, weighted equally (minift/synthetic/tasks.py verify).
          Ids without a checker are skipped. The base task and the topic are judged on the answer
          after a copied request (combination:repeat_prompt): the copy names the topic too.
 flaws    how many of these five content flaws the response shows; each one halves the reward:
@@ -48,9 +48,9 @@ import re
 from collections import Counter
 from functools import lru_cache
 
-from minift import builders, instructions, tasks, world
-from minift.instructions import split_sentences
-from minift.tasks import CHECKERS, verify
+from minift.synthetic import builders, instructions, tasks, world
+from minift.synthetic.instructions import split_sentences
+from minift.synthetic.tasks import CHECKERS, verify
 
 FLOOR = 0.2
 BASE_BUDGET = 60        # words

@@ -1,7 +1,7 @@
 """Reference answers for instruction prompts: a `Draft` of the honest base answer, edited by
 each instruction's builders in one canonical order (build_response), plus the samplers that
 choose instruction parameters. The instruction records themselves are in
-minift/instructions.py; the checkers in minift/checkers.py.
+minift/synthetic/instructions.py; the checkers in minift/synthetic/checkers.py.
 
 The order (each step sees the result of the previous ones):
   1. draft edits: add sentences that must survive (keywords, placeholders) to `Draft.tail`;
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 from random import Random
 from typing import Callable
 
-from minift import world
-from minift.checkers import count_sentences, count_words
+from minift.synthetic import world
+from minift.synthetic.checkers import count_sentences, count_words
 
 MAX_PAD = 5  # the count fit may add up to this many on-topic sentences
 
@@ -30,7 +30,7 @@ MAX_PAD = 5  # the count fit may add up to this many on-topic sentences
 
 @dataclass
 class Draft:
-    """A response under construction. Tasks (minift/tasks.py) fill in the honest answer;
+    """A response under construction. Tasks (minift/synthetic/tasks.py) fill in the honest answer;
     instruction builders then edit it (see the module docstring for the order)."""
     core: list[str]                       # sentences the task needs; never dropped
     extra: list[str] = field(default_factory=list)  # optional sentences; the count fit may drop them

@@ -10,7 +10,7 @@ Instruction-level accuracy: passed instructions / all instructions, pooled over 
 
 Scoring uses IFEval's own checkers (IFEVAL_CHECKERS): all 25 of IFEval's instruction ids,
 plus our task:* ids. Where they differ from the registry's, which make the data and the gold
-reward (minift/checkers.py says where), IFEval's win here. language:response_language needs
+reward (minift/synthetic/checkers.py says where), IFEval's win here. language:response_language needs
 langdetect; without it, it is "not checked", and english_capital/lowercase check the case alone.
 An id we have no checker for is "unsupported": score() marks it None, aggregate() counts it
 under "unsupported" and judges the prompt on its other ids; a prompt with no checkable id
@@ -19,8 +19,8 @@ at all is counted but not scored, and format_table says "scored N of M prompts".
 
 import statistics
 
-from minift import checkers as C
-from minift.tasks import CHECKERS, verify
+from minift.synthetic import checkers as C
+from minift.synthetic.tasks import CHECKERS, verify
 
 # IFEval's instruction ids (instructions_registry.py INSTRUCTION_DICT), all 25.
 IFEVAL_IDS = (

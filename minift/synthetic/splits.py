@@ -1,7 +1,7 @@
 """Prompts with 0-3 IFEval-style instructions, their reference answers, and the splits.
 
-A record = one base task ("Describe a kite.", minift/tasks.py) + 0 to 3 compatible
-instructions (minift/instructions.py), written as one user prompt, plus a reference answer
+A record = one base task ("Describe a kite.", minift/synthetic/tasks.py) + 0 to 3 compatible
+instructions (minift/synthetic/instructions.py), written as one user prompt, plus a reference answer
 built by applying the instructions' builders to an honest base answer. Records use IFEval's
 input format ({"key", "prompt", "instruction_id_list", "kwargs"}) plus chat "messages", so one
 file serves SFT and evaluation.
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from itertools import combinations
 from random import Random
 
-from minift.demonstrators import demonstrate, slip_rng
-from minift.instructions import HELDOUT_VALUES, INSTRUCTIONS, Unsatisfiable, build_response, compatible
-from minift.tasks import TASKS, Task, verify
+from minift.synthetic.demonstrators import demonstrate, slip_rng
+from minift.synthetic.instructions import HELDOUT_VALUES, INSTRUCTIONS, Unsatisfiable, build_response, compatible
+from minift.synthetic.tasks import TASKS, Task, verify
 
 # Pairs of instruction types never combined in train/test (all are allowed on their own).
 HELDOUT_PAIRS = {frozenset(p) for p in [
@@ -215,7 +215,7 @@ def add_earlier_turns(records, share, rng):
 def make_splits(seed=0, sizes=None, stats=None, slip_scale=1.0):
     """{split: [records]} with no prompt string shared between splits (first come, first kept:
     test, heldout, rl_prompts, then train). Every answer is a simulated demonstrator's
-    (minift/demonstrators.py; `slip_scale` scales its slip rates, 0 = perfect answers), and
+    (minift/synthetic/demonstrators.py; `slip_scale` scales its slip rates, 0 = perfect answers), and
     each record lists the instructions it slipped on under "slips". Heldout records also
     list their "novelty"."""
     sizes = sizes or SPLIT_SIZES

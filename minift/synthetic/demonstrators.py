@@ -4,7 +4,7 @@ InstructGPT's case for RLHF: demonstrations are expensive and imperfect, while j
 answers is cheaper and more reliable, so a policy trained on judgements can rise above its
 demonstrators (Ouyang et al. 2022; Stiennon et al. 2020 found RLHF summaries preferred to the
 human references they started from). Our reference answers are perfect by construction
-(minift/splits.py), which leaves RL nothing to choose. So the answers SFT learns from are
+(minift/synthetic/splits.py), which leaves RL nothing to choose. So the answers SFT learns from are
 written by demonstrators with habits: for each instruction a prompt carries, the demonstrator
 slips with that instruction's rate in HABITS below, and the answer is rebuilt with the slip
 (the instruction forgotten, or its count off by one). The checkers, and so the gold judge,
@@ -19,7 +19,7 @@ prompts themselves never change, only their answers: the splits stay the same, a
 from dataclasses import dataclass
 from random import Random
 
-from minift.builders import Unsatisfiable, build_response
+from minift.synthetic.builders import Unsatisfiable, build_response
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def slipped_kwargs(habit, kw):
 
 
 def demonstrate(sample, rng, scale=1.0):
-    """The demonstrator's answer to `sample` (a minift.splits.Sample whose reference answer is
+    """The demonstrator's answer to `sample` (a minift.synthetic.splits.Sample whose reference answer is
     built): for each instruction, one draw from `rng` decides a slip with probability
     min(1, rate * scale). The draws are made whatever the scale, so a smaller scale slips on a
     subset of the same instructions. Returns (answer, [ids slipped on])."""

@@ -1,6 +1,6 @@
 """The story world's words: the word lists and fact tables (what each animal says, where
 each food comes from, what is found in each place), and the small bits of morphology the
-grammar needs (plural, conjugate, word_list). minift/world.py builds sentences from them,
+grammar needs (plural, conjugate, word_list). minift/synthetic/world.py builds sentences from them,
 and re-exports them, so `world.NAMES` and `world.plural` work as before."""
 
 # ------------------------------------------------------------------------------------------
