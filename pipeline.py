@@ -188,7 +188,7 @@ def main(argv=None):
     return report
 
 
-SAMPLE_TEMPERATURE = 0.7  # PPO's rollout temperature (train_ppo.Config.temperature)
+SAMPLE_TEMPERATURE = train_ppo.Config.temperature  # the card samples as PPO's rollouts do
 
 
 def evaluate_for_card(ckpt_path, data_path, examples, device, output):
