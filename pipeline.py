@@ -41,7 +41,9 @@ from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
 from minift.config import cli_config, run
+from minift.formats import load_ifeval_inputs, load_ifeval_responses
 from minift.synthetic.demonstrators import HABITS
+from minift.synthetic.gold import gold_reward
 from minift.synthetic.scoring import paired_difference
 
 
@@ -176,8 +178,12 @@ def main(argv=None):
                                                            + evals["seconds"], 1),
               "run_seconds": round(time.time() - t_start, 1),
               "stages": {k: {key: x for key, x in v.items() if key != "eval"} for k, v in stages.items()},
-              "eval": {m: {s: {k: evals[m][s][k] for k in METRIC_KEYS + ("sampled_strict",)}
+              "eval": {m: {s: {k: v for k, v in evals[m][s].items() if k in METRIC_KEYS + ("sampled_strict", "gold")}
                            for s in ("test", "heldout")} for m in evals if m != "seconds"},
+              # PPO's change of the gold reward of greedy answers to new prompts, paired prompt by
+              # prompt (an eval stage from before gold_each existed has none)
+              "gold_change": {s: paired_difference(evals["sft"][s]["gold_each"], evals["ppo"][s]["gold_each"])
+                              for s in ("test", "heldout") if "gold_each" in evals["ppo"][s]},
               "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")}}
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
@@ -193,11 +199,17 @@ SAMPLE_TEMPERATURE = train_ppo.Config.temperature  # the card samples as PPO's r
 
 def evaluate_for_card(ckpt_path, data_path, examples, device, output):
     """The report card's figures for one model on one split: the IFEval metrics of greedy
-    answers, the per-type table, and `sampled_strict`, the prompt-level strict pass rate of one
-    answer per prompt sampled at SAMPLE_TEMPERATURE."""
+    answers, the per-type table, `sampled_strict`, the prompt-level strict pass rate of one
+    answer per prompt sampled at SAMPLE_TEMPERATURE, and the gold reward of each greedy answer
+    (`gold_each`, read back from `output`) and their mean."""
     m = evaluate.evaluate(ckpt_path, data_path, examples, device=device, output=output, samples=1,
                           temperature=SAMPLE_TEMPERATURE)
-    return {**{k: m[k] for k in METRIC_KEYS + ("per_type",)}, "sampled_strict": m["sample_prompt_strict"]}
+    answers = load_ifeval_responses(output)   # the greedy answers evaluate() wrote
+    records = load_ifeval_inputs(data_path)[:len(answers)]
+    gold = [round(gold_reward(r["prompt"], a["response"], r["instruction_id_list"], r["kwargs"]), 4)
+            for r, a in zip(records, answers, strict=True)]
+    return {**{k: m[k] for k in METRIC_KEYS + ("per_type",)}, "sampled_strict": m["sample_prompt_strict"],
+            "gold": sum(gold) / len(gold), "gold_each": gold}
 
 
 def reward_summary(metrics):
@@ -285,15 +297,16 @@ def report_markdown(r):
               f"{SAMPLE_TEMPERATURE}, as PPO samples. The demonstrations are the demonstrators' own answers "
               "to the same prompts.", "",
               "| model | split | prompt strict | sampled strict | instruction strict | prompt loose | "
-              "instruction loose |", "|---|---|---:|---:|---:|---:|---:|"]
+              "instruction loose | gold reward |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for split, rate in d.get("demo_pass_rates", {}).items():
         if split != "train":
-            lines.append(f"| demonstrations | {split} | {pct(rate)} | | | | |")
+            lines.append(f"| demonstrations | {split} | {pct(rate)} | | | | | |")
     for model, splits in r["eval"].items():
         for split, m in splits.items():
             sampled = pct(m["sampled_strict"]) if "sampled_strict" in m else ""
+            gold = f"{m['gold']:.3f}" if "gold" in m else ""
             lines.append(f"| {MODEL_NAMES.get(model, model)} | {split} | {pct(m['prompt_strict'])} | {sampled} | "
-                         + " | ".join(pct(m[k]) for k in METRIC_KEYS[1:]) + " |")
+                         + " | ".join(pct(m[k]) for k in METRIC_KEYS[1:]) + f" | {gold} |")
     lines += story_lines(r)
     demos = d.get("demo_per_type", {})
     lines += ["", "## Per instruction type (test split, strict)", "", "| type | n | demonstrations | SFT | PPO |",
@@ -307,6 +320,16 @@ def report_markdown(r):
 
 
 MODEL_NAMES = {"sft_perfect": "sft (perfect demonstrations)"}
+
+
+def gold_line(change):
+    """PPO's change of the gold reward of greedy answers, SFT -> PPO, paired over each split's prompts."""
+    if not change:
+        return ""
+    return " The gold reward of its greedy answers changed by " + ", ".join(
+        f"{c['mean']:+.3f} +- {c['se']:.3f} on {split}" + ("" if c["significant"] else " (within the noise)")
+        for split, c in change.items()) + " (paired over the prompts, mean +- standard error)."
+
 COMMON_HABITS = [iid for iid, habit in HABITS.items() if habit.rate > 0.5]
 
 
@@ -339,7 +362,8 @@ def story_lines(r):
              f"SFT), {test('ppo', 'sampled_strict'):.1f}% sampled "
              f"({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f}); "
              f"{'above' if test('ppo') >= demo else 'below'} the demonstrations' {demo:.1f}%. On the common "
-             f"habits' instructions it passes {on_habits(habits['ppo']):.1f}%."]
+             f"habits' instructions it passes {on_habits(habits['ppo']):.1f}%."
+             + gold_line(r.get("gold_change", {}))]
     if "sft_perfect" in ev:
         lines.append(f"- **SFT on perfect demonstrations** (the reference run): {test('sft_perfect'):.1f}% greedy, "
                      f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled.")

@@ -32,8 +32,19 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
         for split in ("test", "heldout"):
             m = report["eval"][model][split]
             assert set(m) == {"prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose",
-                              "sampled_strict"}
+                              "sampled_strict", "gold"}
             assert all(0.0 <= v <= 1.0 for v in m.values())
+    # the gold reward of the greedy answers written for each model, and PPO's change of it, paired
+    from minift.formats import load_ifeval_inputs
+    from minift.synthetic.gold import gold_reward
+    records = load_ifeval_inputs(os.path.join(out, "data", "sft", "test.jsonl"))
+    with open(os.path.join(out, "ppo", "responses_test.jsonl")) as f:
+        gold = [gold_reward(r["prompt"], json.loads(line)["response"], r["instruction_id_list"], r["kwargs"])
+                for r, line in zip(records, f)]
+    assert abs(report["eval"]["ppo"]["test"]["gold"] - sum(gold) / len(gold)) < 1e-3
+    assert set(report["gold_change"]) == {"test", "heldout"}
+    change = report["gold_change"]["test"]
+    assert abs(change["mean"] - (report["eval"]["ppo"]["test"]["gold"] - report["eval"]["sft"]["test"]["gold"])) < 1e-6
     # the demonstrators' own pass rate, judged by the checkers: they slip, so below 100%
     data = report["stages"]["data"]
     assert 0.3 < data["demo_pass_rate"] < 1.0 and data["slip_scale"] == 1.0
@@ -42,6 +53,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
         card = f.read()
     assert "tokens/s" in card and "| demonstrations | test |" in card
     assert "## What each stage changed" in card and "**PPO** against the reward model" in card
+    assert "gold reward |" in card and "The gold reward of its greedy answers changed by" in card
     # SFT was evaluated during training, and its metrics log has the accuracy
     assert any("eval_prompt_strict" in m for m in read_metrics(os.path.join(out, "sft")))
     # IFEval-format responses were written for external scoring
@@ -83,7 +95,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     assert len(answers) == 2
     metrics = evaluate.main([f"--ckpt={moved / 'sft' / 'ckpt.pt'}", f"--input={moved / 'data' / 'sft' / 'test.jsonl'}",
                              "--device=cpu", "--max_examples=40", f"--out_dir={tmp_path / 'eval'}"])
-    greedy = {k: v for k, v in report["eval"]["sft"]["test"].items() if k != "sampled_strict"}
+    greedy = {k: v for k, v in report["eval"]["sft"]["test"].items() if k not in ("sampled_strict", "gold")}
     assert {k: metrics[k] for k in greedy} == greedy
     assert os.path.exists(tmp_path / "eval" / "sft" / "responses_test.jsonl")
 
