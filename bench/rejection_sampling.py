@@ -54,6 +54,7 @@ class Config:
     batch_size: int = 8             # SFT's conversations per step (an epoch = ceil(rows / this))
     learning_rate: float = 2e-4     # a third of SFT's last (6e-4, all answers alike: -2.4 on test)
     examples: int = 500             # prompts scored per split (0 = all)
+    score: bool = True              # score test and heldout after each round (compare.py scores on its own)
     seed: int = 1337
     device: str = "auto"
     preset: str = "tiny"
@@ -125,6 +126,9 @@ def main(argv=None):
                         f"--learning_rate={cfg.learning_rate}", f"--min_lr={cfg.learning_rate / 10}",
                         "--warmup_steps=10", "--resume=false"])
         current = os.path.join(out, "ckpt.pt")
+        if not cfg.score:
+            results.append(stats)
+            continue
         stats |= {split: evaluate.evaluate(current, f"{cfg.data_dir}/{split}.jsonl", cfg.examples,
                                            device=cfg.device)["prompt_strict"] for split in ("test", "heldout")}
         print(f"round {r}: test {stats['test']:.1%}, heldout {stats['heldout']:.1%} prompt-strict")

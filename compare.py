@@ -1,0 +1,211 @@
+"""
+The alignment lab: every method starts from the same SFT model and uses the same data, and one
+card compares them.
+
+    python pipeline.py && python compare.py     # tiny preset, from out/tiny
+    python compare.py --seeds=1337,2,3          # three seeds each, the spread beside the mean
+    python compare.py --methods=sft,dpo         # a subset
+
+The methods, each with its judge (what tells it a good answer from a bad one):
+  sft        the SFT model as it is                                                       -
+  best_of_8  8 samples per prompt, the reward model's favourite (Nakano et al. 2021)      reward model
+  rejection  fine-tune on the best of 8 samples per RL prompt (bench/rejection_sampling.py)  gold
+  dpo        train_dpo.py on the reward model's training pairs (Rafailov et al. 2023)     the pairs
+  ppo        train_ppo.py against the reward model (pipeline.py's own run, for its seed)  reward model
+  ppo_gold   train_ppo.py --reward=gold                                                   gold
+  grpo_gold  train_grpo.py --reward=gold (Shao et al. 2024)                               gold
+The learned judges (reward model, pairs) saw the gold judge only through 2,000 prompts' pairs;
+the gold judge scores every answer exactly, an upper line for what a judge could teach.
+
+Columns: greedy prompt-strict on test and heldout (best_of_8: its favourite's), one sampled
+answer's pass rate on test, the gold reward of the greedy test answers, the KL to the SFT model
+(nats an answer, on the test prompts) and the method's wall time. Each run sits in
+<out>/compare/<method>-<seed>/ with a stage.json, so a re-run skips finished runs. The card is
+<out>/compare.md, with the same numbers in <out>/compare.json.
+"""
+
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+import evaluate
+import pipeline
+import train_dpo
+import train_grpo
+import train_ppo
+from bench import rejection_sampling
+from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
+from minift.config import cli_config, run
+from minift.formats import load_ifeval_inputs
+from minift.training import pick_device
+
+METHODS = ("sft", "best_of_8", "rejection", "dpo", "ppo", "ppo_gold", "grpo_gold")
+JUDGES = {"sft": "-", "best_of_8": "reward model", "rejection": "gold", "dpo": "the pairs", "ppo": "reward model",
+          "ppo_gold": "gold", "grpo_gold": "gold"}
+BEST_OF = 8
+
+
+@dataclass
+class Config:
+    preset: str = "tiny"
+    out_dir: str = ""              # default: out/<preset>, where pipeline.py left its models and data
+    methods: str = ",".join(METHODS)
+    seeds: str = "1337"            # comma-separated; 1337 is the training scripts' own default
+    kl_examples: int = 200         # test prompts sampled to measure the KL to the SFT model
+    force: bool = False            # redo finished runs
+    device: str = "auto"
+
+
+@torch.no_grad()
+def kl_to_sft(ckpt_path, sft_path, records, device, seed=0):
+    """KL(policy || SFT) in nats an answer: answers sampled from the policy at PPO's temperature,
+    and the summed log-ratio of their tokens under the two models at that temperature, as PPO's
+    penalty measures it (train_ppo.token_rewards), averaged over answers."""
+    models = [build_model(load_checkpoint(p)).to(device).eval() for p in (ckpt_path, sft_path)]
+    tokenizer = tokenizer_for(load_checkpoint(sft_path), sft_path)
+    cfg = SimpleNamespace(max_new_tokens=train_ppo.Config.max_new_tokens, temperature=train_ppo.Config.temperature)
+    total = 0.0
+    for start in range(0, len(records), 64):
+        batch = records[start:start + 64]
+        generator = torch.Generator(device=device).manual_seed(seed + start)
+        seq, attn, mask, _, _ = train_ppo.rollout(models[0], tokenizer, batch, cfg, generator, device)
+        P = seq.size(1) - mask.size(1)
+        policy_logp, sft_logp = (train_ppo.answer_logprobs(m, seq, attn, P, cfg.temperature)[0] for m in models)
+        total += ((policy_logp - sft_logp) * mask).sum().item()
+    return total / len(records)
+
+
+def best_of_n_kl(n):
+    """The KL of best-of-n sampling to the policy it samples: log n - (n-1)/n (Stiennon et al.
+    2020, appendix; exact when no two samples tie)."""
+    return math.log(n) - (n - 1) / n
+
+
+def train(method, seed, run_dir, out, common):
+    """Train one method from the SFT model; returns its checkpoint's path."""
+    sft, data, prefs = (os.path.join(out, p) for p in ("sft/ckpt.pt", "data/sft", "data/prefs"))
+    rl = [f"--sft_ckpt={sft}", f"--reward_ckpt={out}/reward/ckpt.pt", f"--prompts={data}/rl_prompts.jsonl",
+          f"--eval_data={data}/test.jsonl", f"--out_dir={run_dir}", f"--seed={seed}"]
+    if method == "rejection":
+        rejection_sampling.main(common + [f"--sft_ckpt={sft}", f"--prompts={data}/rl_prompts.jsonl",
+                                          f"--data_dir={data}", f"--out_dir={run_dir}", f"--seed={seed}",
+                                          f"--k={BEST_OF}", "--score=false"])
+        return os.path.join(run_dir, "round1", "ckpt.pt")
+    if method == "dpo":
+        train_dpo.main(common + [f"--init_from={sft}", f"--data={prefs}/train.jsonl",
+                                 f"--val_data={prefs}/val.jsonl", f"--out_dir={run_dir}", f"--seed={seed}"])
+    elif method == "ppo":
+        train_ppo.main(common + rl)
+    elif method == "ppo_gold":
+        train_ppo.main(common + rl + ["--reward=gold"])
+    elif method == "grpo_gold":
+        train_grpo.main(common + rl + ["--reward=gold"])
+    return os.path.join(run_dir, "ckpt.pt")
+
+
+def one_run(method, seed, out, cfg, device):
+    """Train (or, for sft and best_of_8, only sample) and score one method with one seed."""
+    sft, data = os.path.join(out, "sft", "ckpt.pt"), os.path.join(out, "data", "sft")
+    run_dir = os.path.join(out, "compare", f"{method}-{seed}")
+    examples = pipeline.DATA[cfg.preset]["eval_examples"]
+    kl_records = load_ifeval_inputs(f"{data}/test.jsonl")[:cfg.kl_examples]
+    if method == "best_of_8":   # no training: the judge picks among samples at answer time
+        t0 = time.time()
+        scores = {split: evaluate.evaluate(sft, f"{data}/{split}.jsonl", examples, device=cfg.device, samples=BEST_OF,
+                                           temperature=pipeline.SAMPLE_TEMPERATURE, seed=seed,
+                                           reward_ckpt=os.path.join(out, "reward", "ckpt.pt"))
+                  for split in ("test", "heldout")}
+        return {"seconds": round(time.time() - t0, 1), "kl": best_of_n_kl(BEST_OF),
+                **{split: scores[split]["best_of_k_prompt_strict"] for split in scores}}
+    reuse = method == "ppo" and seed == train_ppo.Config.seed and os.path.exists(os.path.join(out, "ppo", "stage.json"))
+    t0 = time.time()
+    if method == "sft":
+        ckpt = sft
+    elif reuse:   # pipeline.py trained exactly this run: same SFT model, reward model, prompts and seed
+        ckpt = os.path.join(out, "ppo", "ckpt.pt")
+    else:
+        ckpt = train(method, seed, run_dir, out, [f"--preset={cfg.preset}", f"--device={cfg.device}"])
+    seconds = time.time() - t0
+    if reuse:
+        with open(os.path.join(out, "ppo", "stage.json")) as f:
+            seconds = json.load(f)["seconds"]
+    card = {split: pipeline.evaluate_for_card(ckpt, f"{data}/{split}.jsonl", examples, cfg.device,
+                                              os.path.join(run_dir, f"responses_{split}.jsonl"))
+            for split in ("test", "heldout")}
+    return {"seconds": 0.0 if method == "sft" else round(seconds, 1), "test": card["test"]["prompt_strict"],
+            "heldout": card["heldout"]["prompt_strict"], "sampled": card["test"]["sampled_strict"],
+            "gold": card["test"]["gold"], "kl": 0.0 if method == "sft" else kl_to_sft(ckpt, sft, kl_records, device)}
+
+
+def summarise(runs):
+    """{column: mean} and, with two runs or more, {column_sd: standard deviation} over seeds."""
+    out = {}
+    for key in ("test", "heldout", "sampled", "gold", "kl", "seconds"):
+        values = [r[key] for r in runs if key in r]
+        if values:
+            out[key] = statistics.fmean(values)
+            if len(values) > 1:
+                out[f"{key}_sd"] = statistics.stdev(values)
+    return out
+
+
+def compare_markdown(results, preset, seeds):
+    def cell(row, key, scale=100, digits=1, suffix=""):
+        if key not in row:
+            return ""
+        sd = f" +- {scale * row[key + '_sd']:.{digits}f}" if f"{key}_sd" in row else ""
+        return f"{scale * row[key]:.{digits}f}{sd}{suffix}"
+    lines = [f"# minift alignment lab: preset `{preset}`", "",
+             f"Every method starts from the same SFT model; {len(seeds)} seed(s) each ({', '.join(seeds)})"
+             + (", mean +- standard deviation." if len(seeds) > 1 else "."), "",
+             "| method | judge | test | heldout | sampled (test) | gold (test) | KL to SFT (nats) | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for method, row in results.items():
+        lines.append(f"| {method} | {JUDGES[method]} | {cell(row, 'test')} | {cell(row, 'heldout')} | "
+                     f"{cell(row, 'sampled')} | {cell(row, 'gold', 1, 3)} | {cell(row, 'kl', 1, 2)} | "
+                     f"{cell(row, 'seconds', 1, 0)} |")
+    lines += ["", "test, heldout: greedy prompt-level strict accuracy (%); best_of_8: the reward model's favourite "
+              f"of {BEST_OF} samples at temperature {pipeline.SAMPLE_TEMPERATURE}, and its KL the best-of-n formula "
+              f"log n - (n-1)/n. sampled: one answer a prompt at that temperature. gold: the gold reward of the "
+              "greedy test answers. seconds: training time (ppo: pipeline.py's PPO stage when reused)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    cfg = cli_config(Config, argv=argv)
+    methods, seeds = cfg.methods.split(","), cfg.seeds.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    out = cfg.out_dir or os.path.join("out", cfg.preset)
+    for need in ("sft/ckpt.pt", "reward/ckpt.pt", "data/prefs/train.jsonl", "data/sft/test.jsonl"):
+        if not os.path.exists(os.path.join(out, need)):
+            raise FileNotFoundError(f"{os.path.join(out, need)} not found: run the pipeline first: "
+                                    f"python pipeline.py --preset={cfg.preset}" + (f" --out_dir={out}" if cfg.out_dir else ""))
+    device = pick_device(cfg.device)
+    results = {}
+    for method in methods:
+        runs = []
+        for seed in (seeds[:1] if method == "sft" else seeds):   # the SFT model has no seed of its own
+            runs.append(pipeline.run_stage(f"{method}-{seed}", os.path.join(out, "compare"), cfg.force,
+                                           lambda: one_run(method, int(seed), out, cfg, device)))
+        results[method] = {**summarise(runs), "runs": runs}
+    report = {"preset": cfg.preset, "seeds": seeds, "methods": results}
+    with open(os.path.join(out, "compare.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    card = compare_markdown(results, cfg.preset, seeds)
+    with open(os.path.join(out, "compare.md"), "w") as f:
+        f.write(card)
+    print(card)
+    print(f"wrote {out}/compare.md and {out}/compare.json")
+    return report
+
+
+if __name__ == "__main__":
+    run(main)
