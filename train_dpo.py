@@ -61,7 +61,7 @@ class Config:
     preset: str = "tiny"
     # DPO
     beta: float = 0.1              # strength of the KL anchor to the reference (the paper uses 0.1 to 0.5)
-    loss_type: str = "sigmoid"     # "sigmoid" (DPO, eq. 7) or "ipo" (Azar et al. 2023)
+    loss_type: str = "sigmoid"     # "sigmoid" (DPO, equation 7) or "ipo" (IPO, Azar et al., 2023)
     label_smoothing: float = 0.0   # conservative DPO: the share of labels taken to be flipped (sigmoid only)
     # optimisation
     batch_groups: int = 8          # prompts per micro-batch, each with all of its pairs
