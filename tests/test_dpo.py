@@ -8,6 +8,8 @@ import random
 import pytest
 import torch
 
+import evaluate
+import sample
 import train_dpo
 import train_reward
 from conftest import read_metrics
@@ -113,7 +115,7 @@ def test_group_batch_loss_forwards_each_answer_once(tok, monkeypatch):
     assert stats["accuracy"] == pytest.approx(((r_c > r_r).float().mean()).item())
 
 
-def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path):
+def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys):
     pipeline_out, _ = micro_pipeline
     prefs = os.path.join(pipeline_out, "data", "prefs")
     out = str(tmp_path / "dpo")
@@ -136,9 +138,16 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path):
     model, tok = build_model(ckpt).eval(), tokenizer_for(ckpt, out)
     sft = build_model(load_checkpoint(f"{pipeline_out}/sft/ckpt.pt"))
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), sft.parameters()))  # it trained
-    prompt = tok.render_conversation([{"role": "user", "content": "Write a sentence."}])[0] + [tok.assistant]
-    new = [t.item() for t in model.generate_stream([prompt], 8, temperature=0, stop_token=tok.end, pad_token=tok.pad)]
+    new = [t.item() for t in model.generate_stream([tok.render_prompt([{"role": "user", "content": "Write a sentence."}])],
+                                                   8, temperature=0, stop_token=tok.end, pad_token=tok.pad)]
     assert len(new) >= 1 and isinstance(tok.decode(new), str)
+    # sample.py answers through the chat template (it does not echo the prompt as a text continuer does)
+    answers = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Write a sentence.", "--temperature=0",
+                           "--max_new_tokens=8"])
+    assert len(answers) == 1 and not capsys.readouterr().out.startswith("Write a sentence.")
+    scores = evaluate.evaluate(f"{out}/ckpt.pt", f"{pipeline_out}/data/sft/test.jsonl", max_examples=4,
+                               max_new_tokens=8, device="cpu")
+    assert 0 <= scores["prompt_strict"] <= 1
 
     # resume: a second call with more epochs continues from the saved step
     second = train_dpo.main(args + ["--epochs=2"])
