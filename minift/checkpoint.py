@@ -37,10 +37,10 @@ def save_checkpoint(path, payload):
 # The language models: a checkpoint of one of these kinds holds a GPT that generates.
 GENERATIVE = ("pretrain", "sft", "ppo", "dpo")
 # Settings a resumed run may change: where and how fast it runs, how often it reports, and
-# how long it trains (resuming to a larger --max_steps continues a run; see resume_training).
+# how long it trains (resuming to a larger --max_steps or --epochs continues a run; see resume_training).
 RESUMABLE_CHANGES = {"out_dir", "resume", "force", "device", "compile", "log_interval", "eval_interval",
                      "eval_batches", "eval_examples", "eval_batch_size", "max_steps", "decay_steps", "iterations",
-                     "preset"}
+                     "epochs", "preset"}
 
 
 def load_checkpoint(path, hint="", map_location="cpu", kinds=None):

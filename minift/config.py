@@ -158,10 +158,12 @@ AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad
 AT_LEAST_ZERO = ("max_examples", "samples", "eval_examples", "num_prompts", "top_k", "warmup_steps", "decay_steps",
                  "learning_rate", "min_lr", "weight_decay", "temperature", "missing_eos_penalty", "kl_coef",
                  "likelihood_weight", "across_prompt_weight", "vf_coef")
-ABOVE_ZERO = ("grad_clip", "clip_range", "value_clip", "kl_target", "adam_eps")
+ABOVE_ZERO = ("grad_clip", "clip_range", "value_clip", "kl_target", "adam_eps", "beta")
 FRACTIONS = {"dropout": (0, 1, False), "val_fraction": (0, 1, False), "gamma": (0, 1, True), "lam": (0, 1, True),
-             "top_p": (0, 1, True)}   # name: (low, high, high included); low is included except for top_p
-CHOICES = {"dtype": ("bfloat16", "float16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold")}
+             "top_p": (0, 1, True), "label_smoothing": (0, 0.5, False)}
+# FRACTIONS: name: (low, high, high included); low is included except for top_p
+CHOICES = {"dtype": ("bfloat16", "float16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold"),
+           "loss_type": ("sigmoid", "ipo")}
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 

@@ -15,6 +15,7 @@ import torch
 import evaluate
 import pipeline
 import sample
+import train_dpo
 import train_ppo
 import train_pretrain
 import train_reward
@@ -254,6 +255,7 @@ def test_resume_with_another_tokenizer_of_the_same_size_stops(corpus_dir, tmp_pa
     (train_sft.main, "init_from", "text", ["is not a readable checkpoint"]),
     (train_sft.main, "init_from", "truncated", ["is not a readable checkpoint"]),
     (train_reward.main, "init_from", "reward", ["is a reward checkpoint"]),
+    (train_dpo.main, "init_from", "reward", ["is a reward checkpoint"]),
     (train_ppo.main, "reward_ckpt", "pretrain", ["is a pretrain checkpoint; expected reward"]),
     (train_ppo.main, "reward_ckpt", "sft", ["is a sft checkpoint; expected reward"]),
     (train_ppo.main, "reward_ckpt", "reward_other_tokenizer", ["another tokenizer", "sft.pt"]),
@@ -264,6 +266,7 @@ def test_scripts_check_the_kind_of_checkpoint(kit, tmp_path, main, option, name,
     args = {"init_from": kit["pretrain"], "data": kit["sft_data"], "eval_data": "", "sft_ckpt": kit["sft"],
             "reward_ckpt": kit["reward"], "prompts": kit["sft_data"], "out_dir": tmp_path / "out", option: kit[name]}
     keep = {train_sft.main: ("init_from", "data", "eval_data"), train_reward.main: ("init_from",),
+            train_dpo.main: ("init_from",),
             train_ppo.main: ("sft_ckpt", "reward_ckpt", "prompts", "eval_data"),
             make_preferences.main: ("sft_ckpt", "prompts")}[main]
     argv = MICRO + [f"--{k}={args[k]}" for k in keep + ("out_dir",)]
@@ -274,6 +277,8 @@ def test_scripts_check_the_kind_of_checkpoint(kit, tmp_path, main, option, name,
 def test_missing_checkpoint_says_what_to_run_first(tmp_path):
     fails(train_sft.main, MICRO + [f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"],
           f"{tmp_path}/none.pt", "python train_pretrain.py")
+    fails(train_dpo.main, MICRO + [f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"],
+          f"{tmp_path}/none.pt", "python train_sft.py")
 
 
 # ---------------------------------------------------------------------------- train_sft.py data
@@ -300,6 +305,9 @@ def test_sft_checks_its_data_before_training(kit, tmp_path, data, eval_data, nee
     (train_ppo.main, ["--rollout_batch=6", "--samples_per_prompt=4"], ["--rollout_batch=6"]),
     (train_ppo.main, ["--reward=human"], ["--reward=human", "model, gold"]),
     (train_ppo.main, ["--gamma=1.5"], ["--gamma=1.5"]),
+    (train_dpo.main, ["--beta=0"], ["--beta=0"]),
+    (train_dpo.main, ["--loss_type=hinge"], ["--loss_type=hinge", "sigmoid, ipo"]),
+    (train_dpo.main, ["--label_smoothing=0.5"], ["--label_smoothing=0.5"]),
     (evaluate.main, ["--max_examples=-495"], ["--max_examples=-495"]),
     (evaluate.main, ["--samples=-1"], ["--samples=-1"]),
     (sample.main, ["--temperature=-1"], ["--temperature=-1"]),

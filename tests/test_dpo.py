@@ -1,0 +1,156 @@
+"""DPO: the loss on hand values (sigmoid, conservative, IPO), the implicit reward's sign, the
+summed answer log-probability against a naive computation, the one-forward-per-answer batch,
+and train_dpo.py end to end on the micro pipeline's SFT model and pairs, with resume."""
+import math
+import os
+import random
+
+import pytest
+import torch
+
+import evaluate
+import sample
+import train_dpo
+import train_reward
+from conftest import read_metrics
+from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
+from minift.model import GPT, GPTConfig
+from minift.tokenizer import Tokenizer, train_bpe
+
+WORDS = "the cat dog sun ran sat big red hat mat saw a on in and was happy sad tree ball".split()
+T = torch.tensor
+
+
+@pytest.fixture(scope="module")
+def tok():
+    rng = random.Random(0)
+    return Tokenizer.from_ranks(train_bpe(" ".join(rng.choice(WORDS) for _ in range(2000)) + " Tell me.\n", 300))
+
+
+def tiny_gpt(tok):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def test_dpo_loss_on_hand_values():
+    # policy = reference: h = 0, loss log 2, rewards 0
+    losses, r_c, r_r = train_dpo.dpo_loss(T([-5.0]), T([-7.0]), T([-5.0]), T([-7.0]), beta=0.1)
+    assert losses.item() == pytest.approx(math.log(2)) and r_c.item() == 0 and r_r.item() == 0
+    # chosen up 2 nats, rejected down 3 against the reference: h = 5, beta h = 0.5
+    losses, r_c, r_r = train_dpo.dpo_loss(T([-3.0]), T([-10.0]), T([-5.0]), T([-7.0]), beta=0.1)
+    assert losses.item() == pytest.approx(math.log(1 + math.exp(-0.5)))
+    assert r_c.item() == pytest.approx(0.2) and r_r.item() == pytest.approx(-0.3)
+    # conservative DPO: 0.2 of the labels taken to be flipped
+    losses, _, _ = train_dpo.dpo_loss(T([-3.0]), T([-10.0]), T([-5.0]), T([-7.0]), 0.1, label_smoothing=0.2)
+    assert losses.item() == pytest.approx(0.8 * math.log(1 + math.exp(-0.5)) + 0.2 * math.log(1 + math.exp(0.5)))
+    # IPO: (h - 1 / (2 beta))^2 = (5 - 5)^2 at beta 0.1, (5 - 1)^2 at beta 0.5
+    for beta, want in ((0.1, 0.0), (0.5, 16.0)):
+        losses, _, _ = train_dpo.dpo_loss(T([-3.0]), T([-10.0]), T([-5.0]), T([-7.0]), beta, loss_type="ipo")
+        assert losses.item() == pytest.approx(want, abs=1e-5)
+    # per pair, not averaged; a pair ranked the wrong way costs more than log 2
+    losses, _, _ = train_dpo.dpo_loss(T([0.0, -9.0]), T([-1.0, 0.0]), T([0.0, 0.0]), T([0.0, 0.0]), beta=1.0)
+    assert losses.shape == (2,) and losses[0] < math.log(2) < losses[1]
+    with pytest.raises(ValueError, match="hinge"):
+        train_dpo.dpo_loss(T([0.0]), T([0.0]), T([0.0]), T([0.0]), 0.1, loss_type="hinge")
+
+
+def test_implicit_reward_follows_the_policy_against_the_reference():
+    """Raising the chosen answer's likelihood relative to the reference gives it a positive
+    reward, and the pair is ranked right; the gradient pushes chosen up, rejected down."""
+    ref_c, ref_r = T([-20.0, -15.0]), T([-18.0, -12.0])   # the reference prefers the rejected answers
+    pol_c = (ref_c + 1.0).requires_grad_()
+    pol_r = ref_r.clone().requires_grad_()
+    losses, r_c, r_r = train_dpo.dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=0.1)
+    stats = train_dpo.pair_stats(losses, r_c, r_r)
+    assert (r_c > 0).all() and (r_r == 0).all() and stats["accuracy"] == 1.0
+    assert stats["margin"] == pytest.approx(0.1)
+    losses.mean().backward()
+    assert (pol_c.grad < 0).all() and (pol_r.grad > 0).all()   # descent raises chosen, lowers rejected
+
+
+def naive_answer_logprob(model, tok, prompt, answer):
+    """One conversation alone, no padding: the sum of log p over the tokens after <|assistant|>."""
+    ids = train_reward.render(tok, prompt, answer)
+    start = max(i for i, t in enumerate(ids) if t == tok.assistant) + 1
+    logits, _ = model(T([ids]))
+    logp = logits[0, :-1].log_softmax(-1).gather(1, T(ids[1:])[:, None])[:, 0]
+    return logp[start - 1:].sum(), len(ids) - start
+
+
+def test_answer_logprobs_match_a_naive_sum_whatever_the_padding(tok):
+    model = tiny_gpt(tok)
+    convs = [("Tell me about the cat.", "The cat sat."), ("hi", " ".join(WORDS)), ("Tell me.", "sad")]
+    seqs = [train_reward.render(tok, p, a) for p, a in convs]
+    with torch.no_grad():
+        naive = [naive_answer_logprob(model, tok, p, a) for p, a in convs]
+        together = train_dpo.answer_logprobs(model, seqs, tok, "cpu")
+        alone = torch.cat([train_dpo.answer_logprobs(model, [s], tok, "cpu") for s in seqs])
+    want = torch.stack([lp for lp, _ in naive])
+    assert naive[2][1] >= 2                         # the answer and its <|end|>, at least
+    assert torch.allclose(together, want, atol=1e-4) and torch.allclose(alone, want, atol=1e-4)
+    # logprobs_all batches by length and returns the input order
+    assert torch.allclose(train_dpo.logprobs_all(model, seqs, tok, "cpu", batch_size=2), want, atol=1e-4)
+
+
+def test_group_batch_loss_forwards_each_answer_once(tok, monkeypatch):
+    """Three answers to one prompt make three pairs: three sequences forwarded, not six, and
+    the loss is the mean of the pairs' dpo_loss from their log-probabilities."""
+    model = tiny_gpt(tok)
+    answers = ("the cat", "a big red cat sat", "sad")
+    pairs = [{"prompt": "Tell me.", "chosen": answers[a], "rejected": answers[b]} for a, b in ((0, 1), (0, 2), (1, 2))]
+    seqs, groups, _, _ = train_reward.build_groups(pairs, tok, 64)
+    assert len(seqs) == 3 and len(groups) == 1
+    forwarded = []
+    real = train_dpo.answer_logprobs
+    monkeypatch.setattr(train_dpo, "answer_logprobs", lambda m, s, *a: forwarded.append(len(s)) or real(m, s, *a))
+    ref = T([-1.0, -2.0, -3.0])
+    cfg = train_dpo.Config(beta=0.5)
+    loss, stats = train_dpo.group_batch_loss(model, seqs, groups, ref, tok, "cpu", cfg)
+    assert forwarded == [3]
+    with torch.no_grad():
+        lp = real(model, seqs, tok, "cpu")
+    c, r = T([0, 0, 1]), T([1, 2, 2])
+    want, r_c, r_r = train_dpo.dpo_loss(lp[c], lp[r], ref[c], ref[r], 0.5)
+    assert loss.item() == pytest.approx(want.mean().item(), abs=1e-5)
+    assert stats["accuracy"] == pytest.approx(((r_c > r_r).float().mean()).item())
+
+
+def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys):
+    pipeline_out, _ = micro_pipeline
+    prefs = os.path.join(pipeline_out, "data", "prefs")
+    out = str(tmp_path / "dpo")
+    args = ["--preset=micro", "--device=cpu", f"--init_from={pipeline_out}/sft/ckpt.pt", f"--out_dir={out}",
+            f"--data={prefs}/train.jsonl", f"--val_data={prefs}/val.jsonl", "--learning_rate=1e-3"]
+    first = train_dpo.main(args)
+    steps = first["step"]
+    assert steps >= 2 and 0 <= first["val_accuracy"] <= 1 and first["val_loss"] > 0
+    logged = read_metrics(out)
+    train_rows = [m for m in logged if "loss" in m]
+    assert [m["step"] for m in train_rows] == list(range(1, steps + 1))
+    assert {"loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "lr", "grad_norm"} <= set(train_rows[0])
+    # at step 1 the policy is the reference: the loss is log 2, up to bf16's rounding
+    assert train_rows[0]["loss"] == pytest.approx(math.log(2), abs=0.02)
+    assert logged[-1]["eval_val_loss"] == pytest.approx(first["val_loss"])
+
+    # the checkpoint: a GPT of kind "dpo" that generates, and evaluate.py reads
+    ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"), kinds=("dpo",))
+    assert ckpt["step"] == steps and ckpt["init_from"].endswith("sft/ckpt.pt")
+    model, tok = build_model(ckpt).eval(), tokenizer_for(ckpt, out)
+    sft = build_model(load_checkpoint(f"{pipeline_out}/sft/ckpt.pt"))
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), sft.parameters()))  # it trained
+    new = [t.item() for t in model.generate_stream([tok.render_prompt([{"role": "user", "content": "Write a sentence."}])],
+                                                   8, temperature=0, stop_token=tok.end, pad_token=tok.pad)]
+    assert len(new) >= 1 and isinstance(tok.decode(new), str)
+    # sample.py answers through the chat template (it does not echo the prompt as a text continuer does)
+    answers = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Write a sentence.", "--temperature=0",
+                           "--max_new_tokens=8"])
+    assert len(answers) == 1 and not capsys.readouterr().out.startswith("Write a sentence.")
+    scores = evaluate.evaluate(f"{out}/ckpt.pt", f"{pipeline_out}/data/sft/test.jsonl", max_examples=4,
+                               max_new_tokens=8, device="cpu")
+    assert 0 <= scores["prompt_strict"] <= 1
+
+    # resume: a second call with more epochs continues from the saved step
+    second = train_dpo.main(args + ["--epochs=2"])
+    assert second["step"] == 2 * steps
+    steps_logged = [m["step"] for m in read_metrics(out) if "loss" in m]
+    assert steps_logged == list(range(1, 2 * steps + 1))
