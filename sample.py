@@ -99,7 +99,7 @@ def main(argv=None):
         return score
 
     model = build_model(ckpt).to(cfg.device).eval()
-    is_chat_model = ckpt["kind"] in ("sft", "ppo") and not cfg.raw
+    is_chat_model = ckpt["kind"] in ("sft", "ppo", "grpo", "dpo") and not cfg.raw
     if cfg.chat:
         return chat(model, tokenizer, cfg, generator)
     prompt = cfg.prompt or sys.stdin.read().strip()
