@@ -65,8 +65,11 @@ def draw(found, png, title):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        raise SystemExit(__doc__.strip())
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        raise SystemExit(0)
+    if len(argv) != 1:
+        raise SystemExit("usage: python plot.py OUT_DIR | METRICS_JSONL")
     try:
         import matplotlib  # noqa: F401
         have_matplotlib = True
