@@ -41,10 +41,11 @@ class Config:
     preset: str = "tiny"             # train_ppo.py's preset; the models are read from out/<preset>/
     out_dir: str = ""                # default out/<preset>: its sft/, reward/ and data/sft/, as pipeline.py writes
     kl_coefs: str = "0,0.01"         # one PPO run for each, comma-separated
-    # No KL at PPO's learning rate (1e-4) took 120 iterations to bend gold down; at 3e-4 the
-    # policy gets there in half (FINDINGS.md, "Over-optimisation").
-    iterations: int = 60
-    learning_rate: float = 3e-4
+    # PPO's learning rate, twice its iterations: with no KL, gold rose for 12 iterations, then
+    # fell below the start while the proxy kept rising; at 3e-4 gold fell from the first probe
+    # (FINDINGS.md, "Over-optimisation").
+    iterations: int = 48
+    learning_rate: float = 1e-4
     eval_interval: int = 6           # a point of the curve every this many iterations
     eval_examples: int = 100         # probe and test prompts
     seed: int = 1337
