@@ -99,7 +99,7 @@ def main(argv=None):
         return score
 
     model = build_model(ckpt).to(cfg.device).eval()
-    is_chat_model = ckpt["kind"] in ("sft", "ppo", "dpo") and not cfg.raw
+    is_chat_model = ckpt["kind"] != "pretrain" and not cfg.raw   # every stage after pretraining answers in turns
     if cfg.chat:
         return chat(model, tokenizer, cfg, generator)
     prompt = cfg.prompt or sys.stdin.read().strip()

@@ -250,8 +250,9 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
     return seq, attn, answer_mask.to(device), ended.to(device), texts
 
 
-def load_models(cfg, device):
-    """The SFT checkpoint, its tokenizer, and four models. Dropout is off in all of them
+def load_models(cfg, device, critic=True):
+    """The SFT checkpoint, its tokenizer, and four models (three with critic=False: GRPO's
+    value_model is None). Dropout is off in all of them
     (Ziegler, N+): with dropout, the log-probabilities of the rollout and of the update would
     differ by noise alone."""
     sft = load_checkpoint(cfg.sft_ckpt, hint="Run SFT first: python train_sft.py", kinds=GENERATIVE)
@@ -268,12 +269,11 @@ def load_models(cfg, device):
     # The critic is the reward model's transformer (InstructGPT, N+, TRL: its features already
     # tell good answers from bad), or with --reward=gold the SFT model's, under a value head
     # that starts at zero.
-    value_model = critic_from(rm_ckpt or sft).to(device)
+    value_model = critic_from(rm_ckpt or sft).to(device).eval() if critic else None
     for frozen in (reference, reward_model):
         if frozen is not None:
             frozen.eval().requires_grad_(False)
     policy.eval()       # eval mode = no dropout; gradients still flow
-    value_model.eval()
     return sft, tokenizer, policy, reference, reward_model, value_model
 
 

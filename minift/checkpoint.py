@@ -35,7 +35,7 @@ def save_checkpoint(path, payload):
 
 
 # The language models: a checkpoint of one of these kinds holds a GPT that generates.
-GENERATIVE = ("pretrain", "sft", "ppo", "dpo")
+GENERATIVE = ("pretrain", "sft", "ppo", "grpo", "dpo")
 # Settings a resumed run may change: where and how fast it runs, how often it reports, and
 # how long it trains (resuming to a larger --max_steps or --epochs continues a run; see resume_training).
 RESUMABLE_CHANGES = {"out_dir", "resume", "force", "device", "compile", "log_interval", "eval_interval",

@@ -1,0 +1,93 @@
+"""
+Training curves from metrics.jsonl files.
+
+    python plot.py out/tiny                  # every stage's metrics.jsonl under out/tiny
+    python plot.py out/tiny/ppo/metrics.jsonl
+
+With matplotlib, each metrics.jsonl gets a curves.png beside it: the loss for pretraining, SFT,
+the reward model and DPO; the reward model's score, the gold reward, the KL to the reference
+and test prompt-strict for PPO and GRPO. Without it, a table of each curve's first and last
+values. matplotlib is optional: `pip install matplotlib` for the pictures.
+"""
+
+import os
+import sys
+
+from minift.formats import read_jsonl
+
+# What to draw, first found first: the RL stages log rm_score, the others a loss.
+RL_CURVES = ("rm_score", "gold", "kl", "eval_prompt_strict")
+LOSS_CURVES = ("loss", "train_loss", "val_loss", "accuracy", "val_accuracy")
+
+
+def metrics_files(path):
+    if os.path.isfile(path):
+        return [path]
+    found = [os.path.join(d, "metrics.jsonl") for d, _, files in sorted(os.walk(path)) if "metrics.jsonl" in files]
+    if not found:
+        raise SystemExit(f"error: no metrics.jsonl under {path}")
+    return found
+
+
+def curves(records):
+    """{metric: [(step, value)]} for the metrics this stage logs, x being the record's
+    iteration or step (its line number without either)."""
+    names = RL_CURVES if any("rm_score" in r for r in records) else LOSS_CURVES
+    out = {}
+    for i, r in enumerate(records):
+        x = r.get("iteration", r.get("step", i))
+        for name in names:
+            if isinstance(r.get(name), (int, float)):
+                out.setdefault(name, []).append((x, r[name]))
+    return out
+
+
+def table(path, found):
+    lines = [path] + [f"  {name:<20} {len(points):>5} points  first {points[0][1]:>10.4f}  last {points[-1][1]:>10.4f}"
+                      for name, points in found.items()]
+    return "\n".join(lines)
+
+
+def draw(found, png, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(found), figsize=(4.5 * len(found), 3.6), squeeze=False)
+    for ax, (name, points) in zip(axes[0], found.items()):
+        ax.plot(*zip(*points), "o-" if len(points) < 40 else "-", markersize=3)
+        ax.set_title(name)
+        ax.set_xlabel("iteration / step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        raise SystemExit(0)
+    if len(argv) != 1:
+        raise SystemExit("usage: python plot.py OUT_DIR | METRICS_JSONL")
+    try:
+        import matplotlib  # noqa: F401
+        have_matplotlib = True
+    except ImportError:
+        have_matplotlib = False
+    for path in metrics_files(argv[0]):
+        found = curves(read_jsonl(path))
+        if not found:
+            print(f"{path}: no curves to draw")
+        elif have_matplotlib:
+            png = os.path.join(os.path.dirname(path), "curves.png")
+            draw(found, png, os.path.dirname(os.path.abspath(path)))
+            print(f"wrote {png}")
+        else:
+            print(table(path, found))
+    if not have_matplotlib:
+        print("matplotlib is not installed: the table only. `pip install matplotlib` to get pictures.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""GRPO's pieces against hand computations, then a micro run of the real script that resumes."""
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import ROOT, read_metrics
+from minift.checkpoint import GENERATIVE, load_checkpoint
+from minift.model import GPT, GPTConfig, pad_left
+from train_grpo import group_advantages, grpo_loss, k3_kl
+from train_ppo import answer_logprobs
+
+CFG = SimpleNamespace(clip_range=0.2, kl_coef=0.04)
+
+
+def test_group_advantage_is_the_score_standardised_within_its_group():
+    # two prompts, four answers each, side by side
+    score = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.2, 0.4, 0.6, 0.8])
+    adv, kept = group_advantages(score, 4, eps=0.0)
+    # group 0: mean .5, sample std sqrt((4 * .25) / 3) = .57735, so +-.5 / .57735 = +-.86603
+    # group 1: mean .5, sample std sqrt((.09 + .01 + .01 + .09) / 3) = .25820
+    assert torch.allclose(adv, torch.tensor([0.86603, -0.86603, -0.86603, 0.86603,
+                                             -1.16190, -0.38730, 0.38730, 1.16190]), atol=1e-4)
+    assert kept.tolist() == [True] * 8
+    # the group is its own baseline: an easier prompt (every score higher) gives the same advantages
+    assert torch.allclose(group_advantages(score + 0.1, 4, eps=0.0)[0], adv, atol=1e-5)
+
+
+def test_an_all_equal_group_has_zero_advantage_and_is_dropped():
+    # 0.1 * 3 is not exactly 0.3 in floating point: the mean of three 0.1s can miss 0.1 by
+    # rounding, and std == 0 would then keep a group with no signal
+    score = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.3, 0.7], dtype=torch.float64)
+    adv, kept = group_advantages(score, 3, eps=1e-4)
+    assert kept.tolist() == [False, False, False, True, True, True]
+    assert adv[:3].tolist() == [0.0, 0.0, 0.0]
+    assert adv[3] > 0 > adv[4]
+    assert 1 - kept.float().mean().item() == 0.5   # the logged fraction of dropped groups
+
+
+def test_k3_kl_is_zero_when_the_models_agree_and_positive_otherwise():
+    logp = torch.tensor([[-0.5, -2.0, -1.0]])
+    assert torch.equal(k3_kl(logp, logp.clone()), torch.zeros(1, 3))
+    # pi_ref / pi = e^1 and e^-1: e - 1 - 1 = .71828 and e^-1 + 1 - 1 = .36788
+    kl = k3_kl(torch.tensor([[-1.0, -1.0]]), torch.tensor([[0.0, -2.0]]))
+    assert torch.allclose(kl, torch.tensor([[math.e - 2, math.exp(-1)]]))
+    assert (k3_kl(torch.randn(100), torch.randn(100)) >= 0).all()
+
+
+def test_loss_averages_each_answer_over_its_own_tokens_then_over_answers():
+    """Eq. 3: 1/G sum_i 1/|o_i| sum_t; a short answer weighs as much as a long one."""
+    zeros = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1, 1], [1, 0, 0]])
+    loss, stats = grpo_loss(zeros, zeros, zeros, torch.tensor([1.0, -1.0]), mask, CFG)
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)    # +1 over three tokens, -1 over one: they cancel
+    assert stats["clipfrac"] == 0 and stats["kl_loss"] == 0
+    # with the reference elsewhere, beta * KL adds to the loss
+    ref = torch.tensor([[1.0, 1.0, 1.0], [-1.0, 0, 0]])
+    loss, _ = grpo_loss(zeros, zeros, ref, torch.zeros(2), mask, CFG)
+    assert loss.item() == pytest.approx(0.04 * ((math.e - 2) + math.exp(-1)) / 2, rel=1e-5)
+
+
+def test_first_minibatch_ratio_is_exactly_one():
+    """Old log-probs come from the full rollout batch, new ones from a shuffled minibatch
+    with different padding neighbours; before any update they must agree."""
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    prompt_ids, prompt_mask = pad_left([[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]], 0)
+    answers = torch.tensor([[11, 12, 13], [14, 15, 0], [16, 0, 0]])
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0], [1, 0, 0]])
+    seq, attn = torch.cat([prompt_ids, answers], 1), torch.cat([prompt_mask, mask.long()], 1)
+    P = prompt_ids.size(1)
+    with torch.no_grad():
+        old, _ = answer_logprobs(policy, seq, attn, P, temperature=0.7)
+        mb = torch.tensor([2, 0])
+        new, _ = answer_logprobs(policy, seq[mb], attn[mb], P, temperature=0.7)
+    _, stats = grpo_loss(new, old[mb], old[mb] - 0.3, torch.tensor([1.0, -1.0]), mask[mb], CFG)
+    assert stats["ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-9) and stats["clipfrac"] == 0.0
+
+
+def run_grpo(d, out, **overrides):
+    args = {"preset": "micro", "device": "cpu", "sft_ckpt": f"{d}/sft/ckpt.pt", "reward_ckpt": f"{d}/reward/ckpt.pt",
+            "prompts": f"{d}/data/sft/rl_prompts.jsonl", "eval_data": f"{d}/data/sft/test.jsonl",
+            "out_dir": out, **overrides}
+    return subprocess.run([sys.executable, "train_grpo.py"] + [f"--{k}={v}" for k, v in args.items()], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipeline, tmp_path):
+    shared, _ = micro_pipeline
+    out = tmp_path / "grpo"
+    r = run_grpo(shared, out, iterations=2, eval_interval=2, reward="model")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = load_checkpoint(str(out / "ckpt.pt"), kinds=GENERATIVE)   # evaluate.py and sample.py load it so
+    assert ckpt["kind"] == "grpo" and ckpt["step"] == 2
+    r = run_grpo(shared, out, iterations=3, eval_interval=2, reward="model")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout and "at iteration 2" in r.stdout
+    metrics = read_metrics(out)
+    assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]   # the probe, then one line per iteration
+    assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 3
+    for m in metrics[1:]:
+        assert {"gold", "rm_score", "kl", "dropped_groups", "entropy"} <= set(m)
+        assert 0.0 <= m["dropped_groups"] <= 1.0
+        if m["dropped_groups"] < 1:   # before each iteration's first update, the policy is the one that sampled
+            assert m["first_ratio"] == pytest.approx(1.0, abs=1e-5) and m["clipfrac"] >= 0
+    assert {"eval_prompt_strict", "probe_gold", "probe_rm_score"} <= set(metrics[2])
+    # --help prints the options with their comments, and does no work
+    r = subprocess.run([sys.executable, "train_grpo.py", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "--group_size" in r.stdout and "--kl_coef" in r.stdout
