@@ -167,6 +167,9 @@ def compare_markdown(results, preset, seeds):
              "| method | judge | test | heldout | sampled (test) | gold (test) | KL to SFT (nats) | seconds |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for method, row in results.items():
+        if "test" not in row:
+            lines.append(f"| {method} | {JUDGES[method]} | skipped: {row['runs'][0].get('skipped', '')} | | | | | |")
+            continue
         lines.append(f"| {method} | {JUDGES[method]} | {cell(row, 'test')} | {cell(row, 'heldout')} | "
                      f"{cell(row, 'sampled')} | {cell(row, 'gold', 1, 3)} | {cell(row, 'kl', 1, 2)} | "
                      f"{cell(row, 'seconds', 1, 0)} |")
@@ -193,8 +196,12 @@ def main(argv=None):
     for method in methods:
         runs = []
         for seed in (seeds[:1] if method == "sft" else seeds):   # the SFT model has no seed of its own
-            runs.append(pipeline.run_stage(f"{method}-{seed}", os.path.join(out, "compare"), cfg.force,
-                                           lambda: one_run(method, int(seed), out, cfg, device)))
+            try:
+                runs.append(pipeline.run_stage(f"{method}-{seed}", os.path.join(out, "compare"), cfg.force,
+                                               lambda: one_run(method, int(seed), out, cfg, device)))
+            except SystemExit as e:   # e.g. rejection sampling finds no perfect sample to learn from
+                print(f"{method}, seed {seed}: skipped: {e}")
+                runs.append({"skipped": str(e)})
         results[method] = {**summarise(runs), "runs": runs}
     report = {"preset": cfg.preset, "seeds": seeds, "methods": results}
     with open(os.path.join(out, "compare.json"), "w") as f:
