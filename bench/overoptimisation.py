@@ -30,6 +30,7 @@ from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noq
 from minift.config import cli_config, parse_config, print_config, run  # noqa: E402
 from minift.evaluation import evaluate_records  # noqa: E402
 from minift.formats import load_ifeval_inputs, read_jsonl  # noqa: E402
+from minift.synthetic.scoring import paired_difference  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 
 COLUMNS = ["kl_coef", "iteration", "kl", "sqrt_kl", "rm_score", "rm_change", "rm_change_se", "gold", "gold_change",
@@ -58,12 +59,9 @@ PRESETS = {"micro": dict(iterations=2, eval_interval=1, eval_examples=8), "tiny"
 
 def paired_change(each, start):
     """The mean change of per-prompt scores from the start, and its standard error (paired: the
-    same prompts and random numbers, so prompt difficulty cancels)."""
-    diffs = [a - b for a, b in zip(each, start)]
-    n = len(diffs)
-    mean = sum(diffs) / n
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else 0.0
-    return mean, se
+    same prompts and random numbers, so prompt difficulty cancels; minift's paired_difference)."""
+    change = paired_difference(start, each)
+    return change["mean"], change["se"]
 
 
 def curve_rows(kl_coef, metrics, start_prompt_strict):

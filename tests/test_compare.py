@@ -1,0 +1,60 @@
+"""compare.py: the alignment lab's card, on the micro pipeline's models."""
+import json
+import math
+import os
+
+import pytest
+
+import compare
+from minift.formats import load_ifeval_inputs
+
+
+def test_best_of_n_kl_is_the_formula():
+    assert compare.best_of_n_kl(1) == 0.0
+    assert compare.best_of_n_kl(8) == pytest.approx(math.log(8) - 7 / 8)
+
+
+def test_summarise_gives_the_spread_only_over_two_seeds_or_more():
+    one = compare.summarise([{"test": 0.5, "kl": 1.0, "seconds": 3.0}])
+    assert one == {"test": 0.5, "kl": 1.0, "seconds": 3.0}
+    two = compare.summarise([{"test": 0.4, "seconds": 1.0}, {"test": 0.6, "seconds": 3.0}, {"skipped": "why"}])
+    assert two["test"] == pytest.approx(0.5) and two["test_sd"] == pytest.approx(0.02 ** 0.5)
+    assert "kl" not in two
+
+
+def test_micro_card(micro_pipeline, tmp_path):
+    shared, _ = micro_pipeline
+    out = tmp_path / "micro"
+    out.mkdir()
+    for stage in ("sft", "reward", "data", "ppo"):   # the shared run's models, read only
+        os.symlink(os.path.join(shared, stage), out / stage)
+    report = compare.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--methods=sft,best_of_8,dpo,ppo"])
+    rows = report["methods"]
+    assert list(rows) == ["sft", "best_of_8", "dpo", "ppo"]
+    assert rows["sft"]["kl"] == 0.0 and rows["sft"]["seconds"] == 0.0
+    assert rows["best_of_8"]["kl"] == pytest.approx(compare.best_of_n_kl(8))
+    assert "sampled" not in rows["best_of_8"]   # its answers are samples already
+    # the pipeline's own PPO run is reused for the training scripts' default seed: its stage's time
+    with open(out / "ppo" / "stage.json") as f:
+        assert rows["ppo"]["seconds"] == json.load(f)["seconds"]
+    assert not os.path.exists(out / "compare" / "ppo-1337" / "ckpt.pt")
+    assert os.path.exists(out / "compare" / "dpo-1337" / "ckpt.pt")
+    for row in rows.values():
+        assert 0 <= row["test"] <= 1 and 0 <= row["heldout"] <= 1
+    with open(out / "compare.json") as f:
+        assert json.load(f) == json.loads(json.dumps(report))
+    card = (out / "compare.md").read_text()
+    assert "| dpo | the pairs |" in card and "| best_of_8 | reward model |" in card
+
+
+def test_a_policy_is_zero_nats_from_itself(micro_pipeline):
+    shared, _ = micro_pipeline
+    sft = os.path.join(shared, "sft", "ckpt.pt")
+    records = load_ifeval_inputs(os.path.join(shared, "data", "sft", "test.jsonl"))[:8]
+    assert compare.kl_to_sft(sft, sft, records, "cpu") == 0.0
+    assert compare.kl_to_sft(os.path.join(shared, "ppo", "ckpt.pt"), sft, records, "cpu") != 0.0
+
+
+def test_an_unknown_method_is_named():
+    with pytest.raises(SystemExit, match="unknown method.*dpoo"):
+        compare.main(["--methods=sft,dpoo"])
