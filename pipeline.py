@@ -184,7 +184,10 @@ def main(argv=None):
               # prompt (an eval stage from before gold_each existed has none)
               "gold_change": {s: paired_difference(evals["sft"][s]["gold_each"], evals["ppo"][s]["gold_each"])
                               for s in ("test", "heldout") if "gold_each" in evals["ppo"][s]},
-              "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")}}
+              "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")},
+              # the training curves, when plot.py has drawn them (a re-run of the pipeline links them)
+              "curves": [f"{stage}/curves.png" for stage in ("pretrain", "sft", "reward", "ppo")
+                         if os.path.exists(os.path.join(out, stage, "curves.png"))]}
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(out, "report.md"), "w") as f:
@@ -308,6 +311,8 @@ def report_markdown(r):
             lines.append(f"| {MODEL_NAMES.get(model, model)} | {split} | {pct(m['prompt_strict'])} | {sampled} | "
                          + " | ".join(pct(m[k]) for k in METRIC_KEYS[1:]) + f" | {gold} |")
     lines += story_lines(r)
+    lines += ["", "Training curves: " + (", ".join(f"[{c.split('/')[0]}]({c})" for c in r["curves"]) if r.get("curves")
+                                       else "`python plot.py <out_dir>` draws them (matplotlib), then re-run the pipeline to link them here.")]
     demos = d.get("demo_per_type", {})
     lines += ["", "## Per instruction type (test split, strict)", "", "| type | n | demonstrations | SFT | PPO |",
               "|---|---:|---:|---:|---:|"]

@@ -62,7 +62,7 @@ class Config:
     # DPO
     # On the tiny preset 0.1 and 0.3 scored alike overall (two seeds each, test 61-62%, heldout
     # 44-47%, above PPO); 0.3, the policy held nearer the SFT model, kept more of the capital
-    # letters, list and paragraph counts that 0.1 lost (FINDINGS.md, "DPO").
+    # letters, list and paragraph counts that 0.1 lost (FINDINGS.md, "The alignment lab", DPO).
     beta: float = 0.3              # strength of the KL anchor to the reference (the paper uses 0.1 to 0.5)
     # IPO scored as sigmoid did (one run); sigmoid is the paper's loss.
     loss_type: str = "sigmoid"     # "sigmoid" (DPO, equation 7) or "ipo" (IPO, Azar et al., 2023)
@@ -72,7 +72,7 @@ class Config:
     grad_accum: int = 1
     epochs: int = 1                # passes over the pairs
     # 3e-4 ranked held-out pairs better (0.758 against 0.710) and followed instructions worse
-    # (test 58.0% against 61.4%): it fits the implicit reward, not the checker (FINDINGS.md, "DPO").
+    # (test 58.0% against 61.4%): it fits the implicit reward, not the checker (FINDINGS.md, "The alignment lab", DPO).
     learning_rate: float = 1e-4
     min_lr: float = 1e-5
     warmup_steps: int = 10

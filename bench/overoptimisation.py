@@ -44,7 +44,7 @@ class Config:
     kl_coefs: str = "0,0.01"         # one PPO run for each, comma-separated
     # PPO's learning rate, twice its iterations: with no KL, gold rose for 12 iterations, then
     # fell below the start while the proxy kept rising; at 3e-4 gold fell from the first probe
-    # (FINDINGS.md, "Over-optimisation").
+    # (FINDINGS.md, "The alignment lab", over-optimisation).
     iterations: int = 48
     learning_rate: float = 1e-4
     eval_interval: int = 6           # a point of the curve every this many iterations

@@ -14,7 +14,7 @@ One round, from the current model:
      whose greedy answer fell short `repeat_failed` times, and `others` of the rest;
   4. score the test and heldout prompts, as evaluate.py does.
 Why the weighting: what the model already answers right greedily teaches it little
-(FINDINGS.md, "Beyond PPO: best-of-n and rejection sampling", has the figures). Two rounds
+(FINDINGS.md, "The alignment lab", has the figures). Two rounds
 take about 4 minutes on 2 CPU cores, most of it sampling 16,000 answers a round.
 """
 

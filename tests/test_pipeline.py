@@ -54,6 +54,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     assert "tokens/s" in card and "| demonstrations | test |" in card
     assert "## What each stage changed" in card and "**PPO** against the reward model" in card
     assert "gold reward |" in card and "The gold reward of its greedy answers changed by" in card
+    assert report["curves"] == [] and "python plot.py" in card   # no pictures drawn yet
     # SFT was evaluated during training, and its metrics log has the accuracy
     assert any("eval_prompt_strict" in m for m in read_metrics(os.path.join(out, "sft")))
     # IFEval-format responses were written for external scoring
