@@ -60,9 +60,9 @@ class Config:
     force: bool = False            # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # DPO
-    # On the tiny preset 0.1 and 0.3 scored alike overall (two seeds each, test 61-62%, heldout
-    # 44-47%, above PPO); 0.3, the policy held nearer the SFT model, kept more of the capital
-    # letters, list and paragraph counts that 0.1 lost (FINDINGS.md, "The alignment lab", DPO).
+    # 0.1 and 0.3 scored alike overall; 0.3 holds the policy nearer the SFT model and kept more
+    # of the capital letters, list and paragraph counts that 0.1 lost (FINDINGS.md, "The
+    # alignment lab", DPO).
     beta: float = 0.3              # strength of the KL anchor to the reference (the paper uses 0.1 to 0.5)
     # IPO scored as sigmoid did (one run); sigmoid is the paper's loss.
     loss_type: str = "sigmoid"     # "sigmoid" (DPO, equation 7) or "ipo" (IPO, Azar et al., 2023)
@@ -71,8 +71,8 @@ class Config:
     batch_groups: int = 8          # prompts per micro-batch, each with all of its pairs
     grad_accum: int = 1
     epochs: int = 1                # passes over the pairs
-    # 3e-4 ranked held-out pairs better (0.758 against 0.710) and followed instructions worse
-    # (test 58.0% against 61.4%): it fits the implicit reward, not the checker (FINDINGS.md, "The alignment lab", DPO).
+    # 3e-4 ranked held-out pairs better and followed instructions worse: it fits the implicit
+    # reward, not the checker (FINDINGS.md, "The alignment lab", DPO).
     learning_rate: float = 1e-4
     min_lr: float = 1e-5
     warmup_steps: int = 10

@@ -55,8 +55,8 @@ class Config:
     # rollouts: PPO's budget, 24 x 64 answers
     iterations: int = 24
     rollout_batch: int = 64          # answers per rollout: rollout_batch / group_size prompts
-    # G answers to each prompt. Sampled from the tiny SFT model, 44% of groups of 4 scored all
-    # equal on gold (no signal), 31% of 8, 22% of 16 (FINDINGS.md, "The alignment lab", GRPO): 8 keeps most groups
+    # G answers to each prompt. The larger the group, the fewer groups whose answers all score
+    # alike and carry no signal (FINDINGS.md, "The alignment lab", GRPO); 8 keeps most groups
     # while a batch of 64 still holds 8 prompts.
     group_size: int = 8
     max_new_tokens: int = 96
