@@ -14,8 +14,8 @@ the reward model's and the gold mean score, and each prompt's) and greedy prompt
 test prompts. This script collects those against the iteration's KL into
 <out_dir>/overoptimisation.csv, with each change from the start as a paired standard error
 over the probe's prompts, and with matplotlib installed draws <out_dir>/overoptimisation.png.
-The runs live in <out_dir>/overoptimisation/kl_<coef>/ and resume as train_ppo.py does:
-running the command again reuses what is finished.
+The runs live in <out_dir>/overoptimisation/kl_<coef>-lr_<lr>-it_<iterations>/ and resume as
+train_ppo.py does: running the command again reuses what is finished.
 """
 
 import csv
@@ -150,7 +150,8 @@ def main(argv=None):
     rows, summary = [], []
     start_strict = None
     for coef in [float(c) for c in cfg.kl_coefs.split(",")]:
-        run_dir = os.path.join(out, "overoptimisation", f"kl_{coef:g}")
+        # one folder per setting, so that another learning rate or length is a new run, not a clash
+        run_dir = os.path.join(out, "overoptimisation", f"kl_{coef:g}-lr_{cfg.learning_rate:g}-it_{cfg.iterations}")
         args = [f"--preset={cfg.preset}", "--reward=model", f"--sft_ckpt={sft}", f"--reward_ckpt={reward}",
                 f"--prompts={prompts}", f"--eval_data={eval_data}", f"--out_dir={run_dir}", f"--kl_coef={coef}",
                 f"--learning_rate={cfg.learning_rate}", f"--iterations={cfg.iterations}",
