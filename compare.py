@@ -189,8 +189,9 @@ def main(argv=None):
     out = cfg.out_dir or os.path.join("out", cfg.preset)
     for need in ("sft/ckpt.pt", "reward/ckpt.pt", "data/prefs/train.jsonl", "data/sft/test.jsonl"):
         if not os.path.exists(os.path.join(out, need)):
+            where = f" --out_dir={out}" if cfg.out_dir else ""
             raise FileNotFoundError(f"{os.path.join(out, need)} not found: run the pipeline first: "
-                                    f"python pipeline.py --preset={cfg.preset}" + (f" --out_dir={out}" if cfg.out_dir else ""))
+                                    f"python pipeline.py --preset={cfg.preset}{where}")
     device = pick_device(cfg.device)
     results = {}
     for method in methods:
