@@ -58,3 +58,8 @@ def test_a_policy_is_zero_nats_from_itself(micro_pipeline):
 def test_an_unknown_method_is_named():
     with pytest.raises(SystemExit, match="unknown method.*dpoo"):
         compare.main(["--methods=sft,dpoo"])
+
+
+def test_without_the_pipeline_it_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python pipeline.py --preset=tiny --out_dir="):
+        compare.main([f"--out_dir={tmp_path}"])
