@@ -67,8 +67,9 @@ def kl_to_sft(ckpt_path, sft_path, records, device, seed=0):
     """KL(policy || SFT) in nats an answer: answers sampled from the policy at PPO's temperature,
     and the summed log-ratio of their tokens under the two models at that temperature, as PPO's
     penalty measures it (train_ppo.token_rewards), averaged over answers."""
-    models = [build_model(load_checkpoint(p)).to(device).eval() for p in (ckpt_path, sft_path)]
-    tokenizer = tokenizer_for(load_checkpoint(sft_path), sft_path)
+    sft = load_checkpoint(sft_path)
+    models = [build_model(ckpt).to(device).eval() for ckpt in (load_checkpoint(ckpt_path), sft)]
+    tokenizer = tokenizer_for(sft, sft_path)
     cfg = SimpleNamespace(max_new_tokens=train_ppo.Config.max_new_tokens, temperature=train_ppo.Config.temperature)
     total = 0.0
     for start in range(0, len(records), 64):

@@ -45,7 +45,7 @@ from minift.formats import load_preferences
 from minift.model import answer_positions, pad_left, padded_length
 from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
                              set_lr, setup_runtime)
-from train_reward import build_groups
+from train_reward import build_groups, epoch_order
 
 
 @dataclass
@@ -259,11 +259,6 @@ def main(argv=None):
     if rt.ddp:
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
 
-    def epoch_order(epoch):
-        """The shuffled group order of an epoch, a pure function of (seed, epoch): a resumed
-        run finds its place from the step count alone."""
-        return torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-
     def save(metrics):
         save_training_checkpoint(ckpt_path, "dpo", step, model, optimizer, cfg, init["tokenizer"], batch_rng,
                                  metrics, init_from=cfg.init_from)
@@ -275,7 +270,8 @@ def main(argv=None):
         while step < max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, max_steps)
             set_lr(optimizer, lr)
-            order, start = epoch_order(step // steps_per_epoch), (step % steps_per_epoch) * per_step
+            order = epoch_order(len(groups), cfg.seed, step // steps_per_epoch)
+            start = (step % steps_per_epoch) * per_step
             stats = {}
             for micro in range(cfg.grad_accum):
                 first = start + (micro * rt.world_size + rt.rank) * cfg.batch_groups

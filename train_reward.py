@@ -137,6 +137,12 @@ def build_groups(pairs, tokenizer, block_size):
     return seqs, list(groups.values()), dropped, gold
 
 
+def epoch_order(n_groups, seed, epoch):
+    """The shuffled group order of an epoch, a pure function of (seed, epoch): a resumed run
+    finds its place from the step count alone."""
+    return torch.randperm(n_groups, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+
+
 def last_token_scores(model, seqs, tokenizer, device):
     """Lists of ids -> (B,) raw scores: the head at each one's last real token (plus the
     answer's mean log-probability, weighted; ScalarModel). Left padding puts that token in
@@ -332,11 +338,6 @@ def main(argv=None):
     if rt.ddp:
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
 
-    def epoch_order(epoch):
-        """The shuffled group order of an epoch, a pure function of (seed, epoch): a resumed
-        run finds its place from the step count alone."""
-        return torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
-
     train_answers = [seqs[i] for i in sorted({i for g in groups for c, r, _ in g for i in (c, r)})]
 
     def normalise():
@@ -362,7 +363,8 @@ def main(argv=None):
         while step < max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, max_steps)
             set_lr(optimizer, lr)
-            order, start = epoch_order(step // steps_per_epoch), (step % steps_per_epoch) * per_step
+            order = epoch_order(len(groups), cfg.seed, step // steps_per_epoch)
+            start = (step % steps_per_epoch) * per_step
             loss_sum = acc_sum = 0.0
             for micro in range(cfg.grad_accum):
                 first = start + (micro * rt.world_size + rt.rank) * cfg.batch_groups
