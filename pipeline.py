@@ -44,7 +44,7 @@ from minift.config import cli_config, run
 from minift.formats import load_ifeval_inputs, load_ifeval_responses
 from minift.synthetic.demonstrators import HABITS
 from minift.synthetic.gold import gold_reward
-from minift.synthetic.scoring import paired_difference
+from minift.synthetic.scoring import paired_difference, score
 
 
 @dataclass
@@ -185,6 +185,8 @@ def main(argv=None):
               "gold_change": {s: paired_difference(evals["sft"][s]["gold_each"], evals["ppo"][s]["gold_each"])
                               for s in ("test", "heldout") if "gold_each" in evals["ppo"][s]},
               "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")},
+              "sft_to_ppo": {s: prompt_by_prompt(f"{sft_data}/{s}.jsonl", *(
+                  os.path.join(out, m, f"responses_{s}.jsonl") for m in ("sft", "ppo"))) for s in ("test", "heldout")},
               # the training curves, when plot.py has drawn them (a re-run of the pipeline links them)
               "curves": [f"{stage}/curves.png" for stage in ("pretrain", "sft", "reward", "ppo")
                          if os.path.exists(os.path.join(out, stage, "curves.png"))]}
@@ -213,6 +215,37 @@ def evaluate_for_card(ckpt_path, data_path, examples, device, output):
             for r, a in zip(records, answers, strict=True)]
     return {**{k: m[k] for k in METRIC_KEYS + ("per_type",)}, "sampled_strict": m["sample_prompt_strict"],
             "gold": sum(gold) / len(gold), "gold_each": gold}
+
+
+def strict_verdicts(records, answers):
+    """Per prompt, scored as the card scores (strict): (does the answer do the base task, does it
+    pass every instruction). A record without a base task counts as doing it."""
+    verdicts = []
+    for rec, answer in zip(records, answers, strict=True):
+        marks = [(iid, ok) for iid, ok in zip(rec["instruction_id_list"], score(
+            answer, rec["instruction_id_list"], rec["kwargs"], rec["prompt"])["strict"]) if ok is not None]
+        verdicts.append((all(ok for iid, ok in marks if iid.startswith("task:")), all(ok for _, ok in marks)))
+    return verdicts
+
+
+def prompt_by_prompt(data_path, sft_responses, ppo_responses):
+    """SFT -> PPO on one split's greedy answers, prompt by prompt: how many went fail -> pass and
+    pass -> fail (a gain is these two's difference, so both show how much of it is churn). And
+    where PPO does the base task itself, its pass rate against the demonstrations' on the same
+    prompts: the demonstrators never fail a base task, so only there do their slips alone set
+    them apart (records without demonstrations, such as IFEval's, skip this part)."""
+    sft, ppo = (load_ifeval_responses(path) for path in (sft_responses, ppo_responses))
+    records = load_ifeval_inputs(data_path)[:len(ppo)]
+    before, after = (strict_verdicts(records, [a["response"] for a in answers]) for answers in (sft, ppo))
+    moves = {"fail_to_pass": sum(not b and a for (_, b), (_, a) in zip(before, after)),
+             "pass_to_fail": sum(b and not a for (_, b), (_, a) in zip(before, after))}
+    if not all("messages" in rec for rec in records):
+        return moves
+    demos = strict_verdicts(records, [rec["messages"][-1]["content"] for rec in records])
+    done = [i for i, (task_done, _) in enumerate(after) if task_done]
+    return {**moves, "base_task_done": len(done),
+            "ppo_where_done": sum(after[i][1] for i in done) / max(1, len(done)),
+            "demonstrations_where_done": sum(demos[i][1] for i in done) / max(1, len(done))}
 
 
 def reward_summary(metrics):
@@ -335,6 +368,18 @@ def gold_line(change):
         f"{c['mean']:+.3f} +- {c['se']:.3f} on {split}" + ("" if c["significant"] else " (within the noise)")
         for split, c in change.items()) + " (paired over the prompts, mean +- standard error)."
 
+def moves_line(moves):
+    """SFT -> PPO prompt by prompt on test, and PPO against the demonstrations where it does the base task."""
+    if not moves:
+        return ""   # a report from before these counts existed
+    line = (f" Prompt by prompt, {moves['fail_to_pass']} greedy answers went from fail to pass and "
+            f"{moves['pass_to_fail']} from pass to fail.")
+    if "base_task_done" in moves:
+        line += (f" On the {moves['base_task_done']} prompts where it does the base task itself, it passes "
+                 f"{100 * moves['ppo_where_done']:.1f}%, the demonstrations {100 * moves['demonstrations_where_done']:.1f}%.")
+    return line
+
+
 COMMON_HABITS = [iid for iid, habit in HABITS.items() if habit.rate > 0.5]
 
 
@@ -368,7 +413,7 @@ def story_lines(r):
              f"({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f}); "
              f"{'above' if test('ppo') >= demo else 'below'} the demonstrations' {demo:.1f}%. On the common "
              f"habits' instructions it passes {on_habits(habits['ppo']):.1f}%."
-             + gold_line(r.get("gold_change", {}))]
+             + moves_line(r.get("sft_to_ppo", {}).get("test")) + gold_line(r.get("gold_change", {}))]
     if "sft_perfect" in ev:
         lines.append(f"- **SFT on perfect demonstrations** (the reference run): {test('sft_perfect'):.1f}% greedy, "
                      f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled.")

@@ -63,6 +63,16 @@ def test_loss_averages_each_answer_over_its_own_tokens_then_over_answers():
     assert loss.item() == pytest.approx(0.04 * ((math.e - 2) + math.exp(-1)) / 2, rel=1e-5)
 
 
+def test_grpo_samples_as_many_answers_as_ppo():
+    """The lab compares methods at one sampling budget: GRPO's defaults match PPO's."""
+    import train_grpo
+    import train_ppo
+    for preset in ("tiny", "small"):
+        grpo = {**vars(train_grpo.Config()), **train_grpo.PRESETS[preset]}
+        ppo = {**vars(train_ppo.Config()), **train_ppo.PRESETS[preset]}
+        assert grpo["iterations"] * grpo["rollout_batch"] == ppo["iterations"] * ppo["rollout_batch"]
+
+
 def test_first_minibatch_ratio_is_exactly_one():
     """Old log-probs come from the full rollout batch, new ones from a shuffled minibatch
     with different padding neighbours; before any update they must agree."""

@@ -45,6 +45,12 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     assert set(report["gold_change"]) == {"test", "heldout"}
     change = report["gold_change"]["test"]
     assert abs(change["mean"] - (report["eval"]["ppo"]["test"]["gold"] - report["eval"]["sft"]["test"]["gold"])) < 1e-6
+    # SFT -> PPO prompt by prompt: the moves add up to the change of prompt-strict on each split
+    for split in ("test", "heldout"):
+        moves = report["sft_to_ppo"][split]
+        change = report["eval"]["ppo"][split]["prompt_strict"] - report["eval"]["sft"][split]["prompt_strict"]
+        assert moves["fail_to_pass"] - moves["pass_to_fail"] == round(40 * change)
+        assert 0 <= moves["base_task_done"] <= 40 and 0 <= moves["demonstrations_where_done"] <= 1
     # the demonstrators' own pass rate, judged by the checkers: they slip, so below 100%
     data = report["stages"]["data"]
     assert 0.3 < data["demo_pass_rate"] < 1.0 and data["slip_scale"] == 1.0
@@ -54,6 +60,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     assert "tokens/s" in card and "| demonstrations | test |" in card
     assert "## What each stage changed" in card and "**PPO** against the reward model" in card
     assert "gold reward |" in card and "The gold reward of its greedy answers changed by" in card
+    assert "greedy answers went from fail to pass" in card and "where it does the base task itself" in card
     assert report["curves"] == [] and "python plot.py" in card   # no pictures drawn yet
     # SFT was evaluated during training, and its metrics log has the accuracy
     assert any("eval_prompt_strict" in m for m in read_metrics(os.path.join(out, "sft")))
@@ -120,3 +127,33 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     assert "made the policy worse" in " ".join(reward_hacking_lines({**base, "reward_change": flat, "gold_change": fell}))
     assert reward_hacking_lines({**base, "reward_change": rose, "gold_change": rose}) == []
     assert "reward hacking" in " ".join(reward_hacking_lines(base))  # an older log: the means decide
+
+
+def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_where_the_task_is_done(tmp_path):
+    """fail -> pass and pass -> fail between SFT's and PPO's greedy answers; and PPO against the
+    demonstrations only on the prompts where PPO's answer does the base task."""
+    from pipeline import moves_line, prompt_by_prompt
+    prompt = "Reverse this list: cat, dog, pie. Give it a title in double angular brackets."
+    full, untitled, wrong = ("<<Reversed>>\nHere they are: pie, dog, cat.", "Here they are: pie, dog, cat.",
+                             "<<Reversed>>\nHere they are: cat, dog, pie.")
+    rows = [  # (SFT, PPO, demonstration)
+        (untitled, full, untitled),   # fail -> pass; the task done; the demonstration slipped
+        (full, wrong, full),          # pass -> fail; the task not done: left out of the comparison
+        (full, full, full),           # pass -> pass
+        (wrong, untitled, untitled),  # fail -> fail; the task done; the demonstration slipped
+    ]
+    paths = {name: tmp_path / f"{name}.jsonl" for name in ("data", "sft", "ppo")}
+    with open(paths["data"], "w") as f:
+        for i, (_, _, demo) in enumerate(rows):
+            f.write(json.dumps({"key": i, "prompt": prompt, "instruction_id_list": ["task:reverse_list",
+                                "detectable_format:title"], "kwargs": [{"words": ["cat", "dog", "pie"]}, {}],
+                                "messages": [{"role": "user", "content": prompt},
+                                             {"role": "assistant", "content": demo}]}) + "\n")
+    for column, name in enumerate(("sft", "ppo")):
+        with open(paths[name], "w") as f:
+            f.writelines(json.dumps({"prompt": prompt, "response": row[column]}) + "\n" for row in rows)
+    moves = prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))
+    assert moves == {"fail_to_pass": 1, "pass_to_fail": 1, "base_task_done": 3,
+                     "ppo_where_done": pytest.approx(2 / 3), "demonstrations_where_done": pytest.approx(1 / 3)}
+    assert "On the 3 prompts where it does the base task itself, it passes 66.7%, the demonstrations 33.3%" \
+        in moves_line(moves)
