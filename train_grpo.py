@@ -52,8 +52,8 @@ class Config:
     resume: bool = True
     force: bool = False              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
-    # rollouts: PPO's budget (train_ppo.py), 36 x 64 answers
-    iterations: int = 36
+    # rollouts: PPO's budget (train_ppo.py), 24 x 64 answers
+    iterations: int = 24
     rollout_batch: int = 64          # answers per rollout: rollout_batch / group_size prompts
     # G answers to each prompt. The larger the group, the fewer groups whose answers all score
     # alike and carry no signal (FINDINGS.md, "The alignment lab", GRPO); 8 keeps most groups
