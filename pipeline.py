@@ -368,6 +368,7 @@ def gold_line(change):
         f"{c['mean']:+.3f} +- {c['se']:.3f} on {split}" + ("" if c["significant"] else " (within the noise)")
         for split, c in change.items()) + " (paired over the prompts, mean +- standard error)."
 
+
 def moves_line(moves):
     """SFT -> PPO prompt by prompt on test, and PPO against the demonstrations where it does the base task."""
     if not moves:
