@@ -156,7 +156,12 @@ def main(argv=None):
     def eval_stage():
         # Greedy answers, as IFEval scores them, and one answer sampled at PPO's temperature per
         # prompt: RL moves samples first, and a policy's samples are what it is trained on.
-        return {"base" if model == "pretrain" else model: card_figures(model) for model in ("pretrain", "sft", "ppo")}
+        figures = {"base" if model == "pretrain" else model: card_figures(model) for model in ("pretrain", "sft", "ppo")}
+        # SFT -> PPO prompt by prompt, from the greedy answers card_figures just wrote
+        figures["sft_to_ppo"] = {split: prompt_by_prompt(f"{sft_data}/{split}.jsonl", *(
+            os.path.join(out, model, f"responses_{split}.jsonl") for model in ("sft", "ppo")))
+            for split in ("test", "heldout")}
+        return figures
     evals = run_stage("eval", out, cfg.force, eval_stage)
 
     if cfg.reference_sft:  # the same SFT on perfect demonstrations of the same prompts, evaluated alike
@@ -179,14 +184,13 @@ def main(argv=None):
               "run_seconds": round(time.time() - t_start, 1),
               "stages": {k: {key: x for key, x in v.items() if key != "eval"} for k, v in stages.items()},
               "eval": {m: {s: {k: v for k, v in evals[m][s].items() if k in METRIC_KEYS + ("sampled_strict", "gold")}
-                           for s in ("test", "heldout")} for m in evals if m != "seconds"},
+                           for s in ("test", "heldout")} for m in evals if m not in ("seconds", "sft_to_ppo")},
               # PPO's change of the gold reward of greedy answers to new prompts, paired prompt by
               # prompt (an eval stage from before gold_each existed has none)
               "gold_change": {s: paired_difference(evals["sft"][s]["gold_each"], evals["ppo"][s]["gold_each"])
                               for s in ("test", "heldout") if "gold_each" in evals["ppo"][s]},
               "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")},
-              "sft_to_ppo": {s: prompt_by_prompt(f"{sft_data}/{s}.jsonl", *(
-                  os.path.join(out, m, f"responses_{s}.jsonl") for m in ("sft", "ppo"))) for s in ("test", "heldout")},
+              "sft_to_ppo": evals.get("sft_to_ppo", {}),   # an eval stage from before it existed has none
               # the training curves, when plot.py has drawn them (a re-run of the pipeline links them)
               "curves": [f"{stage}/curves.png" for stage in ("pretrain", "sft", "reward", "ppo")
                          if os.path.exists(os.path.join(out, stage, "curves.png"))]}
