@@ -85,6 +85,7 @@ class Config:
                                      # of an update fell from 4e-3 to 1e-4 and the clip fraction to
                                      # 0 long before the end: PPO stopped moving (FINDINGS.md,
                                      # "PPO", re-measured defaults)
+    anneal_lr: bool = True           # False: the learning rate stays constant
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0
     # evaluation and logging
@@ -304,6 +305,12 @@ def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
             "probe_gold_each": [round(x, 4) for x in gold.tolist()]}
 
 
+def iteration_lr(cfg, it):
+    """Iteration `it`'s learning rate: annealed linearly toward 0 over the run (CleanRL, N+),
+    or constant with --anneal_lr=false."""
+    return cfg.learning_rate * ((1 - it / cfg.iterations) if cfg.anneal_lr else 1.0)
+
+
 def optimise(policy, value_model, optimizer, rollout_batch, cfg, rt, generator, it, ckpt_path):
     """E epochs over M shuffled minibatches of the clipped PPO objective, policy and critic in
     one backward. `rollout_batch` holds what step 1-3 stored. Returns each minibatch's stats."""
@@ -405,9 +412,8 @@ def main(argv=None):
                 advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
                 advantages = masked_whiten(advantages, mask)
 
-            # ---- 4. optimise: E epochs over M shuffled minibatches, learning rate annealed
-            # linearly to 0 over the run (CleanRL, N+)
-            set_lr(optimizer, cfg.learning_rate * (1 - it / cfg.iterations))
+            # ---- 4. optimise: E epochs over M shuffled minibatches
+            set_lr(optimizer, iteration_lr(cfg, it))
             stats = optimise(policy, value_model, optimizer,
                              (seq, attn, mask, P, old_logp, old_values, advantages, returns),
                              cfg, rt, generator, it, ckpt_path)

@@ -102,6 +102,14 @@ def test_value_loss_is_clipped_pessimistically():
     assert vf.item() == pytest.approx(0.5 * 0.8 ** 2)
 
 
+def test_learning_rate_anneals_toward_zero_or_stays_constant():
+    from train_ppo import Config, iteration_lr
+    annealed = [iteration_lr(Config(learning_rate=1e-4, iterations=4), it) for it in range(4)]
+    assert annealed == pytest.approx([1e-4, 0.75e-4, 0.5e-4, 0.25e-4])
+    constant = Config(learning_rate=1e-4, iterations=4, anneal_lr=False)
+    assert [iteration_lr(constant, it) for it in range(4)] == [1e-4] * 4
+
+
 def test_adaptive_kl_controller():
     ctl = AdaptiveKLController(0.1, target=6.0, horizon=10000)
     ctl.update(kl=12.0, n_samples=1000)     # error clipped to +0.2
