@@ -189,7 +189,7 @@ def main(argv=None):
               # prompt (an eval stage from before gold_each existed has none)
               "gold_change": {s: paired_difference(evals["sft"][s]["gold_each"], evals["ppo"][s]["gold_each"])
                               for s in ("test", "heldout") if "gold_each" in evals["ppo"][s]},
-              "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo")},
+              "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo", "sft_perfect") if m in evals},
               "sft_to_ppo": evals.get("sft_to_ppo", {}),   # an eval stage from before it existed has none
               # the training curves, when plot.py has drawn them (a re-run of the pipeline links them)
               "curves": [f"{stage}/curves.png" for stage in ("pretrain", "sft", "reward", "ppo")
@@ -351,17 +351,21 @@ def report_markdown(r):
     lines += ["", "Training curves: " + (", ".join(f"[{c.split('/')[0]}]({c})" for c in r["curves"]) if r.get("curves")
                                        else "`python plot.py <out_dir>` draws them (matplotlib), then re-run the pipeline to link them here.")]
     demos = d.get("demo_per_type", {})
-    lines += ["", "## Per instruction type (test split, strict)", "", "| type | n | demonstrations | SFT | PPO |",
-              "|---|---:|---:|---:|---:|"]
+    # with the reference run, its column shows how far PPO came toward perfect demonstrations, rule by rule
+    models = [m for m in ("sft", "ppo", "sft_perfect") if m in r["per_type"]]
+    lines += ["", "## Per instruction type (test split, strict)", "",
+              "| type | n | demonstrations | " + " | ".join(PER_TYPE_NAMES[m] for m in models) + " |",
+              "|---|---:|---:|" + "---:|" * len(models)]
     for iid, row in sorted(r["per_type"]["sft"].items()):
-        ppo = r["per_type"]["ppo"].get(iid, {}).get("strict", 0)
+        rates = [pct(r["per_type"][m].get(iid, {}).get("strict", 0)) for m in models]
         demo = pct(demos[iid]) if iid in demos else ""
         unchecked = " (language not checked: langdetect not installed)" if row.get("language_checked") is False else ""
-        lines.append(f"| {iid}{unchecked} | {row['n']} | {demo} | {pct(row['strict'])} | {pct(ppo)} |")
+        lines.append(f"| {iid}{unchecked} | {row['n']} | {demo} | " + " | ".join(rates) + " |")
     return "\n".join(lines) + "\n"
 
 
 MODEL_NAMES = {"sft_perfect": "sft (perfect demonstrations)"}
+PER_TYPE_NAMES = {"sft": "SFT", "ppo": "PPO", "sft_perfect": "SFT, perfect demonstrations"}
 
 
 def gold_line(change):
@@ -402,26 +406,32 @@ def story_lines(r):
         rows = [(r["per_type"]["sft"][iid]["n"], rates[iid]) for iid in COMMON_HABITS
                 if iid in rates and iid in r["per_type"]["sft"]]
         return 100 * sum(n * x for n, x in rows) / max(1, sum(n for n, _ in rows))
-    demo, habits = 100 * d["demo_pass_rates"]["test"], {m: {iid: row["strict"] for iid, row in
-                                                            r["per_type"][m].items()} for m in ("sft", "ppo")}
+
+    def habits_of(model):   # instruction id -> the model's strict pass rate on test
+        return {iid: row["strict"] for iid, row in r["per_type"][model].items()}
+    demo = 100 * d["demo_pass_rates"]["test"]
     lines = ["", "## What each stage changed (test split, prompt-level strict)", "",
              f"- **Pretraining** gives a model that continues text but does not follow instructions: "
              f"{test('base'):.1f}%.",
              f"- **SFT** copies its demonstrators, slips included: {test('sft'):.1f}% greedy "
              f"({test('sft') - test('base'):+.1f} over the base model), {test('sft', 'sampled_strict'):.1f}% sampled; "
              f"the demonstrations pass {demo:.1f}%. On the instructions of the common habits SFT passes "
-             f"{on_habits(habits['sft']):.1f}%, its demonstrators {on_habits(d['demo_per_type']):.1f}%.",
+             f"{on_habits(habits_of('sft')):.1f}%, its demonstrators {on_habits(d['demo_per_type']):.1f}%.",
              f"- **The reward model** learns what the judges prefer: it ranks {100 * rm['pair_accuracy']:.1f}% "
              f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f}).",
              f"- **PPO** against the reward model: {test('ppo'):.1f}% greedy ({test('ppo') - test('sft'):+.1f} over "
              f"SFT), {test('ppo', 'sampled_strict'):.1f}% sampled "
              f"({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f}); "
              f"{'above' if test('ppo') >= demo else 'below'} the demonstrations' {demo:.1f}%. On the common "
-             f"habits' instructions it passes {on_habits(habits['ppo']):.1f}%."
+             f"habits' instructions it passes {on_habits(habits_of('ppo')):.1f}%."
              + moves_line(r.get("sft_to_ppo", {}).get("test")) + gold_line(r.get("gold_change", {}))]
     if "sft_perfect" in ev:
+        gap = test('sft_perfect') - test('sft')   # what the slips cost SFT: the room PPO has on these prompts
         lines.append(f"- **SFT on perfect demonstrations** (the reference run): {test('sft_perfect'):.1f}% greedy, "
-                     f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled.")
+                     f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled. The slips cost SFT {gap:.1f} points; "
+                     f"PPO won back {test('ppo') - test('sft'):.1f} of them."
+                     + (f" On the common habits' instructions it passes {on_habits(habits_of('sft_perfect')):.1f}%."
+                        if "sft_perfect" in r["per_type"] else ""))
     return lines
 
 

@@ -58,6 +58,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     with open(os.path.join(out, "report.md")) as f:
         card = f.read()
     assert "tokens/s" in card and "| demonstrations | test |" in card
+    assert "| type | n | demonstrations | SFT | PPO |\n" in card
     assert "## What each stage changed" in card and "**PPO** against the reward model" in card
     assert "gold reward |" in card and "The gold reward of its greedy answers changed by" in card
     assert "greedy answers went from fail to pass" in card and "where it does the base task itself" in card
@@ -83,6 +84,14 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
         reference = json.load(f)
     assert reference["eval"]["sft"] == report["eval"]["sft"]
     assert set(reference["eval"]["sft_perfect"]["test"]) == set(report["eval"]["sft"]["test"])
+    # ... and a column of its own in the per-type table, beside SFT's and PPO's unchanged ones
+    assert reference["per_type"]["sft"] == report["per_type"]["sft"] and "sft_perfect" not in report["per_type"]
+    assert set(reference["per_type"]["sft_perfect"]) == set(report["per_type"]["sft"])
+    with open(os.path.join(out, "report.md")) as f:
+        card = f.read()
+    assert "| type | n | demonstrations | SFT | PPO | SFT, perfect demonstrations |" in card
+    gap = 100 * (reference["eval"]["sft_perfect"]["test"]["prompt_strict"] - reference["eval"]["sft"]["test"]["prompt_strict"])
+    assert f"The slips cost SFT {gap:.1f} points" in card
     with open(os.path.join(out, "data", "sft_perfect", "train.jsonl")) as f:
         assert all(json.loads(line)["slips"] == [] for line in f)
 
