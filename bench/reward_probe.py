@@ -1,0 +1,120 @@
+"""
+Does the reward model prefer the answer with the rule fixed? Take the greedy answers that fail
+one of the demonstrators' common habits (the P.S., the end phrase, the title, no commas), fix
+that one rule by hand, and score the answer before and after with the reward model: in full,
+and term by term (minift.model.ScalarModel: the head, and likelihood_weight times the answer's
+mean log-probability under the reward model's own LM head).
+
+    python bench/reward_probe.py                  # PPO's greedy test answers, from python pipeline.py
+    python bench/reward_probe.py --model=sft      # SFT's
+    python bench/reward_probe.py --reward_ckpt=out/rm_head/ckpt.pt   # another reward model
+
+Each fix passes its checker; the gold column is the gold reward's mean change (mostly up, but a
+fix can cost another rule: a capitalised P.S. under an all-lowercase instruction). A term that
+votes against the fix is one PPO must overcome: the likelihood comes from an SFT model that
+copied its demonstrators, so it can vote for their habits (FINDINGS.md, section 14, has the
+figures). A few seconds on a CPU.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
+from minift.config import cli_config, run  # noqa: E402
+from minift.formats import load_ifeval_inputs, load_ifeval_responses  # noqa: E402
+from minift.model import ScalarModel  # noqa: E402
+from minift.synthetic.gold import gold_reward  # noqa: E402
+from minift.synthetic.tasks import CHECKERS  # noqa: E402
+from train_reward import render, score_all  # noqa: E402
+
+
+@dataclass
+class Config:
+    out_dir: str = "out/tiny"      # what python pipeline.py wrote
+    model: str = "ppo"             # whose greedy answers: ppo or sft (<out_dir>/<model>/responses_<split>.jsonl)
+    split: str = "test"
+    reward_ckpt: str = ""          # default: <out_dir>/reward/ckpt.pt
+    device: str = "cpu"
+    batch_size: int = 64
+
+
+# The four common habits (minift/synthetic/demonstrators.py, rates over one half), each fixed the
+# way a careful writer would: (answer, the instruction's kwargs) -> the answer with the rule kept.
+FIXES = {
+    "detectable_content:postscript": lambda a, kw: f"{a}\n{kw['postscript_marker']} Thank you for reading.",
+    "startend:end_checker": lambda a, kw: f"{a.rstrip()} {kw['end_phrase']}",
+    "detectable_format:title": lambda a, kw: f"<<The Answer>>\n{a}",
+    "punctuation:no_comma": lambda a, kw: a.replace(",", ""),
+}
+
+
+def fixed_pairs(records, answers, iid):
+    """(record, answer, fixed answer) for every answer that fails instruction `iid` and passes
+    it once fixed; the fix touches that rule only."""
+    pairs = []
+    for rec, answer in zip(records, answers):
+        if iid not in rec["instruction_id_list"]:
+            continue
+        kw = {k: v for k, v in (rec["kwargs"][rec["instruction_id_list"].index(iid)] or {}).items() if v is not None}
+        fixed = FIXES[iid](answer, kw)
+        if not CHECKERS[iid](answer, kw) and CHECKERS[iid](fixed, kw):
+            pairs.append((rec, answer, fixed))
+    return pairs
+
+
+@torch.no_grad()
+def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64):
+    """Per habit: n, how often the full reward and the head alone prefer the fix, and the mean
+    change (fixed - before) of the full raw reward, of the head, of the weighted likelihood term,
+    and of the gold reward. The two terms add up to the full change."""
+    weight = float(reward_model.likelihood_weight)
+    rows = {}
+    for iid in FIXES:
+        pairs = fixed_pairs(records, answers, iid)
+        if not pairs:
+            continue
+        seqs = [render(tokenizer, rec["prompt"], text) for rec, answer, fixed in pairs for text in (answer, fixed)]
+        full = score_all(reward_model, seqs, tokenizer, device, batch_size).view(-1, 2)   # (n, 2): before, fixed
+        reward_model.likelihood_weight.fill_(0.0)                                        # the head alone
+        try:
+            head = score_all(reward_model, seqs, tokenizer, device, batch_size).view(-1, 2)
+        finally:
+            reward_model.likelihood_weight.fill_(weight)
+        change = lambda s: s[:, 1] - s[:, 0]  # noqa: E731
+        gold = [gold_reward(r["prompt"], f, r["instruction_id_list"], r["kwargs"])
+                - gold_reward(r["prompt"], a, r["instruction_id_list"], r["kwargs"]) for r, a, f in pairs]
+        rows[iid] = {"n": len(pairs), "full_prefers_fix": int((change(full) > 0).sum()),
+                     "head_prefers_fix": int((change(head) > 0).sum()), "full": change(full).mean().item(),
+                     "head": change(head).mean().item(), "likelihood": change(full - head).mean().item(),
+                     "gold": sum(gold) / len(gold)}
+    return rows
+
+
+def main(argv=None):
+    cfg = cli_config(Config, argv=argv)
+    reward_ckpt = cfg.reward_ckpt or os.path.join(cfg.out_dir, "reward", "ckpt.pt")
+    answers_path = os.path.join(cfg.out_dir, cfg.model, f"responses_{cfg.split}.jsonl")
+    if not os.path.exists(answers_path):
+        raise SystemExit(f"error: no answers at {answers_path}. Run: python pipeline.py")
+    ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python pipeline.py", kinds=("reward",))
+    tokenizer = tokenizer_for(ckpt, reward_ckpt)
+    reward_model = build_model(ckpt, ScalarModel).to(cfg.device).eval()
+    answers = [a["response"] for a in load_ifeval_responses(answers_path)]
+    records = load_ifeval_inputs(os.path.join(cfg.out_dir, "data", "sft", f"{cfg.split}.jsonl"))[:len(answers)]
+    rows = probe(reward_model, tokenizer, records, answers, cfg.device, cfg.batch_size)
+    print(f"{cfg.model}'s greedy {cfg.split} answers that fail a common habit, fixed by hand; reward model "
+          f"{reward_ckpt} (likelihood weight {float(reward_model.likelihood_weight):g}). Mean change, fixed - before:")
+    print(f"  {'rule':<32} {'n':>4} {'reward prefers fix':>19} {'head alone':>11} {'reward':>7} {'head':>6} "
+          f"{'likelihood':>11} {'gold':>6}")
+    for iid, r in rows.items():
+        print(f"  {iid:<32} {r['n']:>4} {r['full_prefers_fix']:>13} of {r['n']:<3} {r['head_prefers_fix']:>5} of "
+              f"{r['n']:<3} {r['full']:>+7.2f} {r['head']:>+6.2f} {r['likelihood']:>+11.2f} {r['gold']:>+6.3f}")
+    return rows
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,65 @@
+"""bench/reward_probe.py: each fix keeps its rule and nothing else changes; the reward splits
+into the head and the likelihood term."""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import reward_probe  # noqa: E402
+from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
+from minift.formats import load_ifeval_inputs, load_ifeval_responses  # noqa: E402
+from minift.model import ScalarModel  # noqa: E402
+from minift.synthetic.tasks import verify  # noqa: E402
+
+PROMPT = "Describe a kite."
+KWARGS = {"detectable_content:postscript": {"postscript_marker": "P.S."},
+          "startend:end_checker": {"end_phrase": "Is there anything else I can help with?"},
+          "detectable_format:title": {}, "punctuation:no_comma": {}}
+SLIPPED = "A kite is red, blue and long. It flies high."
+
+
+def record(iid):
+    return {"prompt": PROMPT, "instruction_id_list": ["task:describe", iid],
+            "kwargs": [{"topic": "kite"}, KWARGS[iid]]}
+
+
+def test_each_fix_keeps_its_rule_and_the_task():
+    for iid in reward_probe.FIXES:
+        rec = record(iid)
+        [(_, before, fixed)] = reward_probe.fixed_pairs([rec], [SLIPPED], iid)
+        assert before == SLIPPED
+        assert verify(SLIPPED, rec["instruction_id_list"], rec["kwargs"]) == [True, False]
+        assert verify(fixed, rec["instruction_id_list"], rec["kwargs"]) == [True, True], (iid, fixed)
+        # an answer that already keeps the rule, or a prompt that never asked for it, is no pair
+        assert reward_probe.fixed_pairs([rec], [fixed], iid) == []
+        other = next(i for i in reward_probe.FIXES if i != iid)
+        assert reward_probe.fixed_pairs([record(other)], [SLIPPED], iid) == []
+
+
+def test_probe_splits_the_reward_into_head_and_likelihood(micro_pipeline):
+    out, _ = micro_pipeline
+    ckpt = load_checkpoint(os.path.join(out, "reward", "ckpt.pt"), kinds=("reward",))
+    tokenizer = tokenizer_for(ckpt, os.path.join(out, "reward", "ckpt.pt"))
+    model = build_model(ckpt, ScalarModel).eval()
+    answers = [a["response"] for a in load_ifeval_responses(os.path.join(out, "sft", "responses_test.jsonl"))]
+    records = load_ifeval_inputs(os.path.join(out, "data", "sft", "test.jsonl"))[:len(answers)]
+    weight = float(model.likelihood_weight)
+    assert weight > 0
+    rows = reward_probe.probe(model, tokenizer, records, answers)
+    assert rows and float(model.likelihood_weight) == weight   # the weight is put back after the head's pass
+    for r in rows.values():
+        assert 0 <= r["full_prefers_fix"] <= r["n"] and 0 <= r["head_prefers_fix"] <= r["n"]
+        assert abs(r["full"] - r["head"] - r["likelihood"]) < 1e-5
+    # A head that outputs 0 everywhere leaves the likelihood term alone; a weight of 0, the head alone.
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    silent = reward_probe.probe(model, tokenizer, records, answers)
+    assert all(r["head"] == 0 and r["head_prefers_fix"] == 0 and abs(r["full"] - r["likelihood"]) < 1e-6
+               for r in silent.values())
+    model = build_model(ckpt, ScalarModel).eval()
+    model.likelihood_weight.fill_(0.0)
+    head_only = reward_probe.probe(model, tokenizer, records, answers)
+    assert all(r["likelihood"] == 0 and r["full"] == r["head"] == rows[iid]["head"]
+               for iid, r in head_only.items())
