@@ -54,7 +54,7 @@ FIXES = {
 
 def fixed_pairs(records, answers, iid):
     """(record, answer, fixed answer) for every answer that fails instruction `iid` and passes
-    it once fixed; the fix touches that rule only."""
+    it once fixed; the fix edits the answer for that rule alone (it may still cost another)."""
     pairs = []
     for rec, answer in zip(records, answers):
         if iid not in rec["instruction_id_list"]:
@@ -84,12 +84,12 @@ def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64
             head = score_all(reward_model, seqs, tokenizer, device, batch_size).view(-1, 2)
         finally:
             reward_model.likelihood_weight.fill_(weight)
-        change = lambda s: s[:, 1] - s[:, 0]  # noqa: E731
+        full, head = full[:, 1] - full[:, 0], head[:, 1] - head[:, 0]              # (n,) fixed - before
         gold = [gold_reward(r["prompt"], f, r["instruction_id_list"], r["kwargs"])
                 - gold_reward(r["prompt"], a, r["instruction_id_list"], r["kwargs"]) for r, a, f in pairs]
-        rows[iid] = {"n": len(pairs), "full_prefers_fix": int((change(full) > 0).sum()),
-                     "head_prefers_fix": int((change(head) > 0).sum()), "full": change(full).mean().item(),
-                     "head": change(head).mean().item(), "likelihood": change(full - head).mean().item(),
+        rows[iid] = {"n": len(pairs), "full_prefers_fix": int((full > 0).sum()),
+                     "head_prefers_fix": int((head > 0).sum()), "full": full.mean().item(),
+                     "head": head.mean().item(), "likelihood": (full - head).mean().item(),
                      "gold": sum(gold) / len(gold)}
     return rows
 
