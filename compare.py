@@ -14,8 +14,9 @@ The methods, each with its judge (what tells it a good answer from a bad one):
   ppo        train_ppo.py against the reward model (pipeline.py's own run, for its seed)  reward model
   ppo_gold   train_ppo.py --reward=gold                                                   gold
   grpo_gold  train_grpo.py --reward=gold (Shao et al. 2024)                               gold
-The learned judges (reward model, pairs) saw the gold judge only through 2,000 prompts' pairs;
-the gold judge scores every answer exactly, an upper line for what a judge could teach.
+The learned judges (reward model, pairs) saw the gold judge only through the pairs of 1,800
+prompts (200 more held out); the gold judge scores every answer exactly, an upper line for what
+a judge could teach.
 
 Columns: greedy prompt-strict on test and heldout (best_of_8: its favourite's), one sampled
 answer's pass rate on test, the gold reward of the greedy test answers, the KL to the SFT model

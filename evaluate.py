@@ -2,11 +2,12 @@
 Instruction-following evaluation, in the manner of IFEval (Zhou et al. 2023): every
 instruction is verified by code, not by a judge model.
 
-    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --split=test
+    python evaluate.py --ckpt=out/sft/ckpt.pt --split=test       # after data/make_sft.py and train_sft.py
     python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl
-    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --earlier_turn   # each prompt as a chat's second message
-    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --samples=8       # and 8 sampled answers a prompt
-    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --samples=8 --reward_ckpt=out/tiny/reward/ckpt.pt
+    T=out/tiny/data/sft/test.jsonl                                  # after pipeline.py: its test split
+    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --earlier_turn  # each prompt as a chat's 2nd message
+    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --samples=8     # and 8 sampled answers a prompt
+    python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --samples=8 --reward_ckpt=out/tiny/reward/ckpt.pt
 
 Files go to --out_dir/<the checkpoint's folder name>/ (out/eval/sft/ for the first line), never
 beside the checkpoint, where the pipeline keeps its own responses; --output names the responses file.
@@ -49,7 +50,7 @@ from train_reward import render, score_all
 @dataclass
 class Config:
     ckpt: str = "out/tiny/sft/ckpt.pt"
-    split: str = "test"                     # test | heldout, from data/generated/sft/
+    split: str = "test"                     # test | heldout, from data/generated/sft/ (make_sft.py's)
     input: str = ""                         # or any IFEval input JSONL (overrides --split)
     output: str = ""                        # responses JSONL (default: in out_dir)
     out_dir: str = "out/eval"               # responses and metrics go to out_dir/<checkpoint folder>/
@@ -117,7 +118,8 @@ def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     input_path = cfg.input or f"data/generated/sft/{cfg.split}.jsonl"
     if not os.path.exists(input_path):
-        raise SystemExit(f"error: no evaluation data at {input_path}. Run: python data/make_sft.py")
+        raise SystemExit(f"error: no evaluation data at {input_path}. Run: python data/make_sft.py, or after "
+                         f"pipeline.py pass --input=out/tiny/data/sft/{cfg.split}.jsonl")
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     out_dir = os.path.join(cfg.out_dir, os.path.basename(os.path.dirname(os.path.abspath(cfg.ckpt))))
     output = cfg.output or os.path.join(out_dir, f"responses_{name}.jsonl")

@@ -15,7 +15,8 @@ import sys
 
 from minift.formats import read_jsonl
 
-# What to draw, first found first: the RL stages log rm_score, the others a loss.
+# What to draw, first found first: the RL stages log the gold reward (and rm_score with a
+# reward model), the others a loss.
 RL_CURVES = ("rm_score", "gold", "kl", "eval_prompt_strict")
 LOSS_CURVES = ("loss", "train_loss", "val_loss", "accuracy", "val_accuracy")
 
@@ -32,7 +33,7 @@ def metrics_files(path):
 def curves(records):
     """{metric: [(step, value)]} for the metrics this stage logs, x being the record's
     iteration or step (its line number without either)."""
-    names = RL_CURVES if any("rm_score" in r for r in records) else LOSS_CURVES
+    names = RL_CURVES if any("gold" in r for r in records) else LOSS_CURVES
     out = {}
     for i, r in enumerate(records):
         x = r.get("iteration", r.get("step", i))

@@ -63,7 +63,7 @@ class Config:
     temperature: float = 0.7         # as PPO: OpenAI, N+ and TRL sample at 0.7
     missing_eos_penalty: float = 1.0 # subtracted from the score of an answer that never ends
     # GRPO
-    kl_coef: float = 0.04            # beta of eq. 3: DeepSeekMath's 0.04
+    kl_coef: float = 0.04            # beta, as DeepSeekMath's (their equation 3)
     adv_eps: float = 1e-4            # eps under the group's std (TRL's): keeps a near-tie's advantage finite
     # DeepSeekMath takes one gradient step per rollout (mu = 1). Here a rollout costs more than
     # an update, so we reuse it as PPO does, 4 epochs of 4 minibatches; the clip keeps the later
@@ -214,7 +214,8 @@ def main(argv=None):
             it += 1
 
             # ---- logging: kl is log pi - log pi_ref summed over an answer's tokens, as PPO's
-            metrics = {"iteration": it, "rm_score": rm_score.mean().item(), "gold": gold.mean().item(),
+            metrics = {"iteration": it, **({} if rm_score is None else {"rm_score": rm_score.mean().item()}),
+                       "gold": gold.mean().item(),
                        "kl": ((old_logp - ref_logp) * mask).sum(1).mean().item(),
                        "length": mask.sum(1).mean().item(), "end_rate": ended.mean().item(),
                        "dropped_groups": 1 - kept.float().mean().item(),
@@ -228,8 +229,9 @@ def main(argv=None):
                 save()
             log.log(**metrics)
             bar.update(1)
-            bar.set_postfix(rm=f"{metrics['rm_score']:.2f}", gold=f"{metrics['gold']:.2f}",
-                            kl=f"{metrics['kl']:.2f}", dropped=f"{metrics['dropped_groups']:.2f}")
+            bar.set_postfix(**({"rm": f"{metrics['rm_score']:.2f}"} if "rm_score" in metrics else {}),
+                            gold=f"{metrics['gold']:.2f}", kl=f"{metrics['kl']:.2f}",
+                            dropped=f"{metrics['dropped_groups']:.2f}")
         if stop.requested:
             save()
     bar.close()

@@ -214,7 +214,7 @@ class AdaptiveKLController:
 
 def critic_from(ckpt):
     """The value model: the checkpoint's transformer under a value head set to zero, so that
-    it predicts 0 until it learns (OpenAI's value-head init, ppo-details.md). Why not keep the
+    it predicts 0 until it learns (OpenAI's value-head init; N+). Why not keep the
     reward model's own head, as a plain copy would: that head was trained at the last token
     only, and in the reward's raw scale, before normalisation. Copied, its values wandered
     along an answer by more than the returns themselves spread, and for the first third of
@@ -281,12 +281,16 @@ def load_models(cfg, device, critic=True):
 def score_answers(reward_model, cfg, seq, attn, mask, texts, batch):
     """The sequence-level score of each answer: the reward model's normalised reward (its
     head at the last real token, plus its weighted likelihood of the answer's tokens, which
-    `mask` marks), or the gold checker's. Both are logged; only one is optimised."""
+    `mask` marks), or with --reward=gold the gold checker's. Returns (the score optimised, the
+    reward model's (None without one), the gold reward): the gold reward is logged either way,
+    to watch what the reward model's score does to it."""
     gold = torch.tensor([gold_reward(r["prompt"], t, r["instruction_id_list"], r["kwargs"])
                          for r, t in zip(batch, texts)], device=seq.device)
+    if reward_model is None:   # --reward=gold: load_models loads none
+        return gold, None, gold
     answer_only = torch.cat([torch.zeros_like(attn[:, :seq.size(1) - mask.size(1)]), mask.long()], 1)
-    rm = reward_model.reward(seq, attn, answer_only) if reward_model is not None else gold
-    return (rm if cfg.reward == "model" else gold), rm, gold
+    rm = reward_model.reward(seq, attn, answer_only)
+    return rm, rm, gold
 
 
 def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
@@ -300,9 +304,9 @@ def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
         seq, attn, mask, _, texts = rollout(policy, tokenizer, eval_records, cfg,
                                             torch.Generator(device=rt.device).manual_seed(cfg.seed), rt.device)
     _, rm, gold = score_answers(reward_model, cfg, seq, attn, mask, texts, eval_records)
-    return {"probe_rm_score": rm.mean().item(), "probe_gold": gold.mean().item(),
-            "probe_rm_each": [round(x, 4) for x in rm.tolist()],
-            "probe_gold_each": [round(x, 4) for x in gold.tolist()]}
+    rm_figures = {} if rm is None else {"probe_rm_score": rm.mean().item(),
+                                        "probe_rm_each": [round(x, 4) for x in rm.tolist()]}
+    return {"probe_gold": gold.mean().item(), "probe_gold_each": [round(x, 4) for x in gold.tolist()], **rm_figures}
 
 
 def iteration_lr(cfg, it):
@@ -421,9 +425,9 @@ def main(argv=None):
 
             # ---- logging: the KL to the reference is summed over an answer's tokens (nats).
             # Every statistic is averaged over the ranks (a no-op without DDP).
-            local = {"rm_score": rm_score.mean().item(), "gold": gold.mean().item(),
-                     "kl": kl.sum(1).mean().item(), "length": mask.sum(1).mean().item(),
-                     "end_rate": ended.mean().item(),
+            local = {**({} if rm_score is None else {"rm_score": rm_score.mean().item()}),
+                     "gold": gold.mean().item(), "kl": kl.sum(1).mean().item(),
+                     "length": mask.sum(1).mean().item(), "end_rate": ended.mean().item(),
                      **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
                      "first_ratio": stats[0]["ratio"]}
             metrics = {"iteration": it, **{k: all_reduce_mean(v, rt) for k, v in local.items()}}
@@ -439,8 +443,8 @@ def main(argv=None):
                      kl_ctl)
             log.log(**metrics)
             bar.update(1)
-            bar.set_postfix(rm=f"{metrics['rm_score']:.2f}", gold=f"{metrics['gold']:.2f}",
-                            kl=f"{metrics['kl']:.2f}", clip=f"{metrics['clipfrac']:.3f}")
+            bar.set_postfix(**({"rm": f"{metrics['rm_score']:.2f}"} if "rm_score" in metrics else {}),
+                            gold=f"{metrics['gold']:.2f}", kl=f"{metrics['kl']:.2f}", clip=f"{metrics['clipfrac']:.3f}")
         if stop.requested and rt.master:
             save(ckpt_path, it, metrics, policy, value_model, optimizer, cfg, sft["tokenizer"], generator, kl_ctl)
     bar.close()

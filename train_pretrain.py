@@ -55,8 +55,10 @@ class Config:
     grad_accum: int = 1       # micro-batches per optimizer step
     max_steps: int = 1440     # ~1.5M tokens: 75-103 s on 2 CPU cores (bf16)
     decay_steps: int = 0      # where the cosine ends; 0 means max_steps
-    learning_rate: float = 6e-3   # tiny models tolerate (and need) high rates:
-    min_lr: float = 6e-4          # val loss 1.146 at 6e-3 vs 1.207 at 3e-3 (16 x 360 steps)
+    # Tiny models tolerate (and need) high rates: validation loss 1.146 at 6e-3 against 1.207
+    # at 3e-3 (16 x 360 steps; FINDINGS.md, "Pretraining").
+    learning_rate: float = 6e-3   # the peak, after warmup
+    min_lr: float = 6e-4          # where the cosine decay ends
     warmup_steps: int = 120
     weight_decay: float = 0.1
     # "adamw", or "muon" for the blocks' matrices (minift.training.make_optimizer). Muon lowered
@@ -227,8 +229,8 @@ def main(argv=None):
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 val_loss = estimate_loss(model, val_data, cfg, rt)
                 log.log(step=step, val_loss=val_loss)
-                bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val_loss:.4f}")
-                if rt.master:
+                if rt.master:   # tqdm.write prints even where the bar is disabled
+                    bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val_loss:.4f}")
                     save(val_loss)
                 t_log = time.time()  # the evaluation's time is not training time
         if stop.requested and rt.master:

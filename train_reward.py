@@ -19,7 +19,7 @@ What happens (InstructGPT, Ouyang et al. 2022, section 3.5; Ziegler et al. 2019)
      of different prompts compare too. Only differences of rewards are learned, so the
      scale is arbitrary...
   3. ...which is why, after training, a gain and bias are fitted so that SFT answers score
-     mean 0 and std 1 (ppo-details.md). PPO's KL coefficient then means the same thing
+     mean 0 and std 1 (Ziegler et al. 2019). PPO's KL coefficient then means the same thing
      whatever RM it is paired with.
   4. One epoch: InstructGPT found the RM overfits from the second pass over the data.
 Metrics: pair accuracy on held-out prompts (overall and per instruction type) and the
@@ -342,7 +342,7 @@ def main(argv=None):
 
     def normalise():
         """Fit gain and bias so the RM's scores on SFT answers (every distinct answer in the
-        training pairs) have mean 0 and std 1 (Ziegler et al. 2019; ppo-details.md)."""
+        training pairs) have mean 0 and std 1 (Ziegler et al. 2019; Huang et al. 2024)."""
         raw = score_all(raw_model, train_answers, tokenizer, rt.device, cfg.eval_batch_size)
         std = raw.std().clamp(min=1e-6)
         raw_model.gain.fill_(1.0 / std.item())

@@ -45,8 +45,8 @@ class Config:
     force: bool = False                              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # optimisation
-    # Updates are what a tiny model needs most: the same conversations, each seen about once,
-    # in batches of 8 beat batches of 32 on test in every run, and more updates let the model
+    # Updates are what a tiny model needs most: the same 38,400 conversations in batches of 8
+    # beat them in batches of 32 on test in every run, and more updates let the model
     # find its place in a list (FINDINGS.md, "SFT training", batch size).
     batch_size: int = 8            # conversations per micro-batch
     grad_accum: int = 1

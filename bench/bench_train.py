@@ -2,7 +2,7 @@
 
     python bench/bench_train.py                       # a GPU: both GPU configs below; a CPU: the tiny preset's
     python bench/bench_train.py --config=gpt2-124m    # one config (gpt2-124m, small, tiny, cpu-smoke)
-    python bench/bench_train.py --config=cpu-smoke    # a few seconds on the CPU (tests/test_bench.py runs it)
+    python bench/bench_train.py --config=cpu-smoke    # a few seconds on the CPU (tests/test_bench_train.py runs it)
     python bench/bench_train.py --against=e5c8e74     # and minift's GPT at that git revision, interleaved
     python bench/bench_train.py --bf16                # and fp32 against bf16 autocast, as a ratio
     python bench/bench_train.py --muon                # and AdamW against Muon (--optimizer=muon), as a ratio

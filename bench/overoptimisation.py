@@ -8,7 +8,7 @@ falls. Gao et al. draw both against sqrt(KL) to the initial policy; so do we.
     python bench/overoptimisation.py --kl_coefs=0,0.01,0.05 --iterations=80
 
 For each KL coefficient, train_ppo.py runs against the learned reward model (--reward=model)
-with a weak or no KL penalty and a high learning rate, so that it travels far from the SFT
+with a weak or no KL penalty for twice PPO's iterations, so that it travels far from the SFT
 model. At every evaluation it logs the fixed probe (the test prompts, sampled from one seed:
 the reward model's and the gold mean score, and each prompt's) and greedy prompt-strict on the
 test prompts. This script collects those against the iteration's KL into

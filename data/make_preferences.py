@@ -95,7 +95,7 @@ def val_groups(n_prompts, val_fraction, seed):
     return set(random.Random(seed).sample(range(n_prompts), n_val))
 
 
-def make_preferences(model, tokenizer, records, k=4, temperature=1.0, max_new_tokens=96, batch_size=256,
+def make_preferences(model, tokenizer, records, k=8, temperature=0.7, max_new_tokens=96, batch_size=256,
                      val_fraction=0.1, seed=1337, device="cpu"):
     """Sample, score and pair. Returns (train pairs, val pairs, val samples, stats)."""
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -14,7 +14,6 @@ judged by the checkers. Heldout records also list their "novelty" (what train ne
 """
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -25,16 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minift.synthetic.demonstrators import slip_table  # noqa: E402
 from minift.synthetic.scoring import aggregate, score  # noqa: E402
 from minift.config import run  # noqa: E402
+from minift.formats import write_jsonl  # noqa: E402
 from minift.synthetic.splits import SPLIT_SIZES, make_splits  # noqa: E402
-
-try:
-    from minift.formats import write_jsonl
-except ImportError:  # formats.py is optional for this script
-    def write_jsonl(path, records):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def demo_pass_rate(records):

@@ -112,8 +112,8 @@ def tokenizer_for(ckpt, path):
     info = ckpt["tokenizer"]
     tokenizer = Tokenizer.from_record(info) if "ranks" in info else load_tokenizer(info["path"])
     if tokenizer.identity["sha256"] != info["sha256"]:
-        raise ValueError(f"{info['path']} is not the tokenizer checkpoint {path} was trained with "
-                         f"(hash differs). Re-run the stages after data/prepare.py, or restore that file.")
+        raise ValueError(f"{info.get('path', 'this tokenizer')} is not the tokenizer checkpoint {path} was "
+                         f"trained with (hash differs). Re-run the stages after data/prepare.py, or restore that file.")
     return tokenizer
 
 

@@ -64,7 +64,7 @@ def sampled_pass_rates(model, tokenizer, records, k, temperature, max_new_tokens
     """Prompt-level strict accuracy of *sampled* answers, beside greedy decoding's: k answers to
     each record at `temperature`. RL (PPO, rejection sampling) can only make likelier what the
     policy already samples, so a sample's pass rate and pass@k show where it starts and how far
-    it could go (README, "How much could it gain at all?"). pass@k is best-of-k with a perfect
+    it could go (FINDINGS.md, "PPO", how much could it gain at all). pass@k is best-of-k with a perfect
     judge. With `judge` (records, answers -> one score per answer, e.g. a reward model's), also
     best-of-k with that judge: how often each prompt's highest-scored answer passes (Nakano et
     al. 2021; Gao et al. 2022 set it beside RL). Records with no checkable instruction are

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 2048   # the tokenizer's n_vocab (specials included)
+    vocab_size: int = 2048   # the scripts set it to the tokenizer's n_vocab (specials included)
     block_size: int = 256    # longest sequence (the rotary tables cover this many positions)
     n_layer: int = 4
     n_head: int = 4
@@ -37,7 +37,8 @@ def positions_from_mask(attention_mask):
     """(B, S) 0/1 mask -> (B, S) position ids counting real tokens only.
     A left-padded row [0 0 1 1 1] gets positions [0 0 0 1 2]: its first real token sits at
     position 0, exactly as if it had no padding. Generation and training both call this,
-    so their positions can never disagree (a classic RLHF bug, see ppo-details.md)."""
+    so their positions can never disagree (a classic RLHF bug: Huang et al. 2024,
+    "The N+ Implementation Details of RLHF with PPO")."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -386,8 +387,8 @@ class ScalarModel(nn.Module):
         super().__init__()
         self.gpt = GPT(config)
         self.head = nn.Linear(config.n_embd, 1)
-        # OpenAI's lm-human-preferences initialises the reward head N(0, 1/sqrt(C+1)) and
-        # the value head at zero (ppo-details.md); head_std=0 gives the latter.
+        # OpenAI's lm-human-preferences (Ziegler et al. 2019) initialises the reward head
+        # N(0, 1/sqrt(C+1)) and the value head at zero; head_std=0 gives the latter.
         std = 1 / math.sqrt(config.n_embd + 1) if head_std is None else head_std
         nn.init.normal_(self.head.weight, std=std) if std > 0 else nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -403,7 +404,7 @@ class ScalarModel(nn.Module):
         values). With answer_mask (B, S), 1 on the tokens of the answer being judged (and its
         <|end|>): (B,) raw rewards, the head read at each row's last real token plus
         likelihood_weight x the answer tokens' mean log-probability. Reading the head at a
-        padding position instead is the classic reward-model bug (ppo-details.md)."""
+        padding position instead is the classic reward-model bug (Huang et al. 2024)."""
         h = self.gpt.hidden_states(idx, attention_mask)                     # (B, S, C)
         values = self.head(h).squeeze(-1)                                   # (B, S)
         if answer_mask is None:

@@ -233,7 +233,7 @@ class Tokenizer:
     def render_conversation(self, messages: list[dict]) -> tuple[list[int], list[int]]:
         """Conversation -> (ids, mask); mask[i] = 1 where the model is trained to predict ids[i].
 
-        A "system" message has no token of its own (the format keeps 4 role tokens): its content
+        A "system" message has no token of its own (the roles are only user and assistant): its content
         is prepended to the next user message followed by "\\n\\n". After that, turns must
         alternate user, assistant, user, ... starting with the user.
         """
