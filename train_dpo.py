@@ -1,8 +1,7 @@
 """
 Direct Preference Optimization (DPO; Rafailov et al. 2023): the policy learns from the preference
 pairs the reward model trains on (ranked by the gold judge) directly, with no reward model and
-no sampling. An alternative to
-stages 3 and 4 (train_reward.py, then train_ppo.py).
+no sampling. An alternative to stages 3 and 4 (train_reward.py, then train_ppo.py).
 
     python data/make_preferences.py   # K SFT answers per prompt, pairs ranked by the gold reward
     python train_dpo.py               # tiny preset, starts from out/sft/ckpt.pt

@@ -201,7 +201,7 @@ def main(argv=None):
                 ref_logp, _ = answer_logprobs(reference, seq, attn, P, cfg.temperature)
             with torch.no_grad():
                 # ---- 2. score
-                score, rm_score, gold = score_answers(reward_model, cfg, seq, attn, mask, texts, batch)
+                score, rm_score, gold = score_answers(reward_model, seq, attn, mask, texts, batch)
                 score = penalise_unfinished(score, ended, cfg.missing_eos_penalty)
                 # ---- 3. group-relative advantages; the all-equal groups leave the batch
                 advantages, kept = group_advantages(score, G, cfg.adv_eps)

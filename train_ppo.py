@@ -278,7 +278,7 @@ def load_models(cfg, device, critic=True):
     return sft, tokenizer, policy, reference, reward_model, value_model
 
 
-def score_answers(reward_model, cfg, seq, attn, mask, texts, batch):
+def score_answers(reward_model, seq, attn, mask, texts, batch):
     """The sequence-level score of each answer: the reward model's normalised reward (its
     head at the last real token, plus its weighted likelihood of the answer's tokens, which
     `mask` marks), or with --reward=gold the gold checker's. Returns (the score optimised, the
@@ -303,7 +303,7 @@ def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
     with rt.autocast(cfg.dtype):   # sampled as the rollouts are
         seq, attn, mask, _, texts = rollout(policy, tokenizer, eval_records, cfg,
                                             torch.Generator(device=rt.device).manual_seed(cfg.seed), rt.device)
-    _, rm, gold = score_answers(reward_model, cfg, seq, attn, mask, texts, eval_records)
+    _, rm, gold = score_answers(reward_model, seq, attn, mask, texts, eval_records)
     rm_figures = {} if rm is None else {"probe_rm_score": rm.mean().item(),
                                         "probe_rm_each": [round(x, 4) for x in rm.tolist()]}
     return {"probe_gold": gold.mean().item(), "probe_gold_each": [round(x, 4) for x in gold.tolist()], **rm_figures}
@@ -405,7 +405,7 @@ def main(argv=None):
                 # V(s_t) is read at the token before answer token t: positions P-1 .. P+N-2.
                 old_values = value_model(seq, attn)[:, P - 1:-1].float() * mask
             with torch.no_grad():
-                score, rm_score, gold = score_answers(reward_model, cfg, seq, attn, mask, texts, batch)   # in fp32
+                score, rm_score, gold = score_answers(reward_model, seq, attn, mask, texts, batch)   # in fp32
                 score = penalise_unfinished(score, ended, cfg.missing_eos_penalty)
                 if K > 1:
                     score = leave_one_out(score, K)
