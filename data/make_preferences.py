@@ -16,8 +16,8 @@ Outputs in --out_dir (data/generated/prefs/):
                      "kwargs", "chosen_score", "rejected_score"}: TRL's explicit-prompt format
                      plus extras; "group" ties together the pairs of one prompt.
   val.jsonl          the same for held-out prompts: a prompt is wholly in train or wholly in val.
-  val_samples.jsonl  every held-out answer with its gold score, {"prompt", "response", "gold", "group"},
-                     for the Spearman correlation between the RM and the gold reward.
+  val_samples.jsonl  every held-out answer with its gold score, {"prompt", "response", "gold", "group",
+                     "key"}, for the Spearman correlation between the RM and the gold reward.
 """
 
 import os

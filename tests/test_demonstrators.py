@@ -26,19 +26,27 @@ def test_every_instruction_type_has_a_habit():
     assert 2 <= len(common) < len(HABITS) / 3  # a few common habits, the rest rare
 
 
-def test_a_slip_fails_its_instruction_and_only_slips_fail(samples):
+def test_only_the_slipped_instructions_fail_and_few_slips_go_unseen(samples):
+    """demonstrate() reports the slips the checkers see; a slip must not break the prompt's
+    other instructions, and a slip the checkers cannot see (it still passes) must be rare, or
+    the rates in HABITS would overstate the demonstrators' slips."""
     for scale in (1.0, 3.0):  # scale 3: most instructions slip
         rng = Random(1)
+        seen = expected = 0
         for s in samples:
             answer, slipped = demonstrate(s, rng, scale)
             for ins, kw in s.items:
-                assert ins.verify(answer, kw) == (ins.id not in slipped), (ins.id, s.prompt, answer)
+                if ins.id not in slipped:
+                    assert ins.verify(answer, kw), (ins.id, slipped, s.prompt, answer)
+            seen += len(slipped)
+            expected += sum(min(1.0, HABITS[ins.id].rate * scale) for ins, _ in s.items)
+        assert seen > 0.85 * expected, (scale, seen, expected)
 
 
 def test_slip_frequency_follows_the_rates(samples):
     asked, slipped = Counter(), Counter()
-    for _ in range(5):
-        rng = Random(len(asked))
+    for seed in range(5):
+        rng = Random(seed)
         for s in samples:
             asked.update(ins.id for ins, _ in s.items)
             slipped.update(demonstrate(s, rng)[1])

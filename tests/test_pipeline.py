@@ -117,6 +117,18 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "eval" / "sft" / "responses_test.jsonl")
 
 
+def test_paired_difference_uses_students_t_for_its_degrees_of_freedom():
+    """With 11 items (10 degrees of freedom) the cutoff is t = 2.23, not the normal's 2: a mean
+    2.1 standard errors from zero is still noise there."""
+    from minift.synthetic.scoring import paired_difference
+    spread = [1.0, -1.0] * 5 + [0.0]               # mean 0, standard deviation 1
+    se = 1 / len(spread) ** 0.5
+    for ratio, significant in ((2.1, False), (2.3, True)):
+        after = [ratio * se + d for d in spread]
+        result = paired_difference([0.0] * len(spread), after)
+        assert result["se"] == pytest.approx(se) and result["significant"] is significant
+
+
 def test_reward_hacking_needs_changes_beyond_the_noise():
     """The report calls it reward hacking only when a paired test over the probe prompts puts
     both changes beyond the noise: the learned reward up, the gold reward down."""

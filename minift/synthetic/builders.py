@@ -108,7 +108,7 @@ def build_response(draft, items, seed=0):
 # with a second meaning ("a kind of food", "the light") are never substituted.
 KINDS = [world.OBJECTS, world.ANIMALS, world.FOODS, world.PLACES, world.COLORS, world.SIZES, world.LOOKS,
          world.FEELS, world.EMOTIONS, world.HERO_ADJ, sorted(set(sum(world.PLACE_ADJ.values(), [])))]
-AMBIGUOUS = {"kind", "light", "top", "fall", "ring", "watch", "fish", "duck", "orange", "tall", "old"}
+AMBIGUOUS = {"kind", "light", "top", "ring", "fish", "duck", "orange", "tall", "old"}
 SAME_KIND = {}
 for _kind in KINDS:
     for _w in _kind:

@@ -83,7 +83,8 @@ def check_title(response):
 
 
 def check_bullets(response, num_bullets):
-    # Lines starting with "* " (but not "**") or "-" count; exactly N of them.
+    # As IFEval: lines starting with "*" and then anything but a second "*" ("**bold**" does
+    # not count, "*Tom* ran." does), or with "-"; exactly N of them.
     stars = re.findall(r"^\s*\*[^\*].*$", response, flags=re.MULTILINE)
     dashes = re.findall(r"^\s*-.*$", response, flags=re.MULTILINE)
     return len(stars) + len(dashes) == num_bullets
@@ -107,7 +108,7 @@ def check_postscript(response, postscript_marker):
         pattern = r"\s*p\.\s?p\.\s?s.*$"
     elif postscript_marker == "P.S.":
         pattern = r"\s*p\.\s?s\..*$"
-    else:
+    else:  # escaped, unlike IFEval, so that a "." in another marker means a full stop
         pattern = r"\s*" + re.escape(postscript_marker.lower()) + r".*$"
     return bool(re.search(pattern, response.lower(), flags=re.MULTILINE))
 

@@ -4,11 +4,12 @@ InstructGPT's case for RLHF: demonstrations are expensive and imperfect, while j
 answers is cheaper and more reliable, so a policy trained on judgements can rise above its
 demonstrators (Ouyang et al. 2022; Stiennon et al. 2020 found RLHF summaries preferred to the
 human references they started from). Our reference answers are perfect by construction
-(minift/synthetic/splits.py), which leaves RL nothing to choose. So the answers SFT learns from are
-written by demonstrators with habits: for each instruction a prompt carries, the demonstrator
-slips with that instruction's rate in HABITS below, and the answer is rebuilt with the slip
-(the instruction forgotten, or its count off by one). The checkers, and so the gold judge,
-see every slip: a slipped answer fails the instruction it slipped on.
+(minift/synthetic/splits.py), which leaves RL nothing to choose. So the answers SFT learns from
+are written by demonstrators with habits: for each instruction a prompt carries, the
+demonstrator slips with that instruction's rate in HABITS below, and the answer is rebuilt with
+the slip (the instruction forgotten, a bullet or paragraph too many, or a length on the wrong
+side of its limit). The checkers, and so the gold judge, see every slip: a slipped answer fails
+the instruction it slipped on.
 
 A few habits are common, over half the time for their instruction, so the SFT model's
 greedy answer inherits them; the rest are rare, and greedy decoding mostly avoids them. The
@@ -31,7 +32,8 @@ class Habit:
 
 # Every rate in one table. The four common habits (>= 0.55) are format rules a writer in a
 # hurry drops; a model that copies them slips the same way by default, yet samples the right
-# form often enough for RL to find it. Count slips change the count by one, as people do.
+# form often enough for RL to find it. A count slip adds one bullet or paragraph; a length slip
+# lands on the wrong side of its limit ("at least 20 words" answered in fewer), as people miscount.
 HABITS = {
     "detectable_content:postscript": Habit(0.65, "forgets the P.S."),
     "startend:end_checker": Habit(0.65, "does not end with the phrase asked for"),
@@ -41,7 +43,7 @@ HABITS = {
     "length_constraints:number_sentences": Habit(0.25, "a sentence past the limit (or one short)", "relation"),
     "length_constraints:number_words": Habit(0.2, "too many words (or too few)", "relation"),
     "length_constraints:number_paragraphs": Habit(0.2, "one paragraph too many", "num_paragraphs"),
-    "startend:quotation": Habit(0.2, "forgets the closing quotes"),
+    "startend:quotation": Habit(0.2, "forgets the quotes"),
     "change_case:english_lowercase": Habit(0.2, "leaves capital letters in"),
     "keywords:existence": Habit(0.15, "forgets a keyword"),
     "keywords:frequency": Habit(0.15, "uses the word too few (or too many) times"),
@@ -49,7 +51,7 @@ HABITS = {
     "detectable_content:number_placeholders": Habit(0.15, "forgets the placeholders"),
     "detectable_format:number_highlighted_sections": Habit(0.15, "forgets the highlights"),
     "change_case:capital_word_frequency": Habit(0.15, "forgets the capital words"),
-    "change_case:english_capital": Habit(0.1, "writes in lower case"),
+    "change_case:english_capital": Habit(0.1, "does not write in capitals"),
     "detectable_format:json_format": Habit(0.1, "forgets the JSON"),
     "combination:repeat_prompt": Habit(0.1, "does not repeat the request"),
     "combination:two_responses": Habit(0.1, "gives one answer"),

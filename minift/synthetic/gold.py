@@ -59,7 +59,7 @@ MAX_WORD_COUNT = 6
 MIN_ON_TOPIC = 1 / 3
 
 # Function words never count as content (for spam and topic). Words of 1-2 letters are skipped too.
-STOP_WORDS = set("""the and was were are has had have his her him she they them their its it's that
+STOP_WORDS = set("""the and was were are has had have his her him she they them their its that
 this there then than with for from into onto not but you your our can could will would did does
 what when where who why how all any one two some very too also just like likes liked said say
 says went go goes got get make made let lot lots day way off out see saw""".split())

@@ -259,7 +259,7 @@ _CONFLICTS = {
     "combination:repeat_prompt": _ALL - {"keywords:existence", "detectable_format:title", "punctuation:no_comma"},
     # ours: IFEval's regexes read "* *word*" bullets and highlights into each other
     "detectable_format:number_highlighted_sections": {"detectable_format:number_bullet_lists"},
-    # ours: "P.S." is two capital words (P, S), so a postscript alone would satisfy it
+    # ours: "P.S." counts as one capital word, so a postscript moves the count by itself
     "change_case:capital_word_frequency": {"change_case:english_capital", "change_case:english_lowercase",
                                            "detectable_content:postscript"},
 }

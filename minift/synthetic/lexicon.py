@@ -10,7 +10,7 @@ GIRLS = "Lily Mia Sue Anna Emma Lucy Sara Amy Kim Zoe Ella Rose Jane Lola Nina R
 BOYS = "Tom Ben Max Sam Leo Jack Tim Joe Bob Finn Jake Luke Noah Dan Ted Ned Alex Eli Owen Pete".split()
 NAMES = GIRLS + BOYS
 PRONOUN = {**{n: "she" for n in GIRLS}, **{n: "he" for n in BOYS}}
-_FORMS = {"he": ("he", "him", "his"), "she": ("she", "her", "her"), "it": ("it", "it", "its")}
+_FORMS = {"he": ("he", "him", "his"), "she": ("she", "her", "her")}
 ADULTS = {"mom": "she", "dad": "he", "grandma": "she", "grandpa": "he"}
 HERO_ANIMALS = "cat dog bunny fox bear mouse duck frog owl pig puppy kitten squirrel lion monkey".split()
 

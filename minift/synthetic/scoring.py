@@ -57,8 +57,11 @@ def checkable(iid):
     """An id scoring can judge here: it has a checker, and a language check has langdetect."""
     return iid in IFEVAL_CHECKERS and (iid != "language:response_language" or C.language_checked())
 
-# Student's t at 97.5% (two-sided 95%) for 1..9 degrees of freedom; 2.0 beyond (near the normal's 1.96).
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+# Student's t at 97.5% (two-sided 95%) for 1..30 degrees of freedom; 2.0 beyond (2.00 at 60,
+# the normal's 1.96 in the limit).
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
+         11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 16: 2.12, 17: 2.11, 18: 2.10, 19: 2.09, 20: 2.09,
+         21: 2.08, 22: 2.07, 23: 2.07, 24: 2.06, 25: 2.06, 26: 2.06, 27: 2.05, 28: 2.05, 29: 2.05, 30: 2.04}
 
 
 def _variants(response):

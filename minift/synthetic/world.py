@@ -157,7 +157,9 @@ def _context(rng: random.Random, hero=None, thing=None, place=None, color=None) 
 
 
 def _render(rng: random.Random, unit: list[str], ctx: dict) -> list[str] | None:
-    """Fill a multi-sentence unit, or None if the context lacks one of its slots."""
+    """Fill a multi-sentence unit, or None if the context lacks one of its slots. A dropped unit
+    keeps the mentions it already made, so a later sentence may say "the fox" before any "a
+    fox" (rare, see FINDINGS.md section 2); left as is, since changing it changes the corpus."""
     try:
         return [_fill(rng, t, ctx) for t in unit]
     except KeyError:
