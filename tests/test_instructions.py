@@ -132,14 +132,15 @@ def test_builders_get_the_reference_right_and_the_filters_rarely_act(samples):
         # as IFEval's own check would: scoring's verdict on them, not a fault of the reference)
         marks = score(s.response, s.ids, s.kwargs, s.prompt)["strict"]
         assert all(m for iid, m in zip(s.ids, marks) if iid not in LANGUAGE_IDS)
-    dropped = lambda why: sum(n for reason, n in stats.items() if reason.startswith(why))  # noqa: E731
+    def dropped(why):
+        return sum(n for reason, n in stats.items() if reason.startswith(why))
     assert dropped("reference answer fails a checker") < 0.03 * len(samples), stats
     assert dropped("holds by accident") < 0.1 * len(samples), stats
 
 
 def test_an_instruction_that_holds_by_accident_is_caught():
     s = S.sample(Random("accident"), "train")
-    nothing_to_forbid = (I.REGISTRY["keywords:forbidden_words"], {"forbidden_words": ["zebra"]})
+    nothing_to_forbid = (I.REGISTRY["keywords:forbidden_words"], {"forbidden_words": ["xylophone"]})  # no story word
     assert S.satisfied_without(s.base(), s.items + [nothing_to_forbid], s.seed) == "keywords:forbidden_words"
 
 
