@@ -64,11 +64,12 @@ class Config:
 # about 20,000 judged pairs after ties; both fit the ten-minute budget (FINDINGS.md, "SFT
 # demonstrations", "Preferences and the gold reward").
 DATA = {
-    "micro": dict(size_mb=0.2, vocab_size=512, n_train=600, n_test=40, n_heldout=40, n_rl=80, eval_examples=40),
-    "tiny": dict(size_mb=4.0, vocab_size=2048, n_train=12000, n_test=500, n_heldout=500, n_rl=2000,
+    "micro": dict(size_mb=0.2, prompts_mb=0.05, vocab_size=512, n_train=600, n_test=20, n_heldout=20, n_rl=80,
+                  eval_examples=20),
+    "tiny": dict(size_mb=4.0, prompts_mb=0.5, vocab_size=2048, n_train=12000, n_test=500, n_heldout=500, n_rl=2000,
                  eval_examples=500),
-    "small": dict(size_mb=200.0, vocab_size=8192, n_train=100000, n_test=500, n_heldout=500, n_rl=20000,
-                  eval_examples=500),
+    "small": dict(size_mb=200.0, prompts_mb=0.5, vocab_size=8192, n_train=100000, n_test=500, n_heldout=500,
+                  n_rl=20000, eval_examples=500),
 }
 METRIC_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 
@@ -126,7 +127,7 @@ def main(argv=None):
     sizes = {k: data[k] for k in ("n_train", "n_test", "n_heldout", "n_rl")}
 
     def data_stage():
-        meta = prepare(corpus, size_mb=data["size_mb"], vocab_size=data["vocab_size"])
+        meta = prepare(corpus, size_mb=data["size_mb"], vocab_size=data["vocab_size"], prompts_mb=data["prompts_mb"])
         made = make_sft(sft_data, slip_scale=cfg.slip_scale, **sizes)
         return {"corpus_tokens": meta.get("train_tokens"), "documents": meta.get("documents"),
                 "slip_scale": cfg.slip_scale, "demo_pass_rate": made["demo_pass_rate"]["train"],

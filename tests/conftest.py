@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 
@@ -6,6 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import pytest
+import torch
 
 
 _CORPUS = {}
@@ -18,7 +20,7 @@ def corpus_dir(tmp_path_factory):
     if "dir" not in _CORPUS:
         from data.prepare import prepare
         out = tmp_path_factory.mktemp("corpus")
-        prepare(str(out), size_mb=0.3, seed=0, vocab_size=512)
+        prepare(str(out), size_mb=0.3, seed=0, vocab_size=512, prompts_mb=0.05)
         _CORPUS["dir"] = str(out)
     return _CORPUS["dir"]
 
@@ -46,3 +48,23 @@ def read_metrics(out_dir):
     import json
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch on one thread for the block: a model this small gains nothing from a second, and
+    loses a lot on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_main(script, args):
+    """A training script's main() in this process, on one thread. Starting a new Python costs
+    seconds of imports (torch, then torch._dynamo with the first optimizer); the scripts' own
+    command lines are run as processes where that matters (Ctrl-C, DDP, pipeline.py)."""
+    with one_thread():
+        return script.main([str(a) for a in args])

@@ -1,14 +1,12 @@
 """GRPO's pieces against hand computations, then a micro run of the real script that resumes."""
 import math
-import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import ROOT, read_metrics
+import train_grpo
+from conftest import read_metrics, run_main
 from minift.checkpoint import GENERATIVE, load_checkpoint
 from minift.model import GPT, GPTConfig, pad_left
 from train_grpo import group_advantages, grpo_loss, k3_kl
@@ -96,20 +94,19 @@ def run_grpo(d, out, **overrides):
     args = {"preset": "micro", "device": "cpu", "sft_ckpt": f"{d}/sft/ckpt.pt", "reward_ckpt": f"{d}/reward/ckpt.pt",
             "prompts": f"{d}/data/sft/rl_prompts.jsonl", "eval_data": f"{d}/data/sft/test.jsonl",
             "out_dir": out, **overrides}
-    return subprocess.run([sys.executable, "train_grpo.py"] + [f"--{k}={v}" for k, v in args.items()], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run_main(train_grpo, [f"--{k}={v}" for k, v in args.items()])
 
 
-def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipeline, tmp_path):
+def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipeline, tmp_path, capsys):
     shared, _ = micro_pipeline
     out = tmp_path / "grpo"
-    r = run_grpo(shared, out, iterations=2, eval_interval=2, reward="model")
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_grpo(shared, out, iterations=2, eval_interval=2, reward="model")
     ckpt = load_checkpoint(str(out / "ckpt.pt"), kinds=GENERATIVE)   # evaluate.py and sample.py load it so
     assert ckpt["kind"] == "grpo" and ckpt["step"] == 2
-    r = run_grpo(shared, out, iterations=3, eval_interval=2, reward="model")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "resuming from" in r.stdout and "at iteration 2" in r.stdout
+    capsys.readouterr()
+    run_grpo(shared, out, iterations=3, eval_interval=2, reward="model")
+    printed = capsys.readouterr().out
+    assert "resuming from" in printed and "at iteration 2" in printed
     metrics = read_metrics(out)
     assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]   # the probe, then one line per iteration
     assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 3
@@ -120,5 +117,7 @@ def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipel
             assert m["first_ratio"] == pytest.approx(1.0, abs=1e-5) and m["clipfrac"] >= 0
     assert {"eval_prompt_strict", "probe_gold", "probe_rm_score"} <= set(metrics[2])
     # --help prints the options with their comments, and does no work
-    r = subprocess.run([sys.executable, "train_grpo.py", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "--group_size" in r.stdout and "--kl_coef" in r.stdout
+    with pytest.raises(SystemExit) as stop:
+        train_grpo.main(["--help"])
+    printed = capsys.readouterr().out
+    assert stop.value.code == 0 and "--group_size" in printed and "--kl_coef" in printed

@@ -3,15 +3,14 @@ and checkpoints that still work after the output folder moves."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, read_metrics
+import pipeline
+from conftest import read_metrics, run_main
 
 
-def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
+def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys):
     """Every stage through the real scripts on the micro preset; the report has every key."""
     shared, report = micro_pipeline
     out = str(tmp_path / "micro")
@@ -46,11 +45,12 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     change = report["gold_change"]["test"]
     assert abs(change["mean"] - (report["eval"]["ppo"]["test"]["gold"] - report["eval"]["sft"]["test"]["gold"])) < 1e-6
     # SFT -> PPO prompt by prompt: the moves add up to the change of prompt-strict on each split
+    n = pipeline.DATA["micro"]["eval_examples"]
     for split in ("test", "heldout"):
         moves = report["sft_to_ppo"][split]
         change = report["eval"]["ppo"][split]["prompt_strict"] - report["eval"]["sft"][split]["prompt_strict"]
-        assert moves["fail_to_pass"] - moves["pass_to_fail"] == round(40 * change)
-        assert 0 <= moves["base_task_done"] <= 40 and 0 <= moves["demonstrations_where_done"] <= 1
+        assert moves["fail_to_pass"] - moves["pass_to_fail"] == round(n * change)
+        assert 0 <= moves["base_task_done"] <= n and 0 <= moves["demonstrations_where_done"] <= 1
     # the demonstrators' own pass rate, judged by the checkers: they slip, so below 100%
     data = report["stages"]["data"]
     assert 0.3 < data["demo_pass_rate"] < 1.0 and data["slip_scale"] == 1.0
@@ -69,17 +69,19 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch):
     with open(os.path.join(out, "sft", "responses_test.jsonl")) as f:
         assert set(json.loads(f.readline())) == {"prompt", "response"}
     # a second run skips every finished stage
-    r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.count("done already") == 7, r.stdout[-2000:]
+    argv = ["--preset=micro", f"--out_dir={out}", "--device=cpu"]
+    capsys.readouterr()
+    run_main(pipeline, argv)
+    printed = capsys.readouterr().out
+    assert printed.count("done already") == 7, printed[-2000:]
     # ... and its report still adds up the stages' own times, not just this quick run's
     with open(os.path.join(out, "report.json")) as f:
         again = json.load(f)
     assert again["total_seconds"] == report["total_seconds"] > again["run_seconds"]
     # the reference run adds SFT on perfect demonstrations of the same prompts, and nothing else
-    r = subprocess.run([sys.executable, "pipeline.py", "--preset=micro", f"--out_dir={out}", "--device=cpu",
-                        "--reference_sft"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.count("done already") == 7, r.stdout[-2000:]
+    run_main(pipeline, argv + ["--reference_sft"])
+    printed = capsys.readouterr().out
+    assert printed.count("done already") == 7, printed[-2000:]
     with open(os.path.join(out, "report.json")) as f:
         reference = json.load(f)
     assert reference["eval"]["sft"] == report["eval"]["sft"]

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import ROOT, read_metrics
+import train_ppo
+from conftest import ROOT, read_metrics, run_main
 from minift.checkpoint import build_model, load_checkpoint, save_training_checkpoint
 from minift.formats import write_jsonl
 from minift.model import GPT, GPTConfig, ScalarModel, pad_left
@@ -255,13 +256,7 @@ def ppo_args(d, out, **overrides):
     # --eval_data= skips the IFEval evaluation; a random model starts at 0 there anyway
     args = {"preset": "micro", "device": "cpu", "reward": "gold", "sft_ckpt": d / "sft.pt",
             "prompts": d / "prompts.jsonl", "eval_data": "", "out_dir": out, **overrides}
-    return ["train_ppo.py"] + [f"--{k}={v}" for k, v in args.items()]
-
-
-def run_script(args):
-    # one thread: a model this small gains nothing from more, and loses a lot on a busy machine
-    return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return [f"--{k}={v}" for k, v in args.items()]
 
 
 def test_ppo_on_gold_learns_an_easy_instruction(micro_sft, tmp_path):
@@ -269,13 +264,12 @@ def test_ppo_on_gold_learns_an_easy_instruction(micro_sft, tmp_path):
     (gold 1.0 when it passes, 0.2 when not, and half that when a word is garbled, as nearly
     every word of a random model is). PPO on the gold reward must push that up: over seeds
     1-4 the first iteration scored 0.18-0.26 and the mean of the last five 0.41-0.43 (before
-    the garbled flaw: 0.30-0.45 and 0.76-0.85); 7-8 s on one thread.
+    the garbled flaw: 0.30-0.45 and 0.76-0.85).
     missing_eos_penalty=0: a random model almost never emits <|end|>, so the penalty would
     teach it to stop first, which is a different lesson from the one tested here."""
     out = tmp_path / "gold"
-    r = run_script(ppo_args(micro_sft, out, iterations=20, rollout_batch=64, max_new_tokens=8,
-                            learning_rate=5e-3, missing_eos_penalty=0, eval_interval=1000, seed=1))
-    assert r.returncode == 0, r.stderr[-3000:]
+    run_main(train_ppo, ppo_args(micro_sft, out, iterations=20, rollout_batch=64, max_new_tokens=8,
+                                 learning_rate=5e-3, missing_eos_penalty=0, eval_interval=1000, seed=1))
     gold = [m["gold"] for m in read_metrics(out)]
     assert len(gold) == 20
     # no reward model, so no reward-model score is logged beside the gold reward it would copy
@@ -293,10 +287,9 @@ def test_probe_changes_only_when_the_policy_does(micro_sft, tmp_path):
     (a different random draw each time would make it differ); with learning it must move."""
     frozen, learning = tmp_path / "frozen", tmp_path / "learning"
     for out, lr in ((frozen, 0.0), (learning, 5e-3)):
-        r = run_script(ppo_args(micro_sft, out, iterations=4, rollout_batch=16, max_new_tokens=8,
-                                learning_rate=lr, missing_eos_penalty=0, eval_data=micro_sft / "prompts.jsonl",
-                                eval_examples=16, eval_interval=2))
-        assert r.returncode == 0, r.stderr[-3000:]
+        run_main(train_ppo, ppo_args(micro_sft, out, iterations=4, rollout_batch=16, max_new_tokens=8,
+                                     learning_rate=lr, missing_eos_penalty=0, eval_data=micro_sft / "prompts.jsonl",
+                                     eval_examples=16, eval_interval=2))
     probes = {out: [m for m in read_metrics(out) if "probe_gold" in m] for out in (frozen, learning)}
     assert [m["iteration"] for m in probes[frozen]] == [0, 2, 4]
     assert len({m["probe_gold"] for m in probes[frozen]}) == 1
@@ -309,7 +302,7 @@ def test_ddp_two_cpu_processes_with_gloo(micro_sft, tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "tests/rank_weights.py", str(out)]
+                        "tests/rank_weights.py", str(out), "train_ppo.py"]
                        + ppo_args(micro_sft, out, iterations=2, rollout_batch=8, max_new_tokens=8),
                        cwd=ROOT, capture_output=True, text=True, timeout=240,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import sample
 import train_pretrain
-from conftest import ROOT, read_metrics
+from conftest import ROOT, read_metrics, run_main
 from minift.checkpoint import build_model, load_checkpoint
 from minift.training import NonFiniteLoss
 
@@ -98,19 +99,19 @@ def run_script(args, **kw):
     return subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=240, **kw)
 
 
-def test_end_to_end_loss_goes_down_then_sample(corpus_dir, tmp_path):
+def test_end_to_end_loss_goes_down_then_sample(corpus_dir, tmp_path, capsys):
     out = str(tmp_path / "e2e")
-    r = run_script(["train_pretrain.py"] + MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}",
-                                                    "--max_steps=40", "--learning_rate=1e-2"])
-    assert r.returncode == 0, r.stderr
+    run_main(train_pretrain, MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--max_steps=40",
+                                      "--learning_rate=1e-2"])
     curve = losses(out)
     first, last = curve[min(curve)], curve[max(curve)]
     assert last < first - 1.0, curve
-    r = run_script(["sample.py", f"--ckpt={out}/ckpt.pt", "--prompt=Once upon a time", "--max_new_tokens=20"])
-    assert r.returncode == 0, r.stderr
+    capsys.readouterr()
+    run_main(sample, [f"--ckpt={out}/ckpt.pt", "--prompt=Once upon a time", "--max_new_tokens=20"])
+    printed = capsys.readouterr().out
     # The prompt, then a continuation. A 40-step model may end its document after a few
     # characters (it samples <|endoftext|>), so ask only for one.
-    assert r.stdout.startswith("Once upon a time") and len(r.stdout.rstrip()) > len("Once upon a time")
+    assert printed.startswith("Once upon a time") and len(printed.rstrip()) > len("Once upon a time")
 
 
 def test_ctrl_c_saves_a_checkpoint(corpus_dir, tmp_path):

@@ -5,14 +5,12 @@ import json
 import math
 import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import train_reward
-from conftest import ROOT, read_metrics
+from conftest import read_metrics, run_main
 from minift.checkpoint import build_model, load_checkpoint, save_training_checkpoint
 from minift.formats import write_jsonl
 from minift.model import GPT, GPTConfig, ScalarModel, answer_positions
@@ -214,14 +212,11 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     val_samples = synthetic_prefs(str(tmp_path / "val.jsonl"), 40, 3, seed=2, flipped=4)
     write_jsonl(str(tmp_path / "val_samples.jsonl"), val_samples)
     out = str(tmp_path / "rm")
-    args = ["train_reward.py", "--preset=micro", "--batch_groups=4", "--device=cpu", f"--init_from={sft}",
+    args = ["--preset=micro", "--batch_groups=4", "--device=cpu", f"--init_from={sft}",
             f"--out_dir={out}",
             f"--data={tmp_path / 'train.jsonl'}", f"--val_data={tmp_path / 'val.jsonl'}",
             f"--val_samples={tmp_path / 'val_samples.jsonl'}", "--learning_rate=3e-3", "--eval_interval=1000"]
-    # one thread: a model this small gains nothing from more, and loses a lot on a busy machine
-    result = subprocess.run([sys.executable] + args, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_main(train_reward, args)
     final = [m for m in read_metrics(out) if "eval_val_accuracy" in m][-1]
     assert final["eval_val_accuracy"] > 0.7 and final["eval_spearman"] > 0.4, final
     assert final["eval_spearman_within"] > 0.5, final
