@@ -8,7 +8,8 @@ import pytest
 
 from minift.synthetic import world
 from minift.synthetic.builders import Unsatisfiable, build_response
-from minift.synthetic.gold import garbled_words, gold_breakdown, gold_reward, repeated_3gram_share, world_words
+from minift.synthetic.gold import (WORLD_NOUNS, _stem, garbled_words, gold_breakdown, gold_reward, repeated_3gram_share,
+                                  world_words)
 from minift.synthetic.instructions import split_sentences
 from minift.synthetic.splits import sample
 from minift.synthetic.tasks import verify
@@ -98,6 +99,12 @@ def test_off_topic_answer_in_the_right_format_loses(samples):
         assert b["reward"] < gold(s, s.response), (s.prompt, other, b)
         flagged += "off_topic" in b["flaws"]
     assert built >= N // 3 and flagged >= 0.8 * built, (built, flagged)  # the rest name things of the place
+
+
+def test_every_world_noun_and_its_plural_stem_alike():
+    """Topic and spam match words by stem: "two benches" names the bench a task asked about."""
+    assert {"bench", "shelf", "leaf", "mouse", "cherry"} <= set(WORLD_NOUNS)
+    assert [n for n in WORLD_NOUNS if _stem(n) != n or _stem(world.plural(n)) != n] == []
 
 
 def test_reference_answers_use_only_world_words():

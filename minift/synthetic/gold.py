@@ -69,8 +69,10 @@ def _words(text):
     return re.findall(r"\w+", text.lower())
 
 
-# Plural -> singular for every noun of the story world ("mice" -> "mouse", "cherries" -> "cherry").
-_SINGULAR = {world.plural(n): n for n in world.OBJECTS + world.ANIMALS + world.FOODS + world.PLACES}
+# Plural -> singular for every noun of the story world ("mice" -> "mouse", "cherries" -> "cherry",
+# "shelves" -> "shelf"): the "-s" rule below would leave "shelve" and "benche".
+WORLD_NOUNS = world.OBJECTS + world.ANIMALS + world.FOODS + world.PLACES + sum(world.PLACE_THINGS.values(), [])
+_SINGULAR = {world.plural(n): n for n in WORLD_NOUNS}
 
 
 def _stem(word):
