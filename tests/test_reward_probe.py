@@ -15,7 +15,8 @@ from minift.synthetic.tasks import verify  # noqa: E402
 PROMPT = "Describe a kite."
 KWARGS = {"detectable_content:postscript": {"postscript_marker": "P.S."},
           "startend:end_checker": {"end_phrase": "Is there anything else I can help with?"},
-          "detectable_format:title": {}, "punctuation:no_comma": {}}
+          "detectable_format:title": {}, "punctuation:no_comma": {}, "change_case:english_capital": {},
+          "change_case:english_lowercase": {}}
 SLIPPED = "A kite is red, blue and long. It flies high."
 
 
