@@ -5,6 +5,7 @@ guard. The training loops themselves stay in the scripts, in plain sight.
 """
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -63,6 +64,7 @@ def host_reads(step, cfg, stopping):
     return done % cfg.log_interval == 0 or done % cfg.eval_interval == 0 or done == cfg.max_steps or stopping
 
 
+@functools.cache  # the answer never changes, and Muon asks at every step
 def cpu_multiplies_bf16():
     """Whether this CPU multiplies bf16 in hardware: Intel AMX's tile unit, or AVX512-BF16's
     dot-product instructions. PyTorch's checks are private, so a version without them
@@ -153,20 +155,28 @@ MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 MUON_NS_STEPS = 3  # iterations per update (PyTorch's default is 5; see make_optimizer)
 
 
-def orthogonalize(updates, steps=MUON_NS_STEPS):
+def product_dtype(device):
+    """The precision for Muon's products on `device`: bf16 where the hardware multiplies it
+    (GPUs; CPUs with AMX or AVX512-BF16), fp32 on other CPUs, where PyTorch emulates bf16
+    products many times slower than fp32 ones (FINDINGS.md, "Speed and precision")."""
+    device = torch.device(device)
+    return torch.float32 if device.type == "cpu" and not cpu_multiplies_bf16() else torch.bfloat16
+
+
+def orthogonalize(updates, steps=MUON_NS_STEPS, dtype=torch.bfloat16):
     """Push a stack of matrices (n, rows, cols), rows <= cols, toward the nearest
     (semi-)orthogonal ones: same singular vectors, singular values near 1.
 
     Dividing by the Frobenius norm puts every singular value in [0, 1]; each iteration then
     applies the odd polynomial a x + b x^3 + c x^5 to all singular values at once, since
     (X X^T) X multiplies by them twice more. rows <= cols keeps the Gram matrix X X^T at its
-    smaller size. The products run in bf16, as in Jordan et al.'s and PyTorch's Muon: the
-    result is an approximation anyway, and bf16 products are fast on GPUs and on CPUs with
-    AMX or AVX512-BF16. One batched product per shape, instead of torch.optim.Muon's one per
-    matrix, about halves the cost for the tiny model's 16 small matrices (FINDINGS.md, "Speed
-    and precision")."""
+    smaller size. The products run in `dtype`, bf16 as in Jordan et al.'s and PyTorch's Muon:
+    the result is an approximation anyway, and bf16 products are fast on GPUs and on CPUs
+    with AMX or AVX512-BF16 (Muon picks fp32 elsewhere: product_dtype). One batched product
+    per shape, instead of torch.optim.Muon's one per matrix, about halves the cost for the
+    tiny model's 16 small matrices (FINDINGS.md, "Speed and precision")."""
     a, b, c = MUON_NS_COEFFICIENTS
-    x = updates.bfloat16()
+    x = updates.to(dtype)
     x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=1e-7)
     for _ in range(steps):
         gram = x @ x.mT                                         # (n, rows, rows)
@@ -190,10 +200,12 @@ class Muon(torch.optim.Optimizer):
     Training") gives the update the root-mean-square size of a typical AdamW update, so the
     learning rate tuned for AdamW serves Muon too. This is PyTorch's torch.optim.Muon with
     adjust_lr_fn="match_rms_adamw"; ours orthogonalizes all matrices of one shape in a single
-    batched product (tests/test_training.py checks the two agree)."""
+    batched product (tests/test_training.py checks the two agree). `ns_dtype`, the precision
+    of the products, is product_dtype(the parameters' device) unless given."""
 
-    def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=MUON_NS_STEPS):
+    def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=MUON_NS_STEPS, ns_dtype=None):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self):
@@ -212,7 +224,8 @@ class Muon(torch.optim.Optimizer):
                     update = update.mT  # orthogonalizing U^T and transposing back gives the same
                 by_shape.setdefault(tuple(update.shape), []).append((p, update))
             for (_, cols), members in by_shape.items():  # cols = max(rows, cols) of the matrix
-                ortho = orthogonalize(torch.stack([u for _, u in members]), group["ns_steps"])
+                stack = torch.stack([u for _, u in members])
+                ortho = orthogonalize(stack, group["ns_steps"], self.ns_dtype or product_dtype(stack.device))
                 scale = 0.2 * math.sqrt(cols)
                 for (p, _), o in zip(members, ortho):
                     p.mul_(1 - lr * group["weight_decay"])

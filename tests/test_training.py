@@ -8,7 +8,7 @@ import torch
 from minift.checkpoint import resume_training, save_training_checkpoint
 from minift.model import GPT, GPTConfig
 from minift.training import (MUON_NS_STEPS, Muon, OptimizerPair, Runtime, cpu_multiplies_bf16, lr_at, make_optimizer,
-                             orthogonalize, set_lr)
+                             orthogonalize, product_dtype, set_lr)
 
 
 def test_lr_schedule():
@@ -78,7 +78,7 @@ def test_our_muon_matches_pytorchs_and_orthogonalizes():
     ours = [torch.nn.Parameter(torch.randn(*s) * 0.1) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     start = [p.detach().clone() for p in ours]
-    ours_opt = Muon(ours, lr=1e-2, weight_decay=0.1)
+    ours_opt = Muon(ours, lr=1e-2, weight_decay=0.1, ns_dtype=torch.bfloat16)   # PyTorch's products are bf16
     theirs_opt = torch.optim.Muon(theirs, lr=1e-2, weight_decay=0.1, ns_steps=MUON_NS_STEPS,
                                   adjust_lr_fn="match_rms_adamw")
     for _ in range(3):
@@ -92,8 +92,31 @@ def test_our_muon_matches_pytorchs_and_orthogonalizes():
         assert (a - a0).abs().max() > 1e-3, shape  # and the steps were not empty
 
     updates = torch.randn(3, 16, 40) * torch.tensor([1e-3, 1.0, 1e3]).view(3, 1, 1)
-    singular_values = torch.linalg.svdvals(orthogonalize(updates, steps=5).float())
-    assert singular_values.min() > 0.5 and singular_values.max() < 1.5
+    for dtype in (torch.bfloat16, torch.float32):
+        singular_values = torch.linalg.svdvals(orthogonalize(updates, steps=5, dtype=dtype).float())
+        assert singular_values.min() > 0.5 and singular_values.max() < 1.5, dtype
+
+
+def test_muon_multiplies_in_bf16_only_where_the_hardware_does():
+    """On a CPU without bf16 units PyTorch emulates bf16 products, many times slower than fp32:
+    Muon then orthogonalizes in fp32, and takes nearly the steps it takes in bf16."""
+    assert product_dtype("cpu") == (torch.bfloat16 if cpu_multiplies_bf16() else torch.float32)
+    assert product_dtype("cuda") == torch.bfloat16   # a device name alone: no GPU needed
+    torch.manual_seed(0)
+    start = torch.randn(48, 16) * 0.1
+    grads = [torch.randn(48, 16) for _ in range(3)]
+    steps = {}
+    for dtype in (None, torch.bfloat16, torch.float32):
+        p = torch.nn.Parameter(start.clone())
+        opt = Muon([p], lr=1e-2, ns_dtype=dtype)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        steps[dtype] = p.detach() - start
+    assert torch.equal(steps[None], steps[product_dtype("cpu")])
+    assert not torch.equal(steps[torch.bfloat16], steps[torch.float32])
+    scale = steps[torch.float32].abs().max()
+    assert torch.allclose(steps[torch.bfloat16], steps[torch.float32], rtol=0, atol=0.02 * scale)
 
 
 def _stop_flags_on_rank(rank, init_file, asked, out_dir):
