@@ -2,8 +2,9 @@
 Does the reward model prefer the answer with the rule fixed? Take the greedy answers that fail
 one of the demonstrators' common habits (the P.S., the end phrase, the title, no commas), or
 one of the two case rules (all capitals, all lower case), fix that one rule by hand, and score
-the answer before and after with the reward model: in full, and term by term (minift.model.ScalarModel: the head, and likelihood_weight times the answer's
-mean log-probability under the reward model's own LM head).
+the answer before and after with the reward model: in full, and term by term
+(minift.model.ScalarModel: the head, and likelihood_weight times the answer's mean
+log-probability under the reward model's own LM head).
 
     python bench/reward_probe.py                  # PPO's greedy test answers, from python pipeline.py
     python bench/reward_probe.py --model=sft      # SFT's
@@ -110,8 +111,8 @@ def main(argv=None):
     answers = [a["response"] for a in load_ifeval_responses(answers_path)]
     records = load_ifeval_inputs(os.path.join(cfg.out_dir, "data", "sft", f"{cfg.split}.jsonl"))[:len(answers)]
     rows = probe(reward_model, tokenizer, records, answers, cfg.device, cfg.batch_size)
-    print(f"{cfg.model}'s greedy {cfg.split} answers that fail a common habit or a case rule, fixed by hand; reward model "
-          f"{reward_ckpt} (likelihood weight {float(reward_model.likelihood_weight):g}). Mean change, fixed - before:")
+    print(f"{cfg.model}'s greedy {cfg.split} answers that fail a common habit or a case rule, fixed by hand; "
+          f"reward model {reward_ckpt} (likelihood weight {float(reward_model.likelihood_weight):g}). Mean change, fixed - before:")
     print(f"  {'rule':<32} {'n':>4} {'reward prefers fix':>19} {'head alone':>11} {'reward':>7} {'head':>6} "
           f"{'likelihood':>11} {'gold':>6}")
     for iid, r in rows.items():

@@ -230,8 +230,9 @@ def test_prepare_errors_name_the_path(tmp_path):
 
 
 def test_script_runs_from_the_repo_root(tmp_path):
-    out = subprocess.run([sys.executable, "data/prepare.py", "--size_mb", "0.02", "--prompts_mb", "0.02", "--vocab_size", "300",
-                          "--out_dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "data/prepare.py", "--size_mb", "0.02", "--prompts_mb", "0.02",
+                          "--vocab_size", "300", "--out_dir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "distinct 3-gram ratio" in out.stdout and "documents" in out.stdout
     assert (tmp_path / "train.bin").exists()
