@@ -107,11 +107,16 @@ def test_end_to_end_loss_goes_down_then_sample(corpus_dir, tmp_path, capsys):
     first, last = curve[min(curve)], curve[max(curve)]
     assert last < first - 1.0, curve
     capsys.readouterr()
-    run_main(sample, [f"--ckpt={out}/ckpt.pt", "--prompt=Once upon a time", "--max_new_tokens=20"])
-    printed = capsys.readouterr().out
-    # The prompt, then a continuation. A 40-step model may end its document after a few
-    # characters (it samples <|endoftext|>), so ask only for one.
-    assert printed.startswith("Once upon a time") and len(printed.rstrip()) > len("Once upon a time")
+    # The prompt, then a continuation. A 40-step model may end its document at once (it samples
+    # <|endoftext|>), so each of three seeds must print the prompt, and one must go on.
+    continued = []
+    for seed in range(3):
+        run_main(sample, [f"--ckpt={out}/ckpt.pt", "--prompt=Once upon a time", "--max_new_tokens=20",
+                          f"--seed={seed}"])
+        printed = capsys.readouterr().out
+        assert printed.startswith("Once upon a time"), printed
+        continued.append(len(printed.rstrip()) > len("Once upon a time"))
+    assert any(continued)
 
 
 def test_ctrl_c_saves_a_checkpoint(corpus_dir, tmp_path):
