@@ -1,4 +1,3 @@
-import contextlib
 import os
 import sys
 
@@ -50,21 +49,14 @@ def read_metrics(out_dir):
         return [json.loads(line) for line in f]
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Torch on one thread for the block: a model this small gains nothing from a second, and
-    loses a lot on a busy machine."""
+def run_main(script, args):
+    """A training script's main() in this process, on one thread (a model this small gains
+    nothing from a second, and loses a lot on a busy machine). Starting a new Python costs
+    seconds of imports (torch, then torch._dynamo with the first optimizer); the scripts' own
+    command lines are run as processes where that matters (Ctrl-C, DDP, pipeline.py)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        return script.main([str(a) for a in args])
     finally:
         torch.set_num_threads(threads)
-
-
-def run_main(script, args):
-    """A training script's main() in this process, on one thread. Starting a new Python costs
-    seconds of imports (torch, then torch._dynamo with the first optimizer); the scripts' own
-    command lines are run as processes where that matters (Ctrl-C, DDP, pipeline.py)."""
-    with one_thread():
-        return script.main([str(a) for a in args])
