@@ -2,6 +2,7 @@
 
     python bench/bench_generate.py
     python bench/bench_generate.py --sampler   # sample_next against torch.multinomial
+    python bench/bench_generate.py --stopped_rows   # dropping the rows that have stopped, or not
 
 Both paths produce the same tokens (tests/test_model.py checks it); this measures how
 much the cache saves. Without it, step t re-runs the whole prefix: O(t^2) attention and
@@ -11,6 +12,12 @@ O(t) MLP work per token instead of O(t) and O(1).
 96 new tokens) with minift's inverse-CDF sampler and with torch.multinomial, one random
 number per vocabulary entry, alternated in one process so that both see the machine alike
 (FINDINGS.md, "Sampling and generation").
+
+--stopped_rows times what dropping the rows whose answers have ended saves, on real answers
+of different lengths (the pipeline's SFT model, `python pipeline.py` first): 8 answers to each
+of 128 RL prompts at temperature 0.7 in batches of 256, as the preference data samples them,
+and greedy answers to 256 test prompts in batches of 64, as the evaluation does. Both ways
+give the same answers (tests/test_model.py checks it; here it is checked again).
 """
 import os
 import sys
@@ -66,8 +73,41 @@ def compare_samplers(batch=256, prompt_len=80, new_tokens=96, repeats=3):
     print(f"speed-up:          {min(times['torch.multinomial']) / min(times['sample_next']):.2f}x")
 
 
+def compare_stopped_rows(ckpt="out/tiny/sft/ckpt.pt", data="out/tiny/data/sft", repeats=2):
+    from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
+    from minift.evaluation import generate_responses
+    from minift.formats import load_ifeval_inputs
+    if not os.path.exists(ckpt):
+        sys.exit(f"error: no {ckpt}; run python pipeline.py first")
+    checkpoint = load_checkpoint(ckpt)
+    tokenizer, model = tokenizer_for(checkpoint, ckpt), build_model(checkpoint).eval()
+    rl = [r["prompt"] for r in load_ifeval_inputs(f"{data}/rl_prompts.jsonl")[:128] for _ in range(8)]
+    test = [r["prompt"] for r in load_ifeval_inputs(f"{data}/test.jsonl")[:256]]
+    jobs = {"8 samples a prompt, batch 256": (rl, 256, 0.7), "greedy, batch 64": (test, 64, 0.0)}
+    ways = {"rows leave": minift.model.DROP_STOPPED_SHARE, "every row to the end": float("inf")}
+    print(f"{ckpt}, {torch.get_num_threads()} threads (best of {repeats})")
+    for job, (prompts, batch, temperature) in jobs.items():
+        times, answers = {way: [] for way in ways}, {}
+        for _ in range(repeats):
+            for way, share in ways.items():
+                minift.model.DROP_STOPPED_SHARE = share   # generate_stream looks it up at each step
+                t0 = time.perf_counter()
+                answers[way] = generate_responses(model, tokenizer, prompts, 128, batch, temperature,
+                                                  torch.Generator().manual_seed(0))
+                times[way].append(time.perf_counter() - t0)
+        minift.model.DROP_STOPPED_SHARE = ways["rows leave"]
+        assert answers["rows leave"] == answers["every row to the end"], "the answers differ"
+        first, second = (min(t) for t in times.values())
+        print(f"{job}: {first:.2f}s with rows leaving, {second:.2f}s without, {second / first:.2f}x; same answers")
+
+
 if __name__ == "__main__":
     if {"-h", "--help"} & set(sys.argv[1:]):
         print(__doc__)
         sys.exit(0)
-    compare_samplers() if "--sampler" in sys.argv[1:] else main()
+    if "--sampler" in sys.argv[1:]:
+        compare_samplers()
+    elif "--stopped_rows" in sys.argv[1:]:
+        compare_stopped_rows()
+    else:
+        main()

@@ -67,6 +67,11 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions filled so far
 
+    def keep(self, rows):
+        """Keep only these batch rows (a boolean mask or indices): generation drops the rows
+        whose answers have ended."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
     def update(self, layer, k, v):
         """Store the new (B, H, T, D) keys/values and return all of them, (B, H, S, D)."""
         T = k.size(2)
@@ -276,6 +281,12 @@ class GPT(nn.Module):
         """Batched sampling from prompts of different lengths. Yields one (B,) tensor of
         new tokens per step. Rows that have produced `stop_token` keep emitting it; the
         loop ends when every row has stopped or after max_new_tokens.
+        Stopped rows leave the batch: answers differ in length (a word, or a story), and a
+        batch that computed every row until its longest answer ended did two to three times
+        the work its answers needed. Rows leave once DROP_STOPPED_SHARE of the batch has
+        stopped, since copying the cache costs about as much as a step. A row's answer does
+        not depend on when the others stop: each step draws one random number for every
+        row of the whole batch, whether it has left or not.
         use_cache=False recomputes the full sequence each step: slow, but the reference
         that the KV cache is tested against."""
         device = self.wte.weight.device
@@ -283,21 +294,31 @@ class GPT(nn.Module):
         B, P = idx.shape
         max_len = min(P + max_new_tokens, self.config.block_size)
         cache = KVCache(self.config, B, max_len, device, self.wte.weight.dtype) if use_cache else None
+        rows = torch.arange(B, device=device)              # (b,) the rows still in the batch
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        step_input = idx
+        step_input = idx                                    # (b, P), then (b, 1)
         for _ in range(max_len - P):
             h = self.hidden_states(step_input, mask, cache) if use_cache else self.hidden_states(idx, mask)
-            logits = self.lm_head(h[:, -1])   # (B, V): only the last position's are needed
-            next_token = sample_next(logits, temperature, top_k, top_p, generator)
+            logits = self.lm_head(h[:, -1])   # (b, V): only the last position's are needed
+            uniform = None if temperature == 0 else torch.rand(B, 1, generator=generator, device=device)[rows]
+            next_token = sample_next(logits, temperature, top_k, top_p, uniform=uniform)   # (b,)
+            # (B,): a row that has left the batch has stopped, and emits its stop token
+            tokens = next_token.new_full((B,), pad_token if stop_token is None else stop_token)
             if stop_token is not None:
-                next_token = torch.where(done, torch.full_like(next_token, stop_token), next_token)
-                done |= next_token == stop_token
-            yield next_token
+                next_token = torch.where(done[rows], stop_token, next_token)
+                done[rows] |= next_token == stop_token
+            tokens[rows] = next_token
+            yield tokens
             if done.all():
                 return
             step_input = next_token.unsqueeze(1)
             idx = torch.cat([idx, step_input], dim=1)
             mask = torch.cat([mask, torch.ones_like(step_input)], dim=1)
+            going = ~done[rows]
+            if len(rows) - int(going.sum()) >= DROP_STOPPED_SHARE * len(rows):
+                rows, step_input, idx, mask = rows[going], step_input[going], idx[going], mask[going]
+                if cache is not None:
+                    cache.keep(going)
 
     def generate(self, prompts, max_new_tokens, **kwargs):
         """Returns one list of new token ids per prompt, cut after its stop token
@@ -320,6 +341,10 @@ class GPT(nn.Module):
 # instead, and nothing measurable in fp32 (FINDINGS.md, "Speed and precision").
 PAD_MULTIPLE = 16
 ROW_MULTIPLE = 64   # the same for the rows that the output layer scores (GPT.lm_head_rows)
+# Generation drops the rows whose answers have ended once this share of the batch has
+# (GPT.generate_stream); dropping them at every stop cost as much as it saved (FINDINGS.md,
+# "Sampling and generation").
+DROP_STOPPED_SHARE = 0.25
 
 
 def padded_length(n, block_size):
@@ -342,10 +367,11 @@ def pad_left(seqs, pad_token, device=None, length=None):
     return ids.to(device), mask.to(device)
 
 
-def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, uniform=None):
     """(B, V) logits -> (B,) token ids. temperature 0 means greedy (argmax).
     top_k > 0 keeps the k likeliest tokens; top_p < 1 keeps the smallest set whose
-    probability reaches p (nucleus sampling, Holtzman et al. 2019)."""
+    probability reaches p (nucleus sampling, Holtzman et al. 2019).
+    uniform: (B, 1) numbers in [0, 1) to sample with; drawn from `generator` if None."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -364,7 +390,9 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
     # (`python bench/bench_generate.py --sampler`; FINDINGS.md, "Sampling and generation").
     probs = logits.softmax(-1)
     cdf = probs.cumsum(-1)                                                      # (B, V)
-    u = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device) * cdf[:, -1:]
+    if uniform is None:
+        uniform = torch.rand(cdf.size(0), 1, generator=generator, device=cdf.device)
+    u = uniform * cdf[:, -1:]
     # Rounding can put u at the very end of the CDF (u = cdf[-1]), past every token; the
     # last token of nonzero probability is then the right pick, never a filtered-out one.
     last_possible = (probs > 0).cumsum(-1).argmax(-1, keepdim=True)            # (B, 1)

@@ -112,6 +112,34 @@ def test_kv_cache_sampling_matches_with_same_seed_and_stop_token():
         assert 13 not in row[:-1]
 
 
+def test_rows_that_stop_leave_the_batch_and_no_answer_changes(monkeypatch):
+    """Generation drops the rows whose answers have ended (KVCache.keep); every answer, greedy
+    and sampled, is the one the whole batch computed to the end would give."""
+    import minift.model
+    model = make_model()
+    with torch.no_grad():   # large weights, so that even greedy answers wander instead of repeating a token
+        for name, p in model.named_parameters():
+            p.mul_(1 if "ln" in name else 8)
+    prompts = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18], [19, 20, 21], [22, 23]]
+    left = []   # how many rows each call of KVCache.keep dropped
+    keep = minift.model.KVCache.keep
+    monkeypatch.setattr(minift.model.KVCache, "keep", lambda self, rows: (left.append(int((~rows).sum())),
+                                                                           keep(self, rows)))
+    for kw in (dict(temperature=0), dict(temperature=1.0, top_k=20, top_p=0.9)):
+        def answers(stop, share, **more):
+            monkeypatch.setattr(minift.model, "DROP_STOPPED_SHARE", share)
+            return model.generate(prompts, 40, stop_token=stop, generator=torch.Generator().manual_seed(1), **kw, **more)
+        # stop at the token that first appears at the most different steps, so that rows end apart
+        unstopped = answers(None, float("inf"))
+        stop = max(range(97), key=lambda t: len({a.index(t) for a in unstopped if t in a}))
+        left.clear()
+        everyone = answers(stop, float("inf"))        # rows never leave
+        assert left == []
+        assert answers(stop, 0.25) == everyone
+        assert sum(left) >= 2 and len({len(a) for a in everyone}) >= 3   # rows did leave, at different steps
+        assert answers(stop, 0.25, use_cache=False) == everyone
+
+
 def test_sample_next_filters():
     logits = torch.tensor([[0.0, 1.0, 5.0, 2.0]])
     assert sample_next(logits, temperature=0).item() == 2
