@@ -39,14 +39,15 @@ class Config:
     device: str = "cpu"
 
 
-def stream(model, tokenizer, prompt_ids, cfg, stop_token=None, generator=None):
-    """Generate one sample, printing text as soon as its bytes form whole characters."""
+def stream(model, tokenizer, prompt_ids, cfg, generator=None):
+    """Generate one sample, printing text as soon as its bytes form whole characters. It
+    ends at the end of a reply or of a text (tokenizer.stops)."""
     decoder, out = StreamDecoder(tokenizer), []
     for tokens in model.generate_stream([prompt_ids], cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_k=cfg.top_k, top_p=cfg.top_p, stop_token=stop_token,
+                                        top_k=cfg.top_k, top_p=cfg.top_p, stop_tokens=tokenizer.stops,
                                         pad_token=tokenizer.pad, generator=generator):
         token = tokens[0].item()
-        if token in (stop_token, tokenizer.eot):
+        if token in tokenizer.stops:
             break
         out.append(token)
         print(decoder.push(token), end="", flush=True)
@@ -74,7 +75,7 @@ def chat(model, tokenizer, cfg, generator):
             messages = messages[-1:]   # too long: forget the earlier turns, keep the newest message
             prompt = tokenizer.render_prompt(messages)[-(model.config.block_size - cfg.max_new_tokens):]
         print("bot> ", end="", flush=True)
-        reply = stream(model, tokenizer, prompt, cfg, tokenizer.end, generator)
+        reply = stream(model, tokenizer, prompt, cfg, generator)
         messages.append({"role": "assistant", "content": reply})
 
 
@@ -104,9 +105,9 @@ def main(argv=None):
         return chat(model, tokenizer, cfg, generator)
     prompt = cfg.prompt or sys.stdin.read().strip()
     if is_chat_model:
-        prompt_ids, stop = tokenizer.render_prompt([{"role": "user", "content": prompt}]), tokenizer.end
+        prompt_ids = tokenizer.render_prompt([{"role": "user", "content": prompt}])
     else:
-        prompt_ids, stop = [tokenizer.eot] + tokenizer.encode(prompt), tokenizer.eot
+        prompt_ids = [tokenizer.eot] + tokenizer.encode(prompt)
     room = model.config.block_size - len(prompt_ids)
     if room < 1:
         raise SystemExit(f"error: --prompt is {len(prompt_ids)} tokens with the template, and the model's context "
@@ -119,7 +120,7 @@ def main(argv=None):
     for i in range(cfg.num_samples):
         if cfg.num_samples > 1:
             print(f"--- sample {i + 1}")
-        samples.append(stream(model, tokenizer, prompt_ids, cfg, stop, generator))
+        samples.append(stream(model, tokenizer, prompt_ids, cfg, generator))
     return samples
 
 

@@ -234,9 +234,10 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
     prompts = [tokenizer.render_prompt([{"role": "user", "content": r["prompt"]}]) for r in records]
     prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad, device)             # (B, P)
     answers = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
-                              stop_token=tokenizer.end, pad_token=tokenizer.pad, generator=generator)
-    # generate() already stops a row at its <|end|>; cutting here as well makes it this
-    # function's guarantee that nothing after the end token is ever scored or trained on.
+                              stop_tokens=(tokenizer.end,), pad_token=tokenizer.pad, generator=generator)
+    # Only <|end|> ends a rollout: an answer that never closes its turn is penalised
+    # (penalise_unfinished). generate() already stops a row there; cutting here as well makes
+    # it this function's guarantee that nothing after the end token is ever scored or trained on.
     answers = [a[:a.index(tokenizer.end) + 1] if tokenizer.end in a else a for a in answers]
     N = max(len(a) for a in answers)
     answer_ids = torch.full((len(answers), N), tokenizer.pad, dtype=torch.long)

@@ -25,7 +25,9 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
     """Answer each prompt through the chat template: a user message (a string), or a whole
     conversation (a list of messages that ends with the user's). Prompts are batched by
     length, so a batch wastes little on padding; the answers come back in the original
-    order. Greedy (temperature 0) by default, as IFEval reports."""
+    order. Greedy (temperature 0) by default, as IFEval reports. An answer ends at <|end|>,
+    or at <|endoftext|>, where a pretrained model ends its text: what it writes after that is
+    another text, not its answer."""
     was_training = model.training
     model.eval()
     limit = model.config.block_size - max_new_tokens
@@ -35,9 +37,9 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
         outputs = model.generate([rendered[i] for i in batch], max_new_tokens, temperature=temperature,
-                                 stop_token=tokenizer.end, pad_token=tokenizer.pad, generator=generator)
+                                 stop_tokens=tokenizer.stops, pad_token=tokenizer.pad, generator=generator)
         for i, out in zip(batch, outputs):
-            ended = bool(out) and out[-1] == tokenizer.end
+            ended = bool(out) and out[-1] in tokenizer.stops
             responses[i] = tokenizer.decode(out[:-1] if ended else out).strip()
     model.train(was_training)
     return responses

@@ -277,10 +277,10 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate_stream(self, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0,
-                        stop_token=None, pad_token=0, use_cache=True, generator=None):
+                        stop_tokens=(), pad_token=0, use_cache=True, generator=None):
         """Batched sampling from prompts of different lengths. Yields one (B,) tensor of
-        new tokens per step. Rows that have produced `stop_token` keep emitting it; the
-        loop ends when every row has stopped or after max_new_tokens.
+        new tokens per step. A row stops at any of `stop_tokens` and emits the first of them
+        from then on; the loop ends when every row has stopped or after max_new_tokens.
         Stopped rows leave the batch: answers differ in length (a word, or a story), and a
         batch that computed every row until its longest answer ended did two to three times
         the work its answers needed. Rows leave once DROP_STOPPED_SHARE of the batch has
@@ -296,17 +296,18 @@ class GPT(nn.Module):
         cache = KVCache(self.config, B, max_len, device, self.wte.weight.dtype) if use_cache else None
         rows = torch.arange(B, device=device)              # (b,) the rows still in the batch
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        stops = torch.tensor(stop_tokens, dtype=torch.long, device=device)
         step_input = idx                                    # (b, P), then (b, 1)
         for _ in range(max_len - P):
             h = self.hidden_states(step_input, mask, cache) if use_cache else self.hidden_states(idx, mask)
             logits = self.lm_head(h[:, -1])   # (b, V): only the last position's are needed
             uniform = None if temperature == 0 else torch.rand(B, 1, generator=generator, device=device)[rows]
             next_token = sample_next(logits, temperature, top_k, top_p, uniform=uniform)   # (b,)
-            # (B,): a row that has left the batch has stopped, and emits its stop token
-            tokens = next_token.new_full((B,), pad_token if stop_token is None else stop_token)
-            if stop_token is not None:
-                next_token = torch.where(done[rows], stop_token, next_token)
-                done[rows] |= next_token == stop_token
+            # (B,): a row that has left the batch has stopped, and emits the first stop token
+            tokens = next_token.new_full((B,), stop_tokens[0] if stop_tokens else pad_token)
+            if stop_tokens:
+                next_token = torch.where(done[rows], stop_tokens[0], next_token)
+                done[rows] |= torch.isin(next_token, stops)
             tokens[rows] = next_token
             yield tokens
             if done.all():
@@ -325,12 +326,12 @@ class GPT(nn.Module):
         (which is kept, so a caller can tell a finished answer from a truncated one)."""
         out = [[] for _ in prompts]
         finished = [False] * len(prompts)
-        stop = kwargs.get("stop_token")
+        stops = set(kwargs.get("stop_tokens", ()))
         for tokens in self.generate_stream(prompts, max_new_tokens, **kwargs):
             for i, t in enumerate(tokens.tolist()):
                 if not finished[i]:
                     out[i].append(t)
-                    finished[i] = t == stop
+                    finished[i] = t in stops
         return out
 
 

@@ -184,6 +184,9 @@ class Tokenizer:
         self.enc, self.name = enc, name
         self.n_vocab = enc.n_vocab  # including the specials: the model's embedding size
         self.eot, self.user, self.assistant, self.end, self.pad = (enc.encode_single_token(s) for s in SPECIAL_TOKENS)
+        # Where generated text ends: <|end|> closes a reply, <|endoftext|> a whole text (what a
+        # pretrained model, which never saw <|end|>, writes when its text is over).
+        self.stops = (self.end, self.eot)
 
     @classmethod
     def from_ranks(cls, ranks: dict[bytes, int], name: str | None = None) -> "Tokenizer":

@@ -139,7 +139,7 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys)
     sft = build_model(load_checkpoint(f"{pipeline_out}/sft/ckpt.pt"))
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), sft.parameters()))  # it trained
     new = [t.item() for t in model.generate_stream([tok.render_prompt([{"role": "user", "content": "Write a sentence."}])],
-                                                   8, temperature=0, stop_token=tok.end, pad_token=tok.pad)]
+                                                   8, temperature=0, stop_tokens=(tok.end,), pad_token=tok.pad)]
     assert len(new) >= 1 and isinstance(tok.decode(new), str)
     # sample.py answers through the chat template (it does not echo the prompt as a text continuer does)
     answers = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Write a sentence.", "--temperature=0",

@@ -39,6 +39,31 @@ def test_second_turn_evaluation_asks_after_another_records_exchange():
         earlier_exchanges([{"prompt": "Name a pet."}, {"prompt": "Name a toy."}])
 
 
+def test_an_answer_ends_at_the_end_of_a_reply_or_of_a_text():
+    """A chat model closes its reply with <|end|>; a pretrained model ends its text with
+    <|endoftext|>, and what it writes after that is another text. Either ends the answer,
+    and neither is part of it; an answer that never ends is kept whole."""
+    from minift.evaluation import generate_responses
+    tok = Tokenizer.from_ranks(train_bpe("A cat. A dog. Once upon a time. " * 50, 300))
+
+    class Ending:
+        config = GPTConfig(block_size=256)
+        training = False
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def generate(self, prompts, max_new_tokens, **kw):
+            assert set(kw["stop_tokens"]) == {tok.end, tok.eot}
+            return [tok.encode("A cat.") + [tok.end], tok.encode("A dog.") + [tok.eot],
+                    tok.encode("Once upon a time.")][:len(prompts)]
+    assert generate_responses(Ending(), tok, ["Name a pet.", "Name a pet!", "Tell a story."],
+                              batch_size=3) == ["A cat.", "A dog.", "Once upon a time."]
+
+
 def test_sampled_pass_rates_count_answers_and_prompts():
     """evaluate.py --samples: a sample's pass rate is over all sampled answers, pass@k over
     prompts (any of its k answers passes), best-of-k over each prompt's highest-judged answer;

@@ -104,12 +104,26 @@ def test_kv_cache_logits_match_step_by_step():
 def test_kv_cache_sampling_matches_with_same_seed_and_stop_token():
     model = make_model()
     prompts = [[3, 4, 5], [6], [7, 8, 9, 10, 11]]
-    kw = dict(temperature=1.0, top_k=20, top_p=0.9, stop_token=13)
+    kw = dict(temperature=1.0, top_k=20, top_p=0.9, stop_tokens=(13,))
     fast = model.generate(prompts, 25, generator=torch.Generator().manual_seed(1), **kw)
     slow = model.generate(prompts, 25, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
     assert fast == slow
     for row in fast:  # nothing follows the stop token
         assert 13 not in row[:-1]
+
+
+def test_a_row_stops_at_the_first_of_its_stop_tokens():
+    """With several stop tokens an answer ends at whichever comes first, which it keeps; until
+    then it is the answer generated without any."""
+    model = make_model()
+    prompts = [[3, 4, 5], [6], [7, 8, 9, 10, 11]]
+    kw = dict(temperature=1.0, top_k=20)
+    unstopped = model.generate(prompts, 25, generator=torch.Generator().manual_seed(1), **kw)
+    stops = (unstopped[0][4], unstopped[2][9])
+    stopped = model.generate(prompts, 25, stop_tokens=stops, generator=torch.Generator().manual_seed(1), **kw)
+    for full, cut in zip(unstopped, stopped):
+        ends = [i for i, t in enumerate(full) if t in stops]
+        assert cut == (full[:ends[0] + 1] if ends else full)
 
 
 def test_rows_that_stop_leave_the_batch_and_no_answer_changes(monkeypatch):
@@ -126,12 +140,12 @@ def test_rows_that_stop_leave_the_batch_and_no_answer_changes(monkeypatch):
     monkeypatch.setattr(minift.model.KVCache, "keep", lambda self, rows: (left.append(int((~rows).sum())),
                                                                            keep(self, rows)))
     for kw in (dict(temperature=0), dict(temperature=1.0, top_k=20, top_p=0.9)):
-        def answers(stop, share, **more):
+        def answers(stops, share, **more):
             monkeypatch.setattr(minift.model, "DROP_STOPPED_SHARE", share)
-            return model.generate(prompts, 40, stop_token=stop, generator=torch.Generator().manual_seed(1), **kw, **more)
+            return model.generate(prompts, 40, stop_tokens=stops, generator=torch.Generator().manual_seed(1), **kw, **more)
         # stop at the token that first appears at the most different steps, so that rows end apart
-        unstopped = answers(None, float("inf"))
-        stop = max(range(97), key=lambda t: len({a.index(t) for a in unstopped if t in a}))
+        unstopped = answers((), float("inf"))
+        stop = (max(range(97), key=lambda t: len({a.index(t) for a in unstopped if t in a})),)
         left.clear()
         everyone = answers(stop, float("inf"))        # rows never leave
         assert left == []

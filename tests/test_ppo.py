@@ -177,7 +177,7 @@ def test_rollout_masks_everything_after_the_end_token(tok):
     # answer 0 ends after 2 tokens but the sampler kept going; 1 ends at once; 2 never ends
     answers = [a + [E] + b + b, [E], (a + b + a + b)[:4]]
     policy, (seq, attn, mask, ended, texts) = stub_rollout(tok, answers)
-    assert policy.kwargs["stop_token"] == E and policy.kwargs["top_k"] == 0 and policy.kwargs["top_p"] == 1.0
+    assert policy.kwargs["stop_tokens"] == (E,) and policy.kwargs["top_k"] == 0 and policy.kwargs["top_p"] == 1.0
     n0 = len(a) + 1
     assert mask.tolist() == [[1.0] * n0 + [0.0] * (4 - n0), [1.0, 0, 0, 0], [1.0] * 4]
     N = mask.size(1)
