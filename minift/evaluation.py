@@ -21,13 +21,14 @@ def render_prompts(tokenizer, prompts):
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size=64, temperature=0.0,
-                       generator=None):
+                       generator=None, stop_tokens=None):
     """Answer each prompt through the chat template: a user message (a string), or a whole
     conversation (a list of messages that ends with the user's). Prompts are batched by
     length, so a batch wastes little on padding; the answers come back in the original
-    order. Greedy (temperature 0) by default, as IFEval reports. An answer ends at <|end|>,
-    or at <|endoftext|>, where a pretrained model ends its text: what it writes after that is
-    another text, not its answer."""
+    order. Greedy (temperature 0) by default, as IFEval reports. An answer ends at any of
+    `stop_tokens`, by default at <|end|> or at <|endoftext|>, where a pretrained model ends its
+    text: what it writes after that is another text, not its answer."""
+    stop_tokens = stop_tokens or tokenizer.stops
     was_training = model.training
     model.eval()
     limit = model.config.block_size - max_new_tokens
@@ -37,19 +38,21 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
         outputs = model.generate([rendered[i] for i in batch], max_new_tokens, temperature=temperature,
-                                 stop_tokens=tokenizer.stops, pad_token=tokenizer.pad, generator=generator)
+                                 stop_tokens=stop_tokens, pad_token=tokenizer.pad, generator=generator)
         for i, out in zip(batch, outputs):
-            ended = bool(out) and out[-1] in tokenizer.stops
+            ended = bool(out) and out[-1] in stop_tokens
             responses[i] = tokenizer.decode(out[:-1] if ended else out).strip()
     model.train(was_training)
     return responses
 
 
-def sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator):
+def sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator,
+                   stop_tokens=None):
     """K sampled answers per record: a list of K strings per record. The K copies of a prompt
     sit side by side, and generate_responses batches by prompt length with the KV cache."""
     prompts = [r["prompt"] for r in records for _ in range(k)]
-    answers = generate_responses(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, generator)
+    answers = generate_responses(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, generator,
+                                 stop_tokens)
     return [answers[i * k:(i + 1) * k] for i in range(len(records))]
 
 

@@ -241,13 +241,17 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     assert marked > plain
 
 
-def test_make_preferences_script(tok, tmp_path):
+def test_make_preferences_script(tok, tmp_path, monkeypatch):
     """data/make_preferences.py end to end with a random model: whole prompts go to val, every
-    pair is ordered by gold, and val_samples holds every held-out answer."""
+    pair is ordered by gold, val_samples holds every held-out answer, and answers end where
+    PPO's rollouts end, at <|end|> only."""
     from random import Random as R
 
     from data import make_preferences
+    from minift.model import GPT
     from minift.synthetic.splits import sample
+    stops, generate = set(), GPT.generate
+    monkeypatch.setattr(GPT, "generate", lambda self, *a, **kw: stops.add(kw["stop_tokens"]) or generate(self, *a, **kw))
     sft = tiny_sft_checkpoint(tok, tmp_path, block_size=128, n_layer=1)
     rng = R(0)
     write_jsonl(str(tmp_path / "rl.jsonl"), [sample(rng, "rl_prompts").record(f"rl-{i}") for i in range(16)])
@@ -262,6 +266,7 @@ def test_make_preferences_script(tok, tmp_path):
     assert all(p["chosen_score"] > p["rejected_score"] for p in train + val)
     assert len(train) + len(val) == stats["train_pairs"] + stats["val_pairs"]
     assert stats["train_pairs"] + stats["val_pairs"] + round(stats["tie_rate"] * 48) == 48  # 16 x C(3, 2)
+    assert stops == {(tok.end,)}
     again = make_preferences.main(["--preset=micro", "--k=3", "--val_fraction=0.25", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}2",
                                    f"--prompts={tmp_path / 'rl.jsonl'}"])
     assert again == {**stats, "seconds": again["seconds"]}                 # deterministic
