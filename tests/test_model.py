@@ -142,7 +142,8 @@ def test_rows_that_stop_leave_the_batch_and_no_answer_changes(monkeypatch):
     for kw in (dict(temperature=0), dict(temperature=1.0, top_k=20, top_p=0.9)):
         def answers(stops, share, **more):
             monkeypatch.setattr(minift.model, "DROP_STOPPED_SHARE", share)
-            return model.generate(prompts, 40, stop_tokens=stops, generator=torch.Generator().manual_seed(1), **kw, **more)
+            return model.generate(prompts, 40, stop_tokens=stops, generator=torch.Generator().manual_seed(1),
+                                  **kw, **more)
         # stop at the token that first appears at the most different steps, so that rows end apart
         unstopped = answers((), float("inf"))
         stop = (max(range(97), key=lambda t: len({a.index(t) for a in unstopped if t in a})),)
