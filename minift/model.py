@@ -313,13 +313,16 @@ class GPT(nn.Module):
             if done.all():
                 return
             step_input = next_token.unsqueeze(1)
-            idx = torch.cat([idx, step_input], dim=1)
             mask = torch.cat([mask, torch.ones_like(step_input)], dim=1)
+            if not use_cache:   # only the reference path re-reads the whole sequence
+                idx = torch.cat([idx, step_input], dim=1)
             going = ~done[rows]
             if len(rows) - int(going.sum()) >= DROP_STOPPED_SHARE * len(rows):
-                rows, step_input, idx, mask = rows[going], step_input[going], idx[going], mask[going]
-                if cache is not None:
+                rows, step_input, mask = rows[going], step_input[going], mask[going]
+                if use_cache:
                     cache.keep(going)
+                else:
+                    idx = idx[going]
 
     def generate(self, prompts, max_new_tokens, **kwargs):
         """Returns one list of new token ids per prompt, cut after its stop token
