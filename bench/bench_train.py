@@ -6,6 +6,7 @@
     python bench/bench_train.py --against=e5c8e74     # and minift's GPT at that git revision, interleaved
     python bench/bench_train.py --bf16                # and fp32 against bf16 autocast, as a ratio
     python bench/bench_train.py --muon                # and AdamW against Muon (--optimizer=muon), as a ratio
+    python bench/bench_train.py --saved               # and the activations kept for backward, both models
     python bench/bench_train.py --json=results.json   # also write the figures as JSON
 
 The side-by-side times the same step for both models: forward, loss over every position, backward,
@@ -23,6 +24,11 @@ or speeds up mid-run touches both alike, and print the ratio.
 --muon: Muon orthogonalises each block matrix's update with three Newton-Schulz
 iterations, a fixed cost per step that does not shrink with the batch; our batched Muon
 makes one product per shape instead of one per matrix (FINDINGS.md, "Speed and precision").
+
+--saved: the bytes of activations autograd keeps from one forward pass for the backward pass
+(fp32, eager, parameters not counted), minift's GPT against the plain GPT-2. With the weights
+and the optimizer's state, they are most of a training step's peak memory, and unlike peak
+memory they can be counted on any device.
 
 --bf16: a CPU with AMX (Intel Sapphire Rapids and later) or AVX512-BF16 multiplies bf16
 matrices in hardware. The plain figure above is fp32's. The training scripts use bf16 where
@@ -234,6 +240,25 @@ def interleaved(name_a, bench_a, name_b, bench_b, steps):
           f"{b[1] * 1000:.0f} ms/step: {name_b} is {sum(a) / sum(b):.2f}x as fast", flush=True)
 
 
+def saved_activation_bytes(cls, config, batch_size, device):
+    """Bytes of the tensors autograd keeps from one fp32 forward pass for the backward pass, each
+    storage counted once (a view keeps all of its storage alive), parameters left out."""
+    torch.manual_seed(0)
+    model = cls(GPTConfig(**config)).to(device)
+    tokens = torch.randint(0, config["vocab_size"], (2, batch_size, config["block_size"]), device=device)
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(tokens[0], tokens[1])
+    return sum(kept.values())
+
+
 def main(args):
     opts = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "1") for a in args)
     device = pick_device(opts.get("device", "auto"))
@@ -255,6 +280,10 @@ def main(args):
                     Bench(GPT, "", config, batch_size, device, compile=compile, autocast=bf16).warm_up(warmup), steps)
     if "muon" in opts:
         interleaved("AdamW", plain_fp32().warm_up(warmup), "Muon", plain_fp32(optimizer="muon").warm_up(warmup), steps)
+    if "saved" in opts:
+        ours, plain = (saved_activation_bytes(cls, config, batch_size, device) for cls in (GPT, PlainGPT2))
+        print(f"activations kept for backward (fp32, eager): minift GPT {ours / 1e6:.1f} MB, "
+              f"plain GPT-2 {plain / 1e6:.1f} MB: {ours / plain:.3f}x", flush=True)
     if "json" in opts:
         with open(opts["json"], "w") as f:
             json.dump(reports, f, indent=1)

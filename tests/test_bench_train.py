@@ -45,3 +45,15 @@ def test_flops_per_token_and_peak_lookup(monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
         assert peak_bf16_flops("cuda:0") == peak, name
     assert all(v > 1e13 for v in PEAK_BF16_FLOPS.values())
+
+
+def test_minift_keeps_about_as_many_activations_for_backward_as_plain_gpt2():
+    """--saved counts the activations autograd keeps for the backward pass. Rotary positions add
+    rotated copies of q and k; with v copied as well, the (B, T, 3C) projection is not kept too,
+    and minift's GPT keeps within a tenth of what the plain GPT-2 keeps."""
+    config, batch_size = bench_train.CONFIGS["cpu-smoke"]
+    ours, plain = (bench_train.saved_activation_bytes(cls, config, batch_size, "cpu")
+                   for cls in (bench_train.GPT, bench_train.PlainGPT2))
+    # at least the fp32 log-softmax over every position, which the cross-entropy keeps
+    assert plain >= batch_size * config["block_size"] * config["vocab_size"] * 4
+    assert ours <= 1.1 * plain, (ours, plain)

@@ -240,3 +240,24 @@ def test_compiled_loss_is_one_graph_and_matches_eager():
     logits, loss = compiled(x, y)
     assert logits.shape == (2 * 16, 97)
     assert torch.allclose(loss, model(x, y)[1], atol=1e-6)
+
+
+def test_attention_keeps_no_view_of_the_qkv_projection_for_backward():
+    """Autograd keeps what attention's backward needs: the rotated q and k, and v. v must not be
+    a view of the (B, T, 3C) projection, or the whole projection stays in memory beside the
+    rotated copies until the backward pass (minift.model.CausalSelfAttention)."""
+    model = make_model().train()
+    attn = model.blocks[0].attn
+    outputs = []
+    handle = attn.c_attn.register_forward_hook(lambda module, args, out: outputs.append(out))
+    saved = []
+
+    def pack(t):
+        saved.append(t.untyped_storage().data_ptr())
+        return t
+    x = torch.randn(2, 16, CFG.n_embd, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = attn(x, (model.rotary_cos[:16][None, None], model.rotary_sin[:16][None, None]))
+    handle.remove()
+    assert out.shape == x.shape and saved   # the hooks saw attention's saved tensors
+    assert outputs[0].untyped_storage().data_ptr() not in saved
