@@ -127,9 +127,8 @@ class CausalSelfAttention(nn.Module):
         # (B, T, C) -> (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)  # keys are cached rotated
-        # Attention keeps q, k and v for its backward pass. The rotation gave q and k memory of
-        # their own; v, still a view, would keep the whole (B, T, 3C) projection alive beside
-        # them. A copy of v (C a token) lets the projection (3C) go.
+        # Attention keeps q, k and v for its backward pass; as a view, v would keep the whole
+        # (B, T, 3C) projection alive beside the rotated q and k. Its copy (C a token) frees it.
         v = v.contiguous()
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, S, D)
