@@ -206,7 +206,7 @@ def main(argv=None):
 
 SAMPLE_TEMPERATURE = train_ppo.Config.temperature  # the card samples as PPO's rollouts do
 # Answers sampled a prompt for `sampled_strict`. With one, the sampling alone moved PPO's gain on
-# test by about 1.8 points (standard deviation); with four, by about 0.9 (FINDINGS.md, section 6).
+# test by about 1.8 points (standard deviation); with four, by about 0.9 (FINDINGS.md, section 14).
 SAMPLES_PER_PROMPT = 4
 
 
