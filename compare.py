@@ -177,8 +177,8 @@ def compare_markdown(results, preset, seeds):
                      f"{cell(row, 'seconds', 1, 0)} |")
     lines += ["", "test, heldout: greedy prompt-level strict accuracy (%); best_of_8: the reward model's favourite "
               f"of {BEST_OF} samples at temperature {pipeline.SAMPLE_TEMPERATURE}, and its KL the best-of-n formula "
-              f"log n - (n-1)/n. sampled: the pass rate of {pipeline.SAMPLES_PER_PROMPT} answers a prompt at that "
-              "temperature. gold: the gold reward of the greedy test answers. seconds: training time (ppo: pipeline.py's PPO stage when reused)."]
+              f"log n - (n-1)/n. sampled: one answer a prompt at that temperature. gold: the gold reward of the "
+              "greedy test answers. seconds: training time (ppo: pipeline.py's PPO stage when reused)."]
     return "\n".join(lines) + "\n"
 
 

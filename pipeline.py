@@ -155,8 +155,8 @@ def main(argv=None):
                 for split in ("test", "heldout")}
 
     def eval_stage():
-        # Greedy answers, as IFEval scores them, and answers sampled at PPO's temperature: RL
-        # moves samples first, and a policy's samples are what it is trained on.
+        # Greedy answers, as IFEval scores them, and one answer sampled at PPO's temperature per
+        # prompt: RL moves samples first, and a policy's samples are what it is trained on.
         figures = {"base" if model == "pretrain" else model: card_figures(model) for model in ("pretrain", "sft", "ppo")}
         # SFT -> PPO prompt by prompt, from the greedy answers card_figures just wrote
         figures["sft_to_ppo"] = {split: prompt_by_prompt(f"{sft_data}/{split}.jsonl", *(
@@ -205,18 +205,15 @@ def main(argv=None):
 
 
 SAMPLE_TEMPERATURE = train_ppo.Config.temperature  # the card samples as PPO's rollouts do
-# Answers sampled a prompt for `sampled_strict`. With one, the sampling alone moved PPO's gain on
-# test by about 1.8 points (standard deviation); with four, by about 0.9 (FINDINGS.md, section 14).
-SAMPLES_PER_PROMPT = 4
 
 
 def evaluate_for_card(ckpt_path, data_path, examples, device, output):
     """The report card's figures for one model on one split: the IFEval metrics of greedy
-    answers, the per-type table, `sampled_strict`, the prompt-level strict pass rate of
-    SAMPLES_PER_PROMPT answers a prompt sampled at SAMPLE_TEMPERATURE, and the gold reward of
-    each greedy answer (`gold_each`, read back from `output`) and their mean."""
-    m = evaluate.evaluate(ckpt_path, data_path, examples, device=device, output=output,
-                          samples=SAMPLES_PER_PROMPT, temperature=SAMPLE_TEMPERATURE)
+    answers, the per-type table, `sampled_strict`, the prompt-level strict pass rate of one
+    answer per prompt sampled at SAMPLE_TEMPERATURE, and the gold reward of each greedy answer
+    (`gold_each`, read back from `output`) and their mean."""
+    m = evaluate.evaluate(ckpt_path, data_path, examples, device=device, output=output, samples=1,
+                          temperature=SAMPLE_TEMPERATURE)
     answers = load_ifeval_responses(output)   # the greedy answers evaluate() wrote
     records = load_ifeval_inputs(data_path)[:len(answers)]
     gold = [round(gold_reward(r["prompt"], a["response"], r["instruction_id_list"], r["kwargs"]), 4)
@@ -337,8 +334,8 @@ def report_markdown(r):
                  + (f", at most {p['kl_max']:.2f}" if "kl_max" in p else "") + " |")
     lines += reward_hacking_lines(p)
     lines += ["", "## Instruction following (IFEval metrics)", "",
-              f"Greedy answers, as IFEval scores them; *sampled*: the pass rate of {SAMPLES_PER_PROMPT} answers a "
-              f"prompt sampled at temperature {SAMPLE_TEMPERATURE}, as PPO samples. The demonstrations are the demonstrators' own answers "
+              "Greedy answers, as IFEval scores them; *sampled*: one answer a prompt at temperature "
+              f"{SAMPLE_TEMPERATURE}, as PPO samples. The demonstrations are the demonstrators' own answers "
               "to the same prompts.", "",
               "| model | split | prompt strict | sampled strict | instruction strict | prompt loose | "
               "instruction loose | gold reward |", "|---|---|---:|---:|---:|---:|---:|---:|"]
