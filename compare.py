@@ -19,8 +19,9 @@ prompts (200 more held out); the gold judge scores every answer exactly, an uppe
 a judge could teach.
 
 Columns: greedy prompt-strict on test and heldout (best_of_8: its favourite's), one sampled
-answer's pass rate on test, the gold reward of the greedy test answers, the KL to the SFT model
-(nats an answer, on the test prompts) and the method's wall time. Each run sits in
+answer's pass rate on test, how many greedy test answers went from fail to pass and from pass to
+fail against the SFT model's, the gold reward of the greedy test answers, the KL to the SFT
+model (nats an answer, on the test prompts) and the method's wall time. Each run sits in
 <out>/compare/<method>-<seed>/ with a stage.json, so a re-run skips finished runs. The card is
 <out>/compare.md, with the same numbers in <out>/compare.json.
 """
@@ -140,15 +141,22 @@ def one_run(method, seed, out, cfg, device):
     card = {split: pipeline.evaluate_for_card(ckpt, f"{data}/{split}.jsonl", examples, cfg.device,
                                               os.path.join(run_dir, f"responses_{split}.jsonl"))
             for split in ("test", "heldout")}
-    return {"seconds": 0.0 if method == "sft" else round(seconds, 1), "test": card["test"]["prompt_strict"],
-            "heldout": card["heldout"]["prompt_strict"], "sampled": card["test"]["sampled_strict"],
-            "gold": card["test"]["gold"], "kl": 0.0 if method == "sft" else kl_to_sft(ckpt, sft, kl_records, device)}
+    row = {"seconds": 0.0 if method == "sft" else round(seconds, 1), "test": card["test"]["prompt_strict"],
+           "heldout": card["heldout"]["prompt_strict"], "sampled": card["test"]["sampled_strict"],
+           "gold": card["test"]["gold"], "kl": 0.0 if method == "sft" else kl_to_sft(ckpt, sft, kl_records, device)}
+    # Prompt by prompt against the SFT model's greedy test answers (pipeline.py's eval stage wrote
+    # them): a gain is fail -> pass less pass -> fail, and the two show how much of it is churn.
+    sft_answers = os.path.join(out, "sft", "responses_test.jsonl")
+    if method != "sft" and os.path.exists(sft_answers):
+        moves = pipeline.prompt_by_prompt(f"{data}/test.jsonl", sft_answers, os.path.join(run_dir, "responses_test.jsonl"))
+        row |= {key: moves[key] for key in ("fail_to_pass", "pass_to_fail")}
+    return row
 
 
 def summarise(runs):
     """{column: mean} and, with two runs or more, {column_sd: standard deviation} over seeds."""
     out = {}
-    for key in ("test", "heldout", "sampled", "gold", "kl", "seconds"):
+    for key in ("test", "heldout", "sampled", "fail_to_pass", "pass_to_fail", "gold", "kl", "seconds"):
         values = [r[key] for r in runs if key in r]
         if values:
             out[key] = statistics.fmean(values)
@@ -166,18 +174,21 @@ def compare_markdown(results, preset, seeds):
     lines = [f"# minift alignment lab: preset `{preset}`", "",
              f"Every method starts from the same SFT model; {len(seeds)} seed(s) each ({', '.join(seeds)})"
              + (", mean +- standard deviation." if len(seeds) > 1 else "."), "",
-             "| method | judge | test | heldout | sampled (test) | gold (test) | KL to SFT (nats) | seconds |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| method | judge | test | heldout | sampled (test) | fail -> pass | pass -> fail | gold (test) "
+             "| KL to SFT (nats) | seconds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, row in results.items():
         if "test" not in row:
-            lines.append(f"| {method} | {JUDGES[method]} | skipped: {row['runs'][0].get('skipped', '')} | | | | | |")
+            lines.append(f"| {method} | {JUDGES[method]} | skipped: {row['runs'][0].get('skipped', '')} | | | | | | | |")
             continue
         lines.append(f"| {method} | {JUDGES[method]} | {cell(row, 'test')} | {cell(row, 'heldout')} | "
-                     f"{cell(row, 'sampled')} | {cell(row, 'gold', 1, 3)} | {cell(row, 'kl', 1, 2)} | "
+                     f"{cell(row, 'sampled')} | {cell(row, 'fail_to_pass', 1, 0)} | {cell(row, 'pass_to_fail', 1, 0)} | "
+                     f"{cell(row, 'gold', 1, 3)} | {cell(row, 'kl', 1, 2)} | "
                      f"{cell(row, 'seconds', 1, 0)} |")
     lines += ["", "test, heldout: greedy prompt-level strict accuracy (%); best_of_8: the reward model's favourite "
               f"of {BEST_OF} samples at temperature {pipeline.SAMPLE_TEMPERATURE}, and its KL the best-of-n formula "
-              f"log n - (n-1)/n. sampled: one answer a prompt at that temperature. gold: the gold reward of the "
+              f"log n - (n-1)/n. sampled: one answer a prompt at that temperature. fail -> pass, pass -> fail: "
+              "greedy test answers whose verdict changed from the SFT model's. gold: the gold reward of the "
               "greedy test answers. seconds: training time (ppo: pipeline.py's PPO stage when reused)."]
     return "\n".join(lines) + "\n"
 

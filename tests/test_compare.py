@@ -6,7 +6,7 @@ import os
 import pytest
 
 import compare
-from minift.formats import load_ifeval_inputs
+from minift.formats import load_ifeval_inputs, load_ifeval_responses
 
 
 def test_best_of_n_kl_is_the_formula():
@@ -41,6 +41,12 @@ def test_micro_card(micro_pipeline, tmp_path):
     assert os.path.exists(out / "compare" / "dpo-1337" / "ckpt.pt")
     for row in rows.values():
         assert 0 <= row["test"] <= 1 and 0 <= row["heldout"] <= 1
+    # prompt by prompt against SFT's greedy answers: the moves add up to the change of the pass rate
+    n = len(load_ifeval_responses(out / "compare" / "dpo-1337" / "responses_test.jsonl"))
+    for method in ("dpo", "ppo"):
+        moved = rows[method]["fail_to_pass"] - rows[method]["pass_to_fail"]
+        assert moved == round((rows[method]["test"] - rows["sft"]["test"]) * n)
+    assert "fail_to_pass" not in rows["sft"] and "fail_to_pass" not in rows["best_of_8"]
     with open(out / "compare.json") as f:
         assert json.load(f) == json.loads(json.dumps(report))
     card = (out / "compare.md").read_text()
