@@ -15,6 +15,13 @@ fix can cost another rule: a capitalised P.S. under an all-lowercase instruction
 votes against the fix is one PPO must overcome: the likelihood comes from an SFT model that
 copied its demonstrators, so it can vote for their habits (FINDINGS.md, section 14, has the
 figures). A few seconds on a CPU.
+
+    python bench/reward_probe.py --held_out_pairs=true
+
+instead asks where the reward model's held-out pair accuracy is lost: each held-out pair goes
+by what sets its two answers apart in the gold reward (one checker, one flaw, or several; if
+several, whether they all favour the chosen answer or the gold reward's arithmetic traded
+one against another), with the reward model's accuracy in full and of the head alone.
 """
 
 import os
@@ -26,9 +33,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, run  # noqa: E402
-from minift.formats import load_ifeval_inputs, load_ifeval_responses  # noqa: E402
+from minift.formats import load_ifeval_inputs, load_ifeval_responses, load_preferences  # noqa: E402
 from minift.model import ScalarModel  # noqa: E402
-from minift.synthetic.gold import gold_reward  # noqa: E402
+from minift.synthetic.gold import gold_breakdown, gold_reward  # noqa: E402
 from minift.synthetic.tasks import CHECKERS  # noqa: E402
 from train_reward import render, score_all  # noqa: E402
 
@@ -39,6 +46,7 @@ class Config:
     model: str = "ppo"             # whose greedy answers: ppo or sft (<out_dir>/<model>/responses_<split>.jsonl)
     split: str = "test"
     reward_ckpt: str = ""          # default: <out_dir>/reward/ckpt.pt
+    held_out_pairs: bool = False   # instead: accuracy on <out_dir>/data/prefs/val.jsonl by what decides each pair
     device: str = "cpu"
     batch_size: int = 64
 
@@ -76,19 +84,13 @@ def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64
     """Per habit: n, how often the full reward and the head alone prefer the fix, and the mean
     change (fixed - before) of the full raw reward, of the head, of the weighted likelihood term,
     and of the gold reward. The two terms add up to the full change."""
-    weight = float(reward_model.likelihood_weight)
     rows = {}
     for iid in FIXES:
         pairs = fixed_pairs(records, answers, iid)
         if not pairs:
             continue
         seqs = [render(tokenizer, rec["prompt"], text) for rec, answer, fixed in pairs for text in (answer, fixed)]
-        full = score_all(reward_model, seqs, tokenizer, device, batch_size).view(-1, 2)   # (n, 2): before, fixed
-        reward_model.likelihood_weight.fill_(0.0)                                        # the head alone
-        try:
-            head = score_all(reward_model, seqs, tokenizer, device, batch_size).view(-1, 2)
-        finally:
-            reward_model.likelihood_weight.fill_(weight)
+        full, head = (x.view(-1, 2) for x in full_and_head(reward_model, seqs, tokenizer, device, batch_size))
         full, head = full[:, 1] - full[:, 0], head[:, 1] - head[:, 0]              # (n,) fixed - before
         gold = [gold_reward(r["prompt"], f, r["instruction_id_list"], r["kwargs"])
                 - gold_reward(r["prompt"], a, r["instruction_id_list"], r["kwargs"]) for r, a, f in pairs]
@@ -99,15 +101,81 @@ def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64
     return rows
 
 
+def full_and_head(reward_model, seqs, tokenizer, device, batch_size):
+    """Raw scores of rendered sequences: the full reward, and the head alone (the likelihood
+    term's weight set to 0 for a second pass, then put back)."""
+    weight = float(reward_model.likelihood_weight)
+    full = score_all(reward_model, seqs, tokenizer, device, batch_size)
+    reward_model.likelihood_weight.fill_(0.0)
+    try:
+        head = score_all(reward_model, seqs, tokenizer, device, batch_size)
+    finally:
+        reward_model.likelihood_weight.fill_(weight)
+    return full, head
+
+
+def what_decides(pair):
+    """What sets a pair's two answers apart in the gold reward: a sorted tuple of the checks one
+    answer passes and the other fails and the flaws only one has ("flaw:<name>"), and whether
+    every difference favours the chosen answer (the gold reward's arithmetic need not weigh
+    one against another)."""
+    prompt = pair["prompt"][-1]["content"]
+    chosen, rejected = (gold_breakdown(prompt, pair[side], pair["instruction_id_list"], pair["kwargs"])
+                        for side in ("chosen", "rejected"))
+    for_chosen = ([iid for iid, ok in chosen["checks"].items() if ok and not rejected["checks"][iid]]
+                  + [f"flaw:{f}" for f in rejected["flaws"] if f not in chosen["flaws"]])
+    against = ([iid for iid, ok in rejected["checks"].items() if ok and not chosen["checks"][iid]]
+               + [f"flaw:{f}" for f in chosen["flaws"] if f not in rejected["flaws"]])
+    return tuple(sorted(for_chosen + against)), not against
+
+
+@torch.no_grad()
+def held_out_accuracy(reward_model, tokenizer, pairs, device="cpu", batch_size=64):
+    """Pair accuracy, in full and of the head alone, by what decides the pair: one checker or
+    flaw by its name, or several, all one way or traded. {label: {"n", "full", "head"}}."""
+    seqs = [render(tokenizer, p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")]
+    full, head = (x.view(-1, 2) for x in full_and_head(reward_model, seqs, tokenizer, device, batch_size))
+    rows = {}
+    for pair, right_full, right_head in zip(pairs, (full[:, 0] > full[:, 1]).tolist(), (head[:, 0] > head[:, 1]).tolist()):
+        names, one_way = what_decides(pair)
+        if len(names) == 1:
+            label = names[0]
+        elif names:
+            label = "several, all one way" if one_way else "several, traded"
+        else:   # equal checks and flaws (a pair from a file with other gold scores)
+            label = "nothing the checks tell apart"
+        row = rows.setdefault(label, {"n": 0, "full": 0, "head": 0})
+        row["n"], row["full"], row["head"] = row["n"] + 1, row["full"] + right_full, row["head"] + right_head
+    return {k: {"n": r["n"], "full": r["full"] / r["n"], "head": r["head"] / r["n"]}
+            for k, r in sorted(rows.items(), key=lambda kv: -kv[1]["n"])}
+
+
+def print_held_out(rows):
+    n = sum(r["n"] for r in rows.values())
+    print(f"held-out pairs by what decides them ({n} pairs), and the reward model's accuracy on them:")
+    print(f"  {'what decides the pair':<46} {'pairs':>5} {'share':>6} {'full':>6} {'head':>6} {'points lost':>11}")
+    for label, r in rows.items():
+        print(f"  {label:<46} {r['n']:>5} {r['n'] / n:>6.1%} {r['full']:>6.1%} {r['head']:>6.1%} "
+              f"{100 * r['n'] * (1 - r['full']) / n:>11.1f}")
+    right_full, right_head = (sum(r["n"] * r[key] for r in rows.values()) / n for key in ("full", "head"))
+    print(f"  {'all':<46} {n:>5} {1:>6.1%} {right_full:>6.1%} {right_head:>6.1%} {100 * (1 - right_full):>11.1f}")
+
+
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     reward_ckpt = cfg.reward_ckpt or os.path.join(cfg.out_dir, "reward", "ckpt.pt")
     answers_path = os.path.join(cfg.out_dir, cfg.model, f"responses_{cfg.split}.jsonl")
-    if not os.path.exists(answers_path):
-        raise SystemExit(f"error: no answers at {answers_path}. Run: python pipeline.py")
+    pairs_path = os.path.join(cfg.out_dir, "data", "prefs", "val.jsonl")
+    needed = pairs_path if cfg.held_out_pairs else answers_path
+    if not os.path.exists(needed):
+        raise SystemExit(f"error: no {'pairs' if cfg.held_out_pairs else 'answers'} at {needed}. Run: python pipeline.py")
     ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python pipeline.py", kinds=("reward",))
     tokenizer = tokenizer_for(ckpt, reward_ckpt)
     reward_model = build_model(ckpt, ScalarModel).to(cfg.device).eval()
+    if cfg.held_out_pairs:
+        rows = held_out_accuracy(reward_model, tokenizer, load_preferences(pairs_path), cfg.device, cfg.batch_size)
+        print_held_out(rows)
+        return rows
     answers = [a["response"] for a in load_ifeval_responses(answers_path)]
     records = load_ifeval_inputs(os.path.join(cfg.out_dir, "data", "sft", f"{cfg.split}.jsonl"))[:len(answers)]
     rows = probe(reward_model, tokenizer, records, answers, cfg.device, cfg.batch_size)

@@ -3,12 +3,14 @@ into the head and the likelihood term."""
 import os
 import sys
 
+import pytest
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import reward_probe  # noqa: E402
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
-from minift.formats import load_ifeval_inputs, load_ifeval_responses  # noqa: E402
+import train_reward  # noqa: E402
+from minift.formats import load_ifeval_inputs, load_ifeval_responses, load_preferences  # noqa: E402
 from minift.model import ScalarModel  # noqa: E402
 from minift.synthetic.tasks import verify  # noqa: E402
 
@@ -62,3 +64,33 @@ def test_probe_splits_the_reward_into_head_and_likelihood(micro_pipeline):
     head_only = reward_probe.probe(model, tokenizer, records, answers)
     assert all(r["likelihood"] == 0 and r["full"] == r["head"] == rows[iid]["head"]
                for iid, r in head_only.items())
+
+
+def pair(chosen, rejected, iid="detectable_content:postscript"):
+    rec = record(iid)
+    return {"prompt": [{"role": "user", "content": rec["prompt"]}], "chosen": chosen, "rejected": rejected,
+            "instruction_id_list": rec["instruction_id_list"], "kwargs": rec["kwargs"]}
+
+
+def test_what_decides_names_the_differences_and_whether_they_trade():
+    fixed = SLIPPED + "\nP.S. Thank you for reading."
+    assert reward_probe.what_decides(pair(fixed, SLIPPED)) == (("detectable_content:postscript",), True)
+    # the P.S. kept, with a garbled word: the gold reward's arithmetic trades the check against the flaw
+    clean = "A kite is red, blue and long. It can fly."
+    assert reward_probe.what_decides(pair(clean + "\nP.S. Thank you for zorbling.", clean)) == (
+        ("detectable_content:postscript", "flaw:garbled"), False)
+    assert reward_probe.what_decides(pair(SLIPPED, SLIPPED)) == ((), True)
+
+
+def test_held_out_accuracy_adds_up_to_the_reward_models_own(micro_pipeline):
+    out, _ = micro_pipeline
+    path = os.path.join(out, "reward", "ckpt.pt")
+    ckpt = load_checkpoint(path, kinds=("reward",))
+    tokenizer = tokenizer_for(ckpt, path)
+    model = build_model(ckpt, ScalarModel).eval()
+    pairs = load_preferences(os.path.join(out, "data", "prefs", "val.jsonl"))
+    rows = reward_probe.held_out_accuracy(model, tokenizer, pairs)
+    assert sum(r["n"] for r in rows.values()) == len(pairs)
+    val = train_reward.build_groups(pairs, tokenizer, model.gpt.config.block_size)[:2]
+    own = train_reward.evaluate(model, val, None, tokenizer, "cpu", 64)["val_accuracy"]
+    assert sum(r["n"] * r["full"] for r in rows.values()) / len(pairs) == pytest.approx(own)
