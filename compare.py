@@ -148,7 +148,8 @@ def one_run(method, seed, out, cfg, device):
     # them): a gain is fail -> pass less pass -> fail, and the two show how much of it is churn.
     sft_answers = os.path.join(out, "sft", "responses_test.jsonl")
     if method != "sft" and os.path.exists(sft_answers):
-        moves = pipeline.prompt_by_prompt(f"{data}/test.jsonl", sft_answers, os.path.join(run_dir, "responses_test.jsonl"))
+        moves = pipeline.prompt_by_prompt(f"{data}/test.jsonl", sft_answers,
+                                          os.path.join(run_dir, "responses_test.jsonl"))
         row |= {key: moves[key] for key in ("fail_to_pass", "pass_to_fail")}
     return row
 
@@ -179,10 +180,12 @@ def compare_markdown(results, preset, seeds):
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, row in results.items():
         if "test" not in row:
-            lines.append(f"| {method} | {JUDGES[method]} | skipped: {row['runs'][0].get('skipped', '')} | | | | | | | |")
+            lines.append(f"| {method} | {JUDGES[method]} | skipped: {row['runs'][0].get('skipped', '')} "
+                         "| | | | | | | |")
             continue
         lines.append(f"| {method} | {JUDGES[method]} | {cell(row, 'test')} | {cell(row, 'heldout')} | "
-                     f"{cell(row, 'sampled')} | {cell(row, 'fail_to_pass', 1, 0)} | {cell(row, 'pass_to_fail', 1, 0)} | "
+                     f"{cell(row, 'sampled')} | {cell(row, 'fail_to_pass', 1, 0)} | "
+                     f"{cell(row, 'pass_to_fail', 1, 0)} | "
                      f"{cell(row, 'gold', 1, 3)} | {cell(row, 'kl', 1, 2)} | "
                      f"{cell(row, 'seconds', 1, 0)} |")
     lines += ["", "test, heldout: greedy prompt-level strict accuracy (%); best_of_8: the reward model's favourite "

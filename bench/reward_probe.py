@@ -46,7 +46,8 @@ class Config:
     model: str = "ppo"             # whose greedy answers: ppo or sft (<out_dir>/<model>/responses_<split>.jsonl)
     split: str = "test"
     reward_ckpt: str = ""          # default: <out_dir>/reward/ckpt.pt
-    held_out_pairs: bool = False   # instead: accuracy on <out_dir>/data/prefs/val.jsonl by what decides each pair
+    held_out_pairs: bool = False   # instead: accuracy on <out_dir>/data/prefs/val.jsonl, by what
+                                   # decides each pair
     device: str = "cpu"
     batch_size: int = 64
 
@@ -136,7 +137,8 @@ def held_out_accuracy(reward_model, tokenizer, pairs, device="cpu", batch_size=6
     seqs = [render(tokenizer, p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")]
     full, head = (x.view(-1, 2) for x in full_and_head(reward_model, seqs, tokenizer, device, batch_size))
     rows = {}
-    for pair, right_full, right_head in zip(pairs, (full[:, 0] > full[:, 1]).tolist(), (head[:, 0] > head[:, 1]).tolist()):
+    right_full, right_head = (full[:, 0] > full[:, 1]).tolist(), (head[:, 0] > head[:, 1]).tolist()
+    for pair, full_ok, head_ok in zip(pairs, right_full, right_head):
         names, one_way = what_decides(pair)
         if len(names) == 1:
             label = names[0]
@@ -145,7 +147,7 @@ def held_out_accuracy(reward_model, tokenizer, pairs, device="cpu", batch_size=6
         else:   # equal checks and flaws (a pair from a file with other gold scores)
             label = "nothing the checks tell apart"
         row = rows.setdefault(label, {"n": 0, "full": 0, "head": 0})
-        row["n"], row["full"], row["head"] = row["n"] + 1, row["full"] + right_full, row["head"] + right_head
+        row["n"], row["full"], row["head"] = row["n"] + 1, row["full"] + full_ok, row["head"] + head_ok
     return {k: {"n": r["n"], "full": r["full"] / r["n"], "head": r["head"] / r["n"]}
             for k, r in sorted(rows.items(), key=lambda kv: -kv[1]["n"])}
 
@@ -168,7 +170,8 @@ def main(argv=None):
     pairs_path = os.path.join(cfg.out_dir, "data", "prefs", "val.jsonl")
     needed = pairs_path if cfg.held_out_pairs else answers_path
     if not os.path.exists(needed):
-        raise SystemExit(f"error: no {'pairs' if cfg.held_out_pairs else 'answers'} at {needed}. Run: python pipeline.py")
+        what = "pairs" if cfg.held_out_pairs else "answers"
+        raise SystemExit(f"error: no {what} at {needed}. Run: python pipeline.py")
     ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python pipeline.py", kinds=("reward",))
     tokenizer = tokenizer_for(ckpt, reward_ckpt)
     reward_model = build_model(ckpt, ScalarModel).to(cfg.device).eval()
