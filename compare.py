@@ -12,6 +12,7 @@ The methods, each with its judge (what tells it a good answer from a bad one):
   rejection  fine-tune on the best of 8 samples per RL prompt (bench/rejection_sampling.py)  gold
   dpo        train_dpo.py on the reward model's training pairs (Rafailov et al. 2023)     the pairs
   ppo        train_ppo.py against the reward model (pipeline.py's own run, for its seed)  reward model
+  grpo       train_grpo.py against the reward model: PPO's judge, no critic               reward model
   ppo_gold   train_ppo.py --reward=gold                                                   gold
   grpo_gold  train_grpo.py --reward=gold (Shao et al. 2024)                               gold
 The learned judges (reward model, pairs) saw the gold judge only through the pairs of 1,800
@@ -47,9 +48,9 @@ from minift.config import cli_config, run
 from minift.formats import load_ifeval_inputs
 from minift.training import pick_device
 
-METHODS = ("sft", "best_of_8", "rejection", "dpo", "ppo", "ppo_gold", "grpo_gold")
+METHODS = ("sft", "best_of_8", "rejection", "dpo", "ppo", "grpo", "ppo_gold", "grpo_gold")
 JUDGES = {"sft": "-", "best_of_8": "reward model", "rejection": "gold", "dpo": "the pairs", "ppo": "reward model",
-          "ppo_gold": "gold", "grpo_gold": "gold"}
+          "grpo": "reward model", "ppo_gold": "gold", "grpo_gold": "gold"}
 BEST_OF = 8
 
 
@@ -105,6 +106,8 @@ def train(method, seed, run_dir, out, common):
                                  f"--val_data={prefs}/val.jsonl", f"--out_dir={run_dir}", f"--seed={seed}"])
     elif method == "ppo":
         train_ppo.main(common + rl)
+    elif method == "grpo":
+        train_grpo.main(common + rl + ["--reward=model"])
     elif method == "ppo_gold":
         train_ppo.main(common + rl + ["--reward=gold"])
     elif method == "grpo_gold":

@@ -28,9 +28,9 @@ def test_micro_card(micro_pipeline, tmp_path):
     out.mkdir()
     for stage in ("sft", "reward", "data", "ppo"):   # the shared run's models, read only
         os.symlink(os.path.join(shared, stage), out / stage)
-    report = compare.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--methods=sft,best_of_8,dpo,ppo"])
+    report = compare.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--methods=sft,best_of_8,dpo,ppo,grpo"])
     rows = report["methods"]
-    assert list(rows) == ["sft", "best_of_8", "dpo", "ppo"]
+    assert list(rows) == ["sft", "best_of_8", "dpo", "ppo", "grpo"]
     assert rows["sft"]["kl"] == 0.0 and rows["sft"]["seconds"] == 0.0
     assert rows["best_of_8"]["kl"] == pytest.approx(compare.best_of_n_kl(8))
     assert "sampled" not in rows["best_of_8"]   # its answers are samples already
@@ -43,7 +43,7 @@ def test_micro_card(micro_pipeline, tmp_path):
         assert 0 <= row["test"] <= 1 and 0 <= row["heldout"] <= 1
     # prompt by prompt against SFT's greedy answers: the moves add up to the change of the pass rate
     n = len(load_ifeval_responses(out / "compare" / "dpo-1337" / "responses_test.jsonl"))
-    for method in ("dpo", "ppo"):
+    for method in ("dpo", "ppo", "grpo"):
         moved = rows[method]["fail_to_pass"] - rows[method]["pass_to_fail"]
         assert moved == round((rows[method]["test"] - rows["sft"]["test"]) * n)
     assert "fail_to_pass" not in rows["sft"] and "fail_to_pass" not in rows["best_of_8"]
@@ -51,6 +51,7 @@ def test_micro_card(micro_pipeline, tmp_path):
         assert json.load(f) == json.loads(json.dumps(report))
     card = (out / "compare.md").read_text()
     assert "| dpo | the pairs |" in card and "| best_of_8 | reward model |" in card
+    assert "| grpo | reward model |" in card
 
 
 def test_a_policy_is_zero_nats_from_itself(micro_pipeline):
