@@ -235,8 +235,8 @@ def main(argv=None):
                 if rt.master:
                     metrics = evaluate() if eval_records else {}
                     log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
-                    bar.write(f"step {step}: loss {loss_sum:.4f}, " +
-                              ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                    bar.write(f"step {step}: " + ", ".join([f"loss {loss_sum:.4f}"] +
+                                                           [f"{k} {v:.3f}" for k, v in metrics.items()]))
                     save(metrics)
         if stop.requested and rt.master:
             save(metrics)
