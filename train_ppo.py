@@ -77,14 +77,14 @@ class Config:
     lam: float = 1.0                 # GAE lambda; OpenAI, N+ and TRL use 0.95. With a critic that
                                      # starts at zero, 0.95 hands an answer's first tokens (a title,
                                      # an opening quote) a fraction of its score; 1.0 hands it all
-                                     # (FINDINGS.md, "PPO", re-measured defaults)
+                                     # (FINDINGS.md, section 14, "PPO's defaults, re-measured")
     clip_range: float = 0.2          # policy ratio clip
     value_clip: float = 0.2
     vf_coef: float = 0.1             # OpenAI, TRL
-    learning_rate: float = 1e-4      # annealed linearly to 0 over the run. At 3e-5 the approx-KL
-                                     # of an update fell from 4e-3 to 1e-4 and the clip fraction to
-                                     # 0 long before the end: PPO stopped moving (FINDINGS.md,
-                                     # "PPO", re-measured defaults)
+    learning_rate: float = 1e-4      # annealed linearly to 0 over the run. At 3e-5 an update's
+                                     # approx-KL and clip fraction fell to nearly 0 long before
+                                     # the end: PPO stopped moving (FINDINGS.md, section 14,
+                                     # "PPO's defaults, re-measured")
     anneal_lr: bool = True           # False: the learning rate stays constant
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0

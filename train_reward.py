@@ -64,9 +64,9 @@ class Config:
     grad_accum: int = 1
     epochs: int = 1                # InstructGPT: more overfits (tiny: 3 gained nothing beyond the noise)
     # The reward adds this times the answer's mean log-probability under the RM's own LM head
-    # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. On the tiny preset
-    # the term lifted held-out pair accuracy from 59-61% to 72-74%; weights 1 to 3 did alike
-    # (FINDINGS.md, "The reward model", the likelihood term).
+    # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. The term catches
+    # answers where sampling slipped (a garbled word), which the head alone ranks near chance;
+    # weights 1 to 3 did alike (FINDINGS.md, "The reward model", the likelihood term).
     likelihood_weight: float = 2.0
     # 3e-4 was worse on every preference set we tried, 2e-3 and 3e-3 no better
     # (FINDINGS.md, "The reward model").
@@ -77,10 +77,11 @@ class Config:
     # Bradley-Terry also between answers to DIFFERENT prompts of a batch, ranked by their gold
     # scores (across_prompt_pairs), with this weight; 0 = within a prompt only (InstructGPT).
     # Needs each answer's score (make_preferences.py's chosen_score / rejected_score; other
-    # formats lack them, and the term is off). It lifted the Spearman correlation with gold
-    # from 0.52 to 0.71 (means of three seeds), pair accuracy unchanged (FINDINGS.md, "The
-    # reward model", ranking across prompts). Pairs form within a micro-batch, so
-    # batch_groups (and grad_accum, DDP ranks) change which pairs there are.
+    # formats lack them, and the term is off). Pairs of one prompt leave each prompt's level
+    # free; this term sets it, which raised the Spearman correlation with gold and left pair
+    # accuracy as it was (FINDINGS.md, "The reward model", ranking across prompts). Pairs
+    # form within a micro-batch, so batch_groups (and grad_accum, DDP ranks) change which
+    # pairs there are.
     across_prompt_weight: float = 1.0
     optimizer: str = "adamw"       # or "muon" (make_optimizer): no better here
     grad_clip: float = 1.0
