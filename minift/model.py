@@ -173,9 +173,8 @@ class GPT(nn.Module):
         # Rotary positions (RoPE, Su et al. 2021; LLaMA) rather than GPT-2's learned table.
         # Attention scores then depend on how far apart two tokens are, not on where they
         # sit, so what the model learns at one position holds at every other: it need not
-        # learn a position table row by row. That matters at our budget: on the same corpus
-        # and steps, the tiny preset's validation loss fell from 1.47 (learned) to 1.21
-        # (rotary). Left padding stays exact: positions come from `positions_from_mask`.
+        # learn a position table row by row, which matters at our budget (FINDINGS.md,
+        # "Pretraining"). Left padding stays exact: positions come from `positions_from_mask`.
         # The tables are buffers, not parameters, and are rebuilt rather than saved.
         cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
         self.register_buffer("rotary_cos", cos, persistent=False)
@@ -233,7 +232,6 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
-
 
     @staticmethod
     def _attention_mask(key_mask, T):
