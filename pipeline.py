@@ -411,10 +411,11 @@ def story_lines(r):
     def habits_of(model):   # instruction id -> the model's strict pass rate on test
         return {iid: row["strict"] for iid, row in r["per_type"][model].items()}
     demo = 100 * d["demo_pass_rates"]["test"]
+    slips = ", slips included" if d.get("slip_scale", 1.0) > 0 else " (perfect ones: slip scale 0)"
     lines = ["", "## What each stage changed (test split, prompt-level strict)", "",
              f"- **Pretraining** gives a model that continues text but does not follow instructions: "
              f"{test('base'):.1f}%.",
-             f"- **SFT** copies its demonstrators, slips included: {test('sft'):.1f}% greedy "
+             f"- **SFT** copies its demonstrators{slips}: {test('sft'):.1f}% greedy "
              f"({test('sft') - test('base'):+.1f} over the base model), {test('sft', 'sampled_strict'):.1f}% sampled; "
              f"the demonstrations pass {demo:.1f}%. On the instructions of the common habits SFT passes "
              f"{on_habits(habits_of('sft')):.1f}%, its demonstrators {on_habits(d['demo_per_type']):.1f}%.",

@@ -62,6 +62,12 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     assert "## What each stage changed" in card and "**PPO** against the reward model" in card
     assert "gold reward |" in card and "The gold reward of its greedy answers changed by" in card
     assert "greedy answers went from fail to pass" in card and "where it does the base task itself" in card
+    assert "copies its demonstrators, slips included" in card
+    # with perfect demonstrators (--slip_scale=0) the SFT line does not speak of slips
+    perfect = json.loads(json.dumps(report))
+    perfect["stages"]["data"]["slip_scale"] = 0.0
+    sft_line = next(line for line in pipeline.story_lines(perfect) if line.startswith("- **SFT**"))
+    assert "slips included" not in sft_line and "perfect" in sft_line
     assert report["curves"] == [] and "python plot.py" in card   # no pictures drawn yet
     # SFT was evaluated during training, and its metrics log has the accuracy
     assert any("eval_prompt_strict" in m for m in read_metrics(os.path.join(out, "sft")))
