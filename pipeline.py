@@ -6,6 +6,7 @@ The whole InstructGPT pipeline in one command, ending in a report card.
     python pipeline.py --force             # redo every stage
     python pipeline.py --reference_sft     # add SFT on perfect demonstrations: the line PPO is read against
     python pipeline.py --slip_scale=0 --out_dir=out/tiny_perfect   # the whole pipeline without slips
+    python pipeline.py --seed=2 --out_dir=out/tiny_seed2           # another draw of every training stage
 
 The SFT demonstrations are written by simulated demonstrators who slip at documented rates
 (minift/synthetic/demonstrators.py); the preference pairs are judged by the checkers, which never slip.
@@ -55,6 +56,7 @@ class Config:
     device: str = "auto"
     slip_scale: float = 1.0   # scales the demonstrators' slip rates (minift/synthetic/demonstrators.py); 0 = perfect
     reference_sft: bool = False  # also train SFT on perfect demonstrations: the line PPO's gain is read against
+    seed: int = 1337          # every training stage's seed, pretraining to PPO; the data stays the same
 
 
 # Data sizes per preset; the training presets of the same name live in each script.
@@ -96,12 +98,13 @@ def run_stage(name, out_dir, force, fn):
 
 
 def check_preset(out, cfg):
-    """A finished stage of a run with another preset or slip scale in this out_dir would be
+    """A finished stage of a run with another preset, slip scale or seed in this out_dir would be
     skipped, and its numbers reported as this run's: refuse, unless --force starts over."""
-    path, settings = os.path.join(out, "pipeline.json"), {"preset": cfg.preset, "slip_scale": cfg.slip_scale}
+    path = os.path.join(out, "pipeline.json")
+    settings = {"preset": cfg.preset, "slip_scale": cfg.slip_scale, "seed": cfg.seed}
     if os.path.exists(path) and not cfg.force:
         with open(path) as f:
-            other = {"slip_scale": 1.0, **json.load(f)}   # a record from before the demonstrators slipped
+            other = {"slip_scale": 1.0, "seed": 1337, **json.load(f)}   # a record from before those options
         changed = [f"--{k}={other[k]}" for k in settings if other.get(k) != settings[k]]
         if changed:
             raise SystemExit(f"error: {out} holds a run with {' '.join(changed)}; resume it with the same "
@@ -120,7 +123,7 @@ def main(argv=None):
     data = DATA[cfg.preset]
     corpus, sft_data, prefs = (os.path.join(out, "data", d) for d in ("corpus", "sft", "prefs"))
     ckpt = {s: os.path.join(out, s, "ckpt.pt") for s in ("pretrain", "sft", "reward", "ppo")}
-    common = [f"--preset={cfg.preset}", f"--device={cfg.device}"]
+    common = [f"--preset={cfg.preset}", f"--device={cfg.device}", f"--seed={cfg.seed}"]
     t_start = time.time()
     stages = {}
 

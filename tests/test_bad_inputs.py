@@ -331,6 +331,9 @@ def test_pipeline_refuses_another_preset_in_its_out_dir(tmp_path):
     # the same for other demonstrators: perfect ones must not reuse the slipping ones' SFT
     fails(pipeline.main, ["--preset=micro", "--slip_scale=0", f"--out_dir={tmp_path}"], "--slip_scale=1.0", "--force")
     assert digest(str(tmp_path)) == before
+    # ... and for another seed: its stages are another draw, not this run's
+    fails(pipeline.main, ["--preset=micro", "--seed=2", f"--out_dir={tmp_path}"], "--seed=1337", "--force")
+    assert digest(str(tmp_path)) == before
 
 
 # ---------------------------------------------------------------------------- evaluate.py, sample.py
