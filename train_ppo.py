@@ -16,8 +16,8 @@ One iteration, top to bottom in `main`:
 Before the first iteration and at every evaluation, a fixed probe (the evaluation prompts,
 sampled from one seed) measures the reward model's and the gold reward's mean score, so that
 "did the rewards rise?" compares the same prompts before and after.
-Every detail is commented with its source. "N+" below is "The N Implementation Details
-of RLHF with PPO" (Huang et al. 2024); Ziegler is "Fine-Tuning Language Models from Human
+Every detail is commented with its source. "N+" below is "The N+ Implementation Details
+of RLHF with PPO: A Case Study on TL;DR Summarization" (Huang et al. 2024); Ziegler is "Fine-Tuning Language Models from Human
 Preferences" (Ziegler et al. 2019, OpenAI's lm-human-preferences).
 """
 
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_checkpoint, resume_training,
                                save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
-from minift.evaluation import evaluate_records
+from minift.evaluation import decode_answer, evaluate_records, render_prompts
 from minift.formats import load_ifeval_inputs
 from minift.synthetic.gold import gold_reward
 from minift.model import ScalarModel, pad_left
@@ -52,17 +52,17 @@ class Config:
     force: bool = False              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # rollouts
-    # Rollout + optimisation rounds: 24 x 64 = 1,536 episodes. 36 and 48 gained no more than the
-    # seeds' noise for half as much time again or twice the time (FINDINGS.md, "PPO", section 14).
+    # Rollout + optimisation rounds: 24 x 64 = 1,536 episodes. More rounds gained no more than
+    # the seeds' noise for the time they cost (FINDINGS.md, section 14, "PPO's defaults, re-measured").
     iterations: int = 24
     rollout_batch: int = 64          # answers per rollout, K to each prompt (per rank with DDP)
     max_new_tokens: int = 96
     temperature: float = 0.7         # OpenAI, N+ and TRL sample at 0.7, with no top-k/top-p
     missing_eos_penalty: float = 1.0 # subtracted from the score of an answer that never ends
     # K answers to each of rollout_batch / K prompts; with K > 1 each answer's score has the
-    # mean score of the prompt's other K-1 answers subtracted (leave_one_out). K=4 scored as
-    # K=1 did, in less time: a batch of fewer prompts is padded to a shorter longest prompt and
-    # waits for fewer long answers (FINDINGS.md, "PPO", four answers to each prompt).
+    # mean score of the prompt's other K-1 answers subtracted (leave_one_out). It is also
+    # faster: a batch of fewer prompts is padded to a shorter longest prompt and waits for
+    # fewer long answers (FINDINGS.md, section 9, "Four answers to each prompt").
     samples_per_prompt: int = 4
     # rewards
     kl_coef: float = 0.05            # beta: N+ and TRL use 0.05 (InstructGPT 0.02)
@@ -80,10 +80,13 @@ class Config:
                                      # (FINDINGS.md, section 14, "PPO's defaults, re-measured")
     clip_range: float = 0.2          # policy ratio clip
     value_clip: float = 0.2
-    vf_coef: float = 0.1             # OpenAI, TRL
-    learning_rate: float = 1e-4      # annealed linearly to 0 over the run. At 3e-5 an update's
-                                     # approx-KL and clip fraction fell to nearly 0 long before
-                                     # the end: PPO stopped moving (FINDINGS.md, section 14,
+    # OpenAI and TRL weigh the value loss by 0.1 because there it shares a network with the
+    # policy. Here the critic is a network of its own, clipped on its own, and Adam divides
+    # each parameter's step by its gradient's scale, so the factor changes almost nothing.
+    vf_coef: float = 0.1
+    learning_rate: float = 1e-4      # annealed linearly to 0 over the run. Lower rates let an
+                                     # update's approx-KL and clip fraction fall to nearly 0 long
+                                     # before the end: PPO stopped moving (FINDINGS.md, section 14,
                                      # "PPO's defaults, re-measured")
     anneal_lr: bool = True           # False: the learning rate stays constant
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
@@ -97,8 +100,8 @@ class Config:
     # scoring and updates. Old and new log-probabilities come from the same bf16 products, so
     # the first ratio is still exactly 1 (a row's result does not depend on its batch). The
     # reward model scores in fp32, the precision its normalisation was fitted in, and the
-    # evaluations decode in fp32, as evaluate.py does. bf16 scored as fp32 did over three
-    # seeds, in about two thirds of the time (FINDINGS.md, "PPO", bf16). "float32": none.
+    # evaluations decode in fp32, as evaluate.py does. bf16 scored within the seeds' noise of
+    # fp32, in less time (FINDINGS.md, section 9, "bf16"). "float32": none.
     dtype: str = "bfloat16"
 
 
@@ -138,8 +141,8 @@ def answer_logprobs(model, seq, attn, prompt_len, temperature):
 
 
 def penalise_unfinished(score, ended, penalty):
-    """The "EOS trick" (N+; TRL's missing_eos_penalty): an answer cut off at max_new_tokens,
-    without its <|end|>, loses `penalty` from its score; one that ended keeps its score.
+    """The "EOS trick" (N+; TRL's missing_eos_penalty): an answer cut off at max_new_tokens
+    (or at the end of the context), without its <|end|>, loses `penalty` from its score; one that ended keeps its score.
     Without it, rambling until cut off costs nothing, and the policy learns to ramble."""
     return score - penalty * (1 - ended.float())
 
@@ -147,7 +150,7 @@ def penalise_unfinished(score, ended, penalty):
 def leave_one_out(score, k):
     """Each score minus the mean score of the other k-1 answers to its prompt (RLOO, Ahmadian
     et al. 2024). Rows come in groups of k answers to one prompt. A prompt's difficulty
-    (some instructions pass 95% of the time, others 20%) then drops out of the score, and
+    (some instructions pass almost always, others rarely) then drops out of the score, and
     what is left says whether this answer beat its siblings: the critic alone would have to
     learn each prompt's difficulty first. The other answers do not depend on this one, so
     the baseline leaves the policy gradient unbiased."""
@@ -163,7 +166,9 @@ def token_rewards(score, logprobs, ref_logprobs, mask, kl_coef):
     kl = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * kl
     last = mask.sum(1).long() - 1                                               # (B,)
-    rewards[torch.arange(len(score)), last] += score   # at the <|end|>, never at a PAD position
+    # At the answer's last real token: its <|end|>, or the last token of an unfinished answer;
+    # never at a PAD position.
+    rewards[torch.arange(len(score)), last] += score
     return rewards, kl
 
 
@@ -202,7 +207,9 @@ def ppo_losses(new_logp, old_logp, advantages, new_values, old_values, returns, 
 
 class AdaptiveKLController:
     """Ziegler et al. 2019, sec. 2.2: raise beta when the KL overshoots the target, lower it
-    when it undershoots, by at most 20% of the error per horizon of samples."""
+    when it undershoots. The proportional error KL / target - 1 is clipped to +-0.2, and beta
+    moves by that error times the share of the horizon seen since the last update (the
+    step size of lm-human-preferences' code; the paper writes a constant K_beta)."""
 
     def __init__(self, init, target, horizon):
         self.value, self.target, self.horizon = init, target, horizon
@@ -216,10 +223,10 @@ def critic_from(ckpt):
     """The value model: the checkpoint's transformer under a value head set to zero, so that
     it predicts 0 until it learns (OpenAI's value-head init; N+). Why not keep the
     reward model's own head, as a plain copy would: that head was trained at the last token
-    only, and in the reward's raw scale, before normalisation. Copied, its values wandered
-    along an answer by more than the returns themselves spread, and for the first third of
-    the run those errors were most of every advantage; from zero the value loss starts low
-    (FINDINGS.md, "PPO", the critic)."""
+    only, and in the reward's raw scale, before normalisation. Copied, its values along an
+    answer erred by more than the returns spread, and until it relearned, the advantages were
+    mostly its errors; from zero the value loss starts low (FINDINGS.md, section 9, "The critic
+    starts with a zero head")."""
     critic = build_model(ckpt, ScalarModel, head_std=0.0)   # head_std=0: no random draw for a new head
     torch.nn.init.zeros_(critic.head.weight)
     torch.nn.init.zeros_(critic.head.bias)
@@ -231,7 +238,8 @@ def critic_from(ckpt):
 def rollout(policy, tokenizer, records, cfg, generator, device):
     """One answer per record (a prompt's record comes K times for K answers). Returns the
     left-padded prompt + right-padded answer batch and its masks, used again in training."""
-    prompts = [tokenizer.render_prompt([{"role": "user", "content": r["prompt"]}]) for r in records]
+    # As in evaluation, an over-long prompt keeps its end, so the answer has room to be written.
+    prompts = render_prompts(tokenizer, [r["prompt"] for r in records], policy.config.block_size - cfg.max_new_tokens)
     prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad, device)             # (B, P)
     answers = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
                               stop_tokens=(tokenizer.end,), pad_token=tokenizer.pad, generator=generator)
@@ -245,17 +253,17 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
     for i, a in enumerate(answers):
         answer_ids[i, :len(a)] = torch.tensor(a)
         answer_mask[i, :len(a)] = 1   # up to and including <|end|>; everything after is masked
-    ended = torch.tensor([a[-1] == tokenizer.end for a in answers], dtype=torch.float)
-    texts = [tokenizer.decode(a[:-1] if a[-1] == tokenizer.end else a).strip() for a in answers]
+    ended = torch.tensor([bool(a) and a[-1] == tokenizer.end for a in answers], dtype=torch.float)
+    texts = [decode_answer(tokenizer, a, (tokenizer.end,)) for a in answers]
     seq = torch.cat([prompt_ids, answer_ids.to(device)], 1)                         # (B, P+N)
     attn = torch.cat([prompt_mask, answer_mask.long().to(device)], 1)
     return seq, attn, answer_mask.to(device), ended.to(device), texts
 
 
 def load_models(cfg, device, critic=True):
-    """The SFT checkpoint, its tokenizer, and four models (three with critic=False: GRPO's
-    value_model is None). Dropout is off in all of them
-    (Ziegler, N+): with dropout, the log-probabilities of the rollout and of the update would
+    """The SFT checkpoint, its tokenizer, and the policy, reference, reward and value models
+    (the reward model is None with --reward=gold, the value model with critic=False, as in
+    GRPO). Dropout is off in all of them (Ziegler, N+): with dropout, the log-probabilities of the rollout and of the update would
     differ by noise alone."""
     sft = load_checkpoint(cfg.sft_ckpt, hint="Run SFT first: python train_sft.py", kinds=GENERATIVE)
     sft["model_config"]["dropout"] = 0.0
@@ -321,11 +329,12 @@ def optimise(policy, value_model, optimizer, rollout_batch, cfg, rt, generator, 
     one backward. `rollout_batch` holds what step 1-3 stored. Returns each minibatch's stats."""
     seq, attn, mask, P, old_logp, old_values, advantages, returns = rollout_batch
     params = list(policy.parameters()) + list(value_model.parameters())
-    B, mb_size = seq.size(0), seq.size(0) // cfg.num_minibatches
+    B = seq.size(0)
+    mb_size = -(-B // cfg.num_minibatches)  # ceil: a remainder makes a smaller last minibatch, none is dropped
     stats = []
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator, device=rt.device)
-        for start in range(0, B - mb_size + 1, mb_size):
+        for start in range(0, B, mb_size):
             mb = order[start:start + mb_size]
             with rt.autocast(cfg.dtype):
                 new_logp, logits = answer_logprobs(policy, seq[mb], attn[mb], P, cfg.temperature)

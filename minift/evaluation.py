@@ -13,10 +13,20 @@ import torch
 from minift.synthetic.scoring import aggregate, score
 
 
-def render_prompts(tokenizer, prompts):
+def render_prompts(tokenizer, prompts, max_tokens=None):
     """Token ids of each prompt through the chat template: a user message (a string), or a
-    whole conversation (a list of messages that ends with the user's)."""
-    return [tokenizer.render_prompt(p if isinstance(p, list) else [{"role": "user", "content": p}]) for p in prompts]
+    whole conversation (a list of messages that ends with the user's). With `max_tokens`, an
+    over-long prompt keeps only its last `max_tokens` ids: the end holds the request and the
+    assistant's turn, and the answer needs room in the context after it."""
+    rendered = [tokenizer.render_prompt(p if isinstance(p, list) else [{"role": "user", "content": p}])
+                for p in prompts]
+    return rendered if max_tokens is None else [ids[-max_tokens:] for ids in rendered]
+
+
+def decode_answer(tokenizer, ids, stop_tokens):
+    """An answer's text, without the stop token that ended it (if one did)."""
+    ended = bool(ids) and ids[-1] in stop_tokens
+    return tokenizer.decode(ids[:-1] if ended else ids).strip()
 
 
 @torch.no_grad()
@@ -31,8 +41,7 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
     stop_tokens = stop_tokens or tokenizer.stops
     was_training = model.training
     model.eval()
-    limit = model.config.block_size - max_new_tokens
-    rendered = [ids[-limit:] for ids in render_prompts(tokenizer, prompts)]  # keep the end of over-long prompts
+    rendered = render_prompts(tokenizer, prompts, model.config.block_size - max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: len(rendered[i]))
     responses = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
@@ -40,8 +49,7 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
         outputs = model.generate([rendered[i] for i in batch], max_new_tokens, temperature=temperature,
                                  stop_tokens=stop_tokens, pad_token=tokenizer.pad, generator=generator)
         for i, out in zip(batch, outputs):
-            ended = bool(out) and out[-1] in stop_tokens
-            responses[i] = tokenizer.decode(out[:-1] if ended else out).strip()
+            responses[i] = decode_answer(tokenizer, out, stop_tokens)
     model.train(was_training)
     return responses
 

@@ -156,19 +156,31 @@ def tok():
 class StubPolicy:
     """Stands in for the policy in rollout(): generate() returns fixed answers, as lists of ids."""
 
-    def __init__(self, answers):
-        self.answers, self.kwargs = answers, None
+    def __init__(self, answers, block_size=64):
+        self.answers, self.kwargs, self.prompts = answers, None, None
+        self.config = SimpleNamespace(block_size=block_size)
 
     def generate(self, prompts, max_new_tokens, **kwargs):
-        self.kwargs = kwargs
+        self.prompts, self.kwargs = prompts, kwargs
         return [list(a) for a in self.answers]
 
 
-def stub_rollout(tok, answers):
+def stub_rollout(tok, answers, prompts=("Say hi.", "Say something longer, please.", "Go."), block_size=64):
     cfg = SimpleNamespace(max_new_tokens=4, temperature=0.7)
-    policy = StubPolicy(answers)
-    records = [{"prompt": p} for p in ("Say hi.", "Say something longer, please.", "Go.")]
+    policy = StubPolicy(answers, block_size)
+    records = [{"prompt": p} for p in prompts]
     return policy, rollout(policy, tok, records, cfg, torch.Generator(), "cpu")
+
+
+def test_rollout_keeps_the_end_of_an_over_long_prompt(tok):
+    """A prompt that leaves no room for max_new_tokens in the context keeps its last ids (the
+    request and the assistant's turn), as in evaluation, so that the answer fits."""
+    long_prompt = "Say something longer, please. " * 8
+    short, full = (tok.render_prompt([{"role": "user", "content": p}]) for p in ("Go.", long_prompt))
+    block_size = len(full) // 2
+    assert len(short) < block_size - 4 < len(full)
+    policy, _ = stub_rollout(tok, [[tok.end], [tok.end]], (long_prompt, "Go."), block_size)
+    assert policy.prompts == [full[-(block_size - 4):], short]
 
 
 def test_rollout_masks_everything_after_the_end_token(tok):
