@@ -46,23 +46,23 @@ class Config:
     n_head: int = 4
     n_embd: int = 128
     block_size: int = 256
-    dropout: float = 0.0      # no dropout: one pass over lots of data hardly overfits
+    dropout: float = 0.0      # ~1.5 passes over the corpus: little to overfit (FINDINGS.md, "Pretraining")
     # optimisation
-    # Small batches learn more per token: the same 1.5M tokens in more updates gave a lower
-    # validation loss and a better SFT model on top; 2 a step was slower and no better
-    # (FINDINGS.md, "Pretraining").
+    # Small batches learn more per token: the same tokens give more updates, and a tiny model
+    # needs the updates; smaller still pays more per-step overhead for no gain (FINDINGS.md,
+    # "Pretraining", small batches).
     batch_size: int = 4       # sequences per micro-batch
     grad_accum: int = 1       # micro-batches per optimizer step
     max_steps: int = 1440     # 1440 x 4 x 256: ~1.5M tokens
     decay_steps: int = 0      # where the cosine ends; 0 means max_steps
-    # Tiny models tolerate (and need) high rates: 6e-3 beat 3e-3 (FINDINGS.md, "Pretraining").
+    # Tiny models tolerate (and need) high rates (FINDINGS.md, "Pretraining", learning rate).
     learning_rate: float = 6e-3   # the peak, after warmup
     min_lr: float = 6e-4          # where the cosine decay ends
     warmup_steps: int = 120
     weight_decay: float = 0.1
-    # "adamw", or "muon" for the blocks' matrices (minift.training.make_optimizer). Muon lowered
-    # the validation loss, but SFT on top did worse: a lower loss is not what this model's
-    # instruction following lacks (FINDINGS.md, "Pretraining").
+    # "adamw", or "muon" for the blocks' matrices (minift.training.make_optimizer). AdamW here:
+    # Muon's gain is a lower loss, and a lower loss is not what this model's instruction
+    # following lacks (FINDINGS.md, "Pretraining", a lower loss).
     optimizer: str = "adamw"
     grad_clip: float = 1.0
     # evaluation and logging
@@ -79,7 +79,7 @@ class Config:
 PRESETS = {
     "micro": dict(n_layer=2, n_head=2, n_embd=32, block_size=256, batch_size=8, max_steps=20,
                   warmup_steps=5, eval_interval=10, eval_batches=2, log_interval=1),
-    "tiny": dict(),   # the defaults above: ~1M parameters, minutes on 2 CPU cores
+    "tiny": dict(),   # the defaults above: ~1M parameters, sized for a CPU (FINDINGS.md, "Pretraining")
     "small": dict(n_layer=8, n_head=8, n_embd=512, block_size=512, batch_size=64, max_steps=5000,
                   learning_rate=1e-3, min_lr=1e-4, warmup_steps=200, eval_interval=500,
                   eval_batches=50, dropout=0.0, compile=True),

@@ -62,14 +62,14 @@ class Config:
     # optimisation
     batch_groups: int = 8          # prompts per micro-batch, each with all of its pairs
     grad_accum: int = 1
-    epochs: int = 1                # InstructGPT: more overfits (tiny: 3 gained nothing beyond the noise)
+    epochs: int = 1                # InstructGPT: more overfits (FINDINGS.md, "The reward model", epochs)
     # The reward adds this times the answer's mean log-probability under the RM's own LM head
     # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. The term catches
-    # answers where sampling slipped (a garbled word), which the head alone ranks near chance;
-    # weights 1 to 3 did alike (FINDINGS.md, "The reward model", the likelihood term).
+    # answers where sampling slipped (a garbled word): the model finds them unlikely, where the
+    # head must learn each slip from pairs (FINDINGS.md, "The reward model", the likelihood term).
     likelihood_weight: float = 2.0
-    # 3e-4 was worse on every preference set we tried, 2e-3 and 3e-3 no better
-    # (FINDINGS.md, "The reward model").
+    # One epoch gives few steps, so the rate is high; lower rates learned less, higher ones
+    # no more (FINDINGS.md, "The reward model", learning rate).
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 10
@@ -183,7 +183,8 @@ def across_prompt_pairs(used, groups, gold):
     whose gold scores differ, the higher-scored first. Gold scores computed along different
     paths may differ in the last bits (0.6 against 0.6000000000000001): not a preference.
     (make_preferences.py's pairs within a prompt are computed along one path, and it drops
-    exact ties only; no pair of its final run's differs by less than 1e-6.)"""
+    exact ties only; distinct gold scores differ by far more than 1e-6, so the tolerance drops no
+    preference: FINDINGS.md, "Preferences and the gold reward".)"""
     prompt_of = {i: k for k, g in enumerate(groups) for c, r, _ in g for i in (c, r)}
     prompt = torch.tensor([prompt_of[i] for i in used])
     score = torch.tensor([gold[i] for i in used], dtype=torch.float64)
@@ -204,10 +205,10 @@ def group_batch_loss(model, seqs, groups, tokenizer, device, gold=None, across_p
     over pairs of answers to different prompts of the batch, ordered by gold: RankNet's
     pairwise loss over graded labels (Burges et al. 2005). Pairs within a prompt only ever
     compare its own answers, so each prompt's level is left free, and the RM's scores of two
-    prompts' answers are not comparable. On held-out answers the gold reward varies more
-    between prompts than within one: each prompt's mean gold score alone ranks them better
-    than the RM trained within prompts only (FINDINGS.md, "The reward model"). The accuracy
-    returned is the within-prompt pairs' only."""
+    prompts' answers are not comparable. But the gold reward varies between prompts too (some
+    prompts are harder than others), so a reward that ranks answers across prompts must also
+    learn each prompt's level (FINDINGS.md, "The reward model", ranking across prompts). The
+    accuracy returned is the within-prompt pairs' only."""
     used = sorted({i for g in groups for c, r, _ in g for i in (c, r)})
     row = {s: k for k, s in enumerate(used)}
     scores = last_token_scores(model, [seqs[i] for i in used], tokenizer, device)

@@ -45,26 +45,26 @@ class Config:
     force: bool = False                              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # optimisation
-    # Updates are what a tiny model needs most: the same 38,400 conversations in batches of 8
-    # beat them in batches of 32 on test in every run, and more updates let the model
-    # find its place in a list (FINDINGS.md, "SFT training", batch size).
+    # Updates are what a tiny model needs most: smaller batches give more updates from the same
+    # conversations, and more updates let the model find its place in a list (FINDINGS.md,
+    # "SFT training", batch size).
     batch_size: int = 8            # conversations per micro-batch
     grad_accum: int = 1
     max_steps: int = 4800
-    # A tiny model fine-tuned for minutes needs a high rate; 3e-3 to 6e-3 did alike, 9e-3 was
-    # too high, with AdamW and with Muon (FINDINGS.md, "SFT training", learning rate).
+    # A tiny model fine-tuned briefly needs a high rate; this is the highest we tried that
+    # did not overshoot, with AdamW and with Muon (FINDINGS.md, "SFT training", learning rate).
     learning_rate: float = 6e-3
     min_lr: float = 6e-4
     warmup_steps: int = 80
     # Decoupled weight decay (Loshchilov & Hutter 2019), paired with Muon as Liu et al. (2025) do:
-    # it pulls the blocks' matrices (and, through AdamW, the embedding) towards zero each step.
-    # Over six SFT seeds 0.1 scored higher on both splits than none (FINDINGS.md, "SFT
+    # it pulls the blocks' matrices (and, through AdamW, the embedding) towards zero each step,
+    # which Liu et al. found keeps Muon's weights from growing too large (FINDINGS.md, "SFT
     # training", weight decay). 0.0 turns it off.
     weight_decay: float = 0.1
     # "muon": Muon for the blocks' weight matrices, AdamW for the rest (minift.training.Muon and
-    # make_optimizer); or "adamw" for all. Muon scored several points above AdamW over three
-    # seeds, for a fixed cost per step that needs all of SFT's steps to pay off: cut to save
-    # time, most of the gain went (FINDINGS.md, "SFT training", Muon).
+    # make_optimizer); or "adamw" for all. Muon moves every direction of a matrix by about the
+    # same amount (Jordan et al. 2024), so rarely used directions learn too; its cost per step
+    # is fixed, so it needs all of SFT's steps to pay off (FINDINGS.md, "SFT training", Muon).
     optimizer: str = "muon"
     grad_clip: float = 1.0
     dropout: float = 0.0
@@ -113,7 +113,7 @@ def get_batch(examples, order, batch_size, pad_token, generator, device, block_s
     one, which in our data wasted much of the compute on padding (FINDINGS.md, "SFT training").
     So the batch is drawn from a `window` of neighbours in `order` (examples sorted by
     length) that starts at a random place; the window wraps around the end, so every
-    example is equally likely, and padding falls to a few percent. The length is then
+    example is equally likely, and neighbours in length need little padding. The length is then
     rounded up to a multiple of 16 (minift.model.PAD_MULTIPLE says why), which adds a
     little back.
     Returns x, y of shape (B, L); y is -1 (ignored by the loss) wherever mask is 0."""

@@ -252,11 +252,11 @@ class GPT(nn.Module):
         With targets (B, T): (logits, loss), loss the mean cross-entropy over the positions whose
         target is not ignore_index (prompt tokens in SFT, padding).
         On the CPU the output layer only runs where a target is scored, and logits are those
-        rows, (N, V): with V = 2053 against C = 128 it is a large share of a tiny model's compute,
-        and SFT scores only the answers (about half of its tokens). Elsewhere logits are every
-        position's, (B*T, V): picking rows by a mask gives a tensor whose size depends on the
-        data, which makes a GPU wait for the count and splits a torch.compile graph in two,
-        while a GPU has compute to spare."""
+        rows, (N, V): with a vocabulary many times the width it is a large share of a tiny
+        model's compute, and SFT scores only the answers (FINDINGS.md, "Speed and precision",
+        smaller speed-ups). Elsewhere logits are every position's, (B*T, V): picking rows by
+        a mask gives a tensor whose size depends on the data, which makes a GPU wait for the
+        count and splits a torch.compile graph in two, while a GPU has compute to spare."""
         x = self.hidden_states(idx, attention_mask, cache)  # (B, T, C)
         if targets is None:
             return self.lm_head(x), None
@@ -283,11 +283,11 @@ class GPT(nn.Module):
         new tokens per step. A row stops at any of `stop_tokens` and emits the first of them
         from then on; the loop ends when every row has stopped or after max_new_tokens.
         Stopped rows leave the batch: answers differ in length (a word, or a story), and a
-        batch that computed every row until its longest answer ended did two to three times
-        the work its answers needed. Rows leave once DROP_STOPPED_SHARE of the batch has
-        stopped, since copying the cache costs about as much as a step. A row's answer does
-        not depend on when the others stop: each step draws one random number for every
-        row of the whole batch, whether it has left or not.
+        batch that computes every row until its longest answer ends does much more work than
+        its answers need (FINDINGS.md, "Sampling and generation"). Rows leave once
+        DROP_STOPPED_SHARE of the batch has stopped, since each drop copies the cache. A row's
+        answer does not depend on when the others stop: each step draws one random number for
+        every row of the whole batch, whether it has left or not.
         use_cache=False recomputes the full sequence each step: slow, but the reference
         that the KV cache is tested against."""
         device = self.wte.weight.device
@@ -341,7 +341,7 @@ class GPT(nn.Module):
 
 # SFT's and the reward model's batches are padded to a multiple of this many tokens. Under
 # CPU autocast, oneDNN runs the bf16 products and builds a kernel for each new matrix shape
-# and keeps only so many. SFT's ~200 conversation lengths, times each product's shapes,
+# and keeps only so many. SFT's many conversation lengths, times each product's shapes,
 # overflow that store and rebuild kernels at every step; a few lengths cost a little padding
 # instead, and nothing measurable in fp32 (FINDINGS.md, "Speed and precision").
 PAD_MULTIPLE = 16
@@ -409,12 +409,11 @@ class ScalarModel(nn.Module):
     A value model (the PPO critic) uses every position (`forward`). A reward model reads
     the head at the last real token (`reward`), and adds likelihood_weight times the mean
     log-probability that its own LM head gives the answer's tokens (0 gives InstructGPT's
-    reward model exactly). Why the second term: the SFT model's likelihood alone ranks our
-    held-out preference pairs better than the trained head does, because a sampled answer
-    that the model finds unlikely is usually one that went wrong; the head learns what the
-    likelihood misses, and the two together beat both (FINDINGS.md, "The reward model"). It is
-    DPO's observation (Rafailov et al. 2023) that an LM's log-probabilities are a reward,
-    used here beside the head rather than instead of it."""
+    reward model exactly). Why the second term: a sampled answer that the model finds
+    unlikely is usually one that went wrong (a garbled word), which the head would have to
+    learn from pairs; the head learns what the likelihood misses (FINDINGS.md, "The reward
+    model", the likelihood term). It is DPO's observation (Rafailov et al. 2023) that an LM's
+    log-probabilities are a reward, used here beside the head rather than instead of it."""
 
     def __init__(self, config, head_std=None):
         super().__init__()
