@@ -32,7 +32,7 @@ from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_ch
                                save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import decode_answer, evaluate_records, render_prompts
-from minift.formats import load_ifeval_inputs
+from minift.formats import load_ifeval_option
 from minift.synthetic.gold import gold_reward
 from minift.model import ScalarModel, pad_left
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, average_gradients, check_finite,
@@ -375,8 +375,9 @@ def main(argv=None):
         print_config(cfg)
     device = rt.device
     sft, tokenizer, policy, reference, reward_model, value_model = load_models(cfg, device)
-    records = load_ifeval_inputs(cfg.prompts)
-    eval_records = load_ifeval_inputs(cfg.eval_data)[:cfg.eval_examples] if cfg.eval_data else []
+    records = load_ifeval_option(cfg.prompts, "prompts")
+    eval_records = (load_ifeval_option(cfg.eval_data, "eval_data", "--eval_data= trains without evaluating")
+                    [:cfg.eval_examples] if cfg.eval_data else [])
     # One Adam over both networks: Adam adapts per parameter, so this equals two optimizers
     # with one learning rate. eps 1e-5 as N+ (TensorFlow's placement differs from PyTorch's).
     optimizer = torch.optim.Adam(list(policy.parameters()) + list(value_model.parameters()),

@@ -28,7 +28,7 @@ from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_
                                should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
-from minift.formats import DataFormatError, load_ifeval_inputs, load_sft
+from minift.formats import load_ifeval_option, load_sft
 from minift.model import padded_length
 from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, host_reads, lr_at,
                              make_optimizer, set_lr, setup_runtime)
@@ -114,7 +114,7 @@ def get_batch(examples, order, batch_size, pad_token, generator, device, block_s
     So the batch is drawn from a `window` of neighbours in `order` (examples sorted by
     length) that starts at a random place; the window wraps around the end, so every
     example is equally likely, and neighbours in length need little padding. The length is then
-    rounded up to a multiple of 16 (minift.model.PAD_MULTIPLE says why), which adds a
+    rounded up to a multiple of minift.model.PAD_MULTIPLE (which says why), which adds a
     little back.
     Returns x, y of shape (B, L); y is -1 (ignored by the loss) wherever mask is 0."""
     window = min(window, len(order))
@@ -132,21 +132,6 @@ def get_batch(examples, order, batch_size, pad_token, generator, device, block_s
         # target t is token t+1; it counts only if token t+1 belongs to an assistant reply
         y[row, :n] = torch.where(mask[1:] == 1, ids[1:], torch.tensor(-1))
     return x.to(device), y.to(device)
-
-
-def load_eval_records(path):
-    """The evaluation prompts, read and checked before training: IFEval records, whose
-    instructions the checkers verify. Conversations alone (Alpaca, ShareGPT) cannot be scored."""
-    if not path:
-        return []
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no evaluation data at --eval_data={path}; make it with data/make_sft.py, "
-                         f"or pass --eval_data= to train without evaluating")
-    try:
-        return load_ifeval_inputs(path)
-    except DataFormatError as e:
-        raise DataFormatError(f"{e}. --eval_data takes IFEval records (prompt, instruction_id_list, kwargs), "
-                              f"as data/make_sft.py writes; --eval_data= trains without evaluating") from None
 
 
 def main(argv=None):
@@ -168,7 +153,9 @@ def main(argv=None):
         raise SystemExit(f"error: all {dropped} conversations of {cfg.data} are longer than the model's context "
                          f"({block_size} tokens); shorten them, or pretrain with a larger --block_size")
     order = length_order(examples)
-    eval_records = load_eval_records(cfg.eval_data)[:cfg.eval_examples]
+    # Checked before training: a bad file would otherwise stop the run at its first evaluation.
+    eval_records = (load_ifeval_option(cfg.eval_data, "eval_data", "--eval_data= trains without evaluating")
+                    [:cfg.eval_examples] if cfg.eval_data else [])
     if rt.master:
         n_target = sum(sum(m) for _, m in examples)
         print(f"{len(examples)} conversations from {cfg.data} ({dropped} longer than {block_size} "

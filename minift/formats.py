@@ -285,6 +285,22 @@ def load_ifeval_inputs(path):
     return out
 
 
+def load_ifeval_option(path, option, hint=""):
+    """IFEval records named by a script's --option, read and checked before any training. A
+    missing file, or conversations without instructions (Alpaca, ShareGPT: nothing the
+    checkers can score), stop the script with a message that names the option; `hint` is
+    added to it (such as how to do without the file)."""
+    hint = f"; {hint}" if hint else ""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no file at --{option}={path}; make it with data/make_sft.py "
+                         f"(python pipeline.py runs it){hint}")
+    try:
+        return load_ifeval_inputs(path)
+    except DataFormatError as e:
+        raise DataFormatError(f"{e}. --{option} takes IFEval records (prompt, instruction_id_list, kwargs), "
+                              f"as data/make_sft.py writes{hint}") from None
+
+
 def write_ifeval_responses(path, records):
     """Write {"prompt", "response"} JSONL, the file IFEval's evaluator reads."""
     write_jsonl(path, ({"prompt": r["prompt"], "response": r["response"]} for r in records))

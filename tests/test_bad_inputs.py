@@ -16,6 +16,7 @@ import evaluate
 import pipeline
 import sample
 import train_dpo
+import train_grpo
 import train_ppo
 import train_pretrain
 import train_reward
@@ -295,6 +296,20 @@ def test_sft_checks_its_data_before_training(kit, tmp_path, data, eval_data, nee
     fails(train_sft.main, MICRO + [f"--init_from={kit['pretrain']}", f"--data={kit.get(data, data)}",
                                    f"--eval_data={eval_path}", f"--out_dir={tmp_path}/sft"], *needles)
     assert not os.path.exists(tmp_path / "sft" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("main", [train_ppo.main, train_grpo.main])
+@pytest.mark.parametrize("option, bad, needles", [
+    ("prompts", "/nonexistent/rl_prompts.jsonl", ["--prompts=/nonexistent/rl_prompts.jsonl", "make_sft.py"]),
+    ("eval_data", "/nonexistent/test.jsonl", ["--eval_data=/nonexistent/test.jsonl", "--eval_data= trains"]),
+    ("eval_data", "alpaca", ["alpaca.json", '"key"', "--eval_data takes IFEval records"]),
+])
+def test_rl_scripts_check_their_prompt_files(kit, tmp_path, main, option, bad, needles):
+    """Each option is named: a bare "No such file" does not say which of the two files it was."""
+    files = {"prompts": kit["sft_data"], "eval_data": kit["sft_data"], option: kit.get(bad, bad)}
+    fails(main, MICRO + [f"--sft_ckpt={kit['sft']}", f"--reward_ckpt={kit['reward']}", f"--out_dir={tmp_path}/rl"]
+          + [f"--{k}={v}" for k, v in files.items()], *needles)
+    assert not os.path.exists(tmp_path / "rl" / "metrics.jsonl")
 
 
 @pytest.mark.parametrize("main, args, needles", [
