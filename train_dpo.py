@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               should_resume, tokenizer_for)
+                               should_resume, tokenizer_for, unwrap)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences
 from minift.model import answer_positions, pad_left, padded_length
@@ -106,7 +106,7 @@ def answer_logprobs(model, seqs, tokenizer, device):
     its length is a multiple of 16 (minift.model.PAD_MULTIPLE). We call model(...) so that
     DDP syncs the gradients; it returns the scored rows' logits on the CPU and every row's
     elsewhere (GPT.forward)."""
-    block_size = getattr(model, "module", model).config.block_size
+    block_size = unwrap(model).config.block_size
     length = padded_length(max(map(len, seqs)) - 1, block_size) + 1
     ids, mask = pad_left(seqs, tokenizer.pad, device, length)
     answer = answer_positions(ids, tokenizer.assistant, mask)[:, 1:].bool()   # targets that count

@@ -8,10 +8,10 @@ score answers the way the gold reward (our stand-in for human raters) ranks them
 
 What happens (InstructGPT, Ouyang et al. 2022, section 3.5; Ziegler et al. 2019):
   1. The RM is the SFT transformer plus a linear head read at the last token of
-     "<|user|> prompt <|end|> <|assistant|> answer <|end|>": one number per answer. To it
-     we add --likelihood_weight times the answer's mean log-probability under the RM's own
-     LM head: at this size the SFT model's likelihood ranks answers better than a head
-     learns to, and the two together best (ScalarModel). --likelihood_weight=0
+     "<|endoftext|> <|user|> prompt <|end|> <|assistant|> answer <|end|>": one number per
+     answer. To it we add --likelihood_weight times the answer's mean log-probability under
+     the RM's own LM head: an answer the SFT model finds unlikely is usually one where
+     sampling slipped, which the head alone would have to learn from pairs (ScalarModel). --likelihood_weight=0
      --across_prompt_weight=0 gives InstructGPT's RM.
   2. Bradley-Terry loss: P(chosen beats rejected) = sigmoid(r_chosen - r_rejected), and we
      minimise -log of it, over the pairs of each prompt and (--across_prompt_weight) over
@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               should_resume, tokenizer_for)
+                               should_resume, tokenizer_for, unwrap)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, read_jsonl
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
@@ -148,10 +148,10 @@ def last_token_scores(model, seqs, tokenizer, device):
     """Lists of ids -> (B,) raw scores: the head at each one's last real token (plus the
     answer's mean log-probability, weighted; ScalarModel). Left padding puts that token in
     the last column; positions come from the mask, so a score does not depend on what else
-    is in the batch (tested), nor on the extra padding up to a multiple of 16 (minift.model.
-    PAD_MULTIPLE). We call model(...), not model.reward(...), so that DDP sees its
+    is in the batch (tested), nor on the extra padding up to a multiple of
+    minift.model.PAD_MULTIPLE. We call model(...), not model.reward(...), so that DDP sees its
     forward and syncs the gradients."""
-    block_size = getattr(model, "module", model).gpt.config.block_size  # DDP keeps the model in .module
+    block_size = unwrap(model).gpt.config.block_size
     ids, mask = pad_left(seqs, tokenizer.pad, device, padded_length(max(map(len, seqs)), block_size))
     return model(ids, attention_mask=mask, answer_mask=answer_positions(ids, tokenizer.assistant, mask)).float()
 
@@ -360,7 +360,6 @@ def main(argv=None):
     # ---- the training loop
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=max_steps, initial=step, desc="reward", disable=not rt.master, dynamic_ncols=True)
-    loss_sum = acc_sum = 0.0
     with StopRequest(rt) as stop:
         while step < max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, max_steps)

@@ -83,12 +83,15 @@ def check_settings(ckpt, cfg, path):
                          f"settings; to start over, add --force; or choose another --out_dir.")
 
 
-def model_state(model):
-    """The state dict of the underlying module: unwraps DDP (`.module`) and
-    torch.compile (`._orig_mod`) so checkpoints load into a plain model."""
+def unwrap(model):
+    """The plain module under DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     model = getattr(model, "module", model)
-    model = getattr(model, "_orig_mod", model)
-    return model.state_dict()
+    return getattr(model, "_orig_mod", model)
+
+
+def model_state(model):
+    """The state dict of the underlying module (unwrap), so checkpoints load into a plain model."""
+    return unwrap(model).state_dict()
 
 
 def check_model_config(ckpt, model_config, path):
@@ -137,7 +140,7 @@ def save_training_checkpoint(path, kind, step, model, optimizer, cfg, tokenizer_
                              **extra):
     """The one checkpoint layout every training script writes (see the top of this file)."""
     from minift.training import rng_state
-    raw = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
+    raw = unwrap(model)
     gpt = getattr(raw, "gpt", raw)  # a ScalarModel keeps its transformer in .gpt
     save_checkpoint(path, {
         "kind": kind, "step": step, "model": model_state(model),

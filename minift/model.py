@@ -8,10 +8,11 @@ queries may look at (cache + new), C = n_embd, H = n_head, D = C // H.
 Padding convention, shared by every stage of minift:
   * training batches (pretraining, SFT) are right-padded or unpadded, so plain causal
     attention already keeps real tokens from seeing padding;
-  * generation and RL batches are *left*-padded prompts followed by responses, and carry
-    an `attention_mask` (B, S) with 1 for real tokens. Position ids then come from the
-    mask (`positions_from_mask`), so a sequence gets the same positions, hence the same
-    logits, whatever padding sits beside it in the batch.
+  * generation and RL batches are *left*-padded prompts followed by responses, and so are
+    the reward model's and DPO's training batches (their last column is every row's last
+    real token); all of them carry an `attention_mask` (B, S) with 1 for real tokens.
+    Position ids then come from the mask (`positions_from_mask`), so a sequence gets the
+    same positions, hence the same logits, whatever padding sits beside it in the batch.
 """
 
 import math
@@ -91,8 +92,9 @@ def rotary_tables(block_size, head_dim, base=10000.0):
 
 def apply_rotary(x, cos, sin):
     """Rotate each (first half, second half) feature pair of x (B, H, T, D) by its position's
-    angle; cos and sin are (B, 1, T, D/2). After rotating both, q . k depends on the positions
-    only through their difference, which is what makes attention relative."""
+    angle; cos and sin are (B, 1, T, D/2), or (1, 1, T, D/2) when no mask sets the
+    positions. After rotating both, q . k depends on the positions only through their
+    difference, which is what makes attention relative."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
