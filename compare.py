@@ -86,8 +86,9 @@ def kl_to_sft(ckpt_path, sft_path, records, device, seed=0):
 
 
 def best_of_n_kl(n):
-    """The KL of best-of-n sampling to the policy it samples: log n - (n-1)/n (Stiennon et al.
-    2020, appendix; exact when no two samples tie)."""
+    """The KL of best-of-n sampling to the policy it samples, as usually reported: log n - (n-1)/n
+    (Stiennon et al. 2020, appendix). It is an upper bound (Beirami et al. 2024), reached when
+    no two samples can be the same answer; short answers that repeat make the true KL smaller."""
     return math.log(n) - (n - 1) / n
 
 
@@ -129,11 +130,11 @@ def one_run(method, seed, out, cfg, device):
                   for split in ("test", "heldout")}
         return {"seconds": round(time.time() - t0, 1), "kl": best_of_n_kl(BEST_OF),
                 **{split: scores[split]["best_of_k_prompt_strict"] for split in scores}}
-    reuse = method == "ppo" and seed == train_ppo.Config.seed and os.path.exists(os.path.join(out, "ppo", "stage.json"))
+    reuse = reuses_pipeline_ppo(method, seed, out)
     t0 = time.time()
     if method == "sft":
         ckpt = sft
-    elif reuse:   # pipeline.py trained exactly this run: same SFT model, reward model, prompts and seed
+    elif reuse:
         ckpt = os.path.join(out, "ppo", "ckpt.pt")
     else:
         ckpt = train(method, seed, run_dir, out, [f"--preset={cfg.preset}", f"--device={cfg.device}"])
@@ -155,6 +156,19 @@ def one_run(method, seed, out, cfg, device):
                                           os.path.join(run_dir, "responses_test.jsonl"))
         row |= {key: moves[key] for key in ("fail_to_pass", "pass_to_fail")}
     return row
+
+
+def pipeline_settings(out):
+    """The preset, slip scale and seed that pipeline.py recorded for the run in `out`."""
+    with open(os.path.join(out, "pipeline.json")) as f:
+        return {"slip_scale": 1.0, "seed": 1337, **json.load(f)}   # a record from before those options
+
+
+def reuses_pipeline_ppo(method, seed, out):
+    """Whether pipeline.py trained exactly this run: PPO from the same SFT model, reward model
+    and prompts, with the seed the pipeline ran with (pipeline.py --seed)."""
+    return (method == "ppo" and seed == pipeline_settings(out)["seed"]
+            and os.path.exists(os.path.join(out, "ppo", "stage.json")))
 
 
 def summarise(runs):
@@ -195,7 +209,8 @@ def compare_markdown(results, preset, seeds):
               f"of {BEST_OF} samples at temperature {pipeline.SAMPLE_TEMPERATURE}, and its KL the best-of-n formula "
               f"log n - (n-1)/n. sampled: one answer a prompt at that temperature. fail -> pass, pass -> fail: "
               "greedy test answers whose verdict changed from the SFT model's. gold: the gold reward of the "
-              "greedy test answers. seconds: training time (ppo: pipeline.py's PPO stage when reused)."]
+              "greedy test answers. seconds: training time (ppo: pipeline.py's PPO stage when reused; best_of_8: "
+              "sampling and judging both splits)."]
     return "\n".join(lines) + "\n"
 
 
@@ -205,12 +220,19 @@ def main(argv=None):
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not all(s.strip().isdigit() for s in seeds):
+        raise SystemExit(f"error: --seeds={cfg.seeds}: expected whole numbers separated by commas, like 1337,2,3")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
-    for need in ("sft/ckpt.pt", "reward/ckpt.pt", "data/prefs/train.jsonl", "data/sft/test.jsonl"):
+    for need in ("pipeline.json", "sft/ckpt.pt", "reward/ckpt.pt", "data/prefs/train.jsonl", "data/sft/test.jsonl"):
         if not os.path.exists(os.path.join(out, need)):
             where = f" --out_dir={out}" if cfg.out_dir else ""
             raise FileNotFoundError(f"{os.path.join(out, need)} not found: run the pipeline first: "
                                     f"python pipeline.py --preset={cfg.preset}{where}")
+    # Every method trains with this preset's settings from the pipeline's models and data.
+    made_with = pipeline_settings(out)["preset"]
+    if made_with != cfg.preset:
+        raise SystemExit(f"error: {out} holds a pipeline run of preset {made_with}; "
+                         f"run python compare.py --preset={made_with}" + (f" --out_dir={out}" if cfg.out_dir else ""))
     device = pick_device(cfg.device)
     results = {}
     for method in methods:
@@ -219,7 +241,10 @@ def main(argv=None):
             try:
                 runs.append(pipeline.run_stage(f"{method}-{seed}", os.path.join(out, "compare"), cfg.force,
                                                lambda: one_run(method, int(seed), out, cfg, device)))
-            except SystemExit as e:   # e.g. rejection sampling finds no perfect sample to learn from
+            except SystemExit as e:
+                if method != "rejection":   # any other method's error is the user's to see
+                    raise
+                # Rejection sampling may find no perfect sample to learn from: a result, not an error.
                 print(f"{method}, seed {seed}: skipped: {e}")
                 runs.append({"skipped": str(e)})
         results[method] = {**summarise(runs), "runs": runs}

@@ -1,9 +1,9 @@
 """
 The whole InstructGPT pipeline in one command, ending in a report card.
 
-    python pipeline.py                     # tiny preset: about 10 minutes on 2 CPU cores
+    python pipeline.py                     # tiny preset, sized for a laptop CPU (times: README.md)
     python pipeline.py --preset=small      # one GPU
-    python pipeline.py --force             # redo every stage
+    python pipeline.py --force             # redo every stage (and drop compare.py's runs on the old models)
     python pipeline.py --reference_sft     # add SFT on perfect demonstrations: the line PPO is read against
     python pipeline.py --slip_scale=0 --out_dir=out/tiny_perfect   # the whole pipeline without slips
     python pipeline.py --seed=2 --out_dir=out/tiny_seed2           # another draw of every training stage
@@ -63,8 +63,8 @@ class Config:
 # The two human-data budgets, as InstructGPT set them: demonstrations are dear and judgements
 # cheap, so there are more comparisons than demonstrations. tiny: 12,000 demonstrations (SFT's
 # 4800 steps x 8 see each about three times) against 2,000 RL prompts x 8 sampled answers,
-# about 20,000 judged pairs after ties; both fit the ten-minute budget (FINDINGS.md, "SFT
-# demonstrations", "Preferences and the gold reward").
+# ranked into more pairs than there are demonstrations; both budgets were sized to the
+# pipeline's time target (FINDINGS.md, "SFT demonstrations", "Preferences and the gold reward").
 DATA = {
     "micro": dict(size_mb=0.2, prompts_mb=0.05, vocab_size=512, n_train=600, n_test=20, n_heldout=20, n_rl=80,
                   eval_examples=20),
@@ -120,6 +120,8 @@ def main(argv=None):
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
     check_preset(out, cfg)
+    if cfg.force:   # compare.py's runs started from the models about to be replaced
+        shutil.rmtree(os.path.join(out, "compare"), ignore_errors=True)
     data = DATA[cfg.preset]
     corpus, sft_data, prefs = (os.path.join(out, "data", d) for d in ("corpus", "sft", "prefs"))
     ckpt = {s: os.path.join(out, s, "ckpt.pt") for s in ("pretrain", "sft", "reward", "ppo")}

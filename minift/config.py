@@ -154,7 +154,7 @@ def parse_config(cls, argv=None, presets=None, script=None):
 AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps", "eval_interval",
                 "eval_batches", "log_interval", "iterations", "rollout_batch", "max_new_tokens", "samples_per_prompt",
                 "ppo_epochs", "num_minibatches", "epochs", "batch_groups", "eval_batch_size", "k", "num_samples",
-                "kl_horizon")
+                "kl_horizon", "kl_examples")
 AT_LEAST_ZERO = ("max_examples", "samples", "eval_examples", "num_prompts", "top_k", "warmup_steps", "decay_steps",
                  "learning_rate", "min_lr", "weight_decay", "temperature", "missing_eos_penalty", "kl_coef",
                  "likelihood_weight", "across_prompt_weight", "vf_coef")

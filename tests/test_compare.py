@@ -26,7 +26,7 @@ def test_micro_card(micro_pipeline, tmp_path):
     shared, _ = micro_pipeline
     out = tmp_path / "micro"
     out.mkdir()
-    for stage in ("sft", "reward", "data", "ppo"):   # the shared run's models, read only
+    for stage in ("sft", "reward", "data", "ppo", "pipeline.json"):   # the shared run's models, read only
         os.symlink(os.path.join(shared, stage), out / stage)
     report = compare.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--methods=sft,best_of_8,dpo,ppo,grpo"])
     rows = report["methods"]
@@ -70,3 +70,20 @@ def test_an_unknown_method_is_named():
 def test_without_the_pipeline_it_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="python pipeline.py --preset=tiny --out_dir="):
         compare.main([f"--out_dir={tmp_path}"])
+
+
+def test_the_pipelines_ppo_run_is_reused_only_for_its_own_seed_and_preset(micro_pipeline, tmp_path):
+    """After pipeline.py --seed=2, its PPO run is seed 2's, not the scripts' default 1337's."""
+    shared, _ = micro_pipeline
+    out = tmp_path / "micro"
+    out.mkdir()
+    for stage in ("sft", "reward", "data", "ppo"):
+        os.symlink(os.path.join(shared, stage), out / stage)
+    with open(out / "pipeline.json", "w") as f:
+        json.dump({"preset": "micro", "slip_scale": 1.0, "seed": 2}, f)
+    assert compare.reuses_pipeline_ppo("ppo", 2, out) and not compare.reuses_pipeline_ppo("ppo", 1337, out)
+    assert not compare.reuses_pipeline_ppo("grpo", 2, out)
+    with pytest.raises(SystemExit, match="preset micro; run python compare.py --preset=micro"):
+        compare.main(["--preset=tiny", f"--out_dir={out}", "--methods=sft"])
+    with pytest.raises(SystemExit, match="--seeds=1337,x"):
+        compare.main(["--preset=micro", f"--out_dir={out}", "--methods=sft", "--seeds=1337,x"])
