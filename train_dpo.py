@@ -41,11 +41,11 @@ from tqdm import tqdm
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
                                should_resume, tokenizer_for, unwrap)
 from minift.config import cli_config, print_config, run
-from minift.formats import load_preferences
+from minift.formats import load_preferences, require_file
 from minift.model import answer_positions, pad_left, padded_length
-from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
-                             set_lr, setup_runtime)
-from train_reward import build_groups, epoch_order
+from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, lr_at,
+                             make_optimizer, set_lr, setup_runtime)
+from train_reward import build_groups, epoch_order, held_out_pairs
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Config:
     # of the capital letters, list and paragraph counts that 0.1 lost (FINDINGS.md, "The
     # alignment lab", DPO).
     beta: float = 0.3              # strength of the KL anchor to the reference (the paper uses 0.1 to 0.5)
-    # IPO scored as sigmoid did (one run); sigmoid is the paper's loss.
+    # sigmoid is the paper's loss; IPO bounds how far the implicit reward's margin is pushed.
     loss_type: str = "sigmoid"     # "sigmoid" (DPO, equation 7) or "ipo" (IPO, Azar et al., 2023)
     label_smoothing: float = 0.0   # conservative DPO: the share of labels taken to be flipped (sigmoid only)
     # optimisation
@@ -100,10 +100,10 @@ PRESETS = {
 # ---------------------------------------------------------------------- the method
 def answer_logprobs(model, seqs, tokenizer, device):
     """Lists of ids (prompt, then answer ending in <|end|>) -> (B,) summed log p(answer tokens |
-    all before them): step 2. Left padding and positions from the mask, as in train_reward.
-    last_token_scores, so a sequence's figure does not depend on the batch (tested). The
-    input is ids[:, :-1] and the targets ids[:, 1:], kept only where they are answer tokens;
-    its length is a multiple of 16 (minift.model.PAD_MULTIPLE). We call model(...) so that
+    all before them): step 2. Left padding and positions from the mask (as
+    train_reward.last_token_scores does), so a sequence's figure does not depend on the
+    batch (tested). The input is ids[:, :-1] and the targets ids[:, 1:], kept only where
+    they are answer tokens; its length is a multiple of minift.model.PAD_MULTIPLE. We call model(...) so that
     DDP syncs the gradients; it returns the scored rows' logits on the CPU and every row's
     elsewhere (GPT.forward)."""
     block_size = unwrap(model).config.block_size
@@ -215,13 +215,11 @@ def main(argv=None):
     block_size = model.config.block_size
 
     # ---- data: pairs grouped by prompt, as for the reward model
+    for option in ("data", "val_data"):
+        if getattr(cfg, option):
+            require_file(getattr(cfg, option), option, "data/make_preferences.py")
     seqs, groups, dropped, _ = build_groups(load_preferences(cfg.data), tokenizer, block_size)
-    if cfg.val_data:
-        val = build_groups(load_preferences(cfg.val_data), tokenizer, block_size)[:2]
-    else:  # hold out whole groups, so no prompt is in both sets
-        perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        n_val = int(len(groups) * cfg.val_fraction)
-        val, groups = (seqs, [groups[i] for i in perm[:n_val]]), [groups[i] for i in perm[n_val:]]
+    groups, val = held_out_pairs(seqs, groups, cfg, tokenizer, block_size)
     per_step = cfg.batch_groups * cfg.grad_accum * rt.world_size  # whole prompt groups per optimizer step
     if len(groups) < per_step:
         raise ValueError(f"{len(groups)} prompt groups in {cfg.data} ({dropped} pairs longer than {block_size} "
@@ -236,8 +234,7 @@ def main(argv=None):
     # every evaluation. Under the training's autocast, so policy and reference agree at step 0.
     with rt.autocast(cfg.dtype):
         ref_logps = logprobs_all(reference, seqs, tokenizer, rt.device, cfg.eval_batch_size)
-        val_ref_logps = (ref_logps if val[0] is seqs else
-                         logprobs_all(reference, val[0], tokenizer, rt.device, cfg.eval_batch_size))
+        val_ref_logps = logprobs_all(reference, val[0], tokenizer, rt.device, cfg.eval_batch_size)
     del reference
 
     steps_per_epoch = len(groups) // per_step  # the last partial batch of an epoch is left out
@@ -282,6 +279,9 @@ def main(argv=None):
                     (loss / cfg.grad_accum).backward()
                 for k, v in batch_stats.items():
                     stats[k] = stats.get(k, 0.0) + v / cfg.grad_accum
+            # averaged, so that all ranks stop together (one alone would leave the others waiting
+            # forever in the next all-reduce); the logged statistics are every rank's mean too
+            stats = {k: all_reduce_mean(v, rt) for k, v in stats.items()}
             check_finite(stats["loss"], step, ckpt_path)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
             optimizer.step()

@@ -37,7 +37,8 @@ from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_option
 from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
-from train_ppo import answer_logprobs, load_models, masked_mean, penalise_unfinished, probe, rollout, score_answers
+from train_ppo import (answer_logprobs, iteration_lr, load_models, masked_mean, mean_entropy, penalise_unfinished, probe,
+                       rollout, score_answers)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Config:
     num_minibatches: int = 4
     clip_range: float = 0.2          # policy ratio clip, as PPO
     learning_rate: float = 1e-4      # annealed linearly to 0 over the run, as PPO
+    anneal_lr: bool = True           # False: the learning rate stays constant
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0
     # evaluation and logging
@@ -114,7 +116,8 @@ def k3_kl(logp, ref_logp):
 def grpo_loss(new_logp, old_logp, ref_logp, advantages, mask, cfg):
     """Minus the GRPO objective (eq. 3) on a minibatch: the clipped ratio objective of PPO per
     token with the answer's advantage (B,) on every token, less beta times the k3 KL, averaged
-    over each answer's tokens (1/|o_i|), then over the answers (1/G). Returns (loss, stats)."""
+    over each answer's tokens (1/|o_i|), then over the minibatch's answers (the paper's 1/G
+    averages one group's; a minibatch mixes groups). Returns (loss, stats)."""
     log_ratio = new_logp - old_logp
     ratio = log_ratio.exp()
     adv = advantages.unsqueeze(1)                                                   # (B, 1)
@@ -149,9 +152,7 @@ def optimise(policy, optimizer, rollout_batch, cfg, rt, generator, it, ckpt_path
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             optimizer.step()
-            with torch.no_grad():
-                p = logits.softmax(-1)
-                st["entropy"] = masked_mean(-(p * p.clamp_min(1e-12).log()).sum(-1), mask[mb]).item()
+            st["entropy"] = mean_entropy(logits, mask[mb])
             stats.append(st | {"loss": loss.item()})
     return stats
 
@@ -209,7 +210,7 @@ def main(argv=None):
             keep = kept.nonzero().squeeze(1)
 
             # ---- 4. optimise, learning rate annealed linearly to 0 over the run (as PPO)
-            set_lr(optimizer, cfg.learning_rate * (1 - it / cfg.iterations))
+            set_lr(optimizer, iteration_lr(cfg, it))
             stats = optimise(policy, optimizer, (seq[keep], attn[keep], mask[keep], P, old_logp[keep],
                                                  ref_logp[keep], advantages[keep]), cfg, rt, generator, it, ckpt_path)
             it += 1

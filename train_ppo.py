@@ -318,6 +318,14 @@ def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
     return {"probe_gold": gold.mean().item(), "probe_gold_each": [round(x, 4) for x in gold.tolist()], **rm_figures}
 
 
+@torch.no_grad()
+def mean_entropy(logits, mask):
+    """Mean entropy (nats) of the sampling distribution at the answer tokens: how much the
+    policy still explores. PPO that collapses it stops finding anything new to reinforce."""
+    p = logits.softmax(-1)
+    return masked_mean(-(p * p.clamp_min(1e-12).log()).sum(-1), mask).item()
+
+
 def iteration_lr(cfg, it):
     """Iteration `it`'s learning rate: annealed linearly toward 0 over the run (CleanRL, N+),
     or constant with --anneal_lr=false."""
@@ -353,9 +361,7 @@ def optimise(policy, value_model, optimizer, rollout_batch, cfg, rt, generator, 
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             torch.nn.utils.clip_grad_norm_(value_model.parameters(), cfg.grad_clip)
             optimizer.step()
-            with torch.no_grad():
-                p = logits.softmax(-1)
-                st["entropy"] = masked_mean(-(p * p.clamp_min(1e-12).log()).sum(-1), mask[mb]).item()
+            st["entropy"] = mean_entropy(logits, mask[mb])
             stats.append(st | {"pg_loss": pg_loss.item(), "vf_loss": vf_loss.item()})
     return stats
 

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
                                should_resume, tokenizer_for, unwrap)
 from minift.config import cli_config, print_config, run
-from minift.formats import load_preferences, read_jsonl
+from minift.formats import load_preferences, read_jsonl, require_file
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
 from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
                              set_lr, setup_runtime)
@@ -136,6 +136,21 @@ def build_groups(pairs, tokenizer, block_size):
             continue
         groups.setdefault(key, []).append((ids[0], ids[1], p.get("instruction_id_list", [])))
     return seqs, list(groups.values()), dropped, gold
+
+
+def held_out_pairs(seqs, groups, cfg, tokenizer, block_size):
+    """(training groups, (held-out seqs, held-out groups)): the pairs of --val_data, or with
+    --val_data="" a --val_fraction share of whole prompt groups, so that no prompt is in both
+    sets. Held-out groups get their own seqs, so an evaluation scores only their answers."""
+    if cfg.val_data:
+        return groups, build_groups(load_preferences(cfg.val_data), tokenizer, block_size)[:2]
+    perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    n_val = int(len(groups) * cfg.val_fraction)
+    held = [groups[i] for i in perm[:n_val]]
+    used = sorted({i for g in held for c, r, _ in g for i in (c, r)})
+    new_index = {old: k for k, old in enumerate(used)}
+    val = ([seqs[i] for i in used], [[(new_index[c], new_index[r], ids) for c, r, ids in g] for g in held])
+    return [groups[i] for i in perm[n_val:]], val
 
 
 def epoch_order(n_groups, seed, epoch):
@@ -294,18 +309,16 @@ def main(argv=None):
     block_size = model.gpt.config.block_size
 
     # ---- data: pairs grouped by prompt; validation pairs and gold-scored samples
+    for option in ("data", "val_data", "val_samples"):
+        if getattr(cfg, option):
+            require_file(getattr(cfg, option), option, "data/make_preferences.py")
     seqs, groups, dropped, gold = build_groups(load_preferences(cfg.data), tokenizer, block_size)
     if any(g is None for g in gold):   # the cross-prompt term needs every answer's gold score
         if cfg.across_prompt_weight > 0 and rt.master:
             print(f"note: the pairs of {cfg.data} carry no chosen_score / rejected_score: "
                   "Bradley-Terry within each prompt only (--across_prompt_weight ignored)")
         gold = None
-    if cfg.val_data:
-        val = build_groups(load_preferences(cfg.val_data), tokenizer, block_size)[:2]
-    else:  # hold out whole groups, so no prompt is in both sets
-        perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-        n_val = int(len(groups) * cfg.val_fraction)
-        val, groups = (seqs, [groups[i] for i in perm[:n_val]]), [groups[i] for i in perm[n_val:]]
+    groups, val = held_out_pairs(seqs, groups, cfg, tokenizer, block_size)
     samples = None
     if cfg.val_samples:  # (rendered answers, gold scores, prompt groups)
         rows = [(render(tokenizer, r["prompt"], r["response"]), r["gold"], r.get("group", r["prompt"]))

@@ -285,15 +285,21 @@ def load_ifeval_inputs(path):
     return out
 
 
+def require_file(path, option, made_by, hint=""):
+    """Stop the script with one line naming --option if the file it names does not exist, and
+    say which script makes it (`hint` is added, such as how to do without the file)."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no file at --{option}={path}; make it with {made_by} "
+                         f"(python pipeline.py runs it)" + (f"; {hint}" if hint else ""))
+
+
 def load_ifeval_option(path, option, hint=""):
     """IFEval records named by a script's --option, read and checked before any training. A
     missing file, or conversations without instructions (Alpaca, ShareGPT: nothing the
     checkers can score), stop the script with a message that names the option; `hint` is
     added to it (such as how to do without the file)."""
+    require_file(path, option, "data/make_sft.py", hint)
     hint = f"; {hint}" if hint else ""
-    if not os.path.exists(path):
-        raise SystemExit(f"error: no file at --{option}={path}; make it with data/make_sft.py "
-                         f"(python pipeline.py runs it){hint}")
     try:
         return load_ifeval_inputs(path)
     except DataFormatError as e:

@@ -298,6 +298,14 @@ def test_sft_checks_its_data_before_training(kit, tmp_path, data, eval_data, nee
     assert not os.path.exists(tmp_path / "sft" / "metrics.jsonl")
 
 
+@pytest.mark.parametrize("main, option", [(train_reward.main, "data"), (train_reward.main, "val_data"),
+                                          (train_dpo.main, "data"), (train_dpo.main, "val_data")])
+def test_pair_trainers_name_a_missing_pairs_file(kit, tmp_path, main, option):
+    files = {"data": kit["sft_data"], "val_data": "", option: "/nonexistent/pairs.jsonl"}
+    fails(main, MICRO + [f"--init_from={kit['sft']}", f"--out_dir={tmp_path}/out"]
+          + [f"--{k}={v}" for k, v in files.items()], f"--{option}=/nonexistent/pairs.jsonl", "make_preferences.py")
+
+
 @pytest.mark.parametrize("main", [train_ppo.main, train_grpo.main])
 @pytest.mark.parametrize("option, bad, needles", [
     ("prompts", "/nonexistent/rl_prompts.jsonl", ["--prompts=/nonexistent/rl_prompts.jsonl", "make_sft.py"]),

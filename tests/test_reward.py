@@ -92,6 +92,22 @@ def test_build_groups_renders_each_answer_once(tok):
     assert train_reward.build_groups(scored, tok, block_size=64)[3] == [1.0, 0.5, 0.0, 1.0, 0.2]
 
 
+def test_held_out_pairs_keep_whole_prompts_and_only_their_answers(tok):
+    """--val_data="": whole prompt groups are held out, and the held-out set carries only its
+    own answers, so an evaluation scores those and not every training answer."""
+    from types import SimpleNamespace
+    pairs = [{"prompt": [{"role": "user", "content": f"prompt {k}"}], "chosen": f"good {k}", "rejected": f"bad {k}{j}"}
+             for k in range(10) for j in range(2)]
+    seqs, groups, _, _ = train_reward.build_groups(pairs, tok, block_size=64)
+    cfg = SimpleNamespace(val_data="", val_fraction=0.3, seed=0)
+    train, (val_seqs, val_groups) = train_reward.held_out_pairs(seqs, groups, cfg, tok, 64)
+    assert len(train) == 7 and len(val_groups) == 3
+    texts = lambda ss, gs: sorted((tok.decode(ss[c]), tok.decode(ss[r])) for g in gs for c, r, _ in g)  # noqa: E731
+    assert texts(val_seqs, val_groups) == sorted(set(texts(seqs, groups)) - set(texts(seqs, train)))
+    assert len(val_seqs) == 9                      # each held-out prompt's 3 answers, nothing else
+    assert train_reward.held_out_pairs(seqs, groups, cfg, tok, 64)[0] == train   # the seed fixes the split
+
+
 def test_scores_do_not_depend_on_padding_or_batch(tok):
     model = tiny_scalar_model(tok)
     short = train_reward.render(tok, "Tell me about the cat.", "The cat sat.")
