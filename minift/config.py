@@ -162,7 +162,7 @@ ABOVE_ZERO = ("grad_clip", "clip_range", "value_clip", "kl_target", "adam_eps", 
 FRACTIONS = {"dropout": (0, 1, False), "val_fraction": (0, 1, False), "gamma": (0, 1, True), "lam": (0, 1, True),
              "top_p": (0, 1, True), "label_smoothing": (0, 0.5, False)}
 # FRACTIONS: name: (low, high, high included); low is included except for top_p
-CHOICES = {"dtype": ("bfloat16", "float16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold"),
+CHOICES = {"dtype": ("bfloat16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold"),
            "loss_type": ("sigmoid", "ipo")}
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 

@@ -43,13 +43,11 @@ class Runtime:
         tiny model's training steps run faster too, with attention kept in fp32
         (minift.model.attention) and batches padded to few shapes (minift.model.PAD_MULTIPLE;
         FINDINGS.md, "Speed and precision"). Other CPUs have no bf16 products, so there, and
-        on MPS, we run in fp32 (dtype="float32" turns autocast off everywhere). fp16 is for
-        CUDA only: asked for elsewhere, it stops the script rather than run fp32 unannounced."""
-        if dtype == "float16" and self.device_type != "cuda":
-            raise ValueError(f"--dtype=float16 needs a CUDA GPU; on {self.device_type} use --dtype=bfloat16 "
-                             "(or float32)")
-        if self.device_type == "cuda" and dtype in ("bfloat16", "float16"):
-            return torch.autocast("cuda", dtype=getattr(torch, dtype))
+        on MPS, we run in fp32 (dtype="float32" turns autocast off everywhere). fp16 is not
+        offered: its narrow exponent range needs a loss scaler (torch.amp.GradScaler) in every
+        training loop; GPUs without bf16 (before NVIDIA's Ampere) train in float32."""
+        if self.device_type == "cuda" and dtype == "bfloat16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
         if self.device_type == "cpu" and dtype == "bfloat16" and cpu_multiplies_bf16():
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -399,10 +397,14 @@ class StopRequest:
 
 
 def rng_state(generator):
-    """Everything random a resumed run needs to continue exactly (all plain tensors)."""
+    """The random state a resumed run needs to continue exactly (all plain tensors): torch's
+    global CPU generator and the script's own. A GPU's global generator is not saved; it
+    only feeds dropout, which every preset turns off."""
     return {"torch": torch.get_rng_state(), "batches": generator.get_state()}
 
 
 def set_rng_state(state, generator):
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["batches"])
+    # A checkpoint loaded onto a GPU (map_location) brings these byte tensors with it, and
+    # generators take their state only as CPU tensors.
+    torch.set_rng_state(state["torch"].cpu())
+    generator.set_state(state["batches"].cpu())
