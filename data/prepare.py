@@ -310,7 +310,13 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     if n_docs == 0:
         raise ValueError(f"no text found in {input!r}")
     # Only complete files get the real names, the tokenizer with them: one interrupted before
-    # this point leaves the previous corpus and its tokenizer whole, and matching.
+    # this point leaves the previous corpus and its tokenizer whole, and matching. The files
+    # are renamed one by one, so meta.json goes first and comes back last: a run stopped
+    # between two renames leaves no meta.json, and train_pretrain.py asks for a new prepare
+    # instead of reading new tokens with an old tokenizer.
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)
     for split, p in paths.items():
         os.replace(p + ".tmp", p)
     if os.path.exists(tok_spec + ".new"):
@@ -332,9 +338,9 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         "seconds": {"generate_or_read": round(docs.seconds, 2), "tokenizer": round(tokenizer_seconds, 2),
                     "tokenize": round(t_enc, 2), "total": round(time.perf_counter() - t_start, 2)},
     }
-    with open(os.path.join(out_dir, "meta.json.tmp"), "w") as f:
+    with open(meta_path + ".tmp", "w") as f:
         json.dump(meta, f, indent=2)
-    os.replace(os.path.join(out_dir, "meta.json.tmp"), os.path.join(out_dir, "meta.json"))
+    os.replace(meta_path + ".tmp", meta_path)
 
     s = meta["seconds"]
     log(f"source:     {source}")

@@ -18,6 +18,9 @@ def render_prompts(tokenizer, prompts, max_tokens=None):
     whole conversation (a list of messages that ends with the user's). With `max_tokens`, an
     over-long prompt keeps only its last `max_tokens` ids: the end holds the request and the
     assistant's turn, and the answer needs room in the context after it."""
+    if max_tokens is not None and max_tokens < 1:   # ids[-0:] would keep the whole prompt
+        raise ValueError(f"--max_new_tokens leaves {max_tokens} of the model's context for the prompt; "
+                         f"lower --max_new_tokens below the context length (block_size)")
     rendered = [tokenizer.render_prompt(p if isinstance(p, list) else [{"role": "user", "content": p}])
                 for p in prompts]
     return rendered if max_tokens is None else [ids[-max_tokens:] for ids in rendered]

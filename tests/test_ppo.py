@@ -183,6 +183,11 @@ def test_rollout_keeps_the_end_of_an_over_long_prompt(tok):
     assert policy.prompts == [full[-(block_size - 4):], short]
 
 
+def test_rollout_refuses_a_context_with_no_room_for_the_prompt(tok):
+    with pytest.raises(ValueError, match="--max_new_tokens leaves 0 of the model's context"):
+        stub_rollout(tok, [[tok.end]], ("Go.",), block_size=4)   # max_new_tokens is 4
+
+
 def test_rollout_masks_everything_after_the_end_token(tok):
     a, b = tok.encode("bo"), tok.encode("kira")
     E = tok.end

@@ -293,9 +293,10 @@ def counted(parts):
     "(n/n)" ends the list. A scratchpad, like the worked steps of list tasks (Nye et al.
     2021), placed at the end of the line, where the model decides whether another one
     follows (at the start of the line it helped far less; FINDINGS.md, "SFT demonstrations").
-    The checkers count lines and dividers, so the counters change no verdict;
-    IFEval's sentence splitter does read "(1/2)" as the start of the next sentence, and the
-    count fit sees that."""
+    The bullet and paragraph checkers count lines and dividers, so the counters change none of
+    their verdicts. Word and sentence counts do see them: "(1/2)" is two more words, and
+    IFEval's sentence splitter reads it as the start of the next sentence; the builders fit
+    those counts with the counters in place."""
     return [f"{p} ({k}/{len(parts)})" for k, p in enumerate(parts, 1)]
 
 
