@@ -2,15 +2,18 @@
 Instruction-following evaluation, in the manner of IFEval (Zhou et al. 2023): every
 instruction is verified by code, not by a judge model.
 
-    python evaluate.py --ckpt=out/sft/ckpt.pt --split=test       # after data/make_sft.py and train_sft.py
+    python evaluate.py                                              # after pipeline.py: its SFT model on its test split
+    python evaluate.py --ckpt=out/sft/ckpt.pt --split=heldout    # after data/make_sft.py and train_sft.py
     python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl
     T=out/tiny/data/sft/test.jsonl                                  # after pipeline.py: its test split
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --earlier_turn  # each prompt as a chat's 2nd message
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --samples=8     # and 8 sampled answers a prompt
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --samples=8 --reward_ckpt=out/tiny/reward/ckpt.pt
 
-Files go to --out_dir/<the checkpoint's folder name>/ (out/eval/sft/ for the first line), never
-beside the checkpoint, where the pipeline keeps its own responses; --output names the responses file.
+--split reads the split of the pipeline run that holds the checkpoint (out/tiny/data/sft/ for
+out/tiny/sft/ckpt.pt), or else data/make_sft.py's (data/generated/sft/). Files go to
+--out_dir/<the checkpoint's folder name>/ (out/eval/sft/ for the first line), never beside the
+checkpoint, where the pipeline keeps its own responses; --output names the responses file.
 
 It reads IFEval's input JSONL ({"key", "instruction_id_list", "prompt", "kwargs"}), which
 is also the format of our generated splits, answers with batched greedy decoding through
@@ -44,13 +47,16 @@ from minift.formats import load_ifeval_inputs, write_ifeval_responses
 from minift.model import ScalarModel
 from minift.synthetic.scoring import format_table
 from minift.training import pick_device
+from train_ppo import Config as PPOConfig
 from train_reward import render, score_all
+
+SPLITS = ("test", "heldout")
 
 
 @dataclass
 class Config:
     ckpt: str = "out/tiny/sft/ckpt.pt"
-    split: str = "test"                     # test | heldout, from data/generated/sft/ (make_sft.py's)
+    split: str = "test"                     # test | heldout: the pipeline run's beside --ckpt, else make_sft.py's
     input: str = ""                         # or any IFEval input JSONL (overrides --split)
     output: str = ""                        # responses JSONL (default: in out_dir)
     out_dir: str = "out/eval"               # responses and metrics go to out_dir/<checkpoint folder>/
@@ -61,7 +67,7 @@ class Config:
     earlier_turn: bool = False              # ask each prompt after another record's prompt and answer:
                                             # a chat's second turn (writes *_turn2 files)
     samples: int = 0                        # K > 0: also K sampled answers per prompt (pass rate, pass@K)
-    temperature: float = 0.7                # for those samples: PPO's rollout temperature
+    temperature: float = PPOConfig.temperature  # for those samples: PPO's rollout temperature
     seed: int = 0                           # for those samples
     reward_ckpt: str = ""                   # with --samples: best-of-K by this reward model too
 
@@ -85,7 +91,7 @@ def reward_model_judge(reward_ckpt, device, batch_size=64, tokenizer_info=None, 
 
 
 def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_size=64, device="auto",
-             output=None, earlier_turn=False, samples=0, temperature=0.7, seed=0, reward_ckpt=""):
+             output=None, earlier_turn=False, samples=0, temperature=PPOConfig.temperature, seed=0, reward_ckpt=""):
     """Evaluate one checkpoint on one IFEval-format file; returns the metrics dict.
     earlier_turn: ask each prompt as the second message of a chat (minift.evaluation.earlier_exchanges).
     samples > 0: add the pass rates of that many answers per prompt sampled at `temperature`,
@@ -114,12 +120,28 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
     return metrics
 
 
+def input_file(cfg):
+    """The file to evaluate on: --input, or else --split's, which is the pipeline run's own split
+    when --ckpt is one of its stages (out/tiny/sft/ckpt.pt -> out/tiny/data/sft/), else make_sft.py's."""
+    if cfg.input:
+        if not os.path.exists(cfg.input):
+            raise SystemExit(f"error: --input={cfg.input} does not exist")
+        return cfg.input
+    if cfg.split not in SPLITS:
+        raise SystemExit(f"error: --split={cfg.split} is not a split; choose {' or '.join(SPLITS)}, "
+                         f"or pass any IFEval file as --input=FILE")
+    beside = os.path.join(os.path.dirname(os.path.dirname(cfg.ckpt)), "data", "sft", f"{cfg.split}.jsonl")
+    generated = f"data/generated/sft/{cfg.split}.jsonl"
+    for path in (beside, generated):
+        if os.path.exists(path):
+            return path
+    raise SystemExit(f"error: no data for --split={cfg.split}: neither {beside} (a pipeline run's, beside --ckpt) "
+                     f"nor {generated} exists. Run python pipeline.py or python data/make_sft.py, or pass --input=FILE")
+
+
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
-    input_path = cfg.input or f"data/generated/sft/{cfg.split}.jsonl"
-    if not os.path.exists(input_path):
-        raise SystemExit(f"error: no evaluation data at {input_path}. Run: python data/make_sft.py, or after "
-                         f"pipeline.py pass --input=out/tiny/data/sft/{cfg.split}.jsonl")
+    input_path = input_file(cfg)
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     out_dir = os.path.join(cfg.out_dir, os.path.basename(os.path.dirname(os.path.abspath(cfg.ckpt))))
     output = cfg.output or os.path.join(out_dir, f"responses_{name}.jsonl")

@@ -4,21 +4,26 @@ Training curves from metrics.jsonl files.
     python plot.py out/tiny                  # every stage's metrics.jsonl under out/tiny
     python plot.py out/tiny/ppo/metrics.jsonl
 
-With matplotlib, each metrics.jsonl gets a curves.png beside it: the loss for pretraining, SFT,
-the reward model and DPO; the reward model's score, the gold reward, the KL to the reference
-and test prompt-strict for PPO and GRPO. Without it, a table of each curve's first and last
-values. matplotlib is optional: `pip install matplotlib` for the pictures.
+With matplotlib, each metrics.jsonl gets a curves.png beside it: the training loss, and the
+held-out figures at each evaluation, for pretraining (val_loss), SFT (test prompt-strict), the
+reward model and DPO (val loss and accuracy, and the reward model's Spearman); the reward
+model's score, the gold reward, the KL to the reference and test prompt-strict for PPO and
+GRPO. Without it, a table of each curve's first and last values. matplotlib is optional:
+`pip install matplotlib` for the pictures.
 """
 
 import os
 import sys
 
+from minift.config import run
 from minift.formats import read_jsonl
 
-# What to draw, first found first: the RL stages log the gold reward (and rm_score with a
-# reward model), the others a loss.
+# What to draw, by the names the scripts log: the RL stages log the gold reward (and rm_score
+# with a reward model), the others a training loss, and at each evaluation their held-out
+# figures (pretraining's val_loss; the eval_ prefix of SFT's, the reward model's and DPO's).
 RL_CURVES = ("rm_score", "gold", "kl", "eval_prompt_strict")
-LOSS_CURVES = ("loss", "train_loss", "val_loss", "accuracy", "val_accuracy")
+LOSS_CURVES = ("loss", "val_loss", "eval_val_loss", "accuracy", "eval_val_accuracy", "eval_spearman",
+               "eval_prompt_strict")
 
 
 def metrics_files(path):
@@ -26,7 +31,8 @@ def metrics_files(path):
         return [path]
     found = [os.path.join(d, "metrics.jsonl") for d, _, files in sorted(os.walk(path)) if "metrics.jsonl" in files]
     if not found:
-        raise SystemExit(f"error: no metrics.jsonl under {path}")
+        raise SystemExit(f"error: no metrics.jsonl under {path}; pass a run's out_dir (out/tiny after python "
+                         f"pipeline.py) or one metrics.jsonl")
     return found
 
 
@@ -70,7 +76,7 @@ def main(argv=None):
         print(__doc__.strip())
         raise SystemExit(0)
     if len(argv) != 1:
-        raise SystemExit("usage: python plot.py OUT_DIR | METRICS_JSONL")
+        raise SystemExit("error: plot.py takes one path; usage: python plot.py OUT_DIR | METRICS_JSONL")
     try:
         import matplotlib  # noqa: F401
         have_matplotlib = True
@@ -91,4 +97,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

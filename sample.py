@@ -19,8 +19,11 @@ import torch
 
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
+from minift.evaluation import render_prompts
 from minift.model import ScalarModel
 from minift.tokenizer import StreamDecoder
+from minift.training import pick_device
+from train_reward import render, score_all
 
 
 @dataclass
@@ -36,7 +39,7 @@ class Config:
     top_k: int = 0              # 0 = off
     top_p: float = 0.95         # 1.0 = off
     seed: int = -1              # -1: a fresh seed each run, printed so that a sample can be drawn again
-    device: str = "cpu"
+    device: str = "auto"        # cuda if there is one, else mps, else cpu
 
 
 def stream(model, tokenizer, prompt_ids, cfg, generator=None):
@@ -55,8 +58,23 @@ def stream(model, tokenizer, prompt_ids, cfg, generator=None):
     return tokenizer.decode(out)
 
 
+def read_prompt(cfg):
+    """--prompt, or else the text piped in; on a terminal, an error rather than a silent wait."""
+    if cfg.prompt:
+        return cfg.prompt
+    if sys.stdin.isatty():
+        raise SystemExit('error: no --prompt given: pass --prompt="...", or pipe the text in: '
+                         'echo "..." | python sample.py --ckpt=...')
+    return sys.stdin.read().strip()
+
+
 def chat(model, tokenizer, cfg, generator):
     """A REPL: the whole conversation is re-rendered with the chat template each turn."""
+    room = model.config.block_size - cfg.max_new_tokens   # the prompt's share: the reply gets max_new_tokens
+    if room < 1:
+        raise SystemExit(f"error: --max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the model's "
+                         f"context of {model.config.block_size} tokens; pass a smaller one, e.g. "
+                         f"--max_new_tokens={model.config.block_size // 2}")
     print("Chat with the model. Empty line or Ctrl-D to quit, /reset to start over.")
     messages = []
     while True:
@@ -70,10 +88,9 @@ def chat(model, tokenizer, cfg, generator):
             messages = []
             continue
         messages.append({"role": "user", "content": user})
-        prompt = tokenizer.render_prompt(messages)
-        if len(prompt) + cfg.max_new_tokens > model.config.block_size:
+        if len(tokenizer.render_prompt(messages)) > room:
             messages = messages[-1:]   # too long: forget the earlier turns, keep the newest message
-            prompt = tokenizer.render_prompt(messages)[-(model.config.block_size - cfg.max_new_tokens):]
+        prompt = render_prompts(tokenizer, [messages], room)[0]   # and only its end, if it alone is too long
         print("bot> ", end="", flush=True)
         reply = stream(model, tokenizer, prompt, cfg, generator)
         messages.append({"role": "assistant", "content": reply})
@@ -83,27 +100,31 @@ def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     ckpt = load_checkpoint(cfg.ckpt, hint="Train one first, e.g. python pipeline.py")
     tokenizer = tokenizer_for(ckpt, cfg.ckpt)
-    seed = cfg.seed if cfg.seed >= 0 else random.SystemRandom().randrange(2 ** 31)
-    if cfg.seed < 0 and cfg.temperature > 0 and ckpt["kind"] != "reward":  # stderr: stdout stays the text
-        print(f"seed {seed} (--seed={seed} draws this sample again)", file=sys.stderr)
-    generator = torch.Generator(device=cfg.device).manual_seed(seed)
+    device = pick_device(cfg.device)
 
     if ckpt["kind"] == "reward":
-        model = build_model(ckpt, ScalarModel).to(cfg.device).eval()
-        prompt = cfg.prompt or sys.stdin.read().strip()
-        ids, answer = tokenizer.render_conversation([{"role": "user", "content": prompt},
-                                                     {"role": "assistant", "content": cfg.response}])
-        ids, answer = torch.tensor([ids], device=cfg.device), torch.tensor([answer], device=cfg.device)
-        with torch.no_grad():
-            score = model.reward(ids, torch.ones_like(ids), answer).item()
+        prompt = read_prompt(cfg)
+        model = build_model(ckpt, ScalarModel).to(device).eval()
+        block_size = model.gpt.config.block_size
+        seq = render(tokenizer, prompt, cfg.response)
+        if len(seq) > block_size:   # keep the end, as evaluate.py's judge does: the score is read at the last token
+            print(f"note: prompt and response are {len(seq)} tokens with the template, more than the reward model's "
+                  f"context of {block_size}; scoring the last {block_size}", file=sys.stderr)
+            seq = seq[-block_size:]
+        raw = score_all(model, [seq], tokenizer, device, batch_size=1)   # as train_reward.py scores
+        score = model.normalize(raw.to(device)).item()
         print(f"reward: {score:+.3f}  (normalised: SFT answers average 0 with std 1)")
         return score
 
-    model = build_model(ckpt).to(cfg.device).eval()
+    prompt = "" if cfg.chat else read_prompt(cfg)   # first: a missing prompt stops before anything is printed
+    seed = cfg.seed if cfg.seed >= 0 else random.SystemRandom().randrange(2 ** 31)
+    if cfg.seed < 0 and cfg.temperature > 0:  # stderr: stdout stays the text
+        print(f"seed {seed} (--seed={seed} draws this sample again)", file=sys.stderr)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model = build_model(ckpt).to(device).eval()
     is_chat_model = ckpt["kind"] != "pretrain" and not cfg.raw   # every stage after pretraining answers in turns
     if cfg.chat:
         return chat(model, tokenizer, cfg, generator)
-    prompt = cfg.prompt or sys.stdin.read().strip()
     if is_chat_model:
         prompt_ids = tokenizer.render_prompt([{"role": "user", "content": prompt}])
     else:

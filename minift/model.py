@@ -464,4 +464,8 @@ class ScalarModel(nn.Module):
         """(B, S) -> (B,) rewards (see forward), normalised so that SFT answers score mean 0
         and std 1 (gain and bias are fitted by train_reward.py)."""
         raw = self(idx, attention_mask, answer_mask)
-        return self.gain * raw + self.bias if normalized else raw
+        return self.normalize(raw) if normalized else raw
+
+    def normalize(self, raw):
+        """Raw scores -> rewards on the scale PPO sees: gain * raw + bias."""
+        return self.gain * raw + self.bias

@@ -3,6 +3,7 @@ traceback, and leaves earlier good outputs (checkpoints, responses, stage marker
 Most cases call a script's main() in-process through minift.config.run, as `python script.py`
 does; a traceback there is an exception this test does not catch, so it fails."""
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import train_reward
 import train_sft
 from conftest import ROOT, read_metrics
 from data import make_preferences, make_sft, prepare
-from minift.checkpoint import load_checkpoint, save_checkpoint, save_training_checkpoint
+from minift.checkpoint import load_checkpoint, save_checkpoint, save_training_checkpoint, tokenizer_for
 from minift.config import run
 from minift.formats import write_jsonl
 from minift.model import ScalarModel, GPTConfig
@@ -402,6 +403,49 @@ def test_sample_draws_a_fresh_seed_unless_given(kit, capsys):
     seed = seeds.pop()
     assert sample.main(args + [f"--seed={seed}"]) == sample.main(args + [f"--seed={seed}"])
     assert "seed" not in capsys.readouterr().err   # a given seed is not announced again
+
+
+def test_sample_resolves_device_auto(kit):
+    """--device=auto passes the option check, so it must mean what it means in the training
+    scripts (minift.training.pick_device), for generation and for a reward model alike."""
+    assert len(sample.main([f"--ckpt={kit['pretrain']}", "--prompt=Once", "--max_new_tokens=2", "--seed=1",
+                            "--device=auto"])) == 1
+    assert isinstance(sample.main([f"--ckpt={kit['reward']}", "--prompt=hi", "--response=ok", "--device=auto"]), float)
+
+
+@pytest.mark.parametrize("name", ["pretrain", "reward"])
+def test_sample_without_a_prompt_on_a_terminal(kit, monkeypatch, name):
+    """Rather than wait silently for stdin, which a user at a terminal does not know to type into."""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    fails(sample.main, [f"--ckpt={kit[name]}", "--max_new_tokens=2"], "--prompt", "echo")
+
+
+def test_sample_chat_keeps_room_for_the_reply(kit, monkeypatch):
+    """Each turn's prompt leaves max_new_tokens of the context for the reply: an over-long chat
+    forgets its earlier turns, then the start of the newest message. With no room, an error
+    before the chat begins (a slice [-0:] once kept the whole prompt)."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Name a pet.\n"))
+    for too_many in (256, 300):
+        fails(sample.main, [f"--ckpt={kit['sft']}", "--chat", f"--max_new_tokens={too_many}"],
+              f"--max_new_tokens={too_many}", "context of 256")
+    asked = []
+    monkeypatch.setattr(sample, "stream", lambda model, tok, prompt, cfg, generator: asked.append(prompt) or "A cat.")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Name a pet.\n" + "Name a cat. " * 40 + "\n"))
+    sample.main([f"--ckpt={kit['sft']}", "--chat", "--max_new_tokens=200"])
+    tok = tokenizer_for(load_checkpoint(kit["sft"]), kit["sft"])
+    assert asked[0] == tok.render_prompt([{"role": "user", "content": "Name a pet."}])
+    long = tok.render_prompt([{"role": "user", "content": ("Name a cat. " * 40).strip()}])
+    assert len(long) > 256 - 200 and asked[1] == long[-(256 - 200):]   # the newest message's end, alone
+
+
+def test_sample_reward_of_a_conversation_longer_than_the_context(kit, capsys):
+    """Scored on its end, where the reward model reads its score, as evaluate.py's judge does."""
+    score = sample.main([f"--ckpt={kit['reward']}", "--prompt=" + "cat " * 300, "--response=ok"])
+    assert isinstance(score, float)
+    assert "context of 256" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- Ctrl-C

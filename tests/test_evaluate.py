@@ -1,6 +1,14 @@
-"""evaluate.py's second-turn and sampled evaluation (minift.evaluation), with stand-in models."""
+"""evaluate.py's second-turn and sampled evaluation (minift.evaluation), with stand-in models;
+which file --split reads."""
+import os
+import subprocess
+import sys
+
 import pytest
 
+import evaluate
+from conftest import ROOT
+from minift.config import run
 from minift.model import GPTConfig
 from minift.tokenizer import Tokenizer, train_bpe
 
@@ -112,3 +120,47 @@ def test_sampled_pass_rates_count_answers_and_prompts():
     Planned.seen = {}
     m = sampled_pass_rates(Planned(), tok, records, 2, 0.7, judge=judge_by_length(False))
     assert m["best_of_k_prompt_strict"] == pytest.approx(1 / 3)   # picks the plain one: only "cup" passes
+
+
+def test_split_is_read_beside_a_pipeline_checkpoint(tmp_path, monkeypatch):
+    """A bare `python evaluate.py` after `python pipeline.py` evaluates out/tiny/sft/ckpt.pt on
+    that run's own test split; a checkpoint outside a pipeline run reads make_sft.py's."""
+    class Asked(Exception):   # evaluate() stands in: we want only the file it is given
+        pass
+
+    def asked(ckpt_path, input_path, *args):
+        raise Asked(ckpt_path, input_path)
+    monkeypatch.setattr(evaluate, "evaluate", asked)
+    monkeypatch.chdir(tmp_path)
+
+    def file_read(argv):
+        with pytest.raises(Asked) as e:
+            evaluate.main(argv)
+        return e.value.args[1]
+
+    def error(argv):
+        with pytest.raises(SystemExit) as e:
+            run(lambda: evaluate.main(argv))
+        assert str(e.value.code).startswith("error: ") and len(str(e.value.code).splitlines()) == 1
+        return str(e.value.code)
+    assert "--split=test" in error([]) and "pipeline.py" in error([])   # nothing there yet: what to run
+    for folder in ("out/tiny/data/sft", "data/generated/sft"):
+        os.makedirs(folder)
+        for split in ("test", "heldout"):
+            (tmp_path / folder / f"{split}.jsonl").write_text("")
+    assert file_read([]) == os.path.join("out/tiny/data/sft", "test.jsonl")
+    assert file_read(["--split=heldout"]) == os.path.join("out/tiny/data/sft", "heldout.jsonl")
+    assert file_read(["--ckpt=out/sft/ckpt.pt"]) == "data/generated/sft/test.jsonl"
+    assert file_read(["--input=data/generated/sft/heldout.jsonl"]) == "data/generated/sft/heldout.jsonl"
+    line = error(["--split=tset"])   # a typo: the choices, not a file to generate
+    assert "--split=tset" in line and "test or heldout" in line and "make_sft" not in line
+
+
+def test_sampling_temperature_is_ppos():
+    """evaluate.py samples as PPO's rollouts do, by default: one number, train_ppo.Config's.
+    (A process of its own: the scripts read it once, when imported.)"""
+    code = ("import inspect, train_ppo; train_ppo.Config.temperature = 0.9; import evaluate; "
+            "print(evaluate.Config().temperature, "
+            "inspect.signature(evaluate.evaluate).parameters['temperature'].default)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["0.9", "0.9"], r.stderr[-2000:]

@@ -249,7 +249,7 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     seqs, groups, _, _ = train_reward.build_groups(
         [json.loads(line) for line in open(tmp_path / "train.jsonl")], tok, 64)
     raw = train_reward.score_all(model, seqs, tok, "cpu", 256)
-    normalised = model.gain * raw + model.bias
+    normalised = model.normalize(raw)
     assert abs(normalised.mean().item()) < 1e-3 and normalised.std().item() == pytest.approx(1.0, abs=1e-3)
     import sample
     marked = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Tell me about the cat.", "--response=the zebra sat."])
