@@ -45,7 +45,7 @@ import train_ppo
 from bench import rejection_sampling
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
-from minift.formats import load_ifeval_inputs
+from minift.formats import load_ifeval_inputs, write_json
 from minift.training import pick_device
 
 METHODS = ("sft", "best_of_8", "rejection", "dpo", "ppo", "grpo", "ppo_gold", "grpo_gold")
@@ -249,8 +249,7 @@ def main(argv=None):
                 runs.append({"skipped": str(e)})
         results[method] = {**summarise(runs), "runs": runs}
     report = {"preset": cfg.preset, "seeds": seeds, "methods": results}
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(os.path.join(out, "compare.json"), report)
     card = compare_markdown(results, cfg.preset, seeds)
     with open(os.path.join(out, "compare.md"), "w") as f:
         f.write(card)

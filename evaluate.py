@@ -36,14 +36,13 @@ Our generated prompts also carry their base task as a `task:*` id (first in the 
 so a prompt with no extra instruction is still scored on doing the task.
 """
 
-import json
 import os
 from dataclasses import dataclass
 
 from minift.checkpoint import GENERATIVE, build_model, check_tokenizer, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
 from minift.evaluation import earlier_exchanges, evaluate_records, sampled_pass_rates
-from minift.formats import load_ifeval_inputs, write_ifeval_responses
+from minift.formats import load_ifeval_inputs, write_ifeval_responses, write_json
 from minift.model import ScalarModel
 from minift.synthetic.scoring import format_table
 from minift.training import pick_device
@@ -157,9 +156,7 @@ def main(argv=None):
               f"greedy {metrics['prompt_strict']:.1%}): a sample passes {metrics['sample_prompt_strict']:.1%}"
               f"{best}, pass@{cfg.samples} {metrics['pass_at_k']:.1%}")
     print(f"responses written to {output}")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"eval_{name}.json"), "w") as f:
-        json.dump(metrics, f, indent=1)
+    write_json(os.path.join(out_dir, f"eval_{name}.json"), metrics)
     return metrics
 
 

@@ -42,7 +42,7 @@ from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
 from minift.config import cli_config, run
-from minift.formats import load_ifeval_inputs, load_ifeval_responses
+from minift.formats import load_ifeval_inputs, load_ifeval_responses, write_json
 from minift.synthetic.demonstrators import HABITS
 from minift.synthetic.gold import gold_reward
 from minift.synthetic.scoring import paired_difference, score
@@ -91,9 +91,7 @@ def run_stage(name, out_dir, force, fn):
     t0 = time.time()
     result = fn() or {}
     result = {"seconds": round(time.time() - t0, 1), **result}
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    with open(marker, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(marker, result)
     return result
 
 
@@ -109,9 +107,7 @@ def check_preset(out, cfg):
         if changed:
             raise SystemExit(f"error: {out} holds a run with {' '.join(changed)}; resume it with the same "
                              f"options, start over with --force, or choose another --out_dir")
-    os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(settings, f)
+    write_json(path, settings, indent=None)
 
 
 def main(argv=None):
@@ -200,8 +196,7 @@ def main(argv=None):
               # the training curves, when plot.py has drawn them (a re-run of the pipeline links them)
               "curves": [f"{stage}/curves.png" for stage in ("pretrain", "sft", "reward", "ppo")
                          if os.path.exists(os.path.join(out, stage, "curves.png"))]}
-    with open(os.path.join(out, "report.json"), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(os.path.join(out, "report.json"), report)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(report_markdown(report))
     print(report_markdown(report))

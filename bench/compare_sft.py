@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
 import train_sft  # noqa: E402
 from minift.config import cli_config, run  # noqa: E402
+from minift.formats import write_json  # noqa: E402
 from minift.synthetic.scoring import paired_difference  # noqa: E402
 
 SPLITS = ("test", "heldout")
@@ -80,9 +81,7 @@ def run_arm(cfg, name, seed, flags):
                     "--eval_data=", f"--out_dir={out}", *flags])
     scores = {split: evaluate.evaluate(os.path.join(out, "ckpt.pt"), f"{cfg.data_dir}/{split}.jsonl",
                                        cfg.examples, device=cfg.device)["prompt_strict"] for split in SPLITS}
-    with open(path + ".tmp", "w") as f:
-        json.dump({"setup": setup, "scores": scores}, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(path, {"setup": setup, "scores": scores})
     return scores
 
 

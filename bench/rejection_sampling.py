@@ -18,7 +18,6 @@ Why the weighting: what the model already answers right greedily teaches it litt
 take about 4 minutes on 2 CPU cores, most of it sampling 16,000 answers a round.
 """
 
-import json
 import math
 import os
 import random
@@ -33,7 +32,7 @@ import train_sft  # noqa: E402
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import generate_responses, sample_answers  # noqa: E402
-from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
+from minift.formats import load_ifeval_inputs, write_json, write_jsonl  # noqa: E402
 from minift.synthetic.gold import gold_reward  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 
@@ -133,8 +132,7 @@ def main(argv=None):
                                            device=cfg.device)["prompt_strict"] for split in ("test", "heldout")}
         print(f"round {r}: test {stats['test']:.1%}, heldout {stats['heldout']:.1%} prompt-strict")
         results.append(stats)
-    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    write_json(os.path.join(cfg.out_dir, "results.json"), results)
     return results
 
 

@@ -21,17 +21,12 @@ import os
 
 import torch
 
+from minift.formats import write_atomically
 from minift.model import GPT, GPTConfig, ScalarModel
 
 
 def save_checkpoint(path, payload):
-    tmp = f"{path}.tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # atomic on POSIX and Windows
+    write_atomically(path, lambda f: torch.save(payload, f))
 
 
 # The language models: a checkpoint of one of these kinds holds a GPT that generates.

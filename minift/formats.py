@@ -78,20 +78,34 @@ def read_jsonl(path):
     return [v for _, v in _parse_jsonl(os.fspath(path), read_text(path))]
 
 
-def write_jsonl(path, records):
-    """Write one JSON object per line, atomically: a crash never leaves a half-written file,
-    because we write a temp file in the same directory and os.replace() it over the target."""
+def write_atomically(path, write):
+    """Call write(f) on a new binary file beside `path`, then os.replace() it over `path`
+    (atomic on POSIX and Windows): a crash or Ctrl-C never leaves half a file, only the old
+    one or the new one. Every file a later run reads (checkpoints, data, stage markers) is
+    written this way."""
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())   # on disk before the rename, or a power cut can leave an empty file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path, obj, indent=1):
+    """One JSON document, written atomically (write_atomically)."""
+    write_atomically(path, lambda f: f.write(json.dumps(obj, indent=indent).encode("utf-8")))
+
+
+def write_jsonl(path, records):
+    """Write one JSON object per line, atomically (write_atomically)."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _records(path):

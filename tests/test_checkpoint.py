@@ -16,9 +16,16 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     payload = {"kind": "pretrain", "step": 3, "model": {"w": torch.arange(4.0)}, "config": {"a": 1}}
     save_checkpoint(path, payload)
-    assert not os.path.exists(path + ".tmp")
+    assert os.listdir(tmp_path) == ["ckpt.pt"]                   # no temp file left behind
     loaded = load_checkpoint(path)
     assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.arange(4.0))
+
+    class Unsaveable:   # a save that fails halfway leaves the old checkpoint whole, and no temp file
+        def __reduce__(self):
+            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(path, {**payload, "step": 4, "extra": Unsaveable()})
+    assert os.listdir(tmp_path) == ["ckpt.pt"] and load_checkpoint(path)["step"] == 3
 
     class Evil:  # a pickled object (arbitrary code on load) is refused by weights_only
         def __reduce__(self):
