@@ -50,8 +50,8 @@ class Config:
     num_prompts: int = 2000
     k: int = 8                    # answers per prompt -> up to k(k-1)/2 pairs
     # PPO's sampling temperature: the reward model learns to judge the answers the policy will
-    # write. At temperature 1 a third of the answers held a garbled word, and the pairs were
-    # more about spelling than about the instructions.
+    # write. A hotter sampler writes more garbled words, and pairs won on spelling teach little
+    # about the instructions (FINDINGS.md, "Demonstrators who slip", the judges).
     temperature: float = 0.7
     max_new_tokens: int = 96
     batch_size: int = 256         # sequences generated together

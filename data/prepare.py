@@ -66,8 +66,9 @@ def generated_documents(seed: int, n_bytes: int, formatted_share: float = 0.25, 
     Shard 0 is seed's own stream and shard k > 0 the stream of seed "<seed>/<k>", each cut at
     SHARD_BYTES, so the text depends on the seed and the size only, never on the core count, and
     every corpus of up to SHARD_BYTES (the tiny preset's 4 MB) is the one sequential stream it
-    always was. One process makes a few MB of text a second, so the small preset's 200 MB took
-    minutes on one core."""
+    always was. The shards run in parallel because the text is generated in Python, one
+    document at a time, which makes the small preset's 200 MB slow on one core (FINDINGS.md,
+    "The corpus and the tokenizer")."""
     sizes = [min(SHARD_BYTES, n_bytes - start) for start in range(0, n_bytes, SHARD_BYTES)]
     jobs = [(seed if k == 0 else f"{seed}/{k}", size, formatted_share) for k, size in enumerate(sizes)]
     processes = min(processes or os.cpu_count() or 1, len(jobs))

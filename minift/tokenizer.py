@@ -228,9 +228,6 @@ class Tokenizer:
         """Ids to text; special tokens decode to their strings; invalid UTF-8 becomes U+FFFD."""
         return self.enc.decode(list(ids))
 
-    def decode_bytes(self, ids) -> bytes:
-        return self.enc.decode_bytes(list(ids))
-
     # -- chat template ------------------------------------------------------------------------
 
     def render_conversation(self, messages: list[dict]) -> tuple[list[int], list[int]]:

@@ -155,8 +155,9 @@ MUON_NS_STEPS = 3  # iterations per update (PyTorch's default is 5; see make_opt
 
 def product_dtype(device):
     """The precision for Muon's products on `device`: bf16 where the hardware multiplies it
-    (GPUs; CPUs with AMX or AVX512-BF16), fp32 on other CPUs, where PyTorch emulates bf16
-    products many times slower than fp32 ones (FINDINGS.md, "Speed and precision")."""
+    (GPUs; CPUs with AMX or AVX512-BF16), fp32 on other CPUs: there PyTorch emulates bf16
+    products in software, which is slower than its native fp32 ones (FINDINGS.md, "Speed and
+    precision", Muon on a CPU without bf16 units)."""
     device = torch.device(device)
     return torch.float32 if device.type == "cpu" and not cpu_multiplies_bf16() else torch.bfloat16
 
@@ -171,8 +172,9 @@ def orthogonalize(updates, steps=MUON_NS_STEPS, dtype=torch.bfloat16):
     smaller size. The products run in `dtype`, bf16 as in Jordan et al.'s and PyTorch's Muon:
     the result is an approximation anyway, and bf16 products are fast on GPUs and on CPUs
     with AMX or AVX512-BF16 (Muon picks fp32 elsewhere: product_dtype). One batched product
-    per shape, instead of torch.optim.Muon's one per matrix, about halves the cost for the
-    tiny model's 16 small matrices (FINDINGS.md, "Speed and precision")."""
+    per shape, instead of torch.optim.Muon's one per matrix: the tiny model's 16 matrices are
+    small, and each product call has a fixed cost that fewer, larger calls pay less often
+    (FINDINGS.md, "Speed and precision", Muon's cost)."""
     a, b, c = MUON_NS_COEFFICIENTS
     x = updates.to(dtype)
     x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=1e-7)
@@ -238,8 +240,8 @@ def make_optimizer(model, lr, weight_decay, kind="adamw", betas=(0.9, 0.95), eps
 
     Muon (kind="muon", the class above) is meant for hidden layers only: the embedding (tied
     to the LM head here), gains and biases stay with AdamW. It runs 3 Newton-Schulz
-    iterations, not PyTorch's default 5: SFT on the tiny preset with 3 scored at least as well
-    for about two thirds of the cost (FINDINGS.md, "SFT training", Muon)."""
+    iterations, not PyTorch's default 5: each iteration costs the same, and the less orthogonal
+    update that three leave did not lower SFT's score (FINDINGS.md, "SFT training", Muon)."""
     params = [p for p in model.parameters() if p.requires_grad]
     hidden = []
     if kind == "muon":

@@ -287,12 +287,14 @@ def sample_bullets(rng, ctx):
 def counted(parts):
     """["A frog.", "A fish."] -> ["A frog. (1/2)", "A fish. (2/2)"]: every bullet point or
     paragraph ends by saying which of how many it is. Why: asked for exactly n, the SFT model
-    lost count, writing 6 or 7 bullets for 5 or 5 paragraphs for 4, often repeating the last
-    one. With the counter, "how many so far?" becomes a copy of n from the prompt and one
-    more than the previous counter, and "stop now?" is read off the tokens just written:
-    "(n/n)" ends the list. A scratchpad, like the worked steps of list tasks (Nye et al.
-    2021), placed at the end of the line, where the model decides whether another one
-    follows (at the start of the line it helped far less; FINDINGS.md, "SFT demonstrations").
+    lost count, often repeating the last one (FINDINGS.md, "SFT demonstrations", bullet points
+    and paragraphs that count themselves), and copying a number and adding one is easier than
+    counting one's own lines. With the counter, "how many so far?" becomes a copy of n from
+    the prompt and one more than the previous counter, and "stop now?" is read off the tokens
+    just written: "(n/n)" ends the list. A scratchpad, like the worked steps of list tasks
+    (Nye et al. 2021), placed at the end of the line, where the model decides whether another
+    one follows: there the counter is among the last tokens written, which at the start of
+    the line it is not (FINDINGS.md, "SFT demonstrations").
     The bullet and paragraph checkers count lines and dividers, so the counters change none of
     their verdicts. Word and sentence counts do see them: "(1/2)" is two more words, and
     IFEval's sentence splitter reads it as the start of the next sentence; the builders fit

@@ -199,9 +199,10 @@ def check_sections(response, section_spliter, num_sections):
 
 
 def check_letter_frequency(response, letter, let_frequency, let_relation):
-    """The letter's count in the lower-cased response (IFEval: relation "less than", else "at least")."""
-    count = response.lower().count(letter.strip().lower())
-    return count < let_frequency if let_relation == "less than" else count >= let_frequency
+    """The letter's count in the lower-cased response meets the relation. An unknown relation
+    raises, as in IFEval, whose build_description rejects it before check_following could read
+    it as "at least"."""
+    return _holds(response.lower().count(letter.strip().lower()), let_relation, let_frequency)
 
 
 def check_nth_paragraph_first_word(response, num_paragraphs, nth_paragraph, first_word):

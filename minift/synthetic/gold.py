@@ -17,7 +17,8 @@ passed   the share of the prompt's items whose checker says yes (strict): the ba
 flaws    how many of these five content flaws the response shows; each one halves the reward:
   rambling    more words than the budget: 60, plus the words of a prompt it must repeat, plus
               the minimum of a word-count instruction; doubled when two answers are asked for.
-              (Reference answers have at most 55 words; 96 sampled tokens are about 70 words.)
+              (60 sits above nearly every reference answer's length and below what 96 sampled
+              tokens can hold; FINDINGS.md, "Preferences and the gold reward".)
   repetition  more than half of its word 3-grams are repeats: a decoding loop, or one sentence
               said again and again.
   spam        a content word occurs more than 6 times (12 with two answers) beyond what a
@@ -27,10 +28,10 @@ flaws    how many of these five content flaws the response shows; each one halve
               text about something else. Sentences naming nothing ("It can hop.") or only a
               keyword an instruction asked for ("Look at the owl.") do not count either way.
   garbled     a word that neither the prompt nor anything in the story world's text generators
-              could have written ("OWba", "areAMP", "bunnys"): a sampling slip. Without this
-              flaw, many garbled samples scored a perfect 1.0 when every checker passed
-              (FINDINGS.md, "Preferences and the gold reward"); a human rater would mark them
-              down. Numbers (digits) are always words.
+              could have written ("OWba", "areAMP", "bunnys"): a sampling slip. A garbled
+              sample can pass every checker, and without this flaw it would then score a perfect
+              1.0 (FINDINGS.md, "Preferences and the gold reward", garbled words); a human rater
+              would mark it down. Numbers (digits) are always words.
 Why this shape:
   * The floor of 0.2 makes any attempt beat an empty answer, which scores lowest.
   * Flaws multiply: a flawed answer scores at most 0.5, half of a clean answer that passes

@@ -17,9 +17,11 @@ under "unsupported" and judges the prompt on its other ids; a prompt with no che
 at all is counted but not scored, and format_table says "scored N of M prompts".
 """
 
+import functools
 import statistics
 
 from minift.synthetic import checkers as C
+from minift.synthetic.instructions import run_checker
 from minift.synthetic.tasks import CHECKERS, verify
 
 # IFEval's instruction ids (instructions_registry.py INSTRUCTION_DICT), all 25.
@@ -36,10 +38,6 @@ IFEVAL_IDS = (
 LANGUAGE_IDS = ("language:response_language", "change_case:english_capital", "change_case:english_lowercase")
 
 
-def _checker(check, names):
-    return lambda response, kw: check(response, **{k: kw[k] for k in names})
-
-
 _IFEVAL_OWN = {  # IFEval's checkers where the registry's differ, and the ids the registry has not
     "length_constraints:number_sentences": (C.check_ifeval_sentences, ("num_sentences", "relation")),
     "change_case:english_capital": (C.check_english_capital, ()),
@@ -50,7 +48,8 @@ _IFEVAL_OWN = {  # IFEval's checkers where the registry's differ, and the ids th
                                                     ("num_paragraphs", "nth_paragraph", "first_word")),
     "language:response_language": (C.check_response_language, ("language",)),
 }
-IFEVAL_CHECKERS = {**CHECKERS, **{iid: _checker(check, names) for iid, (check, names) in _IFEVAL_OWN.items()}}
+IFEVAL_CHECKERS = {**CHECKERS,
+                   **{iid: functools.partial(run_checker, check, names) for iid, (check, names) in _IFEVAL_OWN.items()}}
 
 
 def checkable(iid):

@@ -199,8 +199,9 @@ EARLIER_TURN_SHARE = 0.1  # train conversations that start with an earlier, unre
 def add_earlier_turns(records, share, rng):
     """Chat practice: `share` of the records get another record's prompt and answer as an
     earlier exchange before their own, so that the model learns to answer the LAST user
-    message of a conversation (sample.py --chat). Trained on one-turn data only, it answered
-    the first message again (FINDINGS.md, "SFT demonstrations"). The IFEval fields (prompt,
+    message of a conversation (sample.py --chat): one-turn data never shows a conversation
+    whose last message is not its first (FINDINGS.md, "SFT demonstrations", a tenth of the
+    conversations open with an earlier exchange). The IFEval fields (prompt,
     instruction ids, kwargs) stay those of the last turn. The other record is drawn from all
     of them, so a record could in principle draw itself (1 in 12,000 at the tiny preset's
     size). Runs after the prompts are drawn, on its own random stream: the

@@ -13,12 +13,12 @@ minift/synthetic/splits.py composes prompts from a task plus 0-3 instructions, a
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import cycle
 from typing import Callable
 
 from minift.synthetic import world
-from minift.synthetic.instructions import REGISTRY, Draft
+from minift.synthetic.instructions import REGISTRY, Draft, run_checker
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -143,7 +143,7 @@ def draft_list_things(rng, kw):
     things = world.PLACE_THINGS[place]
     # Listed in the world's own order (PLACE_THINGS), not shuffled: then each thing has a usual
     # successor, and greedy decoding walks the list instead of repeating its likeliest item
-    # (shuffled, most failures were "a shell, a shell, a shell").
+    # ("a shell, a shell, a shell"; FINDINGS.md, "The corpus and the tokenizer").
     items = [_a(things[i]) for i in sorted(rng.sample(range(len(things)), n))]
     others = [_a(t) for t in rng.sample(things, n)]
     spare = cycle([t for t in things if _a(t) not in items])
@@ -235,10 +235,11 @@ def draft_list_op(transform, title, work=None):
 #   behind a comma. Copied once without commas, it is the token just before, and the reversed
 #   list walks that copy backwards.
 # * Upper-casing: ` turtle` -> ` T`,`UR`,`TLE` is a spelling the model must recall per word.
-#   Right next to its word ("turtle is TURTLE") it recalls it well; from a word somewhere in
-#   the prompt list it did not. The final list must still copy the capitals past the
-#   "frog is" in between, and that copy is where it now fails.
-# Sorting got steps too ("By first letter: p pie, s shovel"); they did not help, so it has none.
+#   Right next to its word ("turtle is TURTLE") the recall has the word just before it to
+#   go on, not one somewhere in the prompt list. The final list must still copy the capitals
+#   past the "frog is" in between.
+# Sorting has no steps: with them ("By first letter: p pie, s shovel") the model still lost
+# track of which pairs it had used (FINDINGS.md, "SFT demonstrations", steps that did not help).
 def reverse_steps(words):
     return "From the start: " + " ".join(words) + "."
 
@@ -318,8 +319,7 @@ TASK_REGISTRY = {t.id: t for t in TASKS}
 
 # Every id we can check: instruction types and base tasks.
 CHECKERS = {**{i: ins.verify for i, ins in REGISTRY.items()},
-            **{t.id: (lambda task: lambda response, kw: task.check(response, **{k: kw[k] for k in task.kwargs}))(t)
-               for t in TASKS}}
+            **{t.id: partial(run_checker, t.check, t.kwargs) for t in TASKS}}
 
 
 def verify(response, instruction_id_list, kwargs, prompt="", checkers=CHECKERS):
