@@ -23,7 +23,6 @@ tokenizer's training sample (the first --bpe_mb MB of training text) is held at 
 """
 
 import argparse
-import json
 import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 import os
@@ -46,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from minift.synthetic import splits, world  # noqa: E402
 from minift.config import run  # noqa: E402
+from minift.formats import write_json  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
 EOT_MARKER = "<|endoftext|>"
@@ -339,9 +339,7 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         "seconds": {"generate_or_read": round(docs.seconds, 2), "tokenizer": round(tokenizer_seconds, 2),
                     "tokenize": round(t_enc, 2), "total": round(time.perf_counter() - t_start, 2)},
     }
-    with open(meta_path + ".tmp", "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(meta_path + ".tmp", meta_path)
+    write_json(meta_path, meta, indent=2)
 
     s = meta["seconds"]
     log(f"source:     {source}")

@@ -29,6 +29,8 @@ from collections import Counter
 
 import tiktoken
 
+from minift.formats import write_atomically
+
 # --------------------------------------------------------------------------------------------------
 # Pre-splitting. BPE never merges across the boundaries of these pieces, so a token can hold
 # " dog" or "ing" but never "dog." or "the cat". This is GPT-2's pattern, in the faster equivalent
@@ -148,10 +150,8 @@ def _ranks_to_bytes(ranks: dict[bytes, int]) -> bytes:
 
 def save_ranks(path: str, ranks: dict[bytes, int]) -> None:
     """Write ranks as a .tiktoken file (atomically: a crash never leaves half a file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(_ranks_to_bytes(ranks))
-    os.replace(path + ".tmp", path)
+    data = _ranks_to_bytes(ranks)
+    write_atomically(path, lambda f: f.write(data))
 
 
 def _bytes_to_ranks(data: bytes) -> dict[bytes, int]:
