@@ -37,8 +37,8 @@ from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_ifeval_option
 from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
-from train_ppo import (answer_logprobs, iteration_lr, load_models, masked_mean, mean_entropy, penalise_unfinished, probe,
-                       rollout, score_answers)
+from train_ppo import (answer_logprobs, iteration_lr, load_models, masked_mean, mean_entropy, penalise_unfinished,
+                       probe, rollout, score_answers)
 
 
 @dataclass

@@ -16,9 +16,10 @@ One iteration, top to bottom in `main`:
 Before the first iteration and at every evaluation, a fixed probe (the evaluation prompts,
 sampled from one seed) measures the reward model's and the gold reward's mean score, so that
 "did the rewards rise?" compares the same prompts before and after.
-Every detail is commented with its source. "N+" below is "The N+ Implementation Details
-of RLHF with PPO: A Case Study on TL;DR Summarization" (Huang et al. 2024); Ziegler is "Fine-Tuning Language Models from Human
-Preferences" (Ziegler et al. 2019, OpenAI's lm-human-preferences).
+Every detail is commented with its source. "N+" below is "The N+ Implementation Details of
+RLHF with PPO: A Case Study on TL;DR Summarization" (Huang et al. 2024); Ziegler is
+"Fine-Tuning Language Models from Human Preferences" (Ziegler et al. 2019, OpenAI's
+lm-human-preferences).
 """
 
 import os
@@ -142,8 +143,8 @@ def answer_logprobs(model, seq, attn, prompt_len, temperature):
 
 def penalise_unfinished(score, ended, penalty):
     """The "EOS trick" (N+; TRL's missing_eos_penalty): an answer cut off at max_new_tokens
-    (or at the end of the context), without its <|end|>, loses `penalty` from its score; one that ended keeps its score.
-    Without it, rambling until cut off costs nothing, and the policy learns to ramble."""
+    (or at the end of the context), without its <|end|>, loses `penalty` from its score; one
+    that ended keeps its score. Without it, rambling until cut off costs nothing, and the policy learns to ramble."""
     return score - penalty * (1 - ended.float())
 
 
@@ -263,8 +264,8 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
 def load_models(cfg, device, critic=True):
     """The SFT checkpoint, its tokenizer, and the policy, reference, reward and value models
     (the reward model is None with --reward=gold, the value model with critic=False, as in
-    GRPO). Dropout is off in all of them (Ziegler, N+): with dropout, the log-probabilities of the rollout and of the update would
-    differ by noise alone."""
+    GRPO). Dropout is off in all of them (Ziegler, N+): with dropout, the log-probabilities
+    of the rollout and of the update would differ by noise alone."""
     sft = load_checkpoint(cfg.sft_ckpt, hint="Run SFT first: python train_sft.py", kinds=GENERATIVE)
     sft["model_config"]["dropout"] = 0.0
     tokenizer = tokenizer_for(sft, cfg.sft_ckpt)
@@ -321,7 +322,7 @@ def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
 @torch.no_grad()
 def mean_entropy(logits, mask):
     """Mean entropy (nats) of the sampling distribution at the answer tokens: how much the
-    policy still explores. PPO that collapses it stops finding anything new to reinforce."""
+    policy still explores: a policy whose entropy collapses samples nothing new to reinforce."""
     p = logits.softmax(-1)
     return masked_mean(-(p * p.clamp_min(1e-12).log()).sum(-1), mask).item()
 

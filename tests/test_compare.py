@@ -26,7 +26,7 @@ def test_micro_card(micro_pipeline, tmp_path):
     shared, _ = micro_pipeline
     out = tmp_path / "micro"
     out.mkdir()
-    for stage in ("sft", "reward", "data", "ppo", "pipeline.json"):   # the shared run's models, read only
+    for stage in ("sft", "reward", "data", "ppo", "pipeline.json"):   # the shared run's, read only
         os.symlink(os.path.join(shared, stage), out / stage)
     report = compare.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--methods=sft,best_of_8,dpo,ppo,grpo"])
     rows = report["methods"]
