@@ -24,10 +24,10 @@ import train_reward
 import train_sft
 from conftest import ROOT, read_metrics
 from data import make_preferences, make_sft, prepare
-from minift.checkpoint import load_checkpoint, save_checkpoint, save_training_checkpoint, tokenizer_for
+from minift.checkpoint import build_model, load_checkpoint, save_checkpoint, save_training_checkpoint, tokenizer_for
 from minift.config import run
 from minift.formats import write_jsonl
-from minift.model import ScalarModel, GPTConfig
+from minift.model import GPTConfig, ScalarModel, answer_positions
 from minift.tokenizer import load_ranks, load_tokenizer, save_ranks
 from minift.training import Interrupted, StopRequest
 
@@ -444,8 +444,14 @@ def test_sample_chat_keeps_room_for_the_reply(kit, monkeypatch):
 def test_sample_reward_of_a_conversation_longer_than_the_context(kit, capsys):
     """Scored on its end, where the reward model reads its score, as evaluate.py's judge does."""
     score = sample.main([f"--ckpt={kit['reward']}", "--prompt=" + "cat " * 300, "--response=ok"])
-    assert isinstance(score, float)
     assert "context of 256" in capsys.readouterr().err
+    ckpt = load_checkpoint(kit["reward"])
+    model, tokenizer = build_model(ckpt, ScalarModel).eval(), tokenizer_for(ckpt, kit["reward"])
+    end = train_reward.render(tokenizer, "cat " * 300, "ok")[-256:]
+    ids = torch.tensor([end])
+    with torch.no_grad():
+        expected = model.reward(ids, torch.ones_like(ids), answer_positions(ids, tokenizer.assistant, ids > -1))
+    assert score == pytest.approx(expected.item(), abs=1e-4)
 
 
 # ---------------------------------------------------------------------------- Ctrl-C

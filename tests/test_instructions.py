@@ -39,9 +39,11 @@ def check(iid, response, **kw):
     ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Hi. P.S. bye", "Hi.\nP.P.S bye"),
     ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "Hi.\nP.P.S. bye", "Hi.\nP.S. bye"),
     ("detectable_content:number_placeholders", {"num_placeholders": 2}, "To [name] at [place].", "To [name]."),
+    ("detectable_content:number_placeholders", {"num_placeholders": 2}, "To [a] at [b] on [c].", "[To name]"),
     ("punctuation:no_comma", {}, "A kite and a ball.", "A kite, a ball."),
     ("change_case:english_capital", {}, "THE KITE IS RED.", "THE KITE IS Red."),
     ("change_case:english_lowercase", {}, "the kite is red.", "the kite is Red."),
+    ("change_case:english_lowercase", {}, "2 kites, 3 balls.", "2, 3."),   # str.islower: no letters, no pass
     ("length_constraints:number_words", {"num_words": 4, "relation": "less than"}, "one, two... three!",
      "one two three four"),
     ("length_constraints:number_words", {"num_words": 4, "relation": "at least"}, "Tom's red kite", "red kite"),

@@ -12,6 +12,18 @@ def make_model(seed=0, cls=GPT):
     return cls(CFG).eval()
 
 
+def wandering_model(seed=0):
+    """A random GPT with large weights: an untrained one predicts almost uniformly, so its greedy
+    answers repeat one token and its samples ignore the context, and a wrong position or a
+    wrong cached key would change nothing a test compares. With weights 8x larger the answers
+    depend on every earlier token."""
+    model = make_model(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.mul_(1 if "ln" in name else 8)
+    return model
+
+
 def test_shapes_and_loss():
     model = make_model()
     x = torch.randint(0, 97, (3, 10))
@@ -81,10 +93,11 @@ def test_left_padding_is_exact():
 
 
 def test_kv_cache_matches_full_recomputation_greedy_mixed_lengths():
-    model = make_model()
+    model = wandering_model()
     prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
     fast = model.generate(prompts, 30, temperature=0)
     slow = model.generate(prompts, 30, temperature=0, use_cache=False)
+    assert all(len(set(row)) >= 3 for row in fast)   # the answers wander, so a wrong step would show
     assert fast == slow
     # batching does not change a row's output either
     assert model.generate(prompts[1:2], 30, temperature=0)[0] == fast[1]
@@ -99,10 +112,18 @@ def test_kv_cache_logits_match_step_by_step():
     cache = KVCache(CFG, 2, 12, "cpu", torch.float32)
     steps = [model(x[:, :5], cache=cache)[0]] + [model(x[:, t:t + 1], cache=cache)[0] for t in range(5, 12)]
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+    # and as generation feeds it: a left-padded batch, the mask growing by one token each step
+    ids, mask = pad_left([[5, 6, 7, 8, 9, 10, 11, 12], [20, 21, 22, 23, 24, 25]], pad_token=0)
+    full, _ = model(ids, attention_mask=mask)
+    cache = KVCache(CFG, 2, ids.size(1), "cpu", torch.float32)
+    steps = [model(ids[:, :4], attention_mask=mask[:, :4], cache=cache)[0]]
+    steps += [model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache)[0] for t in range(4, ids.size(1))]
+    stepped = torch.cat(steps, 1)
+    assert torch.allclose(stepped[mask.bool()], full[mask.bool()], atol=1e-5)   # every real token's logits
 
 
 def test_kv_cache_sampling_matches_with_same_seed_and_stop_token():
-    model = make_model()
+    model = wandering_model()
     prompts = [[3, 4, 5], [6], [7, 8, 9, 10, 11]]
     kw = dict(temperature=1.0, top_k=20, top_p=0.9, stop_tokens=(13,))
     fast = model.generate(prompts, 25, generator=torch.Generator().manual_seed(1), **kw)
@@ -130,10 +151,7 @@ def test_rows_that_stop_leave_the_batch_and_no_answer_changes(monkeypatch):
     """Generation drops the rows whose answers have ended (KVCache.keep); every answer, greedy
     and sampled, is the one the whole batch computed to the end would give."""
     import minift.model
-    model = make_model()
-    with torch.no_grad():   # large weights, so that even greedy answers wander instead of repeating a token
-        for name, p in model.named_parameters():
-            p.mul_(1 if "ln" in name else 8)
+    model = wandering_model()
     prompts = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17], [18], [19, 20, 21], [22, 23]]
     left = []   # how many rows each call of KVCache.keep dropped
     keep = minift.model.KVCache.keep
@@ -179,6 +197,16 @@ def test_sample_next_draws_from_the_tempered_softmax(monkeypatch):
 
 
 CUE = 6  # stands for <|assistant|> in these tests: the answer is what follows its last use
+
+
+def test_reward_is_the_raw_score_under_the_fitted_gain_and_bias():
+    model = make_model(cls=ScalarModel)
+    model.gain.fill_(2.5)
+    model.bias.fill_(-0.75)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.ones_like(ids)
+    raw = model.reward(ids, mask, answer_positions(ids, CUE, mask), normalized=False)
+    assert torch.allclose(model.reward(ids, mask, answer_positions(ids, CUE, mask)), 2.5 * raw - 0.75)
 
 
 def test_scalar_model_reads_last_real_token_and_ignores_padding():

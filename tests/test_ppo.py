@@ -183,6 +183,42 @@ def test_rollout_keeps_the_end_of_an_over_long_prompt(tok):
     assert policy.prompts == [full[-(block_size - 4):], short]
 
 
+def test_answer_logprobs_are_the_tempered_log_softmax_at_the_answer_tokens():
+    """Against the naive computation: logits of the full pass, divided by the sampling
+    temperature, the log-probability of each answer token read one position before it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    seq, P = torch.randint(0, 50, (2, 10)), 6
+    logits, _ = model(seq)                                                         # (B, T, V)
+    naive = [torch.log_softmax(logits[:, P - 1:-1] / t, -1).gather(-1, seq[:, P:, None]).squeeze(-1)
+             for t in (0.7, 1.0)]
+    with torch.no_grad():
+        logp, _ = answer_logprobs(model, seq, torch.ones_like(seq), P, 0.7)
+    assert logp.shape == (2, 4) and torch.allclose(logp, naive[0], atol=1e-5)
+    assert not torch.allclose(logp, naive[1], atol=1e-3)   # the temperature matters here
+
+
+def test_the_reward_models_likelihood_term_reads_the_answer_only(tok):
+    """score_answers gives the reward model the answer's tokens, not the prompt's, for the mean
+    log-probability term (ScalarModel); the gold reward is scored on the decoded text."""
+    a, b = tok.encode("bo"), tok.encode("kira")
+    _, (seq, attn, mask, _, texts) = stub_rollout(tok, [a + [tok.end], b + [tok.end], (a + b + a + b)[:4]])
+    torch.manual_seed(0)
+    rm = ScalarModel(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=32)).eval()
+    rm.likelihood_weight.fill_(2.0)
+    P = seq.size(1) - mask.size(1)
+    answer_only = torch.zeros_like(attn)
+    answer_only[:, P:] = mask.long()
+    records = [{"prompt": "Say hi.", "instruction_id_list": [], "kwargs": []}] * 3
+    with torch.no_grad():
+        score, rm_score, gold = train_ppo.score_answers(rm, seq, attn, mask, texts, records)
+        expected = rm.reward(seq, attn, answer_only)
+        with_prompt = rm.reward(seq, attn, attn)
+    assert torch.equal(score, rm_score) and torch.allclose(score, expected)
+    assert not torch.allclose(score, with_prompt, atol=1e-4)
+    assert gold.shape == (3,)
+
+
 def test_rollout_refuses_a_context_with_no_room_for_the_prompt(tok):
     with pytest.raises(ValueError, match="--max_new_tokens leaves 0 of the model's context"):
         stub_rollout(tok, [[tok.end]], ("Go.",), block_size=4)   # max_new_tokens is 4
