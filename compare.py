@@ -45,7 +45,7 @@ import train_ppo
 from bench import rejection_sampling
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
-from minift.formats import load_ifeval_inputs, write_json
+from minift.formats import load_ifeval_inputs, write_json, write_text
 from minift.training import pick_device
 
 METHODS = ("sft", "best_of_8", "rejection", "dpo", "ppo", "grpo", "ppo_gold", "grpo_gold")
@@ -242,17 +242,17 @@ def main(argv=None):
                 runs.append(pipeline.run_stage(f"{method}-{seed}", os.path.join(out, "compare"), cfg.force,
                                                lambda: one_run(method, int(seed), out, cfg, device)))
             except SystemExit as e:
-                if method != "rejection":   # any other method's error is the user's to see
+                # Rejection sampling may find no perfect sample to learn from: a result, not an
+                # error. Any other error is the user's to see.
+                if method != "rejection" or "nothing to learn from" not in str(e):
                     raise
-                # Rejection sampling may find no perfect sample to learn from: a result, not an error.
                 print(f"{method}, seed {seed}: skipped: {e}")
                 runs.append({"skipped": str(e)})
         results[method] = {**summarise(runs), "runs": runs}
     report = {"preset": cfg.preset, "seeds": seeds, "methods": results}
     write_json(os.path.join(out, "compare.json"), report)
     card = compare_markdown(results, cfg.preset, seeds)
-    with open(os.path.join(out, "compare.md"), "w") as f:
-        f.write(card)
+    write_text(os.path.join(out, "compare.md"), card)
     print(card)
     print(f"wrote {out}/compare.md and {out}/compare.json")
     return report

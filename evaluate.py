@@ -121,7 +121,8 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
 
 def input_file(cfg):
     """The file to evaluate on: --input, or else --split's, which is the pipeline run's own split
-    when --ckpt is one of its stages (out/tiny/sft/ckpt.pt -> out/tiny/data/sft/), else make_sft.py's."""
+    when --ckpt lies in a pipeline run (out/tiny/sft/ckpt.pt and out/tiny/compare/dpo-1337/ckpt.pt
+    -> out/tiny/data/sft/), else make_sft.py's."""
     if cfg.input:
         if not os.path.exists(cfg.input):
             raise SystemExit(f"error: --input={cfg.input} does not exist")
@@ -129,13 +130,17 @@ def input_file(cfg):
     if cfg.split not in SPLITS:
         raise SystemExit(f"error: --split={cfg.split} is not a split; choose {' or '.join(SPLITS)}, "
                          f"or pass any IFEval file as --input=FILE")
-    beside = os.path.join(os.path.dirname(os.path.dirname(cfg.ckpt)), "data", "sft", f"{cfg.split}.jsonl")
+    folder = os.path.dirname(os.path.abspath(cfg.ckpt))
+    while os.path.dirname(folder) != folder:   # up from the checkpoint to the pipeline run that holds it
+        folder = os.path.dirname(folder)
+        if os.path.exists(os.path.join(folder, "pipeline.json")):
+            return os.path.join(folder, "data", "sft", f"{cfg.split}.jsonl")
     generated = f"data/generated/sft/{cfg.split}.jsonl"
-    for path in (beside, generated):
-        if os.path.exists(path):
-            return path
-    raise SystemExit(f"error: no data for --split={cfg.split}: neither {beside} (a pipeline run's, beside --ckpt) "
-                     f"nor {generated} exists. Run python pipeline.py or python data/make_sft.py, or pass --input=FILE")
+    if os.path.exists(generated):
+        return generated
+    raise SystemExit(f"error: no data for --split={cfg.split}: --ckpt={cfg.ckpt} is in no pipeline run, and "
+                     f"{generated} does not exist. Run python pipeline.py or python data/make_sft.py, "
+                     f"or pass --input=FILE")
 
 
 def main(argv=None):

@@ -42,7 +42,7 @@ from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
 from minift.config import cli_config, run
-from minift.formats import load_ifeval_inputs, load_ifeval_responses, write_json
+from minift.formats import load_ifeval_inputs, load_ifeval_responses, write_json, write_text
 from minift.synthetic.demonstrators import HABITS
 from minift.synthetic.gold import gold_reward
 from minift.synthetic.scoring import paired_difference, score
@@ -116,8 +116,11 @@ def main(argv=None):
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
     check_preset(out, cfg)
-    if cfg.force:   # compare.py's runs started from the models about to be replaced
+    if cfg.force:   # compare.py's runs and card came from the models about to be replaced
         shutil.rmtree(os.path.join(out, "compare"), ignore_errors=True)
+        for card in ("compare.json", "compare.md"):
+            if os.path.exists(os.path.join(out, card)):
+                os.remove(os.path.join(out, card))
     data = DATA[cfg.preset]
     corpus, sft_data, prefs = (os.path.join(out, "data", d) for d in ("corpus", "sft", "prefs"))
     ckpt = {s: os.path.join(out, s, "ckpt.pt") for s in ("pretrain", "sft", "reward", "ppo")}
@@ -197,8 +200,7 @@ def main(argv=None):
               "curves": [f"{stage}/curves.png" for stage in ("pretrain", "sft", "reward", "ppo")
                          if os.path.exists(os.path.join(out, stage, "curves.png"))]}
     write_json(os.path.join(out, "report.json"), report)
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(report_markdown(report))
+    write_text(os.path.join(out, "report.md"), report_markdown(report))
     print(report_markdown(report))
     print(f"wrote {out}/report.md and {out}/report.json")
     return report

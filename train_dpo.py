@@ -217,7 +217,8 @@ def main(argv=None):
     # ---- data: pairs grouped by prompt, as for the reward model
     for option in ("data", "val_data"):
         if getattr(cfg, option):
-            require_file(getattr(cfg, option), option, "data/make_preferences.py")
+            require_file(getattr(cfg, option), option, "data/make_preferences.py",
+                         "--val_data= holds out --val_fraction of --data instead" if option == "val_data" else "")
     seqs, groups, dropped, _ = build_groups(load_preferences(cfg.data), tokenizer, block_size)
     groups, val = held_out_pairs(seqs, groups, cfg, tokenizer, block_size)
     per_step = cfg.batch_groups * cfg.grad_accum * rt.world_size  # whole prompt groups per optimizer step

@@ -82,8 +82,9 @@ class Config:
     clip_range: float = 0.2          # policy ratio clip
     value_clip: float = 0.2
     # OpenAI and TRL weigh the value loss by 0.1 because there it shares a network with the
-    # policy. Here the critic is a network of its own, clipped on its own, and Adam divides
-    # each parameter's step by its gradient's scale, so the factor changes almost nothing.
+    # policy. Here the critic is a network of its own, and Adam divides each parameter's step
+    # by its gradient's scale, so the factor acts only through Adam's eps and through how often
+    # the critic's gradient clipping binds.
     vf_coef: float = 0.1
     learning_rate: float = 1e-4      # annealed linearly to 0 over the run. Lower rates let an
                                      # update's approx-KL and clip fraction fall to nearly 0 long
@@ -142,9 +143,9 @@ def answer_logprobs(model, seq, attn, prompt_len, temperature):
 
 
 def penalise_unfinished(score, ended, penalty):
-    """The "EOS trick" (N+; TRL's missing_eos_penalty): an answer cut off at max_new_tokens
-    (or at the end of the context), without its <|end|>, loses `penalty` from its score; one
-    that ended keeps its score. Without it, rambling until cut off costs nothing, and the policy learns to ramble."""
+    """The "EOS trick" (N+; TRL's missing_eos_penalty): an answer cut off at max_new_tokens,
+    without its <|end|>, loses `penalty` from its score; one that ended keeps its score.
+    Without it, rambling until cut off costs nothing, and the policy learns to ramble."""
     return score - penalty * (1 - ended.float())
 
 
@@ -167,8 +168,8 @@ def token_rewards(score, logprobs, ref_logprobs, mask, kl_coef):
     kl = (logprobs - ref_logprobs) * mask
     rewards = -kl_coef * kl
     last = mask.sum(1).long() - 1                                               # (B,)
-    # At the answer's last real token: its <|end|>, or the last token of an unfinished answer;
-    # never at a PAD position.
+    # At the answer's last real token: its <|end|>, or the last token of an answer cut off at
+    # max_new_tokens; never at a PAD position.
     rewards[torch.arange(len(score)), last] += score
     return rewards, kl
 
@@ -209,8 +210,8 @@ def ppo_losses(new_logp, old_logp, advantages, new_values, old_values, returns, 
 class AdaptiveKLController:
     """Ziegler et al. 2019, sec. 2.2: raise beta when the KL overshoots the target, lower it
     when it undershoots. The proportional error KL / target - 1 is clipped to +-0.2, and beta
-    moves by that error times the share of the horizon seen since the last update (the
-    step size of lm-human-preferences' code; the paper writes a constant K_beta)."""
+    is multiplied by 1 + error x (samples since the last update / horizon) (lm-human-preferences'
+    code; the paper writes a constant K_beta where the code has samples / horizon)."""
 
     def __init__(self, init, target, horizon):
         self.value, self.target, self.horizon = init, target, horizon

@@ -43,7 +43,7 @@ from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, read_jsonl, require_file
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
-from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, lr_at, make_optimizer,
+from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, lr_at, make_optimizer,
                              set_lr, setup_runtime)
 
 
@@ -311,7 +311,9 @@ def main(argv=None):
     # ---- data: pairs grouped by prompt; validation pairs and gold-scored samples
     for option in ("data", "val_data", "val_samples"):
         if getattr(cfg, option):
-            require_file(getattr(cfg, option), option, "data/make_preferences.py")
+            require_file(getattr(cfg, option), option, "data/make_preferences.py",
+                         {"data": "", "val_data": "--val_data= holds out --val_fraction of --data instead",
+                          "val_samples": "--val_samples= skips the Spearman correlation"}[option])
     seqs, groups, dropped, gold = build_groups(load_preferences(cfg.data), tokenizer, block_size)
     if any(g is None for g in gold):   # the cross-prompt term needs every answer's gold score
         if cfg.across_prompt_weight > 0 and rt.master:
@@ -390,7 +392,9 @@ def main(argv=None):
                     (loss / cfg.grad_accum).backward()
                 loss_sum += loss.item() / cfg.grad_accum
                 acc_sum += acc / cfg.grad_accum
-            check_finite(loss_sum, step, ckpt_path)
+            # averaged, so that all ranks stop together (one alone would leave the others waiting
+            # forever in the next all-reduce)
+            check_finite(all_reduce_mean(loss_sum, rt), step, ckpt_path)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

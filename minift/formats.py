@@ -81,8 +81,8 @@ def read_jsonl(path):
 def write_atomically(path, write):
     """Call write(f) on a new binary file beside `path`, then os.replace() it over `path`
     (atomic on POSIX and Windows): a crash or Ctrl-C never leaves half a file, only the old
-    one or the new one. Every file a later run reads (checkpoints, data, stage markers) is
-    written this way."""
+    one or the new one. Checkpoints, data files, stage markers and reports are written this
+    way; metrics.jsonl is appended to, a line at a time."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -99,13 +99,17 @@ def write_atomically(path, write):
 
 def write_json(path, obj, indent=1):
     """One JSON document, written atomically (write_atomically)."""
-    write_atomically(path, lambda f: f.write(json.dumps(obj, indent=indent).encode("utf-8")))
+    write_text(path, json.dumps(obj, indent=indent))
+
+
+def write_text(path, text):
+    """A text file (UTF-8), written atomically (write_atomically)."""
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_jsonl(path, records):
     """Write one JSON object per line, atomically (write_atomically)."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _records(path):
@@ -303,8 +307,8 @@ def require_file(path, option, made_by, hint=""):
     """Stop the script with one line naming --option if the file it names does not exist, and
     say which script makes it (`hint` is added, such as how to do without the file)."""
     if not os.path.exists(path):
-        raise SystemExit(f"error: no file at --{option}={path}; make it with {made_by} "
-                         f"(python pipeline.py runs it)" + (f"; {hint}" if hint else ""))
+        raise SystemExit(f"error: no file at --{option}={path}; make it with {made_by}, or after python "
+                         f"pipeline.py pass its copy under out/<preset>/data/" + (f"; {hint}" if hint else ""))
 
 
 def load_ifeval_option(path, option, hint=""):

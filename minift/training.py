@@ -45,7 +45,7 @@ class Runtime:
         FINDINGS.md, "Speed and precision"). Other CPUs have no bf16 products, so there, and
         on MPS, we run in fp32 (dtype="float32" turns autocast off everywhere). fp16 is not
         offered: its narrow exponent range needs a loss scaler (torch.amp.GradScaler) in every
-        training loop; GPUs without bf16 (before NVIDIA's Ampere) train in float32."""
+        training loop; on GPUs without bf16 (before NVIDIA's Ampere) pass --dtype=float32."""
         if self.device_type == "cuda" and dtype == "bfloat16":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         if self.device_type == "cpu" and dtype == "bfloat16" and cpu_multiplies_bf16():

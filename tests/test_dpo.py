@@ -148,7 +148,7 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys)
     assert not capsys.readouterr().out.startswith("Write a sentence.")
     scores = evaluate.evaluate(f"{out}/ckpt.pt", f"{pipeline_out}/data/sft/test.jsonl", max_examples=4,
                                max_new_tokens=8, device="cpu")
-    assert scores["prompt_strict"] * 4 == round(scores["prompt_strict"] * 4)   # four prompts scored
+    assert scores["n_prompts"] == 4 and scores["prompt_strict"] * 4 == round(scores["prompt_strict"] * 4)
 
     # resume: a second call with more epochs continues from the saved step
     second = train_dpo.main(args + ["--epochs=2"])

@@ -148,8 +148,12 @@ def test_split_is_read_beside_a_pipeline_checkpoint(tmp_path, monkeypatch):
         os.makedirs(folder)
         for split in ("test", "heldout"):
             (tmp_path / folder / f"{split}.jsonl").write_text("")
-    assert file_read([]) == os.path.join("out/tiny/data/sft", "test.jsonl")
-    assert file_read(["--split=heldout"]) == os.path.join("out/tiny/data/sft", "heldout.jsonl")
+    (tmp_path / "out/tiny/pipeline.json").write_text("{}")   # what marks a pipeline run's folder
+    run_split = str(tmp_path / "out/tiny/data/sft")
+    assert file_read([]) == os.path.join(run_split, "test.jsonl")
+    assert file_read(["--split=heldout"]) == os.path.join(run_split, "heldout.jsonl")
+    # a checkpoint deeper in the run, as compare.py's are, reads the run's split too
+    assert file_read(["--ckpt=out/tiny/compare/dpo-1337/ckpt.pt"]) == os.path.join(run_split, "test.jsonl")
     assert file_read(["--ckpt=out/sft/ckpt.pt"]) == "data/generated/sft/test.jsonl"
     assert file_read(["--input=data/generated/sft/heldout.jsonl"]) == "data/generated/sft/heldout.jsonl"
     line = error(["--split=tset"])   # a typo: the choices, not a file to generate

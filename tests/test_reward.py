@@ -105,7 +105,6 @@ def test_held_out_pairs_keep_whole_prompts_and_only_their_answers(tok):
     texts = lambda ss, gs: sorted((tok.decode(ss[c]), tok.decode(ss[r])) for g in gs for c, r, _ in g)  # noqa: E731
     assert texts(val_seqs, val_groups) == sorted(set(texts(seqs, groups)) - set(texts(seqs, train)))
     assert len(val_seqs) == 9                      # each held-out prompt's 3 answers, nothing else
-    assert train_reward.held_out_pairs(seqs, groups, cfg, tok, 64)[0] == train   # the seed fixes the split
 
 
 def test_scores_do_not_depend_on_padding_or_batch(tok):
