@@ -55,7 +55,7 @@ SPLITS = ("test", "heldout")
 @dataclass
 class Config:
     ckpt: str = "out/tiny/sft/ckpt.pt"
-    split: str = "test"                     # test | heldout: the pipeline run's beside --ckpt, else make_sft.py's
+    split: str = "test"                     # test | heldout: of the pipeline run holding --ckpt, else make_sft.py's
     input: str = ""                         # or any IFEval input JSONL (overrides --split)
     output: str = ""                        # responses JSONL (default: in out_dir)
     out_dir: str = "out/eval"               # responses and metrics go to out_dir/<checkpoint folder>/

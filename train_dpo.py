@@ -103,9 +103,9 @@ def answer_logprobs(model, seqs, tokenizer, device):
     all before them): step 2. Left padding and positions from the mask (as
     train_reward.last_token_scores does), so a sequence's figure does not depend on the
     batch (tested). The input is ids[:, :-1] and the targets ids[:, 1:], kept only where
-    they are answer tokens; its length is a multiple of minift.model.PAD_MULTIPLE. We call model(...) so that
-    DDP syncs the gradients; it returns the scored rows' logits on the CPU and every row's
-    elsewhere (GPT.forward)."""
+    they are answer tokens; its length is a multiple of minift.model.PAD_MULTIPLE. We call
+    model(...) so that DDP syncs the gradients; it returns the scored rows' logits on the CPU
+    and every row's elsewhere (GPT.forward)."""
     block_size = unwrap(model).config.block_size
     length = padded_length(max(map(len, seqs)) - 1, block_size) + 1
     ids, mask = pad_left(seqs, tokenizer.pad, device, length)

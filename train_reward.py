@@ -11,8 +11,8 @@ What happens (InstructGPT, Ouyang et al. 2022, section 3.5; Ziegler et al. 2019)
      "<|endoftext|> <|user|> prompt <|end|> <|assistant|> answer <|end|>": one number per
      answer. To it we add --likelihood_weight times the answer's mean log-probability under
      the RM's own LM head: an answer the SFT model finds unlikely is usually one where
-     sampling slipped, which the head alone would have to learn from pairs (ScalarModel). --likelihood_weight=0
-     --across_prompt_weight=0 gives InstructGPT's RM.
+     sampling slipped, which the head alone would have to learn from pairs (ScalarModel).
+     --likelihood_weight=0 --across_prompt_weight=0 gives InstructGPT's RM.
   2. Bradley-Terry loss: P(chosen beats rejected) = sigmoid(r_chosen - r_rejected), and we
      minimise -log of it, over the pairs of each prompt and (--across_prompt_weight) over
      answers to different prompts of a batch, ranked by their gold scores, so that scores
@@ -43,8 +43,8 @@ from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, read_jsonl, require_file
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
-from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, lr_at, make_optimizer,
-                             set_lr, setup_runtime)
+from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, lr_at,
+                             make_optimizer, set_lr, setup_runtime)
 
 
 @dataclass
@@ -164,8 +164,8 @@ def last_token_scores(model, seqs, tokenizer, device):
     answer's mean log-probability, weighted; ScalarModel). Left padding puts that token in
     the last column; positions come from the mask, so a score does not depend on what else
     is in the batch (tested), nor on the extra padding up to a multiple of
-    minift.model.PAD_MULTIPLE. We call model(...), not model.reward(...), so that DDP sees its
-    forward and syncs the gradients."""
+    minift.model.PAD_MULTIPLE. We call model(...), not model.reward(...), so that DDP sees
+    its forward and syncs the gradients."""
     block_size = unwrap(model).gpt.config.block_size
     ids, mask = pad_left(seqs, tokenizer.pad, device, padded_length(max(map(len, seqs)), block_size))
     return model(ids, attention_mask=mask, answer_mask=answer_positions(ids, tokenizer.assistant, mask)).float()
