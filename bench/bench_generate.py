@@ -30,9 +30,14 @@ import minift.model  # noqa: E402
 from minift.model import GPT, GPTConfig  # noqa: E402
 
 
-def main(new_tokens=128, batch=8, prompt_len=32, repeats=3):
+def tiny_model():
+    """A random GPT of the tiny preset's shape: generation's cost does not depend on the weights."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=2053, block_size=256, n_layer=4, n_head=4, n_embd=128)).eval()
+    return GPT(GPTConfig(vocab_size=2053, block_size=256, n_layer=4, n_head=4, n_embd=128)).eval()
+
+
+def main(new_tokens=128, batch=8, prompt_len=32, repeats=3):
+    model = tiny_model()
     prompts = torch.randint(0, 2000, (batch, prompt_len)).tolist()
     times = {}
     for use_cache in (True, False):
@@ -48,14 +53,15 @@ def main(new_tokens=128, batch=8, prompt_len=32, repeats=3):
     print(f"speed-up:          {times[False] / times[True]:.1f}x")
 
 
-def multinomial_sampler(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
-    """torch.multinomial's sampler (without top-k or top-p): one random number per vocabulary entry."""
+def multinomial_sampler(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, uniform=None):
+    """torch.multinomial's sampler (without top-k or top-p): one random number per vocabulary
+    entry. It takes sample_next's arguments and ignores `uniform`, the one number a row that
+    generate_stream draws for sample_next's inverse CDF (a (B, 1) draw: small beside this one)."""
     return torch.multinomial((logits.float() / temperature).softmax(-1), 1, generator=generator).squeeze(-1)
 
 
 def compare_samplers(batch=256, prompt_len=80, new_tokens=96, repeats=3):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=2053, block_size=256, n_layer=4, n_head=4, n_embd=128)).eval()
+    model = tiny_model()
     prompts = torch.randint(0, 2000, (batch, prompt_len)).tolist()
     ours = minift.model.sample_next
     times = {"sample_next": [], "torch.multinomial": []}
@@ -71,6 +77,7 @@ def compare_samplers(batch=256, prompt_len=80, new_tokens=96, repeats=3):
     for name, t in times.items():
         print(f"{name + ':':19}{min(t):.3f}s  ({batch * new_tokens / min(t):,.0f} tok/s)")
     print(f"speed-up:          {min(times['torch.multinomial']) / min(times['sample_next']):.2f}x")
+    return times
 
 
 def compare_stopped_rows(ckpt="out/tiny/sft/ckpt.pt", data="out/tiny/data/sft", repeats=2):

@@ -14,8 +14,9 @@ gradient clipping and a fused AdamW step (minift.training.make_optimizer), under
 scripts' autocast (bf16 on a GPU and on CPUs with bf16 products), torch.compile on a GPU
 (--compile=0 turns it off), on random tokens, after warm-up steps. It prints tokens/s, model FLOPs
 utilisation (MFU: minift.training.flops_per_token against the GPU's bf16 peak,
-minift.training.PEAK_BF16_FLOPS), peak memory (a GPU's allocated memory per model; on a CPU the
-process's resident peak), and minift's ratio to GPT-2. The plain GPT-2 (PlainGPT2 below) is
+minift.training.PEAK_BF16_FLOPS), a GPU's peak allocated memory per model (on a CPU both models
+share one process, whose resident peak says nothing about either: --saved counts there), and
+minift's ratio to GPT-2. The plain GPT-2 (PlainGPT2 below) is
 nanoGPT's model: learned positions, the output layer on every position.
 
 --against, --bf16 and --muon time the two ways as A, B, A, B, so that a machine that slows down
@@ -40,7 +41,6 @@ import functools
 import importlib.util
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -52,6 +52,8 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from minift.config import run  # noqa: E402
+from minift.formats import write_json  # noqa: E402
 from minift.model import GPT, GPTConfig  # noqa: E402
 from minift.training import (Runtime, flops_per_token, make_optimizer, peak_bf16_flops,  # noqa: E402
                              pick_device)
@@ -174,8 +176,7 @@ class Bench:
     def result(self):
         dt = sum(self.seconds) / len(self.seconds)
         peak = peak_bf16_flops(self.device)
-        memory = (torch.cuda.max_memory_allocated(self.device) - self.base_memory if self.gpu
-                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        memory = torch.cuda.max_memory_allocated(self.device) - self.base_memory if self.gpu else None
         return {"model": self.name, "params": self.n_params, "ms_per_step": 1000 * dt, "tokens_per_s": self.tokens / dt,
                 "mfu": self.tokens / dt * self.flops_per_token / peak if peak else None, "peak_bytes": memory}
 
@@ -188,8 +189,9 @@ class Bench:
 
 def print_result(r):
     mfu = f"MFU {100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "MFU n/a"
+    peak = f"peak {r['peak_bytes'] / 1e9:6.2f} GB" if r["peak_bytes"] is not None else "peak n/a"
     print(f"  {r['model']:<16} {r['params'] / 1e6:8.2f}M params {r['ms_per_step']:9.1f} ms/step "
-          f"{r['tokens_per_s']:>12,.0f} tokens/s  {mfu}  peak {r['peak_bytes'] / 1e9:6.2f} GB", flush=True)
+          f"{r['tokens_per_s']:>12,.0f} tokens/s  {mfu}  {peak}", flush=True)
 
 
 def side_by_side(name, device, compile, steps, warmup, against=None):
@@ -221,13 +223,14 @@ def side_by_side(name, device, compile, steps, warmup, against=None):
             results.append(bench.result())
             print_result(results[-1])
     ours, plain = results[0], results[1]
-    print(f"  minift / GPT-2: {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s, "
-          f"{ours['peak_bytes'] / plain['peak_bytes']:.2f}x peak memory"
+    memory_ratio = ours["peak_bytes"] / plain["peak_bytes"] if ours["peak_bytes"] is not None else None
+    print(f"  minift / GPT-2: {ours['tokens_per_s'] / plain['tokens_per_s']:.2f}x tokens/s"
+          + (f", {memory_ratio:.2f}x peak memory" if memory_ratio is not None else "")
           + (f"; minift / minift @ {against}: {ours['tokens_per_s'] / results[2]['tokens_per_s']:.2f}x tokens/s"
              if against else ""), flush=True)
     return {"config": name, "device": device, "compile": compile, "batch_size": batch_size, **config,
             "results": results, "speed_ratio": ours["tokens_per_s"] / plain["tokens_per_s"],
-            "memory_ratio": ours["peak_bytes"] / plain["peak_bytes"]}
+            "memory_ratio": memory_ratio}
 
 
 def interleaved(name_a, bench_a, name_b, bench_b, steps):
@@ -259,15 +262,28 @@ def saved_activation_bytes(cls, config, batch_size, device):
     return sum(kept.values())
 
 
+OPTIONS = ("config", "device", "compile", "steps", "warmup", "against", "bf16", "muon", "saved", "json")
+
+
 def main(args):
     opts = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "1") for a in args)
+    unknown = [a for a in args if not a.startswith("--") or a[2:].split("=", 1)[0] not in OPTIONS]
+    if unknown:
+        raise SystemExit(f"error: unknown option {unknown[0]}; the options are --{', --'.join(OPTIONS)} (--help)")
+    if opts.get("config", "tiny") not in CONFIGS:
+        raise SystemExit(f"error: --config={opts['config']}; choose from {', '.join(CONFIGS)}")
+    for name, least in (("steps", 1), ("warmup", 0)):
+        if name in opts and not (opts[name].isdigit() and int(opts[name]) >= least):
+            raise SystemExit(f"error: --{name}={opts[name]}; expected a whole number, at least {least}")
     device = pick_device(opts.get("device", "auto"))
     gpu = device.startswith("cuda")
     names = [opts["config"]] if "config" in opts else (GPU_CONFIGS if gpu else ["tiny"])
     compile = opts.get("compile", "1" if gpu else "0") not in ("0", "false")
     steps = int(opts.get("steps", 20 if gpu else 10))
     warmup = int(opts.get("warmup", 5 if gpu else 3))
-    if gpu:
+    if gpu:   # TF32 for fp32 products, as the training scripts set it (minift.training.setup_runtime)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
         print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(device)}, "
               f"bf16 peak {peak_bf16_flops(device) or 'unknown'} FLOP/s")
     reports = [side_by_side(name, device, compile, steps, warmup, opts.get("against")) for name in names]
@@ -285,8 +301,7 @@ def main(args):
         print(f"activations kept for backward (fp32, eager): minift GPT {ours / 1e6:.1f} MB, "
               f"plain GPT-2 {plain / 1e6:.1f} MB: {ours / plain:.3f}x", flush=True)
     if "json" in opts:
-        with open(opts["json"], "w") as f:
-            json.dump(reports, f, indent=1)
+        write_json(opts["json"], reports)
     return reports
 
 
@@ -294,4 +309,4 @@ if __name__ == "__main__":
     if {"-h", "--help"} & set(sys.argv[1:]):
         print(__doc__)
         sys.exit(0)
-    main(sys.argv[1:])
+    run(lambda: main(sys.argv[1:]))

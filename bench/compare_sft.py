@@ -12,7 +12,7 @@ then edit and run `python bench/compare_sft.py --name=my_edit`: the unchanged ru
 reused, and the my_edit arm trains with the edited code.
 
 Why: one SFT run is one draw. On the tiny preset the seed alone moves test prompt-strict
-accuracy by up to ten points (README, "Things to try"), more than most changes are
+accuracy by several points (README, "Things to try"), more than most changes are
 worth. Both arms use the same seeds, so seed s gives one *paired* difference (changed minus
 unchanged, same batches drawn in the same order as far as the change allows), and the spread
 of those differences is the noise to beat. The table ends with a paired t-test (Student
@@ -21,10 +21,9 @@ t x standard error, with t = 12.7, 4.3, 3.2, 2.8 for 2, 3, 4, 5 seeds. With thre
 that is a large bar; that is what three seeds can tell.
 
 Finished runs are reused (out_dir/<name>-seed<seed>/scores.json), so delete an arm's folders
-after editing the code it ran. On the tiny preset (2 CPU cores) a run takes about 3 minutes
-(SFT 150-160 s with bf16 on a CPU with AMX, 151-207 s on an AMD EPYC with AVX512-BF16,
-164-197 s in fp32; scoring 2 x 500 prompts a few seconds): three seeds, both arms, about
-16-22 minutes.
+after editing the code it ran. Each run is one SFT stage of the pipeline and the scoring of
+2 x 500 prompts: three seeds, both arms, is six SFT stages (FINDINGS.md, "SFT training", has
+the times).
 """
 
 import json

@@ -14,8 +14,8 @@ One round, from the current model:
      whose greedy answer fell short `repeat_failed` times, and `others` of the rest;
   4. score the test and heldout prompts, as evaluate.py does.
 Why the weighting: what the model already answers right greedily teaches it little
-(FINDINGS.md, "The alignment lab", has the figures). Two rounds
-take about 4 minutes on 2 CPU cores, most of it sampling 16,000 answers a round.
+(FINDINGS.md, "The alignment lab", has the figures). Most of a round's time goes to sampling
+K answers to each of the 2,000 RL prompts.
 """
 
 import math
@@ -32,7 +32,7 @@ import train_sft  # noqa: E402
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import generate_responses, sample_answers  # noqa: E402
-from minift.formats import load_ifeval_inputs, write_json, write_jsonl  # noqa: E402
+from minift.formats import load_ifeval_option, require_file, write_json, write_jsonl  # noqa: E402
 from minift.synthetic.gold import gold_reward  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 
@@ -51,7 +51,8 @@ class Config:
     repeat_failed: int = 2          # copies of an answer to a prompt the greedy answer failed
     others: int = 480               # answers to prompts the greedy answer passed (0 = none)
     batch_size: int = 8             # SFT's conversations per step (an epoch = ceil(rows / this))
-    learning_rate: float = 2e-4     # a third of SFT's last (6e-4, all answers alike: -2.4 on test)
+    learning_rate: float = 2e-4     # a third of SFT's last: on every kept answer alike, SFT's rate lost test
+                                    # accuracy and this one did not (FINDINGS.md, "The alignment lab")
     examples: int = 500             # prompts scored per split (0 = all)
     score: bool = True              # score test and heldout after each round (compare.py scores on its own)
     seed: int = 1337
@@ -82,7 +83,7 @@ def one_round(cfg, ckpt_path, out, device):
     ckpt = load_checkpoint(ckpt_path, hint="Train the SFT model first: python pipeline.py")
     tokenizer = tokenizer_for(ckpt, ckpt_path)
     model = build_model(ckpt).to(device).eval()
-    records = load_ifeval_inputs(cfg.prompts)
+    records = load_ifeval_option(cfg.prompts, "prompts")
 
     def gold(rec, answer):
         return gold_reward(rec["prompt"], answer, rec["instruction_id_list"], rec["kwargs"])
@@ -106,6 +107,9 @@ def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     print_config(cfg)
     device = pick_device(cfg.device)
+    if cfg.score:   # read after minutes of sampling and training: check them first
+        for split in ("test", "heldout"):
+            require_file(f"{cfg.data_dir}/{split}.jsonl", "data_dir", "data/make_sft.py")
     current, results = cfg.sft_ckpt, []
     for r in range(1, cfg.rounds + 1):
         out = os.path.join(cfg.out_dir, f"round{r}")

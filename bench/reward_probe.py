@@ -14,7 +14,7 @@ Each fix passes its checker; the gold column is the gold reward's mean change (m
 fix can cost another rule: a capitalised P.S. under an all-lowercase instruction). A term that
 votes against the fix is one PPO must overcome: the likelihood comes from an SFT model that
 copied its demonstrators, so it can vote for their habits (FINDINGS.md, section 14, has the
-figures). A few seconds on a CPU.
+figures).
 
     python bench/reward_probe.py --held_out_pairs=true
 
@@ -35,6 +35,7 @@ from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noq
 from minift.config import cli_config, run  # noqa: E402
 from minift.formats import load_ifeval_inputs, load_ifeval_responses, load_preferences  # noqa: E402
 from minift.model import ScalarModel  # noqa: E402
+from minift.training import pick_device  # noqa: E402
 from minift.synthetic.gold import gold_breakdown, gold_reward  # noqa: E402
 from minift.synthetic.tasks import CHECKERS  # noqa: E402
 from train_reward import render, score_all  # noqa: E402
@@ -174,14 +175,18 @@ def main(argv=None):
         raise SystemExit(f"error: no {what} at {needed}. Run: python pipeline.py")
     ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python pipeline.py", kinds=("reward",))
     tokenizer = tokenizer_for(ckpt, reward_ckpt)
-    reward_model = build_model(ckpt, ScalarModel).to(cfg.device).eval()
+    device = pick_device(cfg.device)
+    reward_model = build_model(ckpt, ScalarModel).to(device).eval()
     if cfg.held_out_pairs:
-        rows = held_out_accuracy(reward_model, tokenizer, load_preferences(pairs_path), cfg.device, cfg.batch_size)
+        rows = held_out_accuracy(reward_model, tokenizer, load_preferences(pairs_path), device, cfg.batch_size)
         print_held_out(rows)
         return rows
-    answers = [a["response"] for a in load_ifeval_responses(answers_path)]
-    records = load_ifeval_inputs(os.path.join(cfg.out_dir, "data", "sft", f"{cfg.split}.jsonl"))[:len(answers)]
-    rows = probe(reward_model, tokenizer, records, answers, cfg.device, cfg.batch_size)
+    responses = load_ifeval_responses(answers_path)
+    records = load_ifeval_inputs(os.path.join(cfg.out_dir, "data", "sft", f"{cfg.split}.jsonl"))[:len(responses)]
+    if any(a["prompt"] != r["prompt"] for a, r in zip(responses, records)):   # answers are paired by position
+        raise SystemExit(f"error: {answers_path} does not answer the {cfg.split} prompts in order; "
+                         f"re-run python pipeline.py")
+    rows = probe(reward_model, tokenizer, records, [a["response"] for a in responses], device, cfg.batch_size)
     print(f"{cfg.model}'s greedy {cfg.split} answers that fail a common habit or a case rule, fixed by hand; "
           f"reward model {reward_ckpt} (likelihood weight {float(reward_model.likelihood_weight):g}). Mean change, fixed - before:")
     print(f"  {'rule':<32} {'n':>4} {'reward prefers fix':>19} {'head alone':>11} {'reward':>7} {'head':>6} "

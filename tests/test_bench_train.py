@@ -3,6 +3,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -21,6 +22,8 @@ def test_side_by_side_on_the_cpu_smoke_config(tmp_path):
     assert (ours["model"], plain["model"]) == ("minift GPT", "plain GPT-2")
     assert ours["tokens_per_s"] > 0 and plain["tokens_per_s"] > 0 and ours["mfu"] is None  # no GPU peak
     assert abs(report["speed_ratio"] - ours["tokens_per_s"] / plain["tokens_per_s"]) < 1e-9
+    # on a CPU both models share one process: no per-model peak memory to compare
+    assert ours["peak_bytes"] is None and report["memory_ratio"] is None
     # the same weight matrices; GPT-2's position table is left out of its count (no product runs on it)
     assert ours["params"] == plain["params"]
 
@@ -57,3 +60,10 @@ def test_minift_keeps_about_as_many_activations_for_backward_as_plain_gpt2():
     # at least the fp32 log-softmax over every position, which the cross-entropy keeps
     assert plain >= batch_size * config["block_size"] * config["vocab_size"] * 4
     assert ours <= 1.1 * plain, (ours, plain)
+
+
+@pytest.mark.parametrize("args, needle", [(["--config=nope"], "--config=nope"), (["--steps=0"], "--steps=0"),
+                                          (["--stpes=2"], "--stpes=2")])
+def test_bad_options_stop_with_one_line(args, needle):
+    with pytest.raises(SystemExit, match=needle):
+        bench_train.main(["--device=cpu"] + args)

@@ -37,3 +37,13 @@ def test_paired_change_and_its_standard_error():
     mean, se = overoptimisation.paired_change([1.0, 0.5, 0.0, 0.5], [0.5, 0.5, 0.5, 0.5])
     # differences .5, 0, -.5, 0: mean 0, sample variance .5 / 3, se sqrt(.5 / 3 / 4)
     assert mean == 0 and abs(se - (0.5 / 3 / 4) ** 0.5) < 1e-12
+
+
+def test_each_preset_runs_twice_ppos_iterations_at_ppos_learning_rate():
+    import train_ppo
+    from minift.config import parse_config
+    for preset in ("tiny", "small"):
+        ours = parse_config(overoptimisation.Config, [f"--preset={preset}"], overoptimisation.PRESETS)
+        ppo = parse_config(train_ppo.Config, [f"--preset={preset}"], train_ppo.PRESETS)
+        assert (ours.iterations, ours.learning_rate, ours.eval_examples) == \
+            (2 * ppo.iterations, ppo.learning_rate, ppo.eval_examples), preset

@@ -27,6 +27,9 @@ def test_bradley_terry_matches_hand_computation():
     # the mean over pairs; a pair ranked the wrong way costs more than log 2
     loss = train_reward.bradley_terry(torch.tensor([2.0, 0.0]), torch.tensor([0.5, 1.0]))
     assert loss.item() == pytest.approx((0.2014 + 1.3133) / 2, abs=1e-4)
+    # stable far from 0: a pair 1000 apart the wrong way costs 1000, where -log(sigmoid(x)) is inf
+    loss = train_reward.bradley_terry(torch.tensor([0.0, 1000.0]), torch.tensor([1000.0, 0.0]))
+    assert loss.item() == pytest.approx(1000 / 2, abs=1e-3)
 
 
 def test_spearman_with_ties():
