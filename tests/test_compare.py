@@ -87,3 +87,21 @@ def test_the_pipelines_ppo_run_is_reused_only_for_its_own_seed_and_preset(micro_
         compare.main(["--preset=tiny", f"--out_dir={out}", "--methods=sft"])
     with pytest.raises(SystemExit, match="--seeds=1337,x"):
         compare.main(["--preset=micro", f"--out_dir={out}", "--methods=sft", "--seeds=1337,x"])
+
+
+def test_only_rejection_samplings_nothing_to_learn_from_is_a_skip(micro_pipeline, tmp_path, monkeypatch):
+    """Rejection sampling that finds no perfect sample is a result (the card says skipped); any
+    other error, from any method, stops compare.py with its message."""
+    shared, _ = micro_pipeline
+    out = tmp_path / "micro"
+    out.mkdir()
+    for stage in ("sft", "reward", "data", "ppo", "pipeline.json"):
+        os.symlink(os.path.join(shared, stage), out / stage)
+
+    def fail(method, seed, *args):
+        raise SystemExit("error: nothing to learn from: 0 prompts" if method == "rejection" else "error: no file")
+    monkeypatch.setattr(compare, "one_run", fail)
+    report = compare.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--methods=rejection"])
+    assert report["methods"]["rejection"]["runs"] == [{"skipped": "error: nothing to learn from: 0 prompts"}]
+    with pytest.raises(SystemExit, match="error: no file"):
+        compare.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--methods=dpo"])

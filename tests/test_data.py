@@ -140,6 +140,24 @@ def test_prepare_default_corpus(tmp_path):
     assert again["tokenizer_sha256"] == meta["tokenizer_sha256"] and again["train_tokens"] == meta["train_tokens"]
 
 
+def test_a_prepare_stopped_between_its_renames_leaves_no_meta(tmp_path, monkeypatch):
+    """The corpus files are renamed into place one at a time. Stopped between two renames, a
+    re-run of prepare would otherwise find new tokens beside the old tokenizer and meta.json;
+    meta.json is removed first, so train_pretrain.py asks for a fresh prepare instead."""
+    prepare(str(tmp_path), size_mb=0.05, seed=0, vocab_size=300, verbose=False)
+    replace, renamed = os.replace, []
+
+    def stop_before_val_bin(src, dst):   # train.bin is renamed, then Ctrl-C
+        if str(dst).endswith("val.bin"):
+            raise KeyboardInterrupt
+        renamed.append(os.path.basename(dst))
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", stop_before_val_bin)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(tmp_path), size_mb=0.05, seed=1, vocab_size=300, verbose=False)
+    assert "train.bin" in renamed and not (tmp_path / "meta.json").exists()
+
+
 def test_generated_corpus_mixes_in_formatted_pieces_without_instructions():
     docs = list(generated_documents(0, 300_000, formatted_share=0.25))
     stories = set(world.generate_corpus(0, 400_000))
