@@ -33,7 +33,7 @@ from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_ch
                                save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import decode_answer, evaluate_records, render_prompts
-from minift.formats import load_ifeval_option
+from minift.formats import load_eval_data, load_ifeval_option
 from minift.synthetic.gold import gold_reward
 from minift.model import ScalarModel, pad_left
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, average_gradients, check_finite,
@@ -81,10 +81,8 @@ class Config:
                                      # (FINDINGS.md, section 14, "PPO's defaults, re-measured")
     clip_range: float = 0.2          # policy ratio clip
     value_clip: float = 0.2
-    # OpenAI and TRL weigh the value loss by 0.1 because there it shares a network with the
-    # policy. Here the critic is a network of its own, and Adam divides each parameter's step
-    # by its gradient's scale, so the factor acts only through Adam's eps and through how often
-    # the critic's gradient clipping binds.
+    # OpenAI's and TRL's 0.1 balances two losses in one network; our critic is its own network,
+    # so under Adam the factor acts only through eps and how often the critic's clipping binds.
     vf_coef: float = 0.1
     learning_rate: float = 1e-4      # annealed linearly to 0 over the run. Lower rates let an
                                      # update's approx-KL and clip fraction fall to nearly 0 long
@@ -323,7 +321,7 @@ def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
 @torch.no_grad()
 def mean_entropy(logits, mask):
     """Mean entropy (nats) of the sampling distribution at the answer tokens: how much the
-    policy still explores: a policy whose entropy collapses samples nothing new to reinforce."""
+    policy still explores (one whose entropy collapses samples nothing new to reinforce)."""
     p = logits.softmax(-1)
     return masked_mean(-(p * p.clamp_min(1e-12).log()).sum(-1), mask).item()
 
@@ -384,8 +382,7 @@ def main(argv=None):
     device = rt.device
     sft, tokenizer, policy, reference, reward_model, value_model = load_models(cfg, device)
     records = load_ifeval_option(cfg.prompts, "prompts")
-    eval_records = (load_ifeval_option(cfg.eval_data, "eval_data", "--eval_data= trains without evaluating")
-                    [:cfg.eval_examples] if cfg.eval_data else [])
+    eval_records = load_eval_data(cfg.eval_data, cfg.eval_examples)
     # One Adam over both networks: Adam adapts per parameter, so this equals two optimizers
     # with one learning rate. eps 1e-5 as N+ (TensorFlow's placement differs from PyTorch's).
     optimizer = torch.optim.Adam(list(policy.parameters()) + list(value_model.parameters()),

@@ -28,7 +28,7 @@ from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_
                                should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
-from minift.formats import load_ifeval_option, load_sft
+from minift.formats import load_eval_data, load_sft
 from minift.model import padded_length
 from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, host_reads, lr_at,
                              make_optimizer, set_lr, setup_runtime)
@@ -154,8 +154,7 @@ def main(argv=None):
                          f"({block_size} tokens); shorten them, or pretrain with a larger --block_size")
     order = length_order(examples)
     # Checked before training: a bad file would otherwise stop the run at its first evaluation.
-    eval_records = (load_ifeval_option(cfg.eval_data, "eval_data", "--eval_data= trains without evaluating")
-                    [:cfg.eval_examples] if cfg.eval_data else [])
+    eval_records = load_eval_data(cfg.eval_data, cfg.eval_examples)
     if rt.master:
         n_target = sum(sum(m) for _, m in examples)
         print(f"{len(examples)} conversations from {cfg.data} ({dropped} longer than {block_size} "

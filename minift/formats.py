@@ -325,6 +325,14 @@ def load_ifeval_option(path, option, hint=""):
                               f"as data/make_sft.py writes{hint}") from None
 
 
+def load_eval_data(path, limit):
+    """A training script's --eval_data: its first `limit` IFEval records, checked before any
+    training (load_ifeval_option), or none when the option is empty."""
+    if not path:
+        return []
+    return load_ifeval_option(path, "eval_data", "--eval_data= trains without evaluating")[:limit]
+
+
 def write_ifeval_responses(path, records):
     """Write {"prompt", "response"} JSONL, the file IFEval's evaluator reads."""
     write_jsonl(path, ({"prompt": r["prompt"], "response": r["response"]} for r in records))
