@@ -38,18 +38,17 @@ class Runtime:
     def autocast(self, dtype="bfloat16"):
         """bf16 autocast: matmuls run in bf16 while weights and the optimizer stay fp32.
         bf16 keeps fp32's exponent range, so it needs no loss scaler (unlike fp16).
-        On CUDA the tensor cores multiply bf16. On a CPU with AMX (Intel Xeon since Sapphire
-        Rapids) or AVX512-BF16's dot products (AMD since Zen 4, Intel since Cooper Lake) the
-        tiny model's training steps run faster too, with attention kept in fp32
-        (minift.model.attention) and batches padded to few shapes (minift.model.PAD_MULTIPLE;
-        FINDINGS.md, "Speed and precision"). Other CPUs have no bf16 products, so there, and
-        on MPS, we run in fp32 (dtype="float32" turns autocast off everywhere). fp16 is not
-        offered: its narrow exponent range needs a loss scaler (torch.amp.GradScaler) in every
-        training loop; on GPUs without bf16 (before NVIDIA's Ampere) pass --dtype=float32."""
-        if self.device_type == "cuda" and dtype == "bfloat16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if self.device_type == "cpu" and dtype == "bfloat16" and cpu_multiplies_bf16():
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+        Only where the hardware multiplies bf16 (`multiplies_bf16`): on NVIDIA GPUs since
+        Ampere the tensor cores do; on a CPU with AMX (Intel Xeon since Sapphire Rapids) or
+        AVX512-BF16's dot products (AMD since Zen 4, Intel since Cooper Lake) the tiny model's
+        training steps run faster too, with attention kept in fp32 (minift.model.attention)
+        and batches padded to few shapes (minift.model.PAD_MULTIPLE; FINDINGS.md, "Speed and
+        precision"). Elsewhere (older GPUs such as the T4, other CPUs, MPS) PyTorch would
+        emulate bf16 in software, slower than fp32, so we run in fp32; dtype="float32" turns
+        autocast off everywhere. fp16 is not offered: its narrow exponent range needs a loss
+        scaler (torch.amp.GradScaler) in every training loop."""
+        if dtype == "bfloat16" and multiplies_bf16(self.device_type):
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
 
@@ -63,12 +62,17 @@ def host_reads(step, cfg, stopping):
 
 
 @functools.cache  # the answer never changes, and Muon asks at every step
-def cpu_multiplies_bf16():
-    """Whether this CPU multiplies bf16 in hardware: Intel AMX's tile unit, or AVX512-BF16's
-    dot-product instructions. PyTorch's checks are private, so a version without them
-    counts as no."""
-    return any(getattr(torch.cpu, check, lambda: False)()
-               for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+def multiplies_bf16(device_type):
+    """Whether this machine's `device_type` ("cuda", "cpu", "mps") multiplies bf16 in
+    hardware: an NVIDIA GPU of compute capability 8 or more (Ampere on; ROCm GPUs count too),
+    or a CPU with Intel AMX's tile unit or AVX512-BF16's dot products. PyTorch's CPU checks
+    are private, so a version without them counts as no. MPS counts as no: we run it in fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        return any(getattr(torch.cpu, check, lambda: False)()
+                   for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return False
 
 
 def pick_device(device="auto"):
@@ -96,6 +100,9 @@ def setup_runtime(device="auto", seed=1337):
     if device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        if rank == 0 and not multiplies_bf16("cuda"):
+            print(f"{torch.cuda.get_device_name()} has no bf16 units (compute capability < 8): "
+                  "training in fp32, which is slower but as accurate")
     return Runtime(device, device.split(":")[0], rank, local_rank, world)
 
 
@@ -155,11 +162,10 @@ MUON_NS_STEPS = 3  # iterations per update (PyTorch's default is 5; see make_opt
 
 def product_dtype(device):
     """The precision for Muon's products on `device`: bf16 where the hardware multiplies it
-    (GPUs; CPUs with AMX or AVX512-BF16), fp32 on other CPUs: there PyTorch emulates bf16
-    products in software, which is slower than its native fp32 ones (FINDINGS.md, "Speed and
-    precision", Muon on a CPU without bf16 units)."""
-    device = torch.device(device)
-    return torch.float32 if device.type == "cpu" and not cpu_multiplies_bf16() else torch.bfloat16
+    (`multiplies_bf16`), fp32 elsewhere: there PyTorch emulates bf16 products in software,
+    which is slower than its native fp32 ones (FINDINGS.md, "Speed and precision", Muon on a
+    CPU without bf16 units)."""
+    return torch.bfloat16 if multiplies_bf16(torch.device(device).type) else torch.float32
 
 
 def orthogonalize(updates, steps=MUON_NS_STEPS, dtype=torch.bfloat16):

@@ -7,8 +7,8 @@ import torch
 
 from minift.checkpoint import resume_training, save_training_checkpoint
 from minift.model import GPT, GPTConfig
-from minift.training import (MUON_NS_STEPS, Muon, OptimizerPair, Runtime, cpu_multiplies_bf16, lr_at, make_optimizer,
-                             orthogonalize, product_dtype, set_lr)
+from minift.training import (MUON_NS_STEPS, Muon, OptimizerPair, Runtime, lr_at, make_optimizer,
+                             multiplies_bf16, orthogonalize, product_dtype, set_lr)
 
 
 def test_lr_schedule():
@@ -100,8 +100,7 @@ def test_our_muon_matches_pytorchs_and_orthogonalizes():
 def test_muon_multiplies_in_bf16_only_where_the_hardware_does():
     """On a CPU without bf16 units PyTorch emulates bf16 products, many times slower than fp32:
     Muon then orthogonalizes in fp32, and takes nearly the steps it takes in bf16."""
-    assert product_dtype("cpu") == (torch.bfloat16 if cpu_multiplies_bf16() else torch.float32)
-    assert product_dtype("cuda") == torch.bfloat16   # a device name alone: no GPU needed
+    assert product_dtype("cpu") == (torch.bfloat16 if multiplies_bf16("cpu") else torch.float32)
     torch.manual_seed(0)
     start = torch.randn(48, 16) * 0.1
     grads = [torch.randn(48, 16) for _ in range(3)]
@@ -145,6 +144,22 @@ def test_ctrl_c_on_one_rank_stops_every_rank(tmp_path):
 def test_cpu_autocast_only_with_bf16_products_and_never_for_float32():
     rt = Runtime("cpu", "cpu")
     with rt.autocast("bfloat16"):
-        assert torch.is_autocast_enabled("cpu") == cpu_multiplies_bf16()
+        assert torch.is_autocast_enabled("cpu") == multiplies_bf16("cpu")
     with rt.autocast("float32"):
         assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # constructing a CUDA autocast here
+def test_a_gpu_without_bf16_units_runs_in_fp32(monkeypatch):
+    """A T4 (compute capability 7.5) would emulate bf16, slower than fp32: autocast and Muon's
+    products stay fp32 there, and use bf16 on an Ampere or later GPU (faked: no GPU needed)."""
+    rt = Runtime("cuda:0", "cuda")
+    try:
+        for has_units in (False, True):
+            monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: has_units)
+            multiplies_bf16.cache_clear()
+            assert isinstance(rt.autocast("bfloat16"), torch.autocast) == has_units
+            assert product_dtype("cuda:0") == (torch.bfloat16 if has_units else torch.float32)
+            assert not isinstance(rt.autocast("float32"), torch.autocast)
+    finally:
+        multiplies_bf16.cache_clear()   # forget the faked answers
