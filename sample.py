@@ -19,6 +19,7 @@ import torch
 
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
+from minift.engine import generate_stream
 from minift.evaluation import render_prompts
 from minift.model import ScalarModel
 from minift.tokenizer import StreamDecoder
@@ -46,9 +47,9 @@ def stream(model, tokenizer, prompt_ids, cfg, generator=None):
     """Generate one sample, printing text as soon as its bytes form whole characters. It
     ends at the end of a reply or of a text (tokenizer.stops)."""
     decoder, out = StreamDecoder(tokenizer), []
-    for tokens in model.generate_stream([prompt_ids], cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_k=cfg.top_k, top_p=cfg.top_p, stop_tokens=tokenizer.stops,
-                                        pad_token=tokenizer.pad, generator=generator):
+    for tokens in generate_stream(model, [prompt_ids], cfg.max_new_tokens, temperature=cfg.temperature,
+                                  top_k=cfg.top_k, top_p=cfg.top_p, stop_tokens=tokenizer.stops,
+                                  pad_token=tokenizer.pad, generator=generator):
         token = tokens[0].item()
         if token in tokenizer.stops:
             break

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_checkpoint, resume_training,
                                save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
+from minift.engine import generate
 from minift.evaluation import decode_answer, evaluate_records, render_prompts
 from minift.formats import load_eval_data, load_ifeval_option
 from minift.synthetic.gold import gold_reward
@@ -241,8 +242,8 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
     # As in evaluation, an over-long prompt keeps its end, so the answer has room to be written.
     prompts = render_prompts(tokenizer, [r["prompt"] for r in records], policy.config.block_size - cfg.max_new_tokens)
     prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad, device)             # (B, P)
-    answers = policy.generate(prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
-                              stop_tokens=(tokenizer.end,), pad_token=tokenizer.pad, generator=generator)
+    answers = generate(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
+                       stop_tokens=(tokenizer.end,), pad_token=tokenizer.pad, generator=generator)
     # Only <|end|> ends a rollout: an answer that never closes its turn is penalised
     # (penalise_unfinished). generate() already stops a row there; cutting here as well makes
     # it this function's guarantee that nothing after the end token is ever scored or trained on.

@@ -4,7 +4,7 @@
     python bench/bench_generate.py --sampler   # sample_next against torch.multinomial
     python bench/bench_generate.py --stopped_rows   # dropping the rows that have stopped, or not
 
-Both paths produce the same tokens (tests/test_model.py checks it); this measures how
+Both paths produce the same tokens (tests/test_engine.py checks it); this measures how
 much the cache saves. Without it, step t re-runs the whole prefix: O(t^2) attention and
 O(t) MLP work per token instead of O(t) and O(1).
 
@@ -17,7 +17,7 @@ number per vocabulary entry, alternated in one process so that both see the mach
 of different lengths (the pipeline's SFT model, `python pipeline.py` first): 8 answers to each
 of 128 RL prompts at temperature 0.7 in batches of 256, as the preference data samples them,
 and greedy answers to 256 test prompts in batches of 64, as the evaluation does. Both ways
-give the same answers (tests/test_model.py checks it; here it is checked again).
+give the same answers (tests/test_engine.py checks it; here it is checked again).
 """
 import os
 import sys
@@ -26,7 +26,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import minift.model  # noqa: E402
+import minift.engine  # noqa: E402
+from minift.engine import generate  # noqa: E402
 from minift.model import GPT, GPTConfig  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def main(new_tokens=128, batch=8, prompt_len=32, repeats=3):
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            model.generate(prompts, new_tokens, temperature=0, use_cache=use_cache)
+            generate(model, prompts, new_tokens, temperature=0, use_cache=use_cache)
             best = min(best, time.perf_counter() - t0)
         times[use_cache] = best
     print(f"tiny model, batch {batch}, prompt {prompt_len}, {new_tokens} new tokens, {torch.get_num_threads()} threads")
@@ -63,15 +64,15 @@ def multinomial_sampler(logits, temperature=1.0, top_k=0, top_p=1.0, generator=N
 def compare_samplers(batch=256, prompt_len=80, new_tokens=96, repeats=3):
     model = tiny_model()
     prompts = torch.randint(0, 2000, (batch, prompt_len)).tolist()
-    ours = minift.model.sample_next
+    ours = minift.engine.sample_next
     times = {"sample_next": [], "torch.multinomial": []}
     for _ in range(repeats):
         for name, sampler in (("sample_next", ours), ("torch.multinomial", multinomial_sampler)):
-            minift.model.sample_next = sampler   # generate_stream looks the sampler up here
+            minift.engine.sample_next = sampler   # generate_stream looks the sampler up here
             t0 = time.perf_counter()
-            model.generate(prompts, new_tokens, temperature=0.7, generator=torch.Generator().manual_seed(0))
+            generate(model, prompts, new_tokens, temperature=0.7, generator=torch.Generator().manual_seed(0))
             times[name].append(time.perf_counter() - t0)
-    minift.model.sample_next = ours
+    minift.engine.sample_next = ours
     print(f"tiny model, batch {batch}, prompt {prompt_len}, {new_tokens} sampled tokens, "
           f"{torch.get_num_threads()} threads (best of {repeats})")
     for name, t in times.items():
@@ -91,18 +92,18 @@ def compare_stopped_rows(ckpt="out/tiny/sft/ckpt.pt", data="out/tiny/data/sft", 
     rl = [r["prompt"] for r in load_ifeval_inputs(f"{data}/rl_prompts.jsonl")[:128] for _ in range(8)]
     test = [r["prompt"] for r in load_ifeval_inputs(f"{data}/test.jsonl")[:256]]
     jobs = {"8 samples a prompt, batch 256": (rl, 256, 0.7), "greedy, batch 64": (test, 64, 0.0)}
-    ways = {"rows leave": minift.model.DROP_STOPPED_SHARE, "every row to the end": float("inf")}
+    ways = {"rows leave": minift.engine.DROP_STOPPED_SHARE, "every row to the end": float("inf")}
     print(f"{ckpt}, {torch.get_num_threads()} threads (best of {repeats})")
     for job, (prompts, batch, temperature) in jobs.items():
         times, answers = {way: [] for way in ways}, {}
         for _ in range(repeats):
             for way, share in ways.items():
-                minift.model.DROP_STOPPED_SHARE = share   # generate_stream looks it up at each step
+                minift.engine.DROP_STOPPED_SHARE = share   # generate_stream looks it up at each step
                 t0 = time.perf_counter()
                 answers[way] = generate_responses(model, tokenizer, prompts, 128, batch, temperature,
                                                   torch.Generator().manual_seed(0))
                 times[way].append(time.perf_counter() - t0)
-        minift.model.DROP_STOPPED_SHARE = ways["rows leave"]
+        minift.engine.DROP_STOPPED_SHARE = ways["rows leave"]
         assert answers["rows leave"] == answers["every row to the end"], "the answers differ"
         first, second = (min(t) for t in times.values())
         print(f"{job}: {first:.2f}s with rows leaving, {second:.2f}s without, {second / first:.2f}x; same answers")

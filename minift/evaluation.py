@@ -10,6 +10,7 @@ from random import Random
 
 import torch
 
+from minift.engine import generate
 from minift.synthetic.scoring import aggregate, score
 
 
@@ -49,8 +50,8 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
     responses = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        outputs = model.generate([rendered[i] for i in batch], max_new_tokens, temperature=temperature,
-                                 stop_tokens=stop_tokens, pad_token=tokenizer.pad, generator=generator)
+        outputs = generate(model, [rendered[i] for i in batch], max_new_tokens, temperature=temperature,
+                           stop_tokens=stop_tokens, pad_token=tokenizer.pad, generator=generator)
         for i, out in zip(batch, outputs):
             responses[i] = decode_answer(tokenizer, out, stop_tokens)
     model.train(was_training)

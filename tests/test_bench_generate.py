@@ -1,11 +1,11 @@
 """bench/bench_generate.py --sampler swaps torch.multinomial in for minift's sampler: it must
 take every argument generate_stream passes, and the swap must be undone."""
-import minift.model
+import minift.engine
 from bench import bench_generate
 
 
 def test_sampler_comparison_runs_both_samplers_and_restores_ours():
-    ours = minift.model.sample_next
+    ours = minift.engine.sample_next
     times = bench_generate.compare_samplers(batch=4, prompt_len=8, new_tokens=4, repeats=1)
     assert set(times) == {"sample_next", "torch.multinomial"} and all(len(t) == 1 for t in times.values())
-    assert minift.model.sample_next is ours
+    assert minift.engine.sample_next is ours

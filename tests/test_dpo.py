@@ -14,6 +14,7 @@ import train_dpo
 import train_reward
 from conftest import read_metrics
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
+from minift.engine import generate
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import Tokenizer, train_bpe
 
@@ -138,8 +139,8 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys)
     model, tok = build_model(ckpt).eval(), tokenizer_for(ckpt, out)
     sft = build_model(load_checkpoint(f"{pipeline_out}/sft/ckpt.pt"))
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), sft.parameters()))  # it trained
-    new = model.generate([tok.render_prompt([{"role": "user", "content": "Write a sentence."}])], 8, temperature=0,
-                         stop_tokens=tok.stops, pad_token=tok.pad)[0]
+    new = generate(model, [tok.render_prompt([{"role": "user", "content": "Write a sentence."}])], 8, temperature=0,
+                   stop_tokens=tok.stops, pad_token=tok.pad)[0]
     # sample.py answers through the chat template, as the model was trained (it does not echo the
     # prompt as a text continuer does): its greedy answer is the one generated here
     answers = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Write a sentence.", "--temperature=0",

@@ -13,7 +13,14 @@ from minift.model import GPTConfig
 from minift.tokenizer import Tokenizer, train_bpe
 
 
-def test_second_turn_evaluation_asks_after_another_records_exchange():
+@pytest.fixture
+def stand_in_generates(monkeypatch):
+    """The stand-in models below answer from their own `generate` method, in place of the
+    engine's, which runs a real GPT."""
+    monkeypatch.setattr("minift.evaluation.generate", lambda model, *args, **kw: model.generate(*args, **kw))
+
+
+def test_second_turn_evaluation_asks_after_another_records_exchange(stand_in_generates):
     """evaluate.py --earlier_turn: each prompt is asked after ANOTHER record's prompt and
     reference answer, rendered as one conversation through the chat template."""
     from minift.evaluation import earlier_exchanges, evaluate_records
@@ -47,7 +54,7 @@ def test_second_turn_evaluation_asks_after_another_records_exchange():
         earlier_exchanges([{"prompt": "Name a pet."}, {"prompt": "Name a toy."}])
 
 
-def test_an_answer_ends_at_the_end_of_a_reply_or_of_a_text():
+def test_an_answer_ends_at_the_end_of_a_reply_or_of_a_text(stand_in_generates):
     """A chat model closes its reply with <|end|>; a pretrained model ends its text with
     <|endoftext|>, and what it writes after that is another text. Either ends the answer,
     and neither is part of it; an answer that never ends is kept whole."""
@@ -72,7 +79,7 @@ def test_an_answer_ends_at_the_end_of_a_reply_or_of_a_text():
                               batch_size=3) == ["A cat.", "A dog.", "Once upon a time."]
 
 
-def test_sampled_pass_rates_count_answers_and_prompts():
+def test_sampled_pass_rates_count_answers_and_prompts(stand_in_generates):
     """evaluate.py --samples: a sample's pass rate is over all sampled answers, pass@k over
     prompts (any of its k answers passes), best-of-k over each prompt's highest-judged answer;
     prompts with no checkable instruction are skipped."""

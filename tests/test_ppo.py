@@ -5,6 +5,7 @@ import random
 import subprocess
 import sys
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
@@ -154,7 +155,8 @@ def tok():
 
 
 class StubPolicy:
-    """Stands in for the policy in rollout(): generate() returns fixed answers, as lists of ids."""
+    """Stands in for the policy in rollout(): its generate() returns fixed answers, as lists of
+    ids, in place of the engine's."""
 
     def __init__(self, answers, block_size=64):
         self.answers, self.kwargs, self.prompts = answers, None, None
@@ -169,7 +171,8 @@ def stub_rollout(tok, answers, prompts=("Say hi.", "Say something longer, please
     cfg = SimpleNamespace(max_new_tokens=4, temperature=0.7)
     policy = StubPolicy(answers, block_size)
     records = [{"prompt": p} for p in prompts]
-    return policy, rollout(policy, tok, records, cfg, torch.Generator(), "cpu")
+    with mock.patch.object(train_ppo, "generate", lambda model, *args, **kw: model.generate(*args, **kw)):
+        return policy, rollout(policy, tok, records, cfg, torch.Generator(), "cpu")
 
 
 def test_rollout_keeps_the_end_of_an_over_long_prompt(tok):

@@ -266,11 +266,11 @@ def test_make_preferences_script(tok, tmp_path, monkeypatch):
     from random import Random as R
 
     from data import make_preferences
-    from minift.model import GPT
+    from minift.engine import generate
     from minift.synthetic.splits import sample
-    stops, generate = set(), GPT.generate
-    monkeypatch.setattr(GPT, "generate",
-                        lambda self, *a, **kw: stops.add(kw["stop_tokens"]) or generate(self, *a, **kw))
+    stops = set()
+    monkeypatch.setattr("minift.evaluation.generate",
+                        lambda model, *a, **kw: stops.add(kw["stop_tokens"]) or generate(model, *a, **kw))
     sft = tiny_sft_checkpoint(tok, tmp_path, block_size=128, n_layer=1)
     rng = R(0)
     write_jsonl(str(tmp_path / "rl.jsonl"), [sample(rng, "rl_prompts").record(f"rl-{i}") for i in range(16)])
