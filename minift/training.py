@@ -43,9 +43,8 @@ class Runtime:
         AVX512-BF16's dot products (AMD since Zen 4, Intel since Cooper Lake) the tiny model's
         training steps run faster too, with attention kept in fp32 (minift.model.attention)
         and batches padded to few shapes (minift.model.PAD_MULTIPLE; FINDINGS.md, "Speed and
-        precision"). Elsewhere (older GPUs such as the T4, other CPUs, MPS) PyTorch would
-        emulate bf16 in software, slower than fp32, so we run in fp32; dtype="float32" turns
-        autocast off everywhere. fp16 is not offered: its narrow exponent range needs a loss
+        precision"). Elsewhere (older GPUs such as the T4, other CPUs, MPS) bf16 has no units
+        to run on, and we run in fp32; dtype="float32" turns autocast off everywhere. fp16 is not offered: its narrow exponent range needs a loss
         scaler (torch.amp.GradScaler) in every training loop."""
         if dtype == "bfloat16" and multiplies_bf16(self.device_type):
             return torch.autocast(self.device_type, dtype=torch.bfloat16)
@@ -102,7 +101,7 @@ def setup_runtime(device="auto", seed=1337):
         torch.backends.cudnn.allow_tf32 = True
         if rank == 0 and not multiplies_bf16("cuda"):
             print(f"{torch.cuda.get_device_name()} has no bf16 units (compute capability < 8): "
-                  "training in fp32, which is slower but as accurate")
+                  "running in fp32")
     return Runtime(device, device.split(":")[0], rank, local_rank, world)
 
 

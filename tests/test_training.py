@@ -151,8 +151,8 @@ def test_cpu_autocast_only_with_bf16_products_and_never_for_float32():
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available")  # constructing a CUDA autocast here
 def test_a_gpu_without_bf16_units_runs_in_fp32(monkeypatch):
-    """A T4 (compute capability 7.5) would emulate bf16, slower than fp32: autocast and Muon's
-    products stay fp32 there, and use bf16 on an Ampere or later GPU (faked: no GPU needed)."""
+    """A T4 (compute capability 7.5) has no bf16 units: autocast and Muon's products stay fp32
+    there, and use bf16 on an Ampere or later GPU (faked: no GPU needed)."""
     rt = Runtime("cuda:0", "cuda")
     try:
         for has_units in (False, True):
