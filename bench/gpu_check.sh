@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One-GPU check, in one go of at most ~8 minutes; every result lands in $OUT (8 files at most):
+# One-GPU check, in one go of at most ~8 minutes; every result lands in $OUT (9 files at most):
 #   summary.txt        versions, the GPU, each part's wall time and exit status, the key figures
 #   bench.log/.json    (a) bench/bench_train.py: minift's GPT beside a plain GPT-2, both GPU configs, compiled
 #   small_pretrain.log (b) train_pretrain.py --preset=small (compiled) for 600 steps: tokens/s and MFU in the loop
+#   small_resume.log   (b2) the same run resumed on the GPU for 20 steps
 #   tiny.log           (c) python pipeline.py --device=cuda (tiny preset), with its wall time
 #   tiny_report.json   (c) its report.json, or the finished stages' stage.json files if it ran out of time
 #   small_data.log     (d) the small preset's data stage at 1/10 size (20 MB, vocab 8,192), in the background
@@ -74,6 +75,12 @@ part 100 150 small_pretrain.log python train_pretrain.py --preset=small --device
     --data_dir=/tmp/corpus4 --out_dir=/tmp/small_pretrain --resume=False \
     --max_steps=600 --log_interval=50 --eval_interval=100000 --eval_batches=2
 tail -n 3 /tmp/small_pretrain/metrics.jsonl >> "$OUT/summary.txt" 2>/dev/null
+# (b2) resume that run on the GPU for 20 more steps, uncompiled: the checkpoint loads onto the GPU
+# (map_location) and its random state goes back to the CPU generators (training.set_rng_state)
+part 60 140 small_resume.log python train_pretrain.py --preset=small --device=cuda \
+    --data_dir=/tmp/corpus4 --out_dir=/tmp/small_pretrain --compile=False \
+    --max_steps=620 --log_interval=10 --eval_interval=100000 --eval_batches=2
+grep -E "^resuming|^step 620" "$OUT/small_resume.log" >> "$OUT/summary.txt"
 
 # (c) the tiny pipeline end to end on the GPU
 rm -rf /tmp/tiny_gpu
