@@ -252,6 +252,7 @@ class GPT(nn.Module):
         n = h.size(0)
         return self.lm_head(F.pad(h, (0, 0, 0, -n % ROW_MULTIPLE)))[:n]
 
+
 # SFT's and the reward model's batches are padded to a multiple of this many tokens. Under
 # CPU autocast, oneDNN runs the bf16 products and builds a kernel for each new matrix shape
 # and keeps only so many. SFT's many conversation lengths, times each product's shapes,
@@ -259,6 +260,8 @@ class GPT(nn.Module):
 # instead, and nothing measurable in fp32 (FINDINGS.md, "Speed and precision").
 PAD_MULTIPLE = 16
 ROW_MULTIPLE = 64   # the same for the rows that the output layer scores (GPT.lm_head_rows)
+
+
 def padded_length(n, block_size):
     """n rounded up to a multiple of PAD_MULTIPLE, but at most block_size (and at least n)."""
     return max(n, min(-(-n // PAD_MULTIPLE) * PAD_MULTIPLE, block_size))
