@@ -226,13 +226,17 @@ def evaluate_for_card(ckpt_path, data_path, examples, device, output):
 
 def strict_verdicts(records, answers):
     """Per prompt, scored as the card scores (strict): (does the answer do the base task, does it
-    pass every instruction). A record without a base task counts as doing it."""
+    pass every instruction, the instructions it fails). A record without a base task counts as doing it."""
     verdicts = []
     for rec, answer in zip(records, answers, strict=True):
         marks = [(iid, ok) for iid, ok in zip(rec["instruction_id_list"], score(
             answer, rec["instruction_id_list"], rec["kwargs"], rec["prompt"])["strict"]) if ok is not None]
-        verdicts.append((all(ok for iid, ok in marks if iid.startswith("task:")), all(ok for _, ok in marks)))
+        failed = [iid for iid, ok in marks if not ok]
+        verdicts.append((not any(iid.startswith("task:") for iid in failed), not failed, failed))
     return verdicts
+
+
+EXAMPLES = 3   # the card shows this many answers PPO fixed, and one it broke
 
 
 def prompt_by_prompt(data_path, sft_responses, ppo_responses):
@@ -240,16 +244,25 @@ def prompt_by_prompt(data_path, sft_responses, ppo_responses):
     pass -> fail (a gain is these two's difference, so both show how much of it is churn). And
     where PPO does the base task itself, its pass rate against the demonstrations' on the same
     prompts: the demonstrators never fail a base task, so only there do their slips alone set
-    them apart (records without demonstrations, such as IFEval's, skip this part)."""
+    them apart (records without demonstrations, such as IFEval's, skip this part). And, to show on
+    the card, the first answers PPO fixed, each for another rule, and the first it broke: in the
+    split's own order, not picked."""
     sft, ppo = (load_ifeval_responses(path) for path in (sft_responses, ppo_responses))
     records = load_ifeval_inputs(data_path)[:len(ppo)]
     before, after = (strict_verdicts(records, [a["response"] for a in answers]) for answers in (sft, ppo))
-    moves = {"fail_to_pass": sum(not b and a for (_, b), (_, a) in zip(before, after)),
-             "pass_to_fail": sum(b and not a for (_, b), (_, a) in zip(before, after))}
+    gained = [i for i, (b, a) in enumerate(zip(before, after)) if not b[1] and a[1]]
+    lost = [i for i, (b, a) in enumerate(zip(before, after)) if b[1] and not a[1]]
+    first_per_rule = {}   # the first prompt PPO fixed for each rule SFT's answer broke first
+    for i in gained:
+        first_per_rule.setdefault(before[i][2][0], i)
+    shown = sorted(first_per_rule.values())[:EXAMPLES] + lost[:1]
+    moves = {"fail_to_pass": len(gained), "pass_to_fail": len(lost),
+             "examples": [{"prompt": records[i]["prompt"], "sft": sft[i]["response"], "ppo": ppo[i]["response"],
+                           "sft_fails": before[i][2], "ppo_fails": after[i][2]} for i in shown]}
     if not all("messages" in rec for rec in records):
         return moves
     demos = strict_verdicts(records, [rec["messages"][-1]["content"] for rec in records])
-    done = [i for i, (task_done, _) in enumerate(after) if task_done]
+    done = [i for i, (task_done, _, _) in enumerate(after) if task_done]
     return {**moves, "base_task_done": len(done),
             "ppo_where_done": sum(after[i][1] for i in done) / max(1, len(done)),
             "demonstrations_where_done": sum(demos[i][1] for i in done) / max(1, len(done))}
@@ -364,7 +377,23 @@ def report_markdown(r):
         demo = pct(demos[iid]) if iid in demos else ""
         unchecked = " (language not checked: langdetect not installed)" if row.get("language_checked") is False else ""
         lines.append(f"| {iid}{unchecked} | {row['n']} | {demo} | " + " | ".join(rates) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + example_lines(r.get("sft_to_ppo", {}).get("test", {}).get("examples", []))) + "\n"
+
+
+def example_lines(examples):
+    """The answers prompt_by_prompt chose to show, as indented blocks (markdown keeps them verbatim)."""
+    if not examples:
+        return []   # a report from before they were kept
+    lines = ["", "## Answers PPO changed (test split, greedy)", "",
+             f"The first test prompts whose answer PPO fixed, each for another rule that SFT's answer "
+             f"broke, and the first whose answer it broke: in the split's order, not picked."]
+    for e in examples:
+        fixed = not e["ppo_fails"]
+        rules = ", ".join(f"`{iid}`" for iid in (e["sft_fails"] if fixed else e["ppo_fails"]))
+        lines += ["", f"**{'Fixed' if fixed else 'Broken'}** ({'SFT' if fixed else 'PPO'} broke {rules}): {e['prompt']}"]
+        for model in ("sft", "ppo"):
+            lines += ["", f"{model.upper()}:", ""] + ["    " + line for line in e[model].splitlines() or [""]]
+    return lines
 
 
 MODEL_NAMES = {"sft_perfect": "sft (perfect demonstrations)"}

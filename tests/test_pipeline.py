@@ -63,6 +63,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     assert "gold reward |" in card and "The gold reward of its greedy answers changed by" in card
     assert "greedy answers went from fail to pass" in card and "where it does the base task itself" in card
     assert "copies its demonstrators, slips included" in card
+    assert ("## Answers PPO changed" in card) == bool(report["sft_to_ppo"]["test"]["examples"])
     # with perfect demonstrators (--slip_scale=0) the SFT line does not speak of slips
     perfect = json.loads(json.dumps(report))
     perfect["stages"]["data"]["slip_scale"] = 0.0
@@ -159,9 +160,10 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
 
 
 def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_where_the_task_is_done(tmp_path):
-    """fail -> pass and pass -> fail between SFT's and PPO's greedy answers; and PPO against the
-    demonstrations only on the prompts where PPO's answer does the base task."""
-    from pipeline import moves_line, prompt_by_prompt
+    """fail -> pass and pass -> fail between SFT's and PPO's greedy answers; PPO against the
+    demonstrations only on the prompts where PPO's answer does the base task; and the answers the
+    card shows: the first fixed for each rule SFT broke first, and the first broken."""
+    from pipeline import example_lines, moves_line, prompt_by_prompt
     prompt = "Reverse this list: cat, dog, pie. Give it a title in double angular brackets."
     full, untitled, wrong = ("<<Reversed>>\nHere they are: pie, dog, cat.", "Here they are: pie, dog, cat.",
                              "<<Reversed>>\nHere they are: cat, dog, pie.")
@@ -170,6 +172,8 @@ def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_wher
         (full, wrong, full),          # pass -> fail; the task not done: left out of the comparison
         (full, full, full),           # pass -> pass
         (wrong, untitled, untitled),  # fail -> fail; the task done; the demonstration slipped
+        (untitled, full, untitled),   # fail -> pass, on the rule of the first: not shown again
+        (wrong, full, full),          # fail -> pass, on another rule (the task)
     ]
     paths = {name: tmp_path / f"{name}.jsonl" for name in ("data", "sft", "ppo")}
     with open(paths["data"], "w") as f:
@@ -182,10 +186,18 @@ def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_wher
         with open(paths[name], "w") as f:
             f.writelines(json.dumps({"prompt": prompt, "response": row[column]}) + "\n" for row in rows)
     moves = prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))
-    assert moves == {"fail_to_pass": 1, "pass_to_fail": 1, "base_task_done": 3,
-                     "ppo_where_done": pytest.approx(2 / 3), "demonstrations_where_done": pytest.approx(1 / 3)}
-    assert "On the 3 prompts where it does the base task itself, it passes 66.7%, the demonstrations 33.3%" \
+    examples = moves.pop("examples")
+    assert moves == {"fail_to_pass": 3, "pass_to_fail": 1, "base_task_done": 5,
+                     "ppo_where_done": pytest.approx(4 / 5), "demonstrations_where_done": pytest.approx(2 / 5)}
+    assert "On the 5 prompts where it does the base task itself, it passes 80.0%, the demonstrations 40.0%" \
         in moves_line(moves)
+    assert [(e["sft"], e["ppo"], e["sft_fails"], e["ppo_fails"]) for e in examples] == [
+        (untitled, full, ["detectable_format:title"], []), (wrong, full, ["task:reverse_list"], []),
+        (full, wrong, [], ["task:reverse_list"])]
+    card = "\n".join(example_lines(examples))
+    assert card.count("**Fixed** (SFT broke `detectable_format:title`)") == 1
+    assert "**Fixed** (SFT broke `task:reverse_list`)" in card and "**Broken** (PPO broke `task:reverse_list`)" in card
+    assert "PPO:\n\n    <<Reversed>>\n    Here they are: pie, dog, cat." in card   # verbatim, line by line
 
 
 def test_force_drops_the_labs_runs_and_every_stage_before_redoing_them(tmp_path, monkeypatch):
