@@ -381,18 +381,23 @@ def report_markdown(r):
 
 
 def example_lines(examples):
-    """The answers prompt_by_prompt chose to show, as indented blocks (markdown keeps them verbatim)."""
+    """The answers prompt_by_prompt chose to show. Prompts and answers go in indented blocks, which
+    markdown keeps verbatim: a prompt's <<title>> would otherwise vanish as an HTML tag."""
     if not examples:
-        return []   # a report from before they were kept
+        return []   # PPO moved no answer (or a report from before they were kept)
+
+    def verbatim(label, text):   # the label, then the text as an indented block
+        if not text.strip():
+            return ["", f"{label} (empty)"]
+        return ["", label, "", *("    " + line for line in text.splitlines())]
     lines = ["", "## Answers PPO changed (test split, greedy)", "",
-             f"The first test prompts whose answer PPO fixed, each for another rule that SFT's answer "
-             f"broke, and the first whose answer it broke: in the split's order, not picked."]
+             "The first test prompts whose answer PPO fixed, each for another rule that SFT's answer "
+             "broke, and the first whose answer it broke: in the split's order, not picked."]
     for e in examples:
         fixed = not e["ppo_fails"]
         rules = ", ".join(f"`{iid}`" for iid in (e["sft_fails"] if fixed else e["ppo_fails"]))
-        lines += ["", f"**{'Fixed' if fixed else 'Broken'}** ({'SFT' if fixed else 'PPO'} broke {rules}): {e['prompt']}"]
-        for model in ("sft", "ppo"):
-            lines += ["", f"{model.upper()}:", ""] + ["    " + line for line in e[model].splitlines() or [""]]
+        lines += ["", f"**{'Fixed' if fixed else 'Broken'}** ({'SFT' if fixed else 'PPO'} broke {rules})",
+                  *verbatim("Prompt:", e["prompt"]), *verbatim("SFT:", e["sft"]), *verbatim("PPO:", e["ppo"])]
     return lines
 
 

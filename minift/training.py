@@ -44,8 +44,9 @@ class Runtime:
         training steps run faster too, with attention kept in fp32 (minift.model.attention)
         and batches padded to few shapes (minift.model.PAD_MULTIPLE; FINDINGS.md, "Speed and
         precision"). Elsewhere (older GPUs such as the T4, other CPUs, MPS) bf16 has no units
-        to run on, and we run in fp32; dtype="float32" turns autocast off everywhere. fp16 is not offered: its narrow exponent range needs a loss
-        scaler (torch.amp.GradScaler) in every training loop."""
+        to run on, and we run in fp32; dtype="float32" turns autocast off everywhere. fp16 is
+        not offered: its narrow exponent range needs a loss scaler (torch.amp.GradScaler) in
+        every training loop."""
         if dtype == "bfloat16" and multiplies_bf16(self.device_type):
             return torch.autocast(self.device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()

@@ -19,7 +19,7 @@ def raise_not_implemented(*args, **kwargs):
 
 
 def find(path, qualname):
-    """("minift/model.py", "KVCache.update") -> that function object."""
+    """("minift/engine.py", "KVCache.update") -> that function object."""
     obj = importlib.import_module(path.removesuffix(".py").replace("/", "."))
     for name in qualname.split("."):
         obj = getattr(obj, name)

@@ -87,7 +87,7 @@ def test_rows_that_stop_leave_the_batch_and_no_answer_changes(monkeypatch):
         def answers(stops, share, **more):
             monkeypatch.setattr(minift.engine, "DROP_STOPPED_SHARE", share)
             return generate(model, prompts, 40, stop_tokens=stops, generator=torch.Generator().manual_seed(1),
-                                  **kw, **more)
+                            **kw, **more)
         # stop at the token that first appears at the most different steps, so that rows end apart
         unstopped = answers((), float("inf"))
         stop = (max(range(97), key=lambda t: len({a.index(t) for a in unstopped if t in a})),)

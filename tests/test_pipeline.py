@@ -159,45 +159,52 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     assert "reward hacking" in " ".join(reward_hacking_lines(base))  # an older log: the means decide
 
 
-def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_where_the_task_is_done(tmp_path):
+def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_where_the_task_is_done(
+        tmp_path, monkeypatch):
     """fail -> pass and pass -> fail between SFT's and PPO's greedy answers; PPO against the
     demonstrations only on the prompts where PPO's answer does the base task; and the answers the
-    card shows: the first fixed for each rule SFT broke first, and the first broken."""
+    card shows: the first fixed for each rule SFT broke first, at most EXAMPLES, and the first broken."""
     from pipeline import example_lines, moves_line, prompt_by_prompt
     prompt = "Reverse this list: cat, dog, pie. Give it a title in double angular brackets."
     full, untitled, wrong = ("<<Reversed>>\nHere they are: pie, dog, cat.", "Here they are: pie, dog, cat.",
                              "<<Reversed>>\nHere they are: cat, dog, pie.")
     rows = [  # (SFT, PPO, demonstration)
-        (untitled, full, untitled),   # fail -> pass; the task done; the demonstration slipped
-        (full, wrong, full),          # pass -> fail; the task not done: left out of the comparison
-        (full, full, full),           # pass -> pass
-        (wrong, untitled, untitled),  # fail -> fail; the task done; the demonstration slipped
-        (untitled, full, untitled),   # fail -> pass, on the rule of the first: not shown again
-        (wrong, full, full),          # fail -> pass, on another rule (the task)
+        (untitled, full, untitled),   # 0: fail -> pass; the task done; the demonstration slipped
+        (full, wrong, full),          # 1: pass -> fail; the task not done: left out of the comparison
+        (full, full, full),           # 2: pass -> pass
+        (wrong, untitled, untitled),  # 3: fail -> fail; the task done; the demonstration slipped
+        (untitled, full, untitled),   # 4: fail -> pass, on the rule of 0: not shown
+        (wrong, full, full),          # 5: fail -> pass, on another rule (the task)
+        (full, untitled, full),       # 6: pass -> fail again: not shown
     ]
     paths = {name: tmp_path / f"{name}.jsonl" for name in ("data", "sft", "ppo")}
     with open(paths["data"], "w") as f:
         for i, (_, _, demo) in enumerate(rows):
-            f.write(json.dumps({"key": i, "prompt": prompt, "instruction_id_list": ["task:reverse_list",
+            f.write(json.dumps({"key": i, "prompt": f"{prompt} ({i})", "instruction_id_list": ["task:reverse_list",
                                 "detectable_format:title"], "kwargs": [{"words": ["cat", "dog", "pie"]}, {}],
                                 "messages": [{"role": "user", "content": prompt},
                                              {"role": "assistant", "content": demo}]}) + "\n")
     for column, name in enumerate(("sft", "ppo")):
         with open(paths[name], "w") as f:
-            f.writelines(json.dumps({"prompt": prompt, "response": row[column]}) + "\n" for row in rows)
+            f.writelines(json.dumps({"prompt": f"{prompt} ({i})", "response": row[column]}) + "\n"
+                         for i, row in enumerate(rows))
     moves = prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))
     examples = moves.pop("examples")
-    assert moves == {"fail_to_pass": 3, "pass_to_fail": 1, "base_task_done": 5,
-                     "ppo_where_done": pytest.approx(4 / 5), "demonstrations_where_done": pytest.approx(2 / 5)}
-    assert "On the 5 prompts where it does the base task itself, it passes 80.0%, the demonstrations 40.0%" \
+    assert moves == {"fail_to_pass": 3, "pass_to_fail": 2, "base_task_done": 6,
+                     "ppo_where_done": pytest.approx(4 / 6), "demonstrations_where_done": pytest.approx(3 / 6)}
+    assert "On the 6 prompts where it does the base task itself, it passes 66.7%, the demonstrations 50.0%" \
         in moves_line(moves)
-    assert [(e["sft"], e["ppo"], e["sft_fails"], e["ppo_fails"]) for e in examples] == [
-        (untitled, full, ["detectable_format:title"], []), (wrong, full, ["task:reverse_list"], []),
-        (full, wrong, [], ["task:reverse_list"])]
+    assert [(e["prompt"][-3:], e["sft_fails"], e["ppo_fails"]) for e in examples] == [
+        ("(0)", ["detectable_format:title"], []), ("(5)", ["task:reverse_list"], []), ("(1)", [], ["task:reverse_list"])]
+    assert (examples[0]["sft"], examples[0]["ppo"]) == (untitled, full)
     card = "\n".join(example_lines(examples))
-    assert card.count("**Fixed** (SFT broke `detectable_format:title`)") == 1
-    assert "**Fixed** (SFT broke `task:reverse_list`)" in card and "**Broken** (PPO broke `task:reverse_list`)" in card
+    assert "**Fixed** (SFT broke `detectable_format:title`)" in card and "**Broken** (PPO broke `task:reverse_list`)" in card
     assert "PPO:\n\n    <<Reversed>>\n    Here they are: pie, dog, cat." in card   # verbatim, line by line
+    assert "Prompt:\n\n    Reverse this list" in card   # its <<title>> would vanish as HTML outside a block
+    monkeypatch.setattr("pipeline.EXAMPLES", 1)   # the cap: the first rule's fix only, then the first break
+    capped = prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))["examples"]
+    assert [e["prompt"][-3:] for e in capped] == ["(0)", "(1)"]
+    assert "SFT: (empty)" in "\n".join(example_lines([{**examples[0], "sft": ""}]))
 
 
 def test_force_drops_the_labs_runs_and_every_stage_before_redoing_them(tmp_path, monkeypatch):
