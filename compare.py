@@ -39,6 +39,7 @@ import torch
 
 import evaluate
 import pipeline
+import report_card
 import train_dpo
 import train_grpo
 import train_ppo
@@ -125,7 +126,7 @@ def one_run(method, seed, out, cfg, device):
     if method == "best_of_8":   # no training: the judge picks among samples at answer time
         t0 = time.time()
         scores = {split: evaluate.evaluate(sft, f"{data}/{split}.jsonl", examples, device=cfg.device, samples=BEST_OF,
-                                           temperature=pipeline.SAMPLE_TEMPERATURE, seed=seed,
+                                           temperature=report_card.SAMPLE_TEMPERATURE, seed=seed,
                                            reward_ckpt=os.path.join(out, "reward", "ckpt.pt"))
                   for split in ("test", "heldout")}
         return {"seconds": round(time.time() - t0, 1), "kl": best_of_n_kl(BEST_OF),
@@ -142,7 +143,7 @@ def one_run(method, seed, out, cfg, device):
     if reuse:
         with open(os.path.join(out, "ppo", "stage.json")) as f:
             seconds = json.load(f)["seconds"]
-    card = {split: pipeline.evaluate_for_card(ckpt, f"{data}/{split}.jsonl", examples, cfg.device,
+    card = {split: report_card.evaluate_for_card(ckpt, f"{data}/{split}.jsonl", examples, cfg.device,
                                               os.path.join(run_dir, f"responses_{split}.jsonl"))
             for split in ("test", "heldout")}
     row = {"seconds": 0.0 if method == "sft" else round(seconds, 1), "test": card["test"]["prompt_strict"],
@@ -152,7 +153,7 @@ def one_run(method, seed, out, cfg, device):
     # them): a gain is fail -> pass less pass -> fail, and the two show how much of it is churn.
     sft_answers = os.path.join(out, "sft", "responses_test.jsonl")
     if method != "sft" and os.path.exists(sft_answers):
-        moves = pipeline.prompt_by_prompt(f"{data}/test.jsonl", sft_answers,
+        moves = report_card.prompt_by_prompt(f"{data}/test.jsonl", sft_answers,
                                           os.path.join(run_dir, "responses_test.jsonl"))
         row |= {key: moves[key] for key in ("fail_to_pass", "pass_to_fail")}
     return row
@@ -206,7 +207,7 @@ def compare_markdown(results, preset, seeds):
                      f"{cell(row, 'gold', 1, 3)} | {cell(row, 'kl', 1, 2)} | "
                      f"{cell(row, 'seconds', 1, 0)} |")
     lines += ["", "test, heldout: greedy prompt-level strict accuracy (%); best_of_8: the reward model's favourite "
-              f"of {BEST_OF} samples at temperature {pipeline.SAMPLE_TEMPERATURE}, and its KL the best-of-n formula "
+              f"of {BEST_OF} samples at temperature {report_card.SAMPLE_TEMPERATURE}, and its KL the best-of-n formula "
               f"log n - (n-1)/n. sampled: one answer a prompt at that temperature. fail -> pass, pass -> fail: "
               "greedy test answers whose verdict changed from the SFT model's. gold: the gold reward of the "
               "greedy test answers. seconds: training time (ppo: pipeline.py's PPO stage when reused; best_of_8: "

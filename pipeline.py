@@ -24,7 +24,7 @@ Every stage writes <out_dir>/<stage>/stage.json when its script ran to the end (
 script save and raise Interrupted instead of returning); a re-run skips finished stages (unless
 --force), and an interrupted stage resumes from its own checkpoint. Each training stage's record
 holds the steps it completed ("step", or PPO's "iterations").
-The report card is <out_dir>/report.md, with the same numbers in <out_dir>/report.json.
+The report card (report_card.py) is <out_dir>/report.md, with the same numbers in <out_dir>/report.json.
 """
 
 import json
@@ -33,7 +33,6 @@ import shutil
 import time
 from dataclasses import dataclass
 
-import evaluate
 import train_ppo
 import train_pretrain
 import train_reward
@@ -42,10 +41,9 @@ from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
 from minift.config import cli_config, run
-from minift.formats import load_ifeval_inputs, load_ifeval_responses, write_json, write_text
-from minift.synthetic.demonstrators import HABITS
-from minift.synthetic.gold import gold_reward
-from minift.synthetic.scoring import paired_difference, score
+from minift.formats import write_json, write_text
+from minift.synthetic.scoring import paired_difference
+from report_card import METRIC_KEYS, evaluate_for_card, prompt_by_prompt, report_markdown
 
 
 @dataclass
@@ -73,7 +71,6 @@ DATA = {
     "small": dict(size_mb=200.0, prompts_mb=0.5, vocab_size=8192, n_train=100000, n_test=500, n_heldout=500,
                   n_rl=20000, eval_examples=500),
 }
-METRIC_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 
 
 def run_stage(name, out_dir, force, fn):
@@ -206,68 +203,6 @@ def main(argv=None):
     return report
 
 
-SAMPLE_TEMPERATURE = train_ppo.Config.temperature  # the card samples as PPO's rollouts do
-
-
-def evaluate_for_card(ckpt_path, data_path, examples, device, output):
-    """The report card's figures for one model on one split: the IFEval metrics of greedy
-    answers, the per-type table, `sampled_strict`, the prompt-level strict pass rate of one
-    answer per prompt sampled at SAMPLE_TEMPERATURE, and the gold reward of each greedy answer
-    (`gold_each`, read back from `output`) and their mean."""
-    m = evaluate.evaluate(ckpt_path, data_path, examples, device=device, output=output, samples=1,
-                          temperature=SAMPLE_TEMPERATURE)
-    answers = load_ifeval_responses(output)   # the greedy answers evaluate() wrote
-    records = load_ifeval_inputs(data_path)[:len(answers)]
-    gold = [round(gold_reward(r["prompt"], a["response"], r["instruction_id_list"], r["kwargs"]), 4)
-            for r, a in zip(records, answers, strict=True)]
-    return {**{k: m[k] for k in METRIC_KEYS + ("per_type",)}, "sampled_strict": m["sample_prompt_strict"],
-            "gold": sum(gold) / len(gold), "gold_each": gold}
-
-
-def strict_verdicts(records, answers):
-    """Per prompt, scored as the card scores (strict): (does the answer do the base task, does it
-    pass every instruction, the instructions it fails). A record without a base task counts as doing it."""
-    verdicts = []
-    for rec, answer in zip(records, answers, strict=True):
-        marks = [(iid, ok) for iid, ok in zip(rec["instruction_id_list"], score(
-            answer, rec["instruction_id_list"], rec["kwargs"], rec["prompt"])["strict"]) if ok is not None]
-        failed = [iid for iid, ok in marks if not ok]
-        verdicts.append((not any(iid.startswith("task:") for iid in failed), not failed, failed))
-    return verdicts
-
-
-EXAMPLES = 3   # the card shows this many answers PPO fixed, and one it broke
-
-
-def prompt_by_prompt(data_path, sft_responses, ppo_responses):
-    """SFT -> PPO on one split's greedy answers, prompt by prompt: how many went fail -> pass and
-    pass -> fail (a gain is these two's difference, so both show how much of it is churn). And
-    where PPO does the base task itself, its pass rate against the demonstrations' on the same
-    prompts: the demonstrators never fail a base task, so only there do their slips alone set
-    them apart (records without demonstrations, such as IFEval's, skip this part). And, to show on
-    the card, the first answers PPO fixed, each for another rule, and the first it broke: in the
-    split's own order, not picked."""
-    sft, ppo = (load_ifeval_responses(path) for path in (sft_responses, ppo_responses))
-    records = load_ifeval_inputs(data_path)[:len(ppo)]
-    before, after = (strict_verdicts(records, [a["response"] for a in answers]) for answers in (sft, ppo))
-    gained = [i for i, (b, a) in enumerate(zip(before, after)) if not b[1] and a[1]]
-    lost = [i for i, (b, a) in enumerate(zip(before, after)) if b[1] and not a[1]]
-    first_per_rule = {}   # the first prompt PPO fixed for each rule SFT's answer broke first
-    for i in gained:
-        first_per_rule.setdefault(before[i][2][0], i)
-    shown = sorted(first_per_rule.values())[:EXAMPLES] + lost[:1]
-    moves = {"fail_to_pass": len(gained), "pass_to_fail": len(lost),
-             "examples": [{"prompt": records[i]["prompt"], "sft": sft[i]["response"], "ppo": ppo[i]["response"],
-                           "sft_fails": before[i][2], "ppo_fails": after[i][2]} for i in shown]}
-    if not all("messages" in rec for rec in records):
-        return moves
-    demos = strict_verdicts(records, [rec["messages"][-1]["content"] for rec in records])
-    done = [i for i, (task_done, _, _) in enumerate(after) if task_done]
-    return {**moves, "base_task_done": len(done),
-            "ppo_where_done": sum(after[i][1] for i in done) / max(1, len(done)),
-            "demonstrations_where_done": sum(demos[i][1] for i in done) / max(1, len(done))}
-
-
 def reward_summary(metrics):
     """The report's names for the reward model's held-out numbers."""
     return {"pair_accuracy": metrics["val_accuracy"], "spearman_gold": metrics["spearman"], **metrics}
@@ -295,182 +230,6 @@ def ppo_summary(metrics, out_dir):
             "batch_gold_first": first["gold"], "batch_gold_last": last["gold"], "iterations": last["iteration"],
             "end_rate": last["end_rate"], "length_start": first["length"], "length_end": last["length"],
             "approx_kl": last["approx_kl"], "clipfrac": last["clipfrac"]}
-
-
-def reward_hacking_lines(p):
-    """The report's verdict on reward hacking (Gao et al. 2022): the learned reward rose while
-    the gold reward fell. A change counts when a paired test over the probe prompts puts it
-    beyond the noise; a fall within the noise is reported as such, not as hacking."""
-    hacking = ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "
-               "fell: the policy found what the learned reward over-values (Gao et al. 2022)."]
-    rm, gold = p.get("reward_change"), p.get("gold_change")
-    if rm is None or gold is None:  # an older log without per-prompt scores: only the means to go by
-        return hacking if p["reward_end"] > p["reward_start"] and p["gold_end"] < p["gold_start"] else []
-    if gold["mean"] >= 0:
-        return []
-    if not gold["significant"]:
-        return ["", f"The gold reward fell by {-gold['mean']:.3f} +- {gold['se']:.3f} (paired over the probe "
-                "prompts, mean +- standard error): within the noise, so not counted as reward hacking."]
-    if rm["mean"] > 0 and rm["significant"]:
-        return hacking
-    return ["", "**Warning:** the gold reward fell beyond the noise while the reward model's score did not "
-            "rise beyond it: PPO made the policy worse without pleasing the reward model either."]
-
-
-def report_markdown(r):
-    def pct(x):
-        return f"{100 * x:.1f}%"
-    s = r["stages"]
-    lines = [f"# minift report card: preset `{r['preset']}`", "",
-             f"Total time: {r['total_seconds'] / 60:.1f} minutes"
-             + (f" (the stages' own times; this run took {r['run_seconds'] / 60:.1f}, skipping finished stages)."
-                if r.get("run_seconds", r["total_seconds"]) < r["total_seconds"] - 1 else "."), "",
-             "## Stages", "", "| stage | seconds | what shows it worked |", "|---|---:|---|"]
-    d = s["data"]
-    if "demo_pass_rate" in d:
-        lines.append(f"| data | {d['seconds']:.0f} | demonstrations pass {pct(d['demo_pass_rate'])} of their prompts "
-                     f"(train, prompt-strict by the checkers; slip rates x {d['slip_scale']:g}) |")
-    speed = s["pretrain"].get("tokens_per_s")  # this machine's speed: compare it with the README's
-    lines.append(f"| pretrain | {s['pretrain']['seconds']:.0f} | validation loss {s['pretrain']['val_loss']:.3f}"
-                 + (f", at a median {speed:,.0f} tokens/s" if speed else "")
-                 + (f" (MFU {s['pretrain']['mfu']:.1%})" if s["pretrain"].get("mfu") else "") + " |")
-    lines.append(f"| sft | {s['sft']['seconds']:.0f} | test prompt-strict during training "
-                 f"{pct(s['sft'].get('prompt_strict', 0))} |")
-    lines.append(f"| prefs | {s['prefs']['seconds']:.0f} | {s['prefs'].get('train_pairs', '?')} training pairs |")
-    weight = s["reward"].get("likelihood_weight", 0)  # the reward: head + weight x answer likelihood
-    lines.append(f"| reward | {s['reward']['seconds']:.0f} | held-out pair accuracy "
-                 f"{pct(s['reward']['pair_accuracy'])}, Spearman with gold {s['reward']['spearman_gold']:.3f}"
-                 + (f" (head + {weight:g} x the answer's mean log-probability)" if weight else "") + " |")
-    p = s["ppo"]
-    lines.append(f"| ppo | {p['seconds']:.0f} | on fixed probe prompts, before -> after: "
-                 f"reward model {p['reward_start']:+.2f} -> {p['reward_end']:+.2f}, "
-                 f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL {p['kl']:.2f} nats at the end"
-                 # a stage.json written before kl_max existed lacks it; the report still renders
-                 + (f", at most {p['kl_max']:.2f}" if "kl_max" in p else "") + " |")
-    lines += reward_hacking_lines(p)
-    lines += ["", "## Instruction following (IFEval metrics)", "",
-              "Greedy answers, as IFEval scores them; *sampled*: one answer a prompt at temperature "
-              f"{SAMPLE_TEMPERATURE}, as PPO samples. The demonstrations are the demonstrators' own answers "
-              "to the same prompts.", "",
-              "| model | split | prompt strict | sampled strict | instruction strict | prompt loose | "
-              "instruction loose | gold reward |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for split, rate in d.get("demo_pass_rates", {}).items():
-        if split != "train":
-            lines.append(f"| demonstrations | {split} | {pct(rate)} | | | | | |")
-    for model, splits in r["eval"].items():
-        for split, m in splits.items():
-            sampled = pct(m["sampled_strict"]) if "sampled_strict" in m else ""
-            gold = f"{m['gold']:.3f}" if "gold" in m else ""
-            lines.append(f"| {MODEL_NAMES.get(model, model)} | {split} | {pct(m['prompt_strict'])} | {sampled} | "
-                         + " | ".join(pct(m[k]) for k in METRIC_KEYS[1:]) + f" | {gold} |")
-    lines += story_lines(r)
-    lines += ["", "Training curves: " + (", ".join(f"[{c.split('/')[0]}]({c})" for c in r["curves"]) if r.get("curves")
-                                       else "`python plot.py <out_dir>` draws them (matplotlib), then re-run the pipeline to link them here.")]
-    demos = d.get("demo_per_type", {})
-    # with the reference run, its column shows how far PPO came toward perfect demonstrations, rule by rule
-    models = [m for m in ("sft", "ppo", "sft_perfect") if m in r["per_type"]]
-    lines += ["", "## Per instruction type (test split, strict)", "",
-              "| type | n | demonstrations | " + " | ".join(PER_TYPE_NAMES[m] for m in models) + " |",
-              "|---|---:|---:|" + "---:|" * len(models)]
-    for iid, row in sorted(r["per_type"]["sft"].items()):
-        rates = [pct(r["per_type"][m].get(iid, {}).get("strict", 0)) for m in models]
-        demo = pct(demos[iid]) if iid in demos else ""
-        unchecked = " (language not checked: langdetect not installed)" if row.get("language_checked") is False else ""
-        lines.append(f"| {iid}{unchecked} | {row['n']} | {demo} | " + " | ".join(rates) + " |")
-    return "\n".join(lines + example_lines(r.get("sft_to_ppo", {}).get("test", {}).get("examples", []))) + "\n"
-
-
-def example_lines(examples):
-    """The answers prompt_by_prompt chose to show. Prompts and answers go in indented blocks, which
-    markdown keeps verbatim: a prompt's <<title>> would otherwise vanish as an HTML tag."""
-    if not examples:
-        return []   # PPO moved no answer (or a report from before they were kept)
-
-    def verbatim(label, text):   # the label, then the text as an indented block
-        if not text.strip():
-            return ["", f"{label} (empty)"]
-        return ["", label, "", *("    " + line for line in text.splitlines())]
-    lines = ["", "## Answers PPO changed (test split, greedy)", "",
-             "The first test prompts whose answer PPO fixed, each for another rule that SFT's answer "
-             "broke, and the first whose answer it broke: in the split's order, not picked."]
-    for e in examples:
-        fixed = not e["ppo_fails"]
-        rules = ", ".join(f"`{iid}`" for iid in (e["sft_fails"] if fixed else e["ppo_fails"]))
-        lines += ["", f"**{'Fixed' if fixed else 'Broken'}** ({'SFT' if fixed else 'PPO'} broke {rules})",
-                  *verbatim("Prompt:", e["prompt"]), *verbatim("SFT:", e["sft"]), *verbatim("PPO:", e["ppo"])]
-    return lines
-
-
-MODEL_NAMES = {"sft_perfect": "sft (perfect demonstrations)"}
-PER_TYPE_NAMES = {"sft": "SFT", "ppo": "PPO", "sft_perfect": "SFT, perfect demonstrations"}
-
-
-def gold_line(change):
-    """PPO's change of the gold reward of greedy answers, SFT -> PPO, paired over each split's prompts."""
-    if not change:
-        return ""
-    return " The gold reward of its greedy answers changed by " + ", ".join(
-        f"{c['mean']:+.3f} +- {c['se']:.3f} on {split}" + ("" if c["significant"] else " (within the noise)")
-        for split, c in change.items()) + " (paired over the prompts, mean +- standard error)."
-
-
-def moves_line(moves):
-    """SFT -> PPO prompt by prompt on test, and PPO against the demonstrations where it does the base task."""
-    if not moves:
-        return ""   # a report from before these counts existed
-    line = (f" Prompt by prompt, {moves['fail_to_pass']} greedy answers went from fail to pass and "
-            f"{moves['pass_to_fail']} from pass to fail.")
-    if "base_task_done" in moves:
-        line += (f" On the {moves['base_task_done']} prompts where it does the base task itself, it passes "
-                 f"{100 * moves['ppo_where_done']:.1f}%, the demonstrations {100 * moves['demonstrations_where_done']:.1f}%.")
-    return line
-
-
-COMMON_HABITS = [iid for iid, habit in HABITS.items() if habit.rate > 0.5]
-
-
-def story_lines(r):
-    """One line per stage: what it changed, read off the numbers above (test split). The
-    common habits are the demonstrators' slips of over half the time (minift/synthetic/demonstrators.py)."""
-    ev, d, rm = r["eval"], r["stages"]["data"], r["stages"]["reward"]
-    if "demo_pass_rates" not in d or "sampled_strict" not in ev["sft"]["test"]:
-        return []   # a report from before the demonstrators and sampled answers existed
-
-    def test(model, key="prompt_strict"):
-        return 100 * ev[model]["test"][key]
-
-    def on_habits(rates):   # pass rate over the common habits' instructions, weighted by their counts
-        rows = [(r["per_type"]["sft"][iid]["n"], rates[iid]) for iid in COMMON_HABITS
-                if iid in rates and iid in r["per_type"]["sft"]]
-        return 100 * sum(n * x for n, x in rows) / max(1, sum(n for n, _ in rows))
-
-    def habits_of(model):   # instruction id -> the model's strict pass rate on test
-        return {iid: row["strict"] for iid, row in r["per_type"][model].items()}
-    demo = 100 * d["demo_pass_rates"]["test"]
-    slips = ", slips included" if d.get("slip_scale", 1.0) > 0 else " (perfect ones: slip scale 0)"
-    lines = ["", "## What each stage changed (test split, prompt-level strict)", "",
-             f"- **Pretraining** gives a model that continues text but does not follow instructions: "
-             f"{test('base'):.1f}%.",
-             f"- **SFT** copies its demonstrators{slips}: {test('sft'):.1f}% greedy "
-             f"({test('sft') - test('base'):+.1f} over the base model), {test('sft', 'sampled_strict'):.1f}% sampled; "
-             f"the demonstrations pass {demo:.1f}%. On the instructions of the common habits SFT passes "
-             f"{on_habits(habits_of('sft')):.1f}%, its demonstrators {on_habits(d['demo_per_type']):.1f}%.",
-             f"- **The reward model** learns what the judges prefer: it ranks {100 * rm['pair_accuracy']:.1f}% "
-             f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f}).",
-             f"- **PPO** against the reward model: {test('ppo'):.1f}% greedy ({test('ppo') - test('sft'):+.1f} over "
-             f"SFT), {test('ppo', 'sampled_strict'):.1f}% sampled "
-             f"({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f}); "
-             f"{'above' if test('ppo') >= demo else 'below'} the demonstrations' {demo:.1f}%. On the common "
-             f"habits' instructions it passes {on_habits(habits_of('ppo')):.1f}%."
-             + moves_line(r.get("sft_to_ppo", {}).get("test")) + gold_line(r.get("gold_change", {}))]
-    if "sft_perfect" in ev:
-        gap = test('sft_perfect') - test('sft')   # what the slips cost SFT: the room PPO has on these prompts
-        lines.append(f"- **SFT on perfect demonstrations** (the reference run): {test('sft_perfect'):.1f}% greedy, "
-                     f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled. The slips cost SFT {gap:.1f} points; "
-                     f"PPO won back {test('ppo') - test('sft'):.1f} of them."
-                     + (f" On the common habits' instructions it passes {on_habits(habits_of('sft_perfect')):.1f}%."
-                        if "sft_perfect" in r["per_type"] else ""))
-    return lines
 
 
 if __name__ == "__main__":

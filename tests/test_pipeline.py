@@ -1,5 +1,5 @@
-"""pipeline.py: every stage through the real scripts on the micro preset, the report card,
-and checkpoints that still work after the output folder moves."""
+"""pipeline.py: every stage through the real scripts on the micro preset, the report card
+(report_card.py), and checkpoints that still work after the output folder moves."""
 import json
 import os
 import shutil
@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 import pipeline
+import report_card
 from conftest import read_metrics, run_main
 
 
@@ -67,7 +68,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     # with perfect demonstrators (--slip_scale=0) the SFT line does not speak of slips
     perfect = json.loads(json.dumps(report))
     perfect["stages"]["data"]["slip_scale"] = 0.0
-    sft_line = next(line for line in pipeline.story_lines(perfect) if line.startswith("- **SFT**"))
+    sft_line = next(line for line in report_card.story_lines(perfect) if line.startswith("- **SFT**"))
     assert "slips included" not in sft_line and "perfect" in sft_line
     assert report["curves"] == [] and "python plot.py" in card   # no pictures drawn yet
     # SFT was evaluated during training, and its metrics log has the accuracy
@@ -141,7 +142,7 @@ def test_paired_difference_uses_students_t_for_its_degrees_of_freedom():
 def test_reward_hacking_needs_changes_beyond_the_noise():
     """The report calls it reward hacking only when a paired test over the probe prompts puts
     both changes beyond the noise: the learned reward up, the gold reward down."""
-    from pipeline import reward_hacking_lines
+    from report_card import reward_hacking_lines
     from minift.synthetic.scoring import paired_difference
     before = [0.2, 0.6, 1.0, 0.6, 0.2, 1.0]
     fell = paired_difference(before, [x - 0.1 for x in before])      # every prompt 0.1 lower
@@ -164,7 +165,7 @@ def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_wher
     """fail -> pass and pass -> fail between SFT's and PPO's greedy answers; PPO against the
     demonstrations only on the prompts where PPO's answer does the base task; and the answers the
     card shows: the first fixed for each rule SFT broke first, at most EXAMPLES, and the first broken."""
-    from pipeline import example_lines, moves_line, prompt_by_prompt
+    from report_card import example_lines, moves_line, prompt_by_prompt
     prompt = "Reverse this list: cat, dog, pie. Give it a title in double angular brackets."
     full, untitled, wrong = ("<<Reversed>>\nHere they are: pie, dog, cat.", "Here they are: pie, dog, cat.",
                              "<<Reversed>>\nHere they are: cat, dog, pie.")
@@ -201,7 +202,7 @@ def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_wher
     assert "**Fixed** (SFT broke `detectable_format:title`)" in card and "**Broken** (PPO broke `task:reverse_list`)" in card
     assert "PPO:\n\n    <<Reversed>>\n    Here they are: pie, dog, cat." in card   # verbatim, line by line
     assert "Prompt:\n\n    Reverse this list" in card   # its <<title>> would vanish as HTML outside a block
-    monkeypatch.setattr("pipeline.EXAMPLES", 1)   # the cap: the first rule's fix only, then the first break
+    monkeypatch.setattr("report_card.EXAMPLES", 1)   # the cap: the first rule's fix only, then the first break
     capped = prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))["examples"]
     assert [e["prompt"][-3:] for e in capped] == ["(0)", "(1)"]
     assert "SFT: (empty)" in "\n".join(example_lines([{**examples[0], "sft": ""}]))
