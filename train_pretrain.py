@@ -210,6 +210,9 @@ def main(argv=None):
             if reading:
                 loss_sum, grad_norm = loss_sum.item(), grad_norm.item()
                 check_finite(loss_sum, step, ckpt_path)
+                # The loss is this rank's own; the gradient is every rank's (DDP averaged it in
+                # backward), so a NaN on any rank stops them all here, at the same step.
+                check_finite(grad_norm, step, ckpt_path, "gradient norm")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -308,12 +308,12 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def check_finite(loss, step, ckpt_path):
-    """A NaN/inf loss poisons every weight it touches; stop before the optimizer step so
-    the last checkpoint on disk stays good."""
+def check_finite(loss, step, ckpt_path, what="loss"):
+    """A NaN/inf loss (or gradient norm: `what`) poisons every weight it touches; stop before the
+    optimizer step so the last checkpoint on disk stays good."""
     if not math.isfinite(loss):
         raise NonFiniteLoss(
-            f"loss is {loss} at step {step}; stopping without saving, so {ckpt_path} keeps "
+            f"{what} is {loss} at step {step}; stopping without saving, so {ckpt_path} keeps "
             f"the last good weights. Try a lower --learning_rate or a smaller --grad_clip.")
 
 

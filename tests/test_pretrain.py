@@ -37,20 +37,34 @@ def test_resume_continues_exactly(corpus_dir, tmp_path):
     assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]  # bit-for-bit identical
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("poisoned", ["loss", "gradient norm"])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus_dir, tmp_path, monkeypatch, poisoned):
+    """A NaN loss stops training before its update. So does a NaN gradient under a finite loss:
+    what this rank receives when another DDP rank's loss is NaN, since DDP averages gradients."""
     out = str(tmp_path / "nan")
     args = MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--eval_interval=3"]
     train_pretrain.main(args + ["--max_steps=3"])
     good = load_checkpoint(os.path.join(out, "ckpt.pt"))
-    real_ce = torch.nn.functional.cross_entropy
+    real_ce, real_clip = torch.nn.functional.cross_entropy, torch.nn.utils.clip_grad_norm_
     calls = {"n": 0}
 
-    def poisoned(*a, **k):  # the 2nd training step after resuming produces a NaN loss
+    def poisoned_loss(*a, **k):  # the 2nd training step after resuming produces a NaN loss
         calls["n"] += 1
         loss = real_ce(*a, **k)
         return loss * float("nan") if calls["n"] == 2 else loss
-    monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned)
-    with pytest.raises(NonFiniteLoss, match="loss is nan at step 4"):
+
+    def poisoned_gradient(params, *a, **k):  # ... or NaN gradients under a finite loss
+        params = list(params)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            for p in params:
+                p.grad.fill_(float("nan"))
+        return real_clip(params, *a, **k)
+    if poisoned == "loss":
+        monkeypatch.setattr(torch.nn.functional, "cross_entropy", poisoned_loss)
+    else:
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", poisoned_gradient)
+    with pytest.raises(NonFiniteLoss, match=f"{poisoned} is nan at step 4"):
         train_pretrain.main(args + ["--max_steps=10"])
     after = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert after["step"] == 3
