@@ -43,6 +43,12 @@ def micro_pipeline(tmp_path_factory):
     return _PIPELINE["run"]
 
 
+def stand_in_generate(model, *args, **kw):
+    """In place of minift.engine.generate, which runs a real GPT: a stand-in model's own
+    generate() answers (tests patch it in where the code under test calls the engine)."""
+    return model.generate(*args, **kw)
+
+
 def read_metrics(out_dir):
     import json
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:

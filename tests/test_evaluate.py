@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import evaluate
-from conftest import ROOT
+from conftest import ROOT, stand_in_generate
 from minift.config import run
 from minift.model import GPTConfig
 from minift.tokenizer import Tokenizer, train_bpe
@@ -17,7 +17,7 @@ from minift.tokenizer import Tokenizer, train_bpe
 def stand_in_generates(monkeypatch):
     """The stand-in models below answer from their own `generate` method, in place of the
     engine's, which runs a real GPT."""
-    monkeypatch.setattr("minift.evaluation.generate", lambda model, *args, **kw: model.generate(*args, **kw))
+    monkeypatch.setattr("minift.evaluation.generate", stand_in_generate)
 
 
 def test_second_turn_evaluation_asks_after_another_records_exchange(stand_in_generates):

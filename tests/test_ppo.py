@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train_ppo
-from conftest import ROOT, read_metrics, run_main
+from conftest import ROOT, read_metrics, run_main, stand_in_generate
 from minift.checkpoint import build_model, load_checkpoint, save_training_checkpoint
 from minift.formats import write_jsonl
 from minift.model import GPT, GPTConfig, ScalarModel, pad_left
@@ -171,7 +171,7 @@ def stub_rollout(tok, answers, prompts=("Say hi.", "Say something longer, please
     cfg = SimpleNamespace(max_new_tokens=4, temperature=0.7)
     policy = StubPolicy(answers, block_size)
     records = [{"prompt": p} for p in prompts]
-    with mock.patch.object(train_ppo, "generate", lambda model, *args, **kw: model.generate(*args, **kw)):
+    with mock.patch.object(train_ppo, "generate", stand_in_generate):
         return policy, rollout(policy, tok, records, cfg, torch.Generator(), "cpu")
 
 
