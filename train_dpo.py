@@ -247,7 +247,7 @@ def main(argv=None):
     step, metrics = 0, {}
     if should_resume(cfg, ckpt_path):
         ckpt = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, kind="dpo", cfg=cfg,
-                               tokenizer=init["tokenizer"])
+                               tokenizer=init["tokenizer"], world_size=rt.world_size)
         step, metrics = ckpt["step"], ckpt["metrics"]  # a finished run just reports its metrics again
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
@@ -259,7 +259,7 @@ def main(argv=None):
 
     def save(metrics):
         save_training_checkpoint(ckpt_path, "dpo", step, model, optimizer, cfg, init["tokenizer"], batch_rng,
-                                 metrics, init_from=cfg.init_from)
+                                 metrics, init_from=cfg.init_from, world_size=rt.world_size)
 
     # ---- the training loop
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)

@@ -18,8 +18,8 @@ What happens (InstructGPT, Ouyang et al. 2022, section 3.5; Ziegler et al. 2019)
      answers to different prompts of a batch, ranked by their gold scores, so that scores
      of different prompts compare too. Only differences of rewards are learned, so the
      scale is arbitrary...
-  3. ...which is why, after training, a gain and bias are fitted so that SFT answers score
-     mean 0 and std 1 (Ziegler et al. 2019). PPO's KL coefficient then means the same thing
+  3. ...which is why, after training, a gain and bias are fitted so that the SFT answers of
+     the training pairs score mean 0 and std 1 (Ziegler et al. 2019). PPO's KL coefficient then means the same thing
      whatever RM it is paired with.
   4. One epoch: InstructGPT found the RM overfits from the second pass over the data.
 Metrics: pair accuracy on held-out prompts (overall and per instruction type) and the
@@ -41,7 +41,7 @@ from tqdm import tqdm
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
                                should_resume, tokenizer_for, unwrap)
 from minift.config import cli_config, print_config, run
-from minift.formats import load_preferences, read_jsonl, require_file
+from minift.formats import load_preferences, load_scored_answers, require_file
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, lr_at,
                              make_optimizer, set_lr, setup_runtime)
@@ -111,19 +111,24 @@ def render(tokenizer, prompt, response):
     return tokenizer.render_conversation(prompt + [{"role": "assistant", "content": response}])[0]
 
 
+def prompt_group(record):
+    """The key that gathers a prompt's records: its "group" field (make_preferences.py writes
+    one) or, for other files, the prompt itself, so that identical prompts form one group."""
+    return str(record["group"]) if "group" in record else json.dumps(record["prompt"])
+
+
 def build_groups(pairs, tokenizer, block_size):
     """Preference pairs -> (seqs, groups, dropped, gold).
 
     seqs: the rendered ids of every distinct (prompt, answer), each stored once.
     groups: one list per prompt of (chosen seq index, rejected seq index, instruction ids).
-    A prompt's group is its "group" field (make_preferences.py writes one) or, for other
-    files, the prompt itself: identical prompts form one group. Pairs with a conversation
-    longer than the context are dropped and counted.
+    A prompt's group is prompt_group's. Pairs with a conversation longer than the context are
+    dropped and counted.
     gold: each seq's gold score, from the pairs' chosen_score / rejected_score, or None for
     pairs without them (HH-RLHF, TRL)."""
     seqs, index, groups, dropped, gold = [], {}, {}, 0, []
     for p in pairs:
-        key = str(p["group"]) if "group" in p else json.dumps(p["prompt"])
+        key = prompt_group(p)
         ids = []
         for response, score in ((p["chosen"], p.get("chosen_score")), (p["rejected"], p.get("rejected_score"))):
             if (key, response) not in index:
@@ -180,9 +185,10 @@ def score_all(model, seqs, tokenizer, device, batch_size):
     model.eval()
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     scores = torch.zeros(len(seqs))
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        scores[batch] = last_token_scores(model, [seqs[i] for i in batch], tokenizer, device).cpu()
+    with torch.autocast(torch.device(device).type, enabled=False):
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            scores[batch] = last_token_scores(model, [seqs[i] for i in batch], tokenizer, device).cpu()
     model.train(was_training)
     return scores
 
@@ -317,14 +323,14 @@ def main(argv=None):
     seqs, groups, dropped, gold = build_groups(load_preferences(cfg.data), tokenizer, block_size)
     if any(g is None for g in gold):   # the cross-prompt term needs every answer's gold score
         if cfg.across_prompt_weight > 0 and rt.master:
-            print(f"note: the pairs of {cfg.data} carry no chosen_score / rejected_score: "
+            print(f"note: not every pair of {cfg.data} carries chosen_score / rejected_score: "
                   "Bradley-Terry within each prompt only (--across_prompt_weight ignored)")
         gold = None
     groups, val = held_out_pairs(seqs, groups, cfg, tokenizer, block_size)
     samples = None
     if cfg.val_samples:  # (rendered answers, gold scores, prompt groups)
-        rows = [(render(tokenizer, r["prompt"], r["response"]), r["gold"], r.get("group", r["prompt"]))
-                for r in read_jsonl(cfg.val_samples)]
+        rows = [(render(tokenizer, r["prompt"], r["response"]), r["gold"], prompt_group(r))
+                for r in load_scored_answers(cfg.val_samples)]
         samples = tuple(zip(*[row for row in rows if len(row[0]) <= block_size])) or None
     n_pairs = sum(len(g) for g in groups)
     per_step = cfg.batch_groups * cfg.grad_accum * rt.world_size  # whole prompt groups per optimizer step
@@ -345,7 +351,7 @@ def main(argv=None):
     step, metrics = 0, {}
     if should_resume(cfg, ckpt_path):
         ckpt = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, kind="reward", cfg=cfg,
-                               tokenizer=init["tokenizer"])
+                               tokenizer=init["tokenizer"], world_size=rt.world_size)
         step, metrics = ckpt["step"], ckpt["metrics"]  # a finished run just reports its metrics again
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
@@ -369,7 +375,7 @@ def main(argv=None):
     def save(metrics):
         metrics = {**metrics, **normalise()}  # every checkpoint on disk is ready for PPO
         save_training_checkpoint(ckpt_path, "reward", step, model, optimizer, cfg, init["tokenizer"], batch_rng,
-                                 metrics, init_from=cfg.init_from)
+                                 metrics, init_from=cfg.init_from, world_size=rt.world_size)
         return metrics
 
     # ---- the training loop
@@ -393,8 +399,9 @@ def main(argv=None):
                 loss_sum += loss.item() / cfg.grad_accum
                 acc_sum += acc / cfg.grad_accum
             # averaged, so that all ranks stop together (one alone would leave the others waiting
-            # forever in the next all-reduce)
-            check_finite(all_reduce_mean(loss_sum, rt), step, ckpt_path)
+            # forever in the next all-reduce); the logged figures are every rank's mean too
+            loss_sum, acc_sum = all_reduce_mean(loss_sum, rt), all_reduce_mean(acc_sum, rt)
+            check_finite(loss_sum, step, ckpt_path)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

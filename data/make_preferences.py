@@ -99,7 +99,9 @@ def make_preferences(model, tokenizer, records, k=8, temperature=0.7, max_new_to
                      val_fraction=0.1, seed=1337, device="cpu"):
     """Sample, score and pair. Returns (train pairs, val pairs, val samples, stats)."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    # The answers end where PPO's rollouts end, at <|end|> only: the judges rank what PPO will write.
+    # The answers end where PPO's rollouts end, at <|end|> only, so the judges rank answers like
+    # PPO's. The reward model reads each one re-rendered and closed by <|end|>: one cut off at
+    # max_new_tokens (rare) it reads closed, where PPO scores it open, less missing_eos_penalty.
     answers = sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator,
                              stop_tokens=(tokenizer.end,))
     held_out = val_groups(len(records), val_fraction, seed)

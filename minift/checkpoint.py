@@ -158,20 +158,27 @@ def should_resume(cfg, ckpt_path):
 
 
 def resume_training(path, model, optimizer, generator, device="cpu", rank=0, seed=0, kind=None, cfg=None,
-                    tokenizer=None):
+                    tokenizer=None, world_size=None):
     """Load <out_dir>/ckpt.pt into a freshly built model and optimizer, and restore the
     random state, so the run continues exactly where it stopped. Returns the checkpoint.
     With them, first check that the checkpoint is of this `kind`, was made with this run's
     settings (`cfg`, check_settings) and `tokenizer` (its identity dict).
     Under DDP only rank 0 saves, so the checkpoint holds rank 0's generator: every other
     rank reseeds its own from (seed, rank, step) instead of copying rank 0's draws (which
-    would make all ranks train on the same batches after a resume)."""
+    would make all ranks train on the same batches after a resume).
+    Scripts that walk their data in epochs (reward, DPO) save and pass their `world_size`: they
+    count their place in the data in steps of that many batches, so a run resumed on another
+    number of processes would skip or repeat data."""
     from minift.training import set_rng_state
     ckpt = load_checkpoint(path, map_location=device, kinds=(kind,) if kind else None)
     if cfg is not None:
         check_settings(ckpt, cfg, path)
     if tokenizer is not None:
         check_tokenizer(ckpt, path, tokenizer, "this run's data")
+    if world_size is not None and ckpt.get("world_size", 1) != world_size:
+        raise ValueError(f"{path} was trained on {ckpt.get('world_size', 1)} process(es), this run has "
+                         f"{world_size}: resume it with as many (torchrun --nproc_per_node=N), or start over "
+                         "with --force")
     gpt = getattr(model, "gpt", model)
     check_model_config(ckpt, gpt.config, path)
     model.load_state_dict(ckpt["model"])

@@ -241,6 +241,43 @@ def _hh_transcript(text, where, key):
     return msgs[:-1], msgs[-1]["content"]
 
 
+def _prompt(p, where):
+    """A record's "prompt": a string (one user message) or a conversation ending with a user message."""
+    prompt = [{"role": "user", "content": p}] if isinstance(p, str) else _conversation(p, where, '"prompt"')
+    if prompt[-1]["role"] != "user":
+        _bad(where, f'"prompt"[{len(prompt) - 1}]["role"]', _got(prompt[-1]["role"]),
+             '"user" (the prompt must end with a user message)')
+    return prompt
+
+
+def _number(rec, key, where):
+    v = rec.get(key, _MISSING)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        _bad(where, f'"{key}"', _got(v), "a number")
+    return v
+
+
+def _check_scores(rec, where):
+    """A pair's optional gold scores (make_preferences.py writes them): both or neither, numbers,
+    and the chosen answer's no lower than the rejected one's, or the two would teach opposite things."""
+    if "chosen_score" in rec or "rejected_score" in rec:
+        chosen, rejected = _number(rec, "chosen_score", where), _number(rec, "rejected_score", where)
+        if chosen < rejected:
+            _bad(where, '"chosen_score"', f"is {chosen}, below \"rejected_score\" {rejected}",
+                 "the chosen answer to score at least as high as the rejected one")
+
+
+def _id_list(rec, where):
+    """rec["instruction_id_list"]: an array of instruction ids, as IFEval writes it."""
+    ids = rec.get("instruction_id_list", _MISSING)
+    if not isinstance(ids, list):
+        _bad(where, '"instruction_id_list"', _got(ids), 'an array of instruction ids like "keywords:existence"')
+    for i, x in enumerate(ids):
+        if not isinstance(x, str):
+            _bad(where, f'"instruction_id_list"[{i}]', _got(x), "a string")
+    return ids
+
+
 def load_preferences(path):
     """Preference pairs {"prompt", "chosen", "rejected", **other fields kept}. Format, per record:
     has "prompt" -> TRL explicit (prompt: string or messages; chosen/rejected: string, [assistant
@@ -254,12 +291,7 @@ def load_preferences(path):
             if not isinstance(v, (str, list)):
                 _bad(where, f'"{key}"', _got(v), "a string or an array of messages")
         if "prompt" in rec:
-            p = rec["prompt"]
-            prompt = ([{"role": "user", "content": p}] if isinstance(p, str)
-                      else _conversation(p, where, '"prompt"'))
-            if prompt[-1]["role"] != "user":
-                _bad(where, f'"prompt"[{len(prompt) - 1}]["role"]', _got(prompt[-1]["role"]),
-                     '"user" (the prompt must end with a user message)')
+            prompt = _prompt(rec["prompt"], where)
         elif isinstance(chosen, str):
             if not isinstance(rejected, str):
                 _bad(where, '"rejected"', _got(rejected), 'an HH transcript string, like "chosen"')
@@ -271,6 +303,9 @@ def load_preferences(path):
         else:  # TRL implicit prompt: chosen = prompt + [reply]; _reply() checks the reply's role
             prompt = _conversation(chosen, where, '"chosen"')[:-1]
         chosen, rejected = _reply(chosen, where, "chosen", prompt), _reply(rejected, where, "rejected", prompt)
+        _check_scores(rec, where)
+        if "instruction_id_list" in rec:
+            _id_list(rec, where)
         rest = {k: v for k, v in rec.items() if k not in ("prompt", "chosen", "rejected")}
         out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, **rest})
     return out
@@ -286,13 +321,7 @@ def load_ifeval_inputs(path):
         if isinstance(key, bool) or not isinstance(key, (int, str)):
             _bad(where, '"key"', _got(key), "an integer or a string")
         _str_field(rec, "prompt", where)
-        ids, kwargs = rec.get("instruction_id_list", _MISSING), rec.get("kwargs", _MISSING)
-        if not isinstance(ids, list):
-            _bad(where, '"instruction_id_list"', _got(ids),
-                 'an array of instruction ids like "keywords:existence"')
-        for i, x in enumerate(ids):
-            if not isinstance(x, str):
-                _bad(where, f'"instruction_id_list"[{i}]', _got(x), "a string")
+        ids, kwargs = _id_list(rec, where), rec.get("kwargs", _MISSING)
         if not isinstance(kwargs, list) or len(kwargs) != len(ids):
             _bad(where, '"kwargs"', _got(kwargs),
                  f'an array of {len(ids)} objects, one per entry of "instruction_id_list"')
@@ -336,6 +365,17 @@ def load_eval_data(path, limit):
 def write_ifeval_responses(path, records):
     """Write {"prompt", "response"} JSONL, the file IFEval's evaluator reads."""
     write_jsonl(path, ({"prompt": r["prompt"], "response": r["response"]} for r in records))
+
+
+def load_scored_answers(path):
+    """Answers with their gold scores, {"prompt", "response", "gold", "group"?} (make_preferences.py's
+    val_samples.jsonl): the prompt a string or a conversation, as in preference pairs."""
+    out = []
+    for where, rec in _records(path):
+        _str_field(rec, "response", where)
+        _number(rec, "gold", where)
+        out.append({**rec, "prompt": _prompt(rec.get("prompt", _MISSING), where)})
+    return out
 
 
 def load_ifeval_responses(path):

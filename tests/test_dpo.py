@@ -161,7 +161,8 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys)
 def test_ddp_two_cpu_processes_with_gloo(micro_pipeline, tmp_path):
     """Two ranks train on different prompt groups: both finish (every collective, the loss
     averaged for the NaN check included, is reached by both), DDP keeps their models
-    identical, and rank 0 alone logs."""
+    identical, and rank 0 alone logs. Its checkpoint then refuses to resume on one process,
+    where its place in the data would count in steps of one batch, not two."""
     import subprocess
     import sys
     from conftest import ROOT
@@ -169,10 +170,10 @@ def test_ddp_two_cpu_processes_with_gloo(micro_pipeline, tmp_path):
     prefs = os.path.join(pipeline_out, "data", "prefs")
     out = tmp_path / "ddp"
     out.mkdir()
+    args = ["--preset=micro", "--device=cpu", f"--init_from={pipeline_out}/sft/ckpt.pt", f"--out_dir={out}",
+            f"--data={prefs}/train.jsonl", f"--val_data={prefs}/val.jsonl", "--batch_groups=1"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "tests/rank_weights.py", str(out), "train_dpo.py", "--preset=micro", "--device=cpu",
-                        f"--init_from={pipeline_out}/sft/ckpt.pt", f"--out_dir={out}", f"--data={prefs}/train.jsonl",
-                        f"--val_data={prefs}/val.jsonl", "--batch_groups=1"],
+                        "tests/rank_weights.py", str(out), "train_dpo.py", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     rank0, rank1 = (torch.load(out / f"rank{k}.pt") for k in (0, 1))
@@ -181,3 +182,5 @@ def test_ddp_two_cpu_processes_with_gloo(micro_pipeline, tmp_path):
     steps = load_checkpoint(str(out / "ckpt.pt"))["step"]
     assert steps >= 2 and [m["step"] for m in train_rows] == list(range(1, steps + 1))   # rank 0 alone logs
     assert train_rows[0]["loss"] == pytest.approx(math.log(2), abs=0.02)   # step 1: the policy is the reference
+    with pytest.raises(ValueError, match="trained on 2 process"):
+        train_dpo.main(args + ["--epochs=2"])

@@ -3,9 +3,8 @@ import json
 
 import pytest
 
-from minift.formats import (DataFormatError, load_ifeval_inputs, load_ifeval_responses,
-                            load_preferences, load_sft, read_jsonl, write_ifeval_responses,
-                            write_jsonl)
+from minift.formats import (DataFormatError, load_ifeval_inputs, load_ifeval_responses, load_preferences,
+                            load_scored_answers, load_sft, read_jsonl, write_ifeval_responses, write_jsonl)
 
 
 def jsonl(tmp_path, records, name="data.jsonl"):
@@ -133,9 +132,25 @@ PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
      ['"rejected"', "differ"]),
     ({"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: b\n\nAssistant: d"},
      ['"chosen"', "turn 2"]),
+    ({**PAIR, "chosen_score": "0.9", "rejected_score": 0.5}, ['"chosen_score"', '"0.9"', "a number"]),
+    ({**PAIR, "chosen_score": 0.9}, ['"rejected_score"', "missing"]),
+    ({**PAIR, "chosen_score": 0.2, "rejected_score": 0.5}, ['"chosen_score"', "below", "at least as high"]),
+    ({**PAIR, "instruction_id_list": "punctuation:no_comma"}, ['"instruction_id_list"', "an array"]),
 ])
 def test_preferences_malformed(tmp_path, bad, fragments):
     expect_error(load_preferences, jsonl(tmp_path, [PAIR, PAIR, bad]), "line 3", *fragments)
+
+
+def test_scored_answers(tmp_path):
+    """make_preferences.py's val_samples: a prompt string becomes one user message, as in pairs."""
+    recs = [{"prompt": "q", "response": "a", "gold": 0.5, "group": 3},
+            {"prompt": [U("q0"), A("a0"), U("q")], "response": "b", "gold": 1}]
+    got = load_scored_answers(jsonl(tmp_path, recs))
+    assert got == [{**recs[0], "prompt": [U("q")]}, recs[1]]
+    expect_error(load_scored_answers, jsonl(tmp_path, [recs[0], {"prompt": "q", "response": "a"}]),
+                 "line 2", '"gold"', "missing", "a number")
+    expect_error(load_scored_answers, jsonl(tmp_path, [{"prompt": [U("q"), A("a")], "response": "b", "gold": 1}]),
+                 "line 1", '"prompt"[1]["role"]', "user")
 
 
 # ---------------------------------------------------------------- IFEval
