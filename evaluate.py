@@ -18,7 +18,8 @@ checkpoint, where the pipeline keeps its own responses; --output names the respo
 It reads IFEval's input JSONL ({"key", "instruction_id_list", "prompt", "kwargs"}), which
 is also the format of our generated splits, answers with batched greedy decoding through
 the KV cache, and writes IFEval's response JSONL ({"prompt", "response"}), so the same
-answers can be scored by Google's own instruction_following_eval tooling. It prints:
+answers can be scored by Google's own instruction_following_eval tooling (which stops at our
+task:* ids: drop them from the input file first). It prints:
   * "scored N of M prompts": a prompt whose ids we cannot check is counted, not scored;
     a warning counts the prompts longer than the model's context, whose start was cut off;
     the language checks need `pip install langdetect` (without it, the printout says so);

@@ -137,6 +137,19 @@ def test_language_checks_with_langdetect():
     assert C.check_english_capital("THE CAT IS BLACK AND THE DOG IS WHITE. THEY PLAY IN THE GARDEN.")
 
 
+def test_a_copied_request_does_not_do_the_task():
+    """With repeat_prompt, the task is judged on what follows the copy, as the gold reward judges
+    it: the copy names the topic, and alone it would pass "tell me a story about Tom and a kite";
+    IFEval's own ids still read the whole response."""
+    ids = ["task:write_story", "combination:repeat_prompt", "punctuation:no_comma"]
+    request = "Tell me a story about Tom and a kite."
+    kwargs = [{"name": "Tom", "thing": "kite"}, {"prompt_to_repeat": request}, {}]
+    assert score(request, ids, kwargs)["strict"] == [False, True, True]
+    assert score(request + "\n(copy) done.", ids, kwargs)["loose"] == [False, True, True]
+    assert score(request + "\nTom flew his red kite.", ids, kwargs)["strict"] == [True, True, True]
+    assert score(request + "\nTom, his kite.", ids, kwargs)["strict"] == [True, True, False]
+
+
 def test_scored_n_of_m_prompts():
     recs = [{"instruction_id_list": ["punctuation:no_comma"], "strict": [True], "loose": [True]},
             {"instruction_id_list": ["custom:unknown"], "strict": [None], "loose": [None]},

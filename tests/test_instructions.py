@@ -62,6 +62,8 @@ def check(iid, response, **kw):
      "The KITE is RED.", "The KITE is red."),
     # base tasks
     ("task:write_sentence", {"topic": "kite"}, "Two Kites flew.", "A kitten sat."),
+    ("task:describe", {"topic": "cherry"}, "Cherries are red.", "Cherryies are red."),
+    ("task:describe", {"topic": "mouse"}, "Mice are small.", "A moose is big."),
     ("task:write_story", {"name": "Tom", "thing": "ball"}, "Tom had a ball.", "Tom had a bat."),
     ("task:list_things", {"place": "park", "num_items": 2}, "* a tree\n* a bench", "a tree and a car"),
     ("task:answer_question", {"answer": "red", "wrong": "blue"}, "Tom's kite is red.", "Red or blue."),

@@ -55,7 +55,8 @@ def _holds(count, relation, threshold):
 # --------------------------------------------------------------------------- checkers
 
 def check_keywords(response, keywords):
-    # IFEval: re.search(keyword, response, IGNORECASE): a case-insensitive SUBSTRING.
+    # IFEval: re.search(keyword, response, IGNORECASE): a case-insensitive SUBSTRING. We escape
+    # the keyword, so it is matched as written, never read as a pattern ("k.te" is not "kite").
     return all(re.search(re.escape(k), response, re.IGNORECASE) for k in keywords)
 
 

@@ -51,7 +51,7 @@ from functools import lru_cache
 
 from minift.synthetic import builders, instructions, tasks, world
 from minift.synthetic.instructions import split_sentences
-from minift.synthetic.tasks import CHECKERS, verify
+from minift.synthetic.tasks import CHECKERS, verify, without_copied_prompt
 
 FLOOR = 0.2
 BASE_BUDGET = 60        # words
@@ -167,15 +167,6 @@ def on_topic_share(prompt, response, instruction_id_list, kwargs):
     topic = topic_nouns(prompt, instruction_id_list, kwargs) - skip
     named = [nouns for nouns in (set(_content(s)) & NOUNS - skip for s in split_sentences(response)) if nouns]
     return sum(bool(nouns & topic) for nouns in named) / len(named) if named else 1.0
-
-
-def without_copied_prompt(response, instruction_id_list, kwargs):
-    """The response minus a leading copy of the request that combination:repeat_prompt asked
-    for: the copy names the topic, so it must not count as talking about it."""
-    repeat = _kw(instruction_id_list, kwargs, "combination:repeat_prompt") or {}
-    copy = repeat.get("prompt_to_repeat") or ""
-    text = response.strip()
-    return text[len(copy.strip()):] if copy.strip() and text.lower().startswith(copy.strip().lower()) else response
 
 
 @lru_cache(maxsize=1)

@@ -130,7 +130,7 @@ INSTRUCTIONS = [
     Instruction(
         "detectable_format:number_bullet_lists",
         ("Your answer must contain exactly {n} in markdown, such as: * This is a point.",
-         "Use exactly {n}.", "Answer with exactly {n} that start with *.",
+         "Use exactly {n}.", "Answer with exactly {n} that start with * or -.",
          "Format the answer as a list of exactly {n} in markdown."),
         C.check_bullets, ("num_bullets",), B.sample_bullets, edit_text=B.render_bullets, order=30, fit=_exact,
         fields=lambda kw: {"n": B.n_of(kw["num_bullets"], "bullet point")}),
@@ -186,7 +186,7 @@ INSTRUCTIONS = [
         "detectable_format:title",
         ("Your answer must contain a title in double angular brackets, such as <<poem of joy>>.",
          "Give your answer a title in double angular brackets like <<my title>>.",
-         "Start with a title inside << and >>.", "Add a title wrapped in <<double angle brackets>>."),
+         "Include a title inside << and >>.", "Add a title wrapped in <<double angle brackets>>."),
         C.check_title, edit_text=B.wrap(lambda d, kw: f"<<{d.title}>>\n{d.text}"), order=50),
     Instruction(
         "detectable_content:postscript",
@@ -213,7 +213,7 @@ INSTRUCTIONS = [
     Instruction(
         "detectable_format:json_format",
         ("Entire output should be wrapped in JSON format.", "Answer in JSON format.",
-         "Give your whole answer as JSON.", "Return the response as a valid JSON object."),
+         "Give your whole answer as JSON.", "Return the response as valid JSON."),
         C.check_json, edit_text=B.wrap(lambda d, kw: json.dumps({"answer": d.text})), order=56),
     Instruction(
         "combination:repeat_prompt",

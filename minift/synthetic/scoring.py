@@ -22,7 +22,7 @@ import statistics
 
 from minift.synthetic import checkers as C
 from minift.synthetic.instructions import run_checker
-from minift.synthetic.tasks import CHECKERS, verify
+from minift.synthetic.tasks import CHECKERS, verify, without_copied_prompt
 
 # IFEval's instruction ids (instructions_registry.py INSTRUCTION_DICT), all 25.
 IFEVAL_IDS = (
@@ -71,16 +71,20 @@ def _variants(response):
 
 
 def score(response, instruction_id_list, kwargs, prompt=""):
-    """{"strict": [True/False/None per id], "loose": [...]}; None = unsupported id."""
+    """{"strict": [True/False/None per id], "loose": [...]}; None = unsupported id. A task:* id
+    is judged on the answer after any copy of the request (without_copied_prompt), as the gold
+    reward judges it; IFEval's own ids on the whole response, as IFEval does."""
     strict, loose = [], []
-    variants = [v for v in _variants(response) if v.strip()]  # an empty variant never passes
+    answer = without_copied_prompt(response, instruction_id_list, kwargs)
     for iid, kw in zip(instruction_id_list, kwargs):
         if not checkable(iid):
             strict.append(None)
             loose.append(None)
             continue
+        judged = answer if iid.startswith("task:") else response
+        variants = [v for v in _variants(judged) if v.strip()]  # an empty variant never passes
         ok = lambda text: verify(text, [iid], [kw], prompt, IFEVAL_CHECKERS)[0]  # noqa: E731
-        strict.append(bool(response.strip()) and ok(response))
+        strict.append(bool(judged.strip()) and ok(judged))
         loose.append(any(ok(v) for v in variants))
     return {"strict": strict, "loose": loose}
 

@@ -6,7 +6,7 @@ instruction builders then edit, minift/synthetic/instructions.py), and a checker
 verifiable and is listed FIRST in a record's instruction_id_list as "task:..." (with its own
 kwargs). So every prompt is scored, even one with no extra instruction, and the gold reward
 can check the content too. Our scorer knows the task:* ids (CHECKERS, verify below); IFEval's
-own tooling will report them as unknown ids, which is expected.
+own tooling does not, and stops at the first one: drop them before scoring our files with it.
 
 minift/synthetic/splits.py composes prompts from a task plus 0-3 instructions, and makes the splits.
 """
@@ -36,7 +36,9 @@ def _the(word):
 
 @lru_cache(maxsize=None)
 def _word_pattern(word):
-    return re.compile(rf"\b{re.escape(word)}(s|es)?\b", re.IGNORECASE)
+    """The word with -s or -es, or its plural as the story world spells it (cherries, mice)."""
+    plural = re.escape(world.plural(word.lower()))
+    return re.compile(rf"\b(?:{re.escape(word)}(?:s|es)?|{plural})\b", re.IGNORECASE)
 
 
 def _title(text):
@@ -46,7 +48,8 @@ def _title(text):
 
 
 def mentions(text, word):
-    """Whole word, any case, plural allowed ("kite" matches "Kites" but not "kitten")."""
+    """Whole word, any case, plural allowed ("kite" matches "Kites" but not "kitten"; "cherry"
+    matches "cherries", "mouse" "mice")."""
     return _word_pattern(word).search(text) is not None
 
 
@@ -320,6 +323,17 @@ TASK_REGISTRY = {t.id: t for t in TASKS}
 # Every id we can check: instruction types and base tasks.
 CHECKERS = {**{i: ins.verify for i, ins in REGISTRY.items()},
             **{t.id: partial(run_checker, t.check, t.kwargs) for t in TASKS}}
+
+
+def without_copied_prompt(response, instruction_id_list, kwargs):
+    """The response minus a leading copy of the request that combination:repeat_prompt asked
+    for: what a task:* id is judged on, by the evaluation and the gold reward alike. The copy
+    names the topic and can even read as an answer ("Tell me a story about Tom."), so it must
+    not count as doing the task."""
+    repeat = next(((kw or {}) for i, kw in zip(instruction_id_list, kwargs) if i == "combination:repeat_prompt"), {})
+    copy = (repeat.get("prompt_to_repeat") or "").strip()
+    text = response.strip()
+    return text[len(copy):] if copy and text.lower().startswith(copy.lower()) else response
 
 
 def verify(response, instruction_id_list, kwargs, prompt="", checkers=CHECKERS):
