@@ -9,7 +9,8 @@ Stage 1 of 4: pretraining. The GPT learns to predict the next token of plain tex
 Everything the loop does is below, top to bottom: random windows of the token stream,
 AdamW with warmup + cosine decay, gradient accumulation and clipping, periodic
 validation loss, atomic checkpoints, and exact resume (`--resume=True`, the default,
-continues from <out_dir>/ckpt.pt if it exists).
+continues from <out_dir>/ckpt.pt if it exists). A checkpoint is written at every evaluation
+and on Ctrl-C, so a crash loses at most the steps since the last evaluation.
 """
 
 import json
@@ -140,10 +141,16 @@ def main(argv=None):
     meta_path = os.path.join(cfg.data_dir, "meta.json")
     if not os.path.exists(meta_path):
         raise SystemExit(f"error: {meta_path} is missing; data/prepare.py writes it beside train.bin")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    tokenizer_spec = meta["tokenizer"]  # "gpt2", or the file prepare.py wrote beside the data,
-    if meta.get("tokenizer_file"):       # looked up there, so that a moved data_dir still finds it
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        tokenizer_spec = meta["tokenizer"]
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, or no "tokenizer" in it
+        raise SystemExit(f"error: {meta_path} is not the meta.json data/prepare.py writes ({type(e).__name__}: "
+                         f"{e}); re-run data/prepare.py") from None
+    # "gpt2", or the file prepare.py wrote beside the data, looked up there, so that a moved
+    # data_dir still finds it
+    if meta.get("tokenizer_file"):
         tokenizer_spec = os.path.join(cfg.data_dir, meta["tokenizer_file"])
     tokenizer = load_tokenizer(tokenizer_spec)
     if meta.get("tokenizer_sha256", tokenizer.identity["sha256"]) != tokenizer.identity["sha256"]:

@@ -127,7 +127,7 @@ def main(argv=None):
                         f"--init_from={current}", f"--data={out}/data.jsonl", "--eval_data=", f"--out_dir={out}",
                         f"--batch_size={cfg.batch_size}", f"--max_steps={math.ceil(stats['rows'] / cfg.batch_size)}",
                         f"--learning_rate={cfg.learning_rate}", f"--min_lr={cfg.learning_rate / 10}",
-                        "--warmup_steps=10", "--resume=false"])
+                        "--warmup_steps=10", "--force"])
         current = os.path.join(out, "ckpt.pt")
         if not cfg.score:
             results.append(stats)

@@ -7,8 +7,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
      "config": dict (the script's hyperparameters), "tokenizer": {"path", "sha256", "ranks", ...},
      "rng": {...}, "metrics": {...}}
 
-* Atomic: we write `ckpt.pt.tmp` and `os.replace` it over `ckpt.pt`. A crash or Ctrl-C
-  mid-write leaves the previous checkpoint whole, never a truncated file.
+* Atomic: we write `ckpt.pt.tmp<process id>` and `os.replace` it over `ckpt.pt`. A crash or
+  Ctrl-C mid-write leaves the previous checkpoint whole, never a truncated file (a killed
+  process may leave its temp file beside it, which nothing reads).
 * Safe: `torch.load(weights_only=True)` refuses anything but tensors and plain containers,
   so opening a checkpoint from the internet cannot run code (pickle can).
 * Checked: a script names the kinds it accepts (load_checkpoint's `kinds`), and a resumed run
@@ -16,8 +17,10 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
   unreadable file stops the script with one line that names it.
 """
 
+import contextlib
 import dataclasses
 import os
+import pickle
 
 import torch
 
@@ -32,7 +35,9 @@ def save_checkpoint(path, payload):
 # The language models: a checkpoint of one of these kinds holds a GPT that generates.
 GENERATIVE = ("pretrain", "sft", "ppo", "grpo", "dpo")
 # Settings a resumed run may change: where and how fast it runs, how often it reports, and
-# how long it trains (resuming to a larger --max_steps or --epochs continues a run; see resume_training).
+# how long it trains. Resuming to a larger --max_steps or --epochs continues a run, on a
+# learning-rate schedule stretched to the new length, so the rate rises again where it resumes
+# (pretraining's --decay_steps, set to the first run's length, keeps the old schedule).
 RESUMABLE_CHANGES = {"out_dir", "resume", "force", "device", "compile", "log_interval", "eval_interval",
                      "eval_batches", "eval_examples", "eval_batch_size", "max_steps", "decay_steps", "iterations",
                      "epochs", "preset"}
@@ -43,12 +48,20 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
     given as the reward model would otherwise load, with its head left at its random init)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}." + (f" {hint}" if hint else ""))
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; pass the checkpoint file in it, such as {os.path.join(path, 'ckpt.pt')}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():  # an object weights_only refuses: it could run code
+            raise ValueError(f"{path} holds Python objects besides tensors and plain containers; refused, since "
+                             "loading them could run code. Load only checkpoints that minift wrote.") from None
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}). It may be truncated or "
+                         "another kind of file: restore it, or make it again.") from None
     except Exception as e:  # a damaged file can fail anywhere in the unpickler (a KeyError, even)
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable checkpoint ({reason}). It may be truncated or another "
-                         f"kind of file: restore it, or delete it to start afresh.") from None
+                         "kind of file: restore it, or make it again.") from None
     if not isinstance(ckpt, dict) or not {"kind", "model"} <= set(ckpt):
         raise ValueError(f"{path} is not a minift checkpoint (it has no kind and model)")
     if kinds is not None and ckpt["kind"] not in kinds:
@@ -147,14 +160,14 @@ def save_training_checkpoint(path, kind, step, model, optimizer, cfg, tokenizer_
 
 def should_resume(cfg, ckpt_path):
     """Whether a training script resumes from <out_dir>/ckpt.pt: it does when the file exists
-    and --resume is on (the default). --force starts over instead: the old metrics log goes, so
-    a log never mixes two runs, and the checkpoint is replaced at the new run's first save."""
-    if cfg.force:
-        log = os.path.join(cfg.out_dir, "metrics.jsonl")
-        if os.path.exists(log):
-            os.remove(log)
+    and --resume is on (the default). --force, or --resume=false, starts over instead: the old
+    metrics log goes, so a log never mixes two runs, and the checkpoint is replaced at the new
+    run's first save. (Under DDP every rank gets here; one removes the log, the others find it gone.)"""
+    if cfg.force or not cfg.resume:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(cfg.out_dir, "metrics.jsonl"))
         return False
-    return cfg.resume and os.path.exists(ckpt_path)
+    return os.path.exists(ckpt_path)
 
 
 def resume_training(path, model, optimizer, generator, device="cpu", rank=0, seed=0, kind=None, cfg=None,
@@ -163,9 +176,10 @@ def resume_training(path, model, optimizer, generator, device="cpu", rank=0, see
     random state, so the run continues exactly where it stopped. Returns the checkpoint.
     With them, first check that the checkpoint is of this `kind`, was made with this run's
     settings (`cfg`, check_settings) and `tokenizer` (its identity dict).
-    Under DDP only rank 0 saves, so the checkpoint holds rank 0's generator: every other
-    rank reseeds its own from (seed, rank, step) instead of copying rank 0's draws (which
-    would make all ranks train on the same batches after a resume).
+    Under DDP only rank 0 saves, so the checkpoint holds rank 0's generators: every other
+    rank reseeds its batch generator from (seed, rank, step) instead of copying rank 0's draws
+    (which would make all ranks train on the same batches after a resume). So a DDP run
+    resumes exactly on rank 0 only; the others draw new batches of the same kind.
     Scripts that walk their data in epochs (reward, DPO) save and pass their `world_size`: they
     count their place in the data in steps of that many batches, so a run resumed on another
     number of processes would skip or repeat data."""

@@ -16,6 +16,7 @@ import difflib
 import gc
 import inspect
 import io
+import math
 import re
 import sys
 import textwrap
@@ -42,10 +43,14 @@ def _convert(name, text, default, script):
         if kind is int:
             return int(text)
         if kind is float:
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):  # nan slips past every range check (nan < 0 is False)
+                raise ValueError
+            return value
         return text
     except ValueError:
-        raise ConfigError(f"{script}: --{name} expects {kind.__name__}, got {text!r}") from None
+        raise ConfigError(f"{script}: --{name} expects {'a finite float' if kind is float else kind.__name__}, "
+                          f"got {text!r}") from None
 
 
 def field_comments(cls):

@@ -9,8 +9,9 @@ Every malformed record raises DataFormatError naming the file, the line (or, for
 file, the record's 0-based index), the field, what is wrong and what was expected -- a data bug
 should cost one read of the message, not an afternoon of debugging.
 
-File detection: a ".json" file whose content starts with "[" is one JSON array of records (the
-Alpaca release); anything else is JSONL (one JSON object per line, blank lines skipped).
+File detection: a ".json" file (any case) whose content starts with "[" is one JSON array of
+records (the Alpaca release); anything else is JSONL (one JSON object per line, blank lines
+skipped).
 """
 import json
 import os
@@ -50,13 +51,14 @@ def _str_field(obj, key, where, prefix=""):
 # ---------------------------------------------------------------- generic JSONL helpers
 
 def _parse_jsonl(path, text):
-    """Yield (1-based line number, value) for each non-blank line."""
-    for n, line in enumerate(text.splitlines(), 1):
+    """Yield (1-based line number, value) for each non-blank line. Lines end at "\n" only:
+    str.splitlines() would also split at U+2028 and U+0085, which JSON strings may hold raw."""
+    for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno}); "
+                raise DataFormatError(f"{path} line {n}: invalid JSON ({e.msg}, column {e.colno}); "
                                       "expected one JSON value per line") from None
 
 
@@ -116,7 +118,7 @@ def _records(path):
     """[(where, record dict)] from a JSONL or JSON-array file; zero records is an error."""
     path = os.fspath(path)
     text = read_text(path)
-    if path.endswith(".json") and text.lstrip().startswith("["):
+    if path.lower().endswith(".json") and text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

@@ -182,6 +182,15 @@ def test_pretrain_bad_options(corpus_dir, tmp_path, args, needles):
     assert not os.path.exists(tmp_path / "p" / "ckpt.pt")
 
 
+@pytest.mark.parametrize("meta", ["", "{}"])
+def test_pretrain_names_a_broken_meta_json(corpus_dir, tmp_path, meta):
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    (data / "meta.json").write_text(meta)
+    fails(train_pretrain.main, MICRO + [f"--data_dir={data}", f"--out_dir={tmp_path}/p"],
+          str(data / "meta.json"), "re-run data/prepare.py")
+
+
 @pytest.fixture
 def finished_pretrain(kit, tmp_path):
     """A copy of the kit's finished pretraining run (max_steps=2), to re-run in."""

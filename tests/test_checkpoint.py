@@ -2,12 +2,13 @@
 tokenizer each checkpoint carries."""
 import dataclasses
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from minift.checkpoint import (check_model_config, load_checkpoint, resume_training, save_checkpoint,
-                               save_training_checkpoint, tokenizer_for)
+                               save_training_checkpoint, should_resume, tokenizer_for)
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
 
@@ -31,8 +32,10 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
     torch.save({"x": Evil()}, path)
-    with pytest.raises(Exception, match="[Ww]eights only"):
+    with pytest.raises(ValueError, match="holds Python objects .* could run code"):
         load_checkpoint(path)
+    with pytest.raises(ValueError, match="is a folder; pass the checkpoint file in it"):
+        load_checkpoint(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="run this first"):
         load_checkpoint(str(tmp_path / "missing.pt"), hint="run this first")
 
@@ -62,6 +65,21 @@ def test_resume_gives_rank_0_the_saved_draws_and_other_ranks_their_own(tmp_path)
     assert torch.equal(draws[0], expected)
     assert not torch.equal(draws[1], expected)
 
+
+
+def test_starting_over_clears_the_log_and_resuming_keeps_it(tmp_path):
+    """--force and --resume=false both start over, so the old run's log goes (a log never
+    mixes two runs); a plain run resumes and keeps it; with no log to clear, nothing fails."""
+    ckpt, log = tmp_path / "ckpt.pt", tmp_path / "metrics.jsonl"
+    ckpt.write_bytes(b"a checkpoint")
+    cfg = dict(out_dir=str(tmp_path), force=False, resume=True)
+    log.write_text("{}\n")
+    assert should_resume(SimpleNamespace(**cfg), str(ckpt)) and log.exists()
+    for start_over in ({"force": True}, {"resume": False}):
+        log.write_text("{}\n")
+        assert not should_resume(SimpleNamespace(**cfg | start_over), str(ckpt)) and not log.exists()
+    assert not should_resume(SimpleNamespace(**cfg | {"force": True}), str(ckpt))
+    assert not should_resume(SimpleNamespace(**cfg), str(tmp_path / "none.pt"))
 
 
 def test_a_checkpoint_carries_its_tokenizer(tmp_path):

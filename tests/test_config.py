@@ -37,6 +37,7 @@ def test_overrides_and_presets():
     (["--lerning_rate=1"], "Did you mean --learning_rate"),
     (["--max_steps=ten"], "--max_steps expects int, got 'ten'"),
     (["--compile=maybe"], "--compile expects bool"),
+    (["--learning_rate=nan"], "--learning_rate expects a finite float, got 'nan'"),
     (["--preset=huge"], "unknown preset 'huge'"),
     (["max_steps=3"], "unexpected argument"),
 ])

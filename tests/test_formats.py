@@ -45,9 +45,10 @@ def test_sft_alpaca_json_array_and_jsonl(tmp_path):
             {"instruction": "Wave", "output": "*waves*", "id": 7}]
     want = [{"messages": [U("Add\n\n2+2"), A("4")]}, {"messages": [U("Greet"), A("Hi")]},
             {"messages": [U("Wave"), A("*waves*")], "id": 7}]
-    array = tmp_path / "alpaca.json"
-    array.write_text(json.dumps(recs, indent=2))
-    assert load_sft(array) == want
+    for name in ("alpaca.json", "ALPACA.JSON"):
+        array = tmp_path / name
+        array.write_text(json.dumps(recs, indent=2))
+        assert load_sft(array) == want
     assert load_sft(jsonl(tmp_path, recs)) == want
 
 
@@ -187,6 +188,9 @@ def test_ifeval_responses_round_trip(tmp_path):
 
 def test_read_write_jsonl(tmp_path):
     path = tmp_path / "x.jsonl"
+    # U+2028 and U+0085 are line breaks to str.splitlines(), and JSON strings hold them raw
+    write_jsonl(tmp_path / "breaks.jsonl", [{"text": "one\u2028two\x85three"}])
+    assert read_jsonl(tmp_path / "breaks.jsonl") == [{"text": "one\u2028two\x85three"}]
     write_jsonl(path, [{"a": 1}, [2], "é"])
     assert read_jsonl(path) == [{"a": 1}, [2], "é"]
     path.write_text('{"a": 1}\n\n{"a": \n')

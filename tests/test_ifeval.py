@@ -160,6 +160,9 @@ def test_scored_n_of_m_prompts():
     assert m["prompt_strict"] == pytest.approx(1 / 2)
     assert format_table(m).splitlines()[0] == ("scored 2 of 3 prompts (1 have no instruction we can check); "
                                                "1 scored on only some of their instructions")
+    table = format_table(aggregate(recs[1:2])).splitlines()
+    assert table[:2] == ["scored 0 of 1 prompts (1 have no instruction we can check)",
+                         "prompt-level and instruction-level: n/a (no prompt has an instruction we can check)"]
 
 
 def test_evaluate_reports_scored_prompts_and_cut_prompts(tmp_path, capsys):

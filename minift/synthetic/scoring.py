@@ -141,9 +141,13 @@ def format_table(metrics):
     if any(iid in LANGUAGE_IDS for iid in {**metrics["per_type"], **metrics["unsupported"]}) \
             and not metrics.get("language_checked", True):
         lines.append(f"{NO_LANGDETECT} (pip install langdetect): english_capital/lowercase check the case only")
-    lines += [f"prompt-level      strict {metrics['prompt_strict']:.1%}   loose {metrics['prompt_loose']:.1%}",
-              f"instruction-level strict {metrics['instruction_strict']:.1%}   "
-              f"loose {metrics['instruction_loose']:.1%}", "", f"{'type':<48} {'n':>5} {'strict':>7} {'loose':>7}"]
+    if scored:
+        lines += [f"prompt-level      strict {metrics['prompt_strict']:.1%}   loose {metrics['prompt_loose']:.1%}",
+                  f"instruction-level strict {metrics['instruction_strict']:.1%}   "
+                  f"loose {metrics['instruction_loose']:.1%}"]
+    else:  # aggregate's 0.0 then stands for "nothing scored", not for failing every prompt
+        lines.append("prompt-level and instruction-level: n/a (no prompt has an instruction we can check)")
+    lines += ["", f"{'type':<48} {'n':>5} {'strict':>7} {'loose':>7}"]
     for iid, row in sorted(metrics["per_type"].items()):
         note = f"  ({NO_LANGDETECT})" if row.get("language_checked") is False else ""
         lines.append(f"{iid:<48} {row['n']:>5} {row['strict']:>7.1%} {row['loose']:>7.1%}{note}")
