@@ -52,13 +52,10 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
         raise ValueError(f"{path} is a folder; pass the checkpoint file in it, such as {os.path.join(path, 'ckpt.pt')}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():  # an object weights_only refuses: it could run code
+    except Exception as e:  # a damaged file can fail anywhere in the unpickler (a KeyError, even)
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():  # it could run code
             raise ValueError(f"{path} holds Python objects besides tensors and plain containers; refused, since "
                              "loading them could run code. Load only checkpoints that minift wrote.") from None
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}). It may be truncated or "
-                         "another kind of file: restore it, or make it again.") from None
-    except Exception as e:  # a damaged file can fail anywhere in the unpickler (a KeyError, even)
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable checkpoint ({reason}). It may be truncated or another "
                          "kind of file: restore it, or make it again.") from None

@@ -76,16 +76,17 @@ def score(response, instruction_id_list, kwargs, prompt=""):
     reward judges it; IFEval's own ids on the whole response, as IFEval does."""
     strict, loose = [], []
     answer = without_copied_prompt(response, instruction_id_list, kwargs)
+    variants = {text: [v for v in _variants(text) if v.strip()]  # an empty variant never passes
+                for text in {response, answer}}
     for iid, kw in zip(instruction_id_list, kwargs):
         if not checkable(iid):
             strict.append(None)
             loose.append(None)
             continue
         judged = answer if iid.startswith("task:") else response
-        variants = [v for v in _variants(judged) if v.strip()]  # an empty variant never passes
         ok = lambda text: verify(text, [iid], [kw], prompt, IFEVAL_CHECKERS)[0]  # noqa: E731
         strict.append(bool(judged.strip()) and ok(judged))
-        loose.append(any(ok(v) for v in variants))
+        loose.append(any(ok(v) for v in variants[judged]))
     return {"strict": strict, "loose": loose}
 
 
