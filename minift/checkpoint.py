@@ -61,6 +61,10 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
                          "kind of file: restore it, or make it again.") from None
     if not isinstance(ckpt, dict) or not {"kind", "model"} <= set(ckpt):
         raise ValueError(f"{path} is not a minift checkpoint (it has no kind and model)")
+    missing = [key for key in ("model_config", "tokenizer") if key not in ckpt]
+    if missing:  # every script rebuilds the model and its tokenizer from these two entries
+        raise ValueError(f"{path} is a {ckpt['kind']} checkpoint without {' and '.join(missing)}, which minift "
+                         "needs to rebuild the model; load only checkpoints that minift wrote")
     if kinds is not None and ckpt["kind"] not in kinds:
         raise ValueError(f"{path} is a {ckpt['kind']} checkpoint; expected {' or '.join(kinds)}."
                          + (f" {hint}" if hint else ""))

@@ -15,7 +15,8 @@ from minift.tokenizer import Tokenizer, save_ranks, train_bpe
 
 def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
     path = str(tmp_path / "ckpt.pt")
-    payload = {"kind": "pretrain", "step": 3, "model": {"w": torch.arange(4.0)}, "config": {"a": 1}}
+    payload = {"kind": "pretrain", "step": 3, "model": {"w": torch.arange(4.0)}, "config": {"a": 1},
+               "model_config": {}, "tokenizer": {}}
     save_checkpoint(path, payload)
     assert os.listdir(tmp_path) == ["ckpt.pt"]                   # no temp file left behind
     loaded = load_checkpoint(path)
@@ -33,6 +34,9 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
             return (print, ("pwned",))
     torch.save({"x": Evil()}, path)
     with pytest.raises(ValueError, match="holds Python objects .* could run code"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"kind": "sft", "model": {}})  # another program's layout: say what it lacks
+    with pytest.raises(ValueError, match="sft checkpoint without model_config and tokenizer"):
         load_checkpoint(path)
     with pytest.raises(ValueError, match="is a folder; pass the checkpoint file in it"):
         load_checkpoint(str(tmp_path))
