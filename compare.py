@@ -210,7 +210,8 @@ def compare_markdown(results, preset, seeds):
               f"of {BEST_OF} samples at temperature {report_card.SAMPLE_TEMPERATURE}, and its KL the best-of-n formula "
               f"log n - (n-1)/n. sampled: one answer a prompt at that temperature. fail -> pass, pass -> fail: "
               "greedy test answers whose verdict changed from the SFT model's. gold: the gold reward of the "
-              "greedy test answers. seconds: training time (ppo: pipeline.py's PPO stage when reused; best_of_8: "
+              "greedy test answers. KL to SFT: nats an answer, one answer sampled at that temperature to each of "
+              "the first --kl_examples test prompts. seconds: training time (ppo: pipeline.py's PPO stage when reused; best_of_8: "
               "sampling and judging both splits)."]
     return "\n".join(lines) + "\n"
 

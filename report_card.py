@@ -123,9 +123,10 @@ def report_markdown(r):
     p = s["ppo"]
     lines.append(f"| ppo | {p['seconds']:.0f} | on fixed probe prompts, before -> after: "
                  f"reward model {p['reward_start']:+.2f} -> {p['reward_end']:+.2f}, "
-                 f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL {p['kl']:.2f} nats at the end"
+                 f"gold {p['gold_start']:.3f} -> {p['gold_end']:.3f}, KL to SFT {p['kl']:.2f} nats an answer "
+                 "in the last rollout batch (RL prompts)"
                  # a stage.json written before kl_max existed lacks it; the report still renders
-                 + (f", at most {p['kl_max']:.2f}" if "kl_max" in p else "") + " |")
+                 + (f", at most {p['kl_max']:.2f} over the run" if "kl_max" in p else "") + " |")
     lines += reward_hacking_lines(p)
     lines += ["", "## Instruction following (IFEval metrics)", "",
               "Greedy answers, as IFEval scores them; *sampled*: one answer a prompt at temperature "

@@ -6,8 +6,8 @@ Talk to any minift checkpoint.
     python sample.py --ckpt=out/tiny/sft/ckpt.pt --chat          # multi-turn chat REPL
     python sample.py --ckpt=out/tiny/reward/ckpt.pt --prompt="Describe a cat." --response="The cat is soft."
 
-A language-model checkpoint (pretrain, SFT, PPO) generates, streaming tokens as they
-come; an SFT or PPO checkpoint answers through the chat template. A reward checkpoint
+A language-model checkpoint (pretrain, SFT, PPO, DPO, GRPO) generates, streaming tokens as
+they come; all but a pretrained one answer through the chat template. A reward checkpoint
 scores a (prompt, response) pair, which is a quick way to poke at what it has learned.
 """
 

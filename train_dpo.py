@@ -85,7 +85,7 @@ class Config:
     log_interval: int = 10
     # system
     device: str = "auto"
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"        # autocast (Runtime.autocast); "float32": none
     compile: bool = False
     seed: int = 1337
 
@@ -98,7 +98,7 @@ PRESETS = {
 
 
 # ---------------------------------------------------------------------- the method
-def answer_logprobs(model, seqs, tokenizer, device):
+def summed_answer_logprobs(model, seqs, tokenizer, device):
     """Lists of ids (prompt, then answer ending in <|end|>) -> (B,) summed log p(answer tokens |
     all before them): step 2. Left padding and positions from the mask (as
     train_reward.last_token_scores does), so a sequence's figure does not depend on the
@@ -120,13 +120,13 @@ def answer_logprobs(model, seqs, tokenizer, device):
 
 @torch.no_grad()
 def logprobs_all(model, seqs, tokenizer, device, batch_size):
-    """answer_logprobs of many sequences without gradients, batched by length so little
+    """summed_answer_logprobs of many sequences without gradients, batched by length so little
     compute goes to padding."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = torch.zeros(len(seqs))
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        out[batch] = answer_logprobs(model, [seqs[i] for i in batch], tokenizer, device).cpu()
+        out[batch] = summed_answer_logprobs(model, [seqs[i] for i in batch], tokenizer, device).cpu()
     return out
 
 
@@ -171,7 +171,7 @@ def group_batch_loss(model, seqs, groups, ref_logps, tokenizer, device, cfg):
     used = sorted({i for g in groups for c, r, _ in g for i in (c, r)})
     row = torch.full((len(seqs),), -1, dtype=torch.long)
     row[used] = torch.arange(len(used))
-    logps = answer_logprobs(model, [seqs[i] for i in used], tokenizer, device)
+    logps = summed_answer_logprobs(model, [seqs[i] for i in used], tokenizer, device)
     chosen, rejected = pair_rows(groups)
     ref = ref_logps.to(logps.device)
     losses, r_c, r_r = dpo_loss(logps[row[chosen].to(device)], logps[row[rejected].to(device)],

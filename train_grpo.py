@@ -133,10 +133,10 @@ def grpo_loss(new_logp, old_logp, ref_logp, advantages, mask, cfg):
 
 
 # ---------------------------------------------------------------------------- the loop
-def optimise(policy, optimizer, rollout_batch, cfg, rt, generator, it, ckpt_path):
+def optimise(policy, optimizer, experience, cfg, rt, generator, it, ckpt_path):
     """E epochs over M shuffled minibatches of the kept answers. Returns each minibatch's stats
     (none when every group was dropped)."""
-    seq, attn, mask, P, old_logp, ref_logp, advantages = rollout_batch
+    seq, attn, mask, P, old_logp, ref_logp, advantages = experience
     B = seq.size(0)
     mb_size = -(-B // cfg.num_minibatches)  # ceil: the kept answers vary in number
     stats = []

@@ -65,7 +65,7 @@ class Config:
     # mean score of the prompt's other K-1 answers subtracted (leave_one_out). It is also
     # faster: a batch of fewer prompts is padded to a shorter longest prompt and waits for
     # fewer long answers (FINDINGS.md, section 9, "Four answers to each prompt").
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = 4      # K, each scored against the other K-1
     # rewards
     kl_coef: float = 0.05            # beta: N+ and TRL use 0.05 (InstructGPT 0.02)
     adaptive_kl: bool = False        # Ziegler's proportional controller toward kl_target
@@ -76,7 +76,7 @@ class Config:
     ppo_epochs: int = 4              # OpenAI and N+ use 4
     num_minibatches: int = 4
     gamma: float = 1.0               # no discounting within an answer (all sources)
-    lam: float = 1.0                 # GAE lambda; OpenAI, N+ and TRL use 0.95. With a critic that
+    lam: float = 1.0                 # GAE lambda (OpenAI, N+ and TRL: 0.95). With a critic that
                                      # starts at zero, 0.95 hands an answer's first tokens (a title,
                                      # an opening quote) a fraction of its score; 1.0 hands it all
                                      # (FINDINGS.md, section 14, "PPO's defaults, re-measured")
@@ -84,7 +84,7 @@ class Config:
     value_clip: float = 0.2
     # OpenAI's and TRL's 0.1 balances two losses in one network; our critic is its own network,
     # so under Adam the factor acts only through eps and how often the critic's clipping binds.
-    vf_coef: float = 0.1
+    vf_coef: float = 0.1             # the value loss's weight in the one loss
     learning_rate: float = 1e-4      # annealed linearly to 0 over the run. Lower rates let an
                                      # update's approx-KL and clip fraction fall to nearly 0 long
                                      # before the end: PPO stopped moving (FINDINGS.md, section 14,
@@ -103,7 +103,7 @@ class Config:
     # reward model scores in fp32, the precision its normalisation was fitted in, and the
     # evaluations decode in fp32, as evaluate.py does. bf16 scored within the seeds' noise of
     # fp32, in less time (FINDINGS.md, section 9, "bf16"). "float32": none.
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"          # autocast; "float32": none
 
 
 PRESETS = {
@@ -257,7 +257,7 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
     ended = torch.tensor([bool(a) and a[-1] == tokenizer.end for a in answers], dtype=torch.float)
     texts = [decode_answer(tokenizer, a, (tokenizer.end,)) for a in answers]
     seq = torch.cat([prompt_ids, answer_ids.to(device)], 1)                         # (B, P+N)
-    attn = torch.cat([prompt_mask, answer_mask.long().to(device)], 1)
+    attn = torch.cat([prompt_mask, answer_mask.long().to(device)], 1)                 # (B, P+N)
     return seq, attn, answer_mask.to(device), ended.to(device), texts
 
 
@@ -333,10 +333,10 @@ def iteration_lr(cfg, it):
     return cfg.learning_rate * ((1 - it / cfg.iterations) if cfg.anneal_lr else 1.0)
 
 
-def optimise(policy, value_model, optimizer, rollout_batch, cfg, rt, generator, it, ckpt_path):
+def optimise(policy, value_model, optimizer, experience, cfg, rt, generator, it, ckpt_path):
     """E epochs over M shuffled minibatches of the clipped PPO objective, policy and critic in
-    one backward. `rollout_batch` holds what step 1-3 stored. Returns each minibatch's stats."""
-    seq, attn, mask, P, old_logp, old_values, advantages, returns = rollout_batch
+    one backward. `experience` holds what steps 1-3 stored. Returns each minibatch's stats."""
+    seq, attn, mask, P, old_logp, old_values, advantages, returns = experience
     params = list(policy.parameters()) + list(value_model.parameters())
     B = seq.size(0)
     mb_size = -(-B // cfg.num_minibatches)  # ceil: a remainder makes a smaller last minibatch, none is dropped
@@ -415,6 +415,8 @@ def main(argv=None):
             batch = [records[i] for i in picks.tolist() for _ in range(K)]   # a prompt's K rows side by side
             with torch.no_grad(), rt.autocast(cfg.dtype):
                 seq, attn, mask, ended, texts = rollout(policy, tokenizer, batch, cfg, generator, device)
+                # seq, attn (B, P+N): each prompt left-padded to P tokens, then its answer;
+                # mask (B, N): 1 on the answer's tokens up to and including <|end|>
                 P = seq.size(1) - mask.size(1)
                 # ---- 2. score. Old log-probs and values are stored once, before any update.
                 old_logp, _ = answer_logprobs(policy, seq, attn, P, cfg.temperature)

@@ -64,7 +64,7 @@ class Config:
     # "adamw", or "muon" for the blocks' matrices (minift.training.make_optimizer). AdamW here:
     # Muon's gain is a lower loss, and a lower loss is not what this model's instruction
     # following lacks (FINDINGS.md, "Pretraining", a lower loss).
-    optimizer: str = "adamw"
+    optimizer: str = "adamw"      # or "muon"
     grad_clip: float = 1.0
     # evaluation and logging
     eval_interval: int = 480
@@ -201,7 +201,7 @@ def main(argv=None):
         while step < cfg.max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, decay_steps)
             set_lr(optimizer, lr)
-            loss_sum = 0.0
+            step_loss = 0.0
             for micro in range(cfg.grad_accum):
                 x, y = get_batch(train_data, cfg.batch_size, cfg.block_size, batch_rng, rt.device)
                 # With DDP, gradients are all-reduced on every backward; skip that for all but
@@ -211,12 +211,12 @@ def main(argv=None):
                 with sync, rt.autocast(cfg.dtype):
                     _, loss = model(x, y)
                     (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach() / cfg.grad_accum
+                step_loss += loss.detach() / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             reading = host_reads(step, cfg, stop.requested)   # the loss stays on the device otherwise
             if reading:
-                loss_sum, grad_norm = loss_sum.item(), grad_norm.item()
-                check_finite(loss_sum, step, ckpt_path)
+                step_loss, grad_norm = step_loss.item(), grad_norm.item()
+                check_finite(step_loss, step, ckpt_path)
                 # The loss is this rank's own; the gradient is every rank's (DDP averaged it in
                 # backward), so a NaN on any rank stops them all here, at the same step.
                 check_finite(grad_norm, step, ckpt_path, "gradient norm")
@@ -231,15 +231,15 @@ def main(argv=None):
             t_log, step_log = time.time(), step
             speeds.append(tok_per_s)
             mfu = {"mfu": tok_per_s * flops_token / (peak * rt.world_size)} if peak else {}
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}",
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_per_s:,.0f}",
                             **{k: f"{v:.1%}" for k, v in mfu.items()})
             if step % cfg.log_interval == 0:
-                log.log(step=step, loss=loss_sum, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s, **mfu)
+                log.log(step=step, loss=step_loss, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s, **mfu)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 val_loss = estimate_loss(model, val_data, cfg, rt)
                 log.log(step=step, val_loss=val_loss)
                 if rt.master:   # tqdm.write prints even where the bar is disabled
-                    bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val_loss:.4f}")
+                    bar.write(f"step {step}: train loss {step_loss:.4f}, val loss {val_loss:.4f}")
                     save(val_loss)
                 t_log = time.time()  # the evaluation's time is not training time
         if stop.requested and rt.master:

@@ -92,7 +92,7 @@ class Config:
     log_interval: int = 10
     # system
     device: str = "auto"
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"        # autocast (Runtime.autocast); "float32": none
     compile: bool = False
     seed: int = 1337
 
@@ -387,7 +387,7 @@ def main(argv=None):
             set_lr(optimizer, lr)
             order = epoch_order(len(groups), cfg.seed, step // steps_per_epoch)
             start = (step % steps_per_epoch) * per_step
-            loss_sum = acc_sum = 0.0
+            step_loss = step_accuracy = 0.0
             for micro in range(cfg.grad_accum):
                 first = start + (micro * rt.world_size + rt.rank) * cfg.batch_groups
                 batch = [groups[i] for i in order[first:first + cfg.batch_groups]]
@@ -396,28 +396,28 @@ def main(argv=None):
                     loss, acc = group_batch_loss(model, seqs, batch, tokenizer, rt.device, gold,
                                                  cfg.across_prompt_weight)
                     (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-                acc_sum += acc / cfg.grad_accum
+                step_loss += loss.item() / cfg.grad_accum
+                step_accuracy += acc / cfg.grad_accum
             # averaged, so that all ranks stop together (one alone would leave the others waiting
             # forever in the next all-reduce); the logged figures are every rank's mean too
-            loss_sum, acc_sum = all_reduce_mean(loss_sum, rt), all_reduce_mean(acc_sum, rt)
-            check_finite(loss_sum, step, ckpt_path)
+            step_loss, step_accuracy = all_reduce_mean(step_loss, rt), all_reduce_mean(step_accuracy, rt)
+            check_finite(step_loss, step, ckpt_path)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{acc_sum:.2f}", lr=f"{lr:.2e}",
+            bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{step_accuracy:.2f}", lr=f"{lr:.2e}",
                             **{k: f"{metrics[k]:.2f}" for k in ("val_accuracy", "spearman") if k in metrics})
             if step % cfg.log_interval == 0:
-                log.log(step=step, loss=loss_sum, accuracy=acc_sum, lr=lr, grad_norm=grad_norm)
+                log.log(step=step, loss=step_loss, accuracy=step_accuracy, lr=lr, grad_norm=grad_norm)
             if step % cfg.eval_interval == 0 or step == max_steps:
                 if rt.master:
                     metrics = evaluate(raw_model, val, samples, tokenizer, rt.device, cfg.eval_batch_size)
-                    metrics = save({"train_loss": loss_sum, "train_accuracy": acc_sum, **metrics})
+                    metrics = save({"train_loss": step_loss, "train_accuracy": step_accuracy, **metrics})
                     log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
-                    bar.write(f"step {step}: loss {loss_sum:.4f}, " + ", ".join(
+                    bar.write(f"step {step}: loss {step_loss:.4f}, " + ", ".join(
                         f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
         if stop.requested and rt.master:
             save(metrics)

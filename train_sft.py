@@ -65,7 +65,7 @@ class Config:
     # make_optimizer); or "adamw" for all. Muon moves every direction of a matrix by about the
     # same amount (Jordan et al. 2024), so rarely used directions learn too; its cost per step
     # is fixed, so it needs all of SFT's steps to pay off (FINDINGS.md, "SFT training", Muon).
-    optimizer: str = "muon"
+    optimizer: str = "muon"        # or "adamw"
     grad_clip: float = 1.0
     dropout: float = 0.0
     # evaluation and logging
@@ -75,7 +75,7 @@ class Config:
     log_interval: int = 10
     # system
     device: str = "auto"
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"        # autocast (Runtime.autocast); "float32": none
     compile: bool = False
     seed: int = 1337
 
@@ -193,19 +193,19 @@ def main(argv=None):
         while step < cfg.max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
             set_lr(optimizer, lr)
-            loss_sum = 0.0
+            step_loss = 0.0
             for micro in range(cfg.grad_accum):
                 x, y = get_batch(examples, order, cfg.batch_size, tokenizer.pad, batch_rng, rt.device, block_size)
                 last = micro == cfg.grad_accum - 1
                 with (model.no_sync() if rt.ddp and not last else nullcontext()), rt.autocast(cfg.dtype):
                     _, loss = model(x, y)   # mean over answer tokens only (y = -1 elsewhere)
                     (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach() / cfg.grad_accum
+                step_loss += loss.detach() / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             reading = host_reads(step, cfg, stop.requested)   # the loss stays on the device otherwise
             if reading:
-                loss_sum, grad_norm = loss_sum.item(), grad_norm.item()
-                check_finite(loss_sum, step, ckpt_path)
+                step_loss, grad_norm = step_loss.item(), grad_norm.item()
+                check_finite(step_loss, step, ckpt_path)
                 # The loss is this rank's own; the gradient is every rank's (DDP averaged it in
                 # backward), so a NaN on any rank stops them all here, at the same step.
                 check_finite(grad_norm, step, ckpt_path, "gradient norm")
@@ -216,15 +216,15 @@ def main(argv=None):
             if not reading:
                 continue
 
-            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", **{k[:6]: f"{v:.2f}" for k, v in metrics.items()
-                                                                       if k == "prompt_strict"})
+            strict = {"strict": f"{metrics['prompt_strict']:.2f}"} if "prompt_strict" in metrics else {}
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", **strict)
             if step % cfg.log_interval == 0:
-                log.log(step=step, loss=loss_sum, lr=lr, grad_norm=grad_norm)
+                log.log(step=step, loss=step_loss, lr=lr, grad_norm=grad_norm)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 if rt.master:
                     metrics = evaluate() if eval_records else {}
                     log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
-                    bar.write(f"step {step}: " + ", ".join([f"loss {loss_sum:.4f}"] +
+                    bar.write(f"step {step}: " + ", ".join([f"loss {step_loss:.4f}"] +
                                                            [f"{k} {v:.3f}" for k, v in metrics.items()]))
                     save(metrics)
         if stop.requested and rt.master:

@@ -39,7 +39,6 @@ model (minift.model.attention); FINDINGS.md, "Speed and precision", has the rati
 import contextlib
 import functools
 import importlib.util
-import json
 import os
 import subprocess
 import sys

@@ -12,7 +12,7 @@ then edit and run `python bench/compare_sft.py --name=my_edit`: the unchanged ru
 reused, and the my_edit arm trains with the edited code.
 
 Why: one SFT run is one draw. On the tiny preset the seed alone moves test prompt-strict
-accuracy by several points (README, "Things to try"), more than most changes are
+accuracy by several points (README, "What the report card shows", Seeds), more than most changes are
 worth. Both arms use the same seeds, so seed s gives one *paired* difference (changed minus
 unchanged, same batches drawn in the same order as far as the change allows), and the spread
 of those differences is the noise to beat. The table ends with a paired t-test (Student

@@ -5,7 +5,8 @@ preference pairs, PPO's and GRPO's rollouts, sample.py) goes through `generate_s
 
 The KV cache is an optimisation only: `use_cache=False` recomputes the whole sequence at
 every step, the naive path that tests/test_engine.py checks the cache against, token for
-token. Shapes as in minift/model.py: B = batch, S = positions seen, H = heads, D = head size.
+token. Shapes as in minift/model.py: B = batch, S = positions seen, H = heads, D = head size;
+b = the rows still generating.
 """
 
 import torch

@@ -104,7 +104,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)  # keys are cached rotated
         # Attention keeps q, k and v for its backward pass; as a view, v would keep the whole
-        # (B, T, 3C) projection alive beside the rotated q and k. Its copy (C a token) frees it.
+        # (B, T, 3C) projection alive beside the rotated q and k. A contiguous copy costs C floats
+        # a token and lets the 3C go.
         v = v.contiguous()
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, S, D)

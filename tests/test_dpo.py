@@ -78,14 +78,14 @@ def naive_answer_logprob(model, tok, prompt, answer):
     return logp[start - 1:].sum(), len(ids) - start
 
 
-def test_answer_logprobs_match_a_naive_sum_whatever_the_padding(tok):
+def test_summed_answer_logprobs_match_a_naive_sum_whatever_the_padding(tok):
     model = tiny_gpt(tok)
     convs = [("Tell me about the cat.", "The cat sat."), ("hi", " ".join(WORDS)), ("Tell me.", "sad")]
     seqs = [train_reward.render(tok, p, a) for p, a in convs]
     with torch.no_grad():
         naive = [naive_answer_logprob(model, tok, p, a) for p, a in convs]
-        together = train_dpo.answer_logprobs(model, seqs, tok, "cpu")
-        alone = torch.cat([train_dpo.answer_logprobs(model, [s], tok, "cpu") for s in seqs])
+        together = train_dpo.summed_answer_logprobs(model, seqs, tok, "cpu")
+        alone = torch.cat([train_dpo.summed_answer_logprobs(model, [s], tok, "cpu") for s in seqs])
     want = torch.stack([lp for lp, _ in naive])
     assert naive[2][1] >= 2                         # the answer and its <|end|>, at least
     assert torch.allclose(together, want, atol=1e-4) and torch.allclose(alone, want, atol=1e-4)
@@ -102,8 +102,8 @@ def test_group_batch_loss_forwards_each_answer_once(tok, monkeypatch):
     seqs, groups, _, _ = train_reward.build_groups(pairs, tok, 64)
     assert len(seqs) == 3 and len(groups) == 1
     forwarded = []
-    real = train_dpo.answer_logprobs
-    monkeypatch.setattr(train_dpo, "answer_logprobs", lambda m, s, *a: forwarded.append(len(s)) or real(m, s, *a))
+    real = train_dpo.summed_answer_logprobs
+    monkeypatch.setattr(train_dpo, "summed_answer_logprobs", lambda m, s, *a: forwarded.append(len(s)) or real(m, s, *a))
     ref = T([-1.0, -2.0, -3.0])
     cfg = train_dpo.Config(beta=0.5)
     loss, stats = train_dpo.group_batch_loss(model, seqs, groups, ref, tok, "cpu", cfg)
