@@ -5,6 +5,7 @@ guard. The training loops themselves stay in the scripts, in plain sight.
 """
 
 import contextlib
+import datetime
 import functools
 import json
 import math
@@ -92,7 +93,9 @@ def setup_runtime(device="auto", seed=1337):
     if world > 1:
         # NCCL between GPUs; gloo on the CPU (the DDP test runs 2 CPU processes).
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
+        # Rank 0 evaluates and saves alone while the others wait in the next collective;
+        # NCCL's watchdog would abort them all after its default 10 minutes of waiting.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=1))
         if device.startswith("cuda"):
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
