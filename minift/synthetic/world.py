@@ -335,8 +335,11 @@ def vocabulary() -> set[str]:
 
 
 def split_sentences(text: str) -> list[str]:
-    """Split generated text into sentences. A quote belongs to its sentence:
-    '"Let's play!" said Tom.' is one sentence (after "!\"" comes a lowercase word)."""
+    """Split generated text into sentences, each with its end mark, for building new text
+    from a story's sentences. A quote belongs to its sentence: '"Let's play!" said Tom.' is one
+    sentence (after "!\"" comes a lowercase word). The checkers count sentences with their own
+    splitter (checkers.split_sentences, which keeps a "P.S." line whole and drops the end
+    marks), and IFEval's Punkt rules live in ifeval_text.split_sentences."""
     out, start = [], 0
     for m in re.finditer(r'[.!?]"?(?=\s+["A-Z])', text):
         out.append(text[start:m.end()].strip())
