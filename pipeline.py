@@ -5,6 +5,7 @@ The whole InstructGPT pipeline in one command, ending in a report card.
     python pipeline.py --preset=small      # one GPU
     python pipeline.py --force             # redo every stage (and drop compare.py's runs on the old models)
     python pipeline.py --reference_sft     # add SFT on perfect demonstrations: the line PPO is read against
+    python pipeline.py --sft_from_scratch  # add SFT from the untrained model: what pretraining adds
     python pipeline.py --slip_scale=0 --out_dir=out/tiny_perfect   # the whole pipeline without slips
     python pipeline.py --seed=2 --out_dir=out/tiny_seed2           # another draw of every training stage
 
@@ -33,6 +34,8 @@ import shutil
 import time
 from dataclasses import dataclass
 
+import torch
+
 import train_ppo
 import train_pretrain
 import train_reward
@@ -40,8 +43,10 @@ import train_sft
 from data import make_preferences
 from data.make_sft import make_sft
 from data.prepare import prepare
+from minift.checkpoint import load_checkpoint, save_checkpoint
 from minift.config import cli_config, run
 from minift.formats import write_json, write_text
+from minift.model import GPT, GPTConfig
 from minift.synthetic.scoring import paired_difference
 from report_card import METRIC_KEYS, evaluate_for_card, prompt_by_prompt, report_markdown
 
@@ -54,6 +59,7 @@ class Config:
     device: str = "auto"
     slip_scale: float = 1.0   # scales the demonstrators' slip rates (minift/synthetic/demonstrators.py); 0 = perfect
     reference_sft: bool = False  # also train SFT on perfect demonstrations: the line PPO's gain is read against
+    sft_from_scratch: bool = False  # also train SFT from the untrained model: what pretraining adds
     seed: int = 1337          # every training stage's seed, pretraining to PPO; the data stays the same
 
 
@@ -166,18 +172,28 @@ def main(argv=None):
         return figures
     evals = run_stage("eval", out, cfg.force, eval_stage)
 
-    if cfg.reference_sft:  # the same SFT on perfect demonstrations of the same prompts, evaluated alike
-        perfect_data, ckpt["sft_perfect"] = os.path.join(out, "data", "sft_perfect"), os.path.join(
-            out, "sft_perfect", "ckpt.pt")
+    # Two optional SFT runs, each changing one thing and evaluated as the card's models are.
+    def extra_sft(name, init_from, train_data):
+        ckpt[name] = os.path.join(out, name, "ckpt.pt")
+        train_sft.main(common + [f"--init_from={init_from}", f"--data={train_data}",
+                                 f"--eval_data={sft_data}/test.jsonl", f"--out_dir={os.path.join(out, name)}"])
+        return {"eval": card_figures(name)}
+
+    if cfg.reference_sft:  # perfect demonstrations of the same prompts
+        perfect_data = os.path.join(out, "data", "sft_perfect")
 
         def reference_stage():
             make_sft(perfect_data, slip_scale=0.0, **sizes)
-            train_sft.main(common + [f"--init_from={ckpt['pretrain']}", f"--data={perfect_data}/train.jsonl",
-                                     f"--eval_data={sft_data}/test.jsonl",
-                                     f"--out_dir={os.path.dirname(ckpt['sft_perfect'])}"])
-            return {"eval": card_figures("sft_perfect")}
+            return extra_sft("sft_perfect", ckpt["pretrain"], f"{perfect_data}/train.jsonl")
         stages["sft_perfect"] = run_stage("sft_perfect", out, cfg.force, reference_stage)
-        evals = {**evals, "sft_perfect": stages["sft_perfect"]["eval"]}
+    if cfg.sft_from_scratch:  # the same demonstrations, from the pretrained model's initial weights
+
+        def scratch_stage():
+            untrained = os.path.join(out, "sft_scratch", "untrained.pt")
+            save_untrained(ckpt["pretrain"], untrained, cfg.seed)
+            return extra_sft("sft_scratch", untrained, f"{sft_data}/train.jsonl")
+        stages["sft_scratch"] = run_stage("sft_scratch", out, cfg.force, scratch_stage)
+    evals = {**evals, **{name: stages[name]["eval"] for name in ("sft_perfect", "sft_scratch") if name in stages}}
 
     # total_seconds adds up the stages' own times (stage.json), so a pipeline finished over
     # several runs still reports what it cost; run_seconds is this run alone.
@@ -201,6 +217,16 @@ def main(argv=None):
     print(report_markdown(report))
     print(f"wrote {out}/report.md and {out}/report.json")
     return report
+
+
+def save_untrained(pretrain_path, path, seed):
+    """The pretrained model's architecture and tokenizer at the weights it started from
+    (train_pretrain.py seeds torch with its seed, then builds the GPT), as a checkpoint SFT
+    can start from."""
+    pretrained = load_checkpoint(pretrain_path, kinds=("pretrain",))
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**pretrained["model_config"]))
+    save_checkpoint(path, {**pretrained, "model": model.state_dict(), "step": 0, "optimizer": {}, "metrics": {}})
 
 
 def reward_summary(metrics):

@@ -110,7 +110,9 @@ def report_markdown(r):
         lines.append(f"| data | {d['seconds']:.0f} | demonstrations pass {pct(d['demo_pass_rate'])} of their prompts "
                      f"(train, prompt-strict by the checkers; slip rates x {d['slip_scale']:g}) |")
     speed = s["pretrain"].get("tokens_per_s")  # this machine's speed: compare it with the README's
-    lines.append(f"| pretrain | {s['pretrain']['seconds']:.0f} | validation loss {s['pretrain']['val_loss']:.3f}"
+    start = s["pretrain"].get("val_loss_init")   # absent from a run resumed from an older checkpoint
+    lines.append(f"| pretrain | {s['pretrain']['seconds']:.0f} | validation loss "
+                 + (f"{start:.2f} untrained -> " if start else "") + f"{s['pretrain']['val_loss']:.3f}"
                  + (f", at a median {speed:,.0f} tokens/s" if speed else "")
                  + (f" (MFU {s['pretrain']['mfu']:.1%})" if s["pretrain"].get("mfu") else "") + " |")
     lines.append(f"| sft | {s['sft']['seconds']:.0f} | test prompt-strict during training "
@@ -181,7 +183,7 @@ def example_lines(examples):
     return lines
 
 
-MODEL_NAMES = {"sft_perfect": "sft (perfect demonstrations)"}
+MODEL_NAMES = {"sft_perfect": "sft (perfect demonstrations)", "sft_scratch": "sft (no pretraining)"}
 PER_TYPE_NAMES = {"sft": "SFT", "ppo": "PPO", "sft_perfect": "SFT, perfect demonstrations"}
 
 
@@ -228,9 +230,14 @@ def story_lines(r):
         return {iid: row["strict"] for iid, row in r["per_type"][model].items()}
     demo = 100 * d["demo_pass_rates"]["test"]
     slips = ", slips included" if d.get("slip_scale", 1.0) > 0 else " (perfect ones: slip scale 0)"
+    pre = r["stages"]["pretrain"]
+    loss = (f"takes the validation loss from {pre['val_loss_init']:.2f} (untrained) to {pre['val_loss']:.3f}, and "
+            if pre.get("val_loss_init") else "")
+    scratch = (f" SFT from the untrained model reaches {test('sft_scratch'):.1f}%: pretraining adds "
+               f"{test('sft') - test('sft_scratch'):.1f} points to SFT." if "sft_scratch" in ev else "")
     lines = ["", "## What each stage changed (test split, prompt-level strict)", "",
-             f"- **Pretraining** gives a model that continues text but does not follow instructions: "
-             f"{test('base'):.1f}%.",
+             f"- **Pretraining** {loss}gives a model that continues text but does not follow instructions: "
+             f"{test('base'):.1f}%." + scratch,
              f"- **SFT** copies its demonstrators{slips}: {test('sft'):.1f}% greedy "
              f"({test('sft') - test('base'):+.1f} over the base model), {test('sft', 'sampled_strict'):.1f}% sampled; "
              f"the demonstrations pass {demo:.1f}%. On the instructions of the common habits SFT passes "

@@ -167,10 +167,11 @@ def main(argv=None):
                                device_type=rt.device_type)
     batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    step = 0
+    step, val_loss_init = 0, None
     if should_resume(cfg, ckpt_path):
-        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "pretrain",
-                               cfg, tokenizer.identity)["step"]
+        resumed = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "pretrain",
+                                  cfg, tokenizer.identity)
+        step, val_loss_init = resumed["step"], resumed["metrics"].get("val_loss_init")
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     raw_model = model
@@ -182,7 +183,7 @@ def main(argv=None):
     def save(val_loss):
         save_training_checkpoint(ckpt_path, "pretrain", step, model, optimizer, cfg,
                                  {"path": tokenizer_spec, **tokenizer.to_record()}, batch_rng,
-                                 {"val_loss": val_loss})
+                                 {"val_loss": val_loss, "val_loss_init": val_loss_init})
 
     # ---- the training loop
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
@@ -194,6 +195,9 @@ def main(argv=None):
     flops_token = flops_per_token(raw_model.num_params(), cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head,
                                   cfg.block_size)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", disable=not rt.master, dynamic_ncols=True)
+    if step == 0:  # where the curve starts: the untrained model's loss, about ln(vocab size)
+        val_loss_init = estimate_loss(model, val_data, cfg, rt)
+        log.log(step=0, val_loss=val_loss_init)
     val_loss = None
     speeds = []  # tokens/s of each log interval: the machine's speed, which sets every stage's time
     t_log, step_log = time.time(), step
@@ -249,7 +253,7 @@ def main(argv=None):
     stop.raise_if_requested(f"saved {ckpt_path} at step {step} of {cfg.max_steps}")
     speed = statistics.median(speeds) if speeds else None
     mfu = {"mfu": speed * flops_token / (peak * rt.world_size)} if peak and speed else {}
-    return {"step": step, "val_loss": val_loss, "tokens_per_s": speed, **mfu}
+    return {"step": step, "val_loss": val_loss, "val_loss_init": val_loss_init, "tokens_per_s": speed, **mfu}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     out = str(tmp_path / "micro")
     shutil.copytree(shared, out)   # this test moves its folder about; the shared run stays put
     assert report["preset"] == "micro" and report["total_seconds"] > 0
-    assert set(report["stages"]["pretrain"]) >= {"seconds", "val_loss"}
+    assert set(report["stages"]["pretrain"]) >= {"seconds", "val_loss", "val_loss_init"}
+    assert report["stages"]["pretrain"]["val_loss"] < report["stages"]["pretrain"]["val_loss_init"]
     assert report["stages"]["pretrain"]["tokens_per_s"] > 0  # the machine's speed, for comparing times
     assert "seconds" in report["stages"]["sft"]
     assert set(report["stages"]["reward"]) >= {"seconds", "pair_accuracy", "spearman_gold"}
@@ -104,6 +105,25 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     assert f"The slips cost SFT {gap:.1f} points" in card
     with open(os.path.join(out, "data", "sft_perfect", "train.jsonl")) as f:
         assert all(json.loads(line)["slips"] == [] for line in f)
+    # SFT from the untrained model: the same demonstrations and recipe, without pretraining
+    run_main(pipeline, argv + ["--sft_from_scratch"])
+    printed = capsys.readouterr().out
+    assert printed.count("done already") == 7, printed[-2000:]
+    with open(os.path.join(out, "report.json")) as f:
+        scratch = json.load(f)
+    assert scratch["eval"]["sft"] == report["eval"]["sft"] and "sft_perfect" not in scratch["eval"]
+    assert set(scratch["eval"]["sft_scratch"]["test"]) == set(report["eval"]["sft"]["test"])
+    from minift.checkpoint import load_checkpoint as load
+    untrained, pretrained = (load(os.path.join(out, *p))["model"] for p in (("sft_scratch", "untrained.pt"),
+                                                                             ("pretrain", "ckpt.pt")))
+    assert untrained.keys() == pretrained.keys() and not any(
+        (untrained[k] == pretrained[k]).all() for k in untrained if k.endswith("weight") and "ln" not in k)
+    assert load(os.path.join(out, "sft_scratch", "ckpt.pt"))["config"]["init_from"].endswith("untrained.pt")
+    with open(os.path.join(out, "report.md")) as f:
+        card = f.read()
+    gain = 100 * (scratch["eval"]["sft"]["test"]["prompt_strict"] - scratch["eval"]["sft_scratch"]["test"]["prompt_strict"])
+    assert "| sft (no pretraining) | test |" in card and f"pretraining adds {gain:.1f} points to SFT" in card
+    assert "(untrained) to" in card
 
     # Checkpoints carry their tokenizer: after out/ moves, or a checkpoint is copied on its own
     # to another machine, sample.py and evaluate.py work from the checkpoint alone.

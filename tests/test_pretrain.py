@@ -1,5 +1,6 @@
 """The pretraining script end to end: loss goes down, exact resume, the NaN guard,
 Ctrl-C, DDP on the CPU with gloo, and sampling from the result."""
+import math
 import os
 import signal
 import subprocess
@@ -27,14 +28,18 @@ def losses(out_dir):
 def test_resume_continues_exactly(corpus_dir, tmp_path):
     common = MICRO + [f"--data_dir={corpus_dir}", "--max_steps=8", "--log_interval=1", "--eval_interval=100"]
     full = str(tmp_path / "full")
-    train_pretrain.main(common + [f"--out_dir={full}"])
+    whole = train_pretrain.main(common + [f"--out_dir={full}"])
+    # the untrained model's loss is where the curve starts: near ln(vocab), as logits start near 0
+    n_vocab = load_checkpoint(os.path.join(full, "ckpt.pt"))["model_config"]["vocab_size"]
+    assert abs(whole["val_loss_init"] - math.log(n_vocab)) < 0.2 and whole["val_loss"] < whole["val_loss_init"]
     split = str(tmp_path / "split")
     # stop at step 4 with the same schedule (decay_steps fixes the cosine), then resume to 8
     train_pretrain.main(common + [f"--out_dir={split}", "--max_steps=4", "--decay_steps=8"])
     assert load_checkpoint(os.path.join(split, "ckpt.pt"))["step"] == 4
-    train_pretrain.main(common + [f"--out_dir={split}"])
+    resumed = train_pretrain.main(common + [f"--out_dir={split}"])
     a, b = losses(full), losses(split)
     assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]  # bit-for-bit identical
+    assert resumed["val_loss_init"] == whole["val_loss_init"]          # carried by the checkpoint
 
 
 @pytest.mark.parametrize("poisoned", ["loss", "gradient norm"])
