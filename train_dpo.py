@@ -290,8 +290,6 @@ def main(argv=None):
             step += 1
 
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}", lr=f"{lr:.2e}",
-                            **{"val_acc": f"{metrics['val_accuracy']:.2f}"} if "val_accuracy" in metrics else {})
             if step % cfg.log_interval == 0:
                 log.log(step=step, **stats, lr=lr, grad_norm=grad_norm)
             if step % cfg.eval_interval == 0 or step == max_steps:
@@ -303,6 +301,8 @@ def main(argv=None):
                     log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                                                             if isinstance(v, float)))
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}", lr=f"{lr:.2e}",
+                            **{"val_acc": f"{metrics['val_accuracy']:.2f}"} if "val_accuracy" in metrics else {})
         if stop.requested and rt.master:
             save(metrics)
     bar.close()

@@ -408,8 +408,6 @@ def main(argv=None):
             step += 1
 
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{step_accuracy:.2f}", lr=f"{lr:.2e}",
-                            **{k: f"{metrics[k]:.2f}" for k in ("val_accuracy", "spearman") if k in metrics})
             if step % cfg.log_interval == 0:
                 log.log(step=step, loss=step_loss, accuracy=step_accuracy, lr=lr, grad_norm=grad_norm)
             if step % cfg.eval_interval == 0 or step == max_steps:
@@ -419,6 +417,8 @@ def main(argv=None):
                     log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
                     bar.write(f"step {step}: loss {step_loss:.4f}, " + ", ".join(
                         f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
+            bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{step_accuracy:.2f}", lr=f"{lr:.2e}",
+                            **{k: f"{metrics[k]:.2f}" for k in ("val_accuracy", "spearman") if k in metrics})
         if stop.requested and rt.master:
             save(metrics)
     bar.close()

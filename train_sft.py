@@ -216,8 +216,6 @@ def main(argv=None):
             if not reading:
                 continue
 
-            strict = {"strict": f"{metrics['prompt_strict']:.2f}"} if "prompt_strict" in metrics else {}
-            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", **strict)
             if step % cfg.log_interval == 0:
                 log.log(step=step, loss=step_loss, lr=lr, grad_norm=grad_norm)
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
@@ -227,6 +225,8 @@ def main(argv=None):
                     bar.write(f"step {step}: " + ", ".join([f"loss {step_loss:.4f}"] +
                                                            [f"{k} {v:.3f}" for k, v in metrics.items()]))
                     save(metrics)
+            strict = {"strict": f"{metrics['prompt_strict']:.2f}"} if "prompt_strict" in metrics else {}
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", **strict)   # the latest evaluation's
         if stop.requested and rt.master:
             save(metrics)
     bar.close()
