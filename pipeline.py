@@ -119,8 +119,9 @@ def main(argv=None):
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
     check_preset(out, cfg)
-    if cfg.force:   # compare.py's runs and card came from the models about to be replaced
-        shutil.rmtree(os.path.join(out, "compare"), ignore_errors=True)
+    if cfg.force:   # compare.py's runs and card, and the optional SFT runs, came from the models to be replaced
+        for folder in ("compare", "sft_perfect", "sft_scratch"):
+            shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
         for card in ("compare.json", "compare.md"):
             if os.path.exists(os.path.join(out, card)):
                 os.remove(os.path.join(out, card))
@@ -190,7 +191,7 @@ def main(argv=None):
 
         def scratch_stage():
             untrained = os.path.join(out, "sft_scratch", "untrained.pt")
-            save_untrained(ckpt["pretrain"], untrained, cfg.seed)
+            save_untrained(ckpt["pretrain"], untrained)
             return extra_sft("sft_scratch", untrained, f"{sft_data}/train.jsonl")
         stages["sft_scratch"] = run_stage("sft_scratch", out, cfg.force, scratch_stage)
     evals = {**evals, **{name: stages[name]["eval"] for name in ("sft_perfect", "sft_scratch") if name in stages}}
@@ -219,12 +220,12 @@ def main(argv=None):
     return report
 
 
-def save_untrained(pretrain_path, path, seed):
+def save_untrained(pretrain_path, path):
     """The pretrained model's architecture and tokenizer at the weights it started from
-    (train_pretrain.py seeds torch with its seed, then builds the GPT), as a checkpoint SFT
+    (train_pretrain.py seeds torch with its --seed, then builds the GPT), as a checkpoint SFT
     can start from."""
     pretrained = load_checkpoint(pretrain_path, kinds=("pretrain",))
-    torch.manual_seed(seed)
+    torch.manual_seed(pretrained["config"]["seed"])
     model = GPT(GPTConfig(**pretrained["model_config"]))
     save_checkpoint(path, {**pretrained, "model": model.state_dict(), "step": 0, "optimizer": {}, "metrics": {}})
 
