@@ -117,16 +117,19 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     import torch
     import train_pretrain
     from minift.checkpoint import load_checkpoint as load
-    train_pretrain.main(["--preset=micro", "--device=cpu", f"--data_dir={out}/data/corpus", f"--out_dir={tmp_path}/init",
-                         "--max_steps=1", "--learning_rate=0", "--min_lr=0", "--warmup_steps=0"])
-    untrained, initial, pretrained = (load(p)["model"] for p in (
-        os.path.join(out, "sft_scratch", "untrained.pt"), f"{tmp_path}/init/ckpt.pt", os.path.join(out, "pretrain", "ckpt.pt")))
+    train_pretrain.main(["--preset=micro", "--device=cpu", f"--data_dir={out}/data/corpus",
+                         f"--out_dir={tmp_path}/init", "--max_steps=1", "--learning_rate=0", "--min_lr=0",
+                         "--warmup_steps=0"])
+    untrained, initial, pretrained = (load(p)["model"] for p in (os.path.join(out, "sft_scratch", "untrained.pt"),
+                                                                 f"{tmp_path}/init/ckpt.pt",
+                                                                 os.path.join(out, "pretrain", "ckpt.pt")))
     assert untrained.keys() == initial.keys() and all(torch.equal(untrained[k], initial[k]) for k in untrained)
     assert not torch.equal(untrained["wte.weight"], pretrained["wte.weight"])
     assert load(os.path.join(out, "sft_scratch", "ckpt.pt"))["config"]["init_from"].endswith("untrained.pt")
     with open(os.path.join(out, "report.md")) as f:
         card = f.read()
-    gain = 100 * (scratch["eval"]["sft"]["test"]["prompt_strict"] - scratch["eval"]["sft_scratch"]["test"]["prompt_strict"])
+    test = {m: 100 * scratch["eval"][m]["test"]["prompt_strict"] for m in ("sft", "sft_scratch")}
+    gain = test["sft"] - test["sft_scratch"]
     assert "| sft (no pretraining) | test |" in card and f"pretraining adds {gain:.1f} points to SFT" in card
     assert "(untrained) to" in card
 
