@@ -198,6 +198,8 @@ def main(argv=None):
     if step == 0:  # where the curve starts: the untrained model's loss, about ln(vocab size)
         val_loss_init = estimate_loss(model, val_data, cfg, rt)
         log.log(step=0, val_loss=val_loss_init)
+        if rt.master:
+            bar.write(f"step 0: val loss {val_loss_init:.4f} (untrained)")
     val_loss = None
     speeds = []  # tokens/s of each log interval: the machine's speed, which sets every stage's time
     t_log, step_log = time.time(), step
