@@ -15,15 +15,20 @@ One iteration, top to bottom in `main`:
      (train_ppo.score_answers, penalise_unfinished);
   3. advantages: outcome supervision (sec. 4.1.2): every token of answer i gets
      A_i = (r_i - mean(r_group)) / (std(r_group) + eps). A group whose G scores are all equal
-     has no signal (every A_i is 0) and is dropped from the loss;
+     has no reward signal (every A_i is 0) and is dropped from the loss, as DAPO drops them
+     (Yu et al. 2025), its KL term with it;
   4. optimise: E epochs over M minibatches of the kept answers, minimising minus eq. 3:
      per token min(ratio * A, clip(ratio, 1-eps, 1+eps) * A) - beta * KL_t, with
-     KL_t = pi_ref/pi - log(pi_ref/pi) - 1 (eq. 4, the k3 estimator of KL(pi || pi_ref): unbiased
-     and never negative), averaged over each answer's tokens, then over the answers.
+     KL_t = pi_ref/pi - log(pi_ref/pi) - 1 (eq. 4, the k3 estimator of KL(pi || pi_ref) from
+     samples of pi: unbiased and never negative), averaged over each answer's tokens, then over
+     the answers.
 The KL sits in the loss, not in the reward as in PPO: the advantage stays the group's pure
-comparison of scores, and the KL's gradient is exact per token instead of being spread by a
-critic. A fixed probe (train_ppo.probe) measures the policy before training and at each
-evaluation, as in PPO.
+comparison of scores, and the penalty acts on each token directly instead of through a critic.
+Its gradient, taken with the sampled tokens held fixed, is on average that of KL(pi_ref || pi),
+the other direction (Tang and Munos 2025, "On a few pitfalls in KL divergence gradient
+estimation for RL"): it pulls the policy toward the reference all the same, but it is not the
+exact gradient of the KL that eq. 3 names. A fixed probe (train_ppo.probe) measures the policy
+before training and at each evaluation, as in PPO.
 """
 
 import os
@@ -38,7 +43,7 @@ from minift.evaluation import evaluate_records
 from minift.formats import load_eval_data, load_ifeval_option
 from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
 from train_ppo import (answer_logprobs, iteration_lr, load_models, masked_mean, mean_entropy, penalise_unfinished,
-                       probe, rollout, score_answers)
+                       probe, ratio_stats, rollout, score_answers)
 
 
 @dataclass
@@ -108,7 +113,8 @@ def group_advantages(score, group_size, eps):
 def k3_kl(logp, ref_logp):
     """Per-token KL(pi || pi_ref) estimated from a sample of pi (eq. 4; Schulman, "Approximating
     KL divergence", k3): r - log r - 1 with r = pi_ref / pi. Unbiased, and >= 0 for every
-    sample since log r <= r - 1, unlike the plain log-ratio (k1) that can go negative."""
+    sample since log r <= r - 1, unlike the plain log-ratio (k1) that can go negative. (Its
+    gradient is another matter: see the module docstring.)"""
     log_r = ref_logp - logp
     return log_r.exp() - log_r - 1
 
@@ -125,10 +131,9 @@ def grpo_loss(new_logp, old_logp, ref_logp, advantages, mask, cfg):
     kl = k3_kl(new_logp, ref_logp)
     loss = -masked_mean(surrogate - cfg.kl_coef * kl, mask, dim=1).mean()
     with torch.no_grad():
-        stats = {"ratio": masked_mean(ratio, mask).item(),
-                 "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item(),   # k3 of KL(old || new)
-                 "clipfrac": masked_mean(((ratio - 1).abs() > cfg.clip_range).float(), mask).item(),
-                 "kl_loss": masked_mean(kl, mask, dim=1).mean().item()}
+        # kl_to_ref: the penalty's k3 estimate of KL(pi || pi_ref), nats a token (before beta)
+        stats = ratio_stats(ratio, log_ratio, mask, cfg.clip_range) | {
+            "kl_to_ref": masked_mean(kl, mask, dim=1).mean().item()}
     return loss, stats
 
 
@@ -175,10 +180,11 @@ def main(argv=None):
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    it = 0
+    it, metrics = 0, {}
     if should_resume(cfg, ckpt_path):
-        it = resume_training(ckpt_path, policy, optimizer, generator, device, 0, cfg.seed, "grpo", cfg,
-                             sft["tokenizer"])["step"]
+        ckpt = resume_training(ckpt_path, policy, optimizer, generator, device, 0, cfg.seed, "grpo", cfg,
+                               sft["tokenizer"])
+        it, metrics = ckpt["step"], ckpt["metrics"]   # a finished run just reports its metrics again
         print(f"resuming from {ckpt_path} at iteration {it}")
 
     def save():
@@ -186,7 +192,6 @@ def main(argv=None):
 
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"))
     bar = tqdm(total=cfg.iterations, initial=it, desc="grpo", dynamic_ncols=True)
-    metrics = {}
     if eval_records and it == 0:  # the probe before any update: the "start" figures
         log.log(iteration=0, **probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
     with StopRequest(rt) as stop:

@@ -71,7 +71,7 @@ class Config:
     adaptive_kl: bool = False        # Ziegler's proportional controller toward kl_target
     kl_target: float = 3.0           # nats per answer (our answers are short)
     kl_horizon: int = 10000
-    whiten_rewards: bool = False     # scale scores per batch (N+); needs batches of >= 8
+    whiten_rewards: bool = False     # scale the scores per batch (N+ scales the per-token rewards); batches >= 8
     # PPO
     ppo_epochs: int = 4              # OpenAI and N+ use 4
     num_minibatches: int = 4
@@ -82,8 +82,9 @@ class Config:
                                      # (FINDINGS.md, section 14, "PPO's defaults, re-measured")
     clip_range: float = 0.2          # policy ratio clip
     value_clip: float = 0.2
-    # OpenAI's and TRL's 0.1 balances two losses in one network; our critic is its own network,
-    # so under Adam the factor acts only through eps and how often the critic's clipping binds.
+    # OpenAI's 0.1 (lm-human-preferences) balances two losses in one network; our critic is its
+    # own network, so under Adam the factor acts only through eps and how often the critic's
+    # gradient-norm clip (grad_clip, per network) binds.
     vf_coef: float = 0.1             # the value loss's weight in the one loss
     learning_rate: float = 1e-4      # annealed linearly to 0 over the run. Lower rates let an
                                      # update's approx-KL and clip fraction fall to nearly 0 long
@@ -99,10 +100,11 @@ class Config:
     device: str = "auto"
     # bf16 autocast (Runtime.autocast) for the policy, reference and critic: their sampling,
     # scoring and updates. Old and new log-probabilities come from the same bf16 products, so
-    # the first ratio is still exactly 1 (a row's result does not depend on its batch). The
-    # reward model scores in fp32, the precision its normalisation was fitted in, and the
-    # evaluations decode in fp32, as evaluate.py does. bf16 scored within the seeds' noise of
-    # fp32, in less time (FINDINGS.md, section 9, "bf16"). "float32": none.
+    # the first ratio is still 1 (exactly on the CPU, where a row's result does not depend on its
+    # batch; a GPU's kernels may differ by rounding). The reward model scores in fp32, the
+    # precision its normalisation was fitted in, and the evaluations decode in fp32, as
+    # evaluate.py does. bf16 scored within the seeds' noise of fp32, in less time (FINDINGS.md,
+    # section 9, "bf16"). "float32": none.
     dtype: str = "bfloat16"          # autocast; "float32": none
 
 
@@ -189,6 +191,16 @@ def gae(rewards, values, mask, gamma, lam):
     return advantages, advantages + values
 
 
+@torch.no_grad()
+def ratio_stats(ratio, log_ratio, mask, clip_range):
+    """How far an update moved the policy from the one that sampled: the mean ratio, the k3
+    estimator of KL(old || new) (Schulman, "Approximating KL divergence") and the share of
+    tokens whose ratio the clip cut off."""
+    return {"ratio": masked_mean(ratio, mask).item(),
+            "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item(),
+            "clipfrac": masked_mean(((ratio - 1).abs() > clip_range).float(), mask).item()}
+
+
 def ppo_losses(new_logp, old_logp, advantages, new_values, old_values, returns, mask, cfg):
     """The clipped surrogate objective (PPO eq. 7) and the clipped value loss (OpenAI's
     baselines, kept by N+ and TRL). Returns (policy loss, value loss, stats)."""
@@ -198,12 +210,7 @@ def ppo_losses(new_logp, old_logp, advantages, new_values, old_values, returns, 
                                     -advantages * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)), mask)
     clipped_values = old_values + (new_values - old_values).clamp(-cfg.value_clip, cfg.value_clip)
     vf_loss = 0.5 * masked_mean(torch.max((new_values - returns) ** 2, (clipped_values - returns) ** 2), mask)
-    with torch.no_grad():
-        stats = {"ratio": masked_mean(ratio, mask).item(),
-                 # k3 estimator of KL(old || new) (Schulman, "Approximating KL divergence")
-                 "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item(),
-                 "clipfrac": masked_mean(((ratio - 1).abs() > cfg.clip_range).float(), mask).item()}
-    return pg_loss, vf_loss, stats
+    return pg_loss, vf_loss, ratio_stats(ratio, log_ratio, mask, cfg.clip_range)
 
 
 class AdaptiveKLController:
@@ -392,19 +399,18 @@ def main(argv=None):
     # With DDP each rank draws its own prompts and samples: a rank-specific seed.
     generator = torch.Generator(device=device).manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    it = 0
+    it, metrics = 0, {}
     if should_resume(cfg, ckpt_path):
         ckpt = resume_training(ckpt_path, policy, optimizer, generator, device, rt.rank, cfg.seed, "ppo", cfg,
                                sft["tokenizer"])
         value_model.load_state_dict(ckpt["value_model"])
-        it, kl_ctl.value = ckpt["step"], ckpt["kl_coef"]
+        it, kl_ctl.value, metrics = ckpt["step"], ckpt["kl_coef"], ckpt["metrics"]   # metrics: the latest saved
         if rt.master:
             print(f"resuming from {ckpt_path} at iteration {it}")
 
     # Only rank 0 logs, evaluates and saves; the statistics it logs are averaged over ranks.
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=cfg.iterations, initial=it, desc="ppo", disable=not rt.master, dynamic_ncols=True)
-    metrics = {}
     if rt.master and eval_records and it == 0:  # the probe before any update: the "start" figures
         log.log(iteration=0, **probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
     with StopRequest(rt) as stop:

@@ -115,9 +115,10 @@ def get_batch(data, batch_size, block_size, generator, device):
 @torch.no_grad()
 def estimate_loss(model, data, cfg, rt):
     """Mean loss over a fixed set of validation windows (same windows every time, so the
-    curve shows the model changing, not the sample)."""
+    curve shows the model changing, not the sample). Under DDP each rank scores windows of its
+    own, and the mean is taken over all of them."""
     model.eval()
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    generator = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * rt.rank)
     losses = []
     for _ in range(cfg.eval_batches):
         x, y = get_batch(data, cfg.batch_size, cfg.block_size, generator, rt.device)
@@ -167,11 +168,13 @@ def main(argv=None):
                                device_type=rt.device_type)
     batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    step, val_loss_init = 0, None
+    step, val_loss, val_loss_init = 0, None, None
     if should_resume(cfg, ckpt_path):
         resumed = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "pretrain",
                                   cfg, tokenizer.identity)
-        step, val_loss_init = resumed["step"], resumed["metrics"].get("val_loss_init")
+        # the figures saved with it stand until the next evaluation replaces them
+        step, val_loss, val_loss_init = (resumed["step"], resumed["metrics"].get("val_loss"),
+                                         resumed["metrics"].get("val_loss_init"))
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     raw_model = model
@@ -200,7 +203,6 @@ def main(argv=None):
         log.log(step=0, val_loss=val_loss_init)
         if rt.master:
             bar.write(f"step 0: val loss {val_loss_init:.4f} (untrained)")
-    val_loss = None
     speeds = []  # tokens/s of each log interval: the machine's speed, which sets every stage's time
     t_log, step_log = time.time(), step
     with StopRequest(rt) as stop:

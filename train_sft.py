@@ -91,7 +91,8 @@ PRESETS = {
 
 def render_dataset(records, tokenizer, block_size):
     """Render every conversation once up front: (ids, loss mask) pairs. Conversations
-    longer than the context are dropped, and counted so the user knows."""
+    longer than the context are dropped, and counted so the user knows (block_size + 1 tokens
+    still fit: the inputs are all but the last token, the targets all but the first)."""
     rendered = [tokenizer.render_conversation(r["messages"]) for r in records]
     kept = [(ids, mask) for ids, mask in rendered if len(ids) <= block_size + 1]
     return kept, len(rendered) - len(kept)
@@ -113,7 +114,8 @@ def get_batch(examples, order, batch_size, pad_token, generator, device, block_s
     one, which in our data wasted much of the compute on padding (FINDINGS.md, "SFT training").
     So the batch is drawn from a `window` of neighbours in `order` (examples sorted by
     length) that starts at a random place; the window wraps around the end, so every
-    example is equally likely, and neighbours in length need little padding. The length is then
+    example is equally likely, and neighbours in length need little padding (a window that
+    wraps mixes the longest with the shortest, in about window / N of the batches). The length is then
     rounded up to a multiple of minift.model.PAD_MULTIPLE (which says why), which adds a
     little back.
     Returns x, y of shape (B, L); y is -1 (ignored by the loss) wherever mask is 0."""
@@ -164,10 +166,11 @@ def main(argv=None):
                                device_type=rt.device_type)
     batch_rng = torch.Generator().manual_seed(cfg.seed + rt.rank)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    step = 0
+    step, metrics = 0, {}   # metrics: the latest evaluation's figures
     if should_resume(cfg, ckpt_path):
-        step = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "sft",
-                               cfg, init["tokenizer"])["step"]
+        resumed = resume_training(ckpt_path, model, optimizer, batch_rng, rt.device, rt.rank, cfg.seed, "sft",
+                                  cfg, init["tokenizer"])
+        step, metrics = resumed["step"], resumed["metrics"]   # they stand until the next evaluation
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     raw_model = model
@@ -188,7 +191,6 @@ def main(argv=None):
     # ---- the training loop
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="sft", disable=not rt.master, dynamic_ncols=True)
-    metrics = {}
     with StopRequest(rt) as stop:
         while step < cfg.max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
@@ -232,7 +234,7 @@ def main(argv=None):
     bar.close()
     cleanup_runtime(rt)
     stop.raise_if_requested(f"saved {ckpt_path} at step {step} of {cfg.max_steps}")
-    return {"step": step, **metrics}
+    return {"step": step, **metrics, "eval_prompts": len(eval_records)}   # how many prompts those figures cover
 
 
 if __name__ == "__main__":

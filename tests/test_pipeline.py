@@ -8,6 +8,7 @@ import pytest
 
 import pipeline
 import report_card
+import train_sft
 from conftest import read_metrics, run_main
 
 
@@ -153,6 +154,21 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     greedy = {k: v for k, v in report["eval"]["sft"]["test"].items() if k not in ("sampled_strict", "gold")}
     assert {k: metrics[k] for k in greedy} == greedy
     assert os.path.exists(tmp_path / "eval" / "sft" / "responses_test.jsonl")
+
+
+def test_a_finished_sft_run_started_again_reports_what_it_saved(micro_pipeline, tmp_path):
+    """What pipeline.py does when SFT's stage marker is missing (a Ctrl-C during its last
+    evaluation): the script resumes at its last step, trains no more, and returns the figures
+    its checkpoint saved, not an empty record."""
+    shared, report = micro_pipeline
+    out = str(tmp_path / "sft")
+    shutil.copytree(os.path.join(shared, "sft"), out)
+    data = os.path.join(shared, "data", "sft")
+    again = run_main(train_sft, ["--preset=micro", "--device=cpu", "--seed=1337",
+                                 f"--init_from={shared}/pretrain/ckpt.pt", f"--data={data}/train.jsonl",
+                                 f"--eval_data={data}/test.jsonl", f"--out_dir={out}"])
+    saved = {k: v for k, v in report["stages"]["sft"].items() if k != "seconds"}
+    assert again == saved and saved["eval_prompts"] > 0 and "prompt_strict" in saved
 
 
 def test_paired_difference_uses_students_t_for_its_degrees_of_freedom():

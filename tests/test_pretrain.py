@@ -40,6 +40,9 @@ def test_resume_continues_exactly(corpus_dir, tmp_path):
     a, b = losses(full), losses(split)
     assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]  # bit-for-bit identical
     assert resumed["val_loss_init"] == whole["val_loss_init"]          # carried by the checkpoint
+    # a finished run, started again, reports what it saved (a pipeline re-run after a Ctrl-C)
+    again = train_pretrain.main(common + [f"--out_dir={full}"])
+    assert again["step"] == 8 and again["val_loss"] == whole["val_loss"]
 
 
 @pytest.mark.parametrize("poisoned", ["loss", "gradient norm"])
