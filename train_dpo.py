@@ -45,7 +45,7 @@ from minift.formats import load_preferences, require_file
 from minift.model import answer_positions, pad_left, padded_length
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, lr_at,
                              make_optimizer, set_lr, setup_runtime)
-from train_reward import build_groups, epoch_order, held_out_pairs
+from train_reward import accuracy_by_type, answers_used, build_groups, epoch_order, held_out_pairs
 
 
 @dataclass
@@ -168,7 +168,7 @@ def pair_rows(groups):
 def group_batch_loss(model, seqs, groups, ref_logps, tokenizer, device, cfg):
     """Mean DPO loss of a batch of whole prompt groups, and its pair_stats. Each distinct
     answer is forwarded once and its log-probability reused in all its pairs (step 5)."""
-    used = sorted({i for g in groups for c, r, _ in g for i in (c, r)})
+    used = answers_used(groups)
     row = torch.full((len(seqs),), -1, dtype=torch.long)
     row[used] = torch.arange(len(used))
     logps = summed_answer_logprobs(model, [seqs[i] for i in used], tokenizer, device)
@@ -190,12 +190,8 @@ def evaluate(model, val, ref_logps, tokenizer, device, cfg):
     chosen, rejected = pair_rows(groups)
     losses, r_c, r_r = dpo_loss(logps[chosen], logps[rejected], ref_logps[chosen], ref_logps[rejected],
                                 cfg.beta, cfg.loss_type, cfg.label_smoothing)
-    by_type = {}
-    for (_, _, ids), ok in zip([p for g in groups for p in g], (r_c > r_r).tolist()):
-        for t in ids:
-            by_type.setdefault(t, []).append(ok)
     return {**{f"val_{k}": v for k, v in pair_stats(losses, r_c, r_r).items()},
-            "val_accuracy_by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())}}
+            "val_accuracy_by_type": accuracy_by_type(groups, (r_c > r_r).tolist())}
 
 
 # ---------------------------------------------------------------------- training
@@ -242,7 +238,7 @@ def main(argv=None):
     max_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.optimizer,
                                device_type=rt.device_type)
-    batch_rng = torch.Generator().manual_seed(cfg.seed)  # saved with checkpoints; the order is epoch_order's
+    batch_rng = torch.Generator().manual_seed(cfg.seed)  # never drawn (the order is epoch_order's); checkpoints keep one
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step, metrics = 0, {}
     if should_resume(cfg, ckpt_path):

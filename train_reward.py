@@ -129,18 +129,26 @@ def build_groups(pairs, tokenizer, block_size):
     seqs, index, groups, dropped, gold = [], {}, {}, 0, []
     for p in pairs:
         key = prompt_group(p)
-        ids = []
-        for response, score in ((p["chosen"], p.get("chosen_score")), (p["rejected"], p.get("rejected_score"))):
-            if (key, response) not in index:
-                index[key, response] = len(seqs)
-                seqs.append(render(tokenizer, p["prompt"], response))
-                gold.append(score)
-            ids.append(index[key, response])
-        if max(len(seqs[i]) for i in ids) > block_size:
+        answers = ((p["chosen"], p.get("chosen_score")), (p["rejected"], p.get("rejected_score")))
+        rendered = [seqs[index[key, response]] if (key, response) in index else render(tokenizer, p["prompt"], response)
+                    for response, _ in answers]
+        if max(len(r) for r in rendered) > block_size:   # checked first: seqs holds only answers a pair uses
             dropped += 1
             continue
+        ids = []
+        for (response, score), ids_of_answer in zip(answers, rendered):
+            if (key, response) not in index:
+                index[key, response] = len(seqs)
+                seqs.append(ids_of_answer)
+                gold.append(score)
+            ids.append(index[key, response])
         groups.setdefault(key, []).append((ids[0], ids[1], p.get("instruction_id_list", [])))
     return seqs, list(groups.values()), dropped, gold
+
+
+def answers_used(groups):
+    """The sorted seq indices of every answer the groups' pairs compare."""
+    return sorted({i for g in groups for chosen, rejected, _ in g for i in (chosen, rejected)})
 
 
 def held_out_pairs(seqs, groups, cfg, tokenizer, block_size):
@@ -152,7 +160,7 @@ def held_out_pairs(seqs, groups, cfg, tokenizer, block_size):
     perm = torch.randperm(len(groups), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_val = int(len(groups) * cfg.val_fraction)
     held = [groups[i] for i in perm[:n_val]]
-    used = sorted({i for g in held for c, r, _ in g for i in (c, r)})
+    used = answers_used(held)
     new_index = {old: k for k, old in enumerate(used)}
     val = ([seqs[i] for i in used], [[(new_index[c], new_index[r], ids) for c, r, ids in g] for g in held])
     return [groups[i] for i in perm[n_val:]], val
@@ -230,7 +238,7 @@ def group_batch_loss(model, seqs, groups, tokenizer, device, gold=None, across_p
     prompts are harder than others), so a reward that ranks answers across prompts must also
     learn each prompt's level (FINDINGS.md, "The reward model", ranking across prompts). The
     accuracy returned is the within-prompt pairs' only."""
-    used = sorted({i for g in groups for c, r, _ in g for i in (c, r)})
+    used = answers_used(groups)
     row = {s: k for k, s in enumerate(used)}
     scores = last_token_scores(model, [seqs[i] for i in used], tokenizer, device)
     chosen = torch.tensor([row[c] for g in groups for c, _, _ in g], device=scores.device)
@@ -266,6 +274,16 @@ def spearman(a, b):
     return (ra @ rb).item() / denom if denom > 0 else float("nan")
 
 
+def accuracy_by_type(groups, right):
+    """Held-out pair accuracy per instruction id: a pair counts toward every id of its prompt.
+    right: one bool per pair, in the groups' order."""
+    by_type = {}
+    for (_, _, instruction_ids), ok in zip([p for g in groups for p in g], right):
+        for t in instruction_ids:
+            by_type.setdefault(t, []).append(ok)
+    return {t: sum(v) / len(v) for t, v in sorted(by_type.items())}
+
+
 def evaluate(model, val, samples, tokenizer, device, batch_size):
     """Held-out pair accuracy (overall and per instruction id: a pair counts toward every id
     of its prompt), loss, and the Spearman correlation of RM scores with gold rewards."""
@@ -273,17 +291,13 @@ def evaluate(model, val, samples, tokenizer, device, batch_size):
     if val[1]:
         seqs, groups = val
         pairs = [p for g in groups for p in g]
-        used = sorted({i for c, r, _ in pairs for i in (c, r)})
+        used = answers_used(groups)
         raw = score_all(model, [seqs[i] for i in used], tokenizer, device, batch_size)
         scores = dict(zip(used, raw.tolist()))
         r_c, r_r = torch.tensor([scores[c] for c, _, _ in pairs]), torch.tensor([scores[r] for _, r, _ in pairs])
         right = (r_c > r_r).tolist()
-        by_type = {}
-        for (_, _, ids), ok in zip(pairs, right):
-            for t in ids:
-                by_type.setdefault(t, []).append(ok)
         out.update(val_loss=bradley_terry(r_c, r_r).item(), val_accuracy=sum(right) / len(right),
-                   val_accuracy_by_type={t: sum(v) / len(v) for t, v in sorted(by_type.items())})
+                   val_accuracy_by_type=accuracy_by_type(groups, right))
     if samples:
         seqs, gold, group = samples
         scores = score_all(model, seqs, tokenizer, device, batch_size).tolist()
@@ -346,7 +360,7 @@ def main(argv=None):
     max_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg.learning_rate, cfg.weight_decay, cfg.optimizer,
                                device_type=rt.device_type)
-    batch_rng = torch.Generator().manual_seed(cfg.seed)  # saved with checkpoints; the order is epoch_order's
+    batch_rng = torch.Generator().manual_seed(cfg.seed)  # never drawn (the order is epoch_order's); checkpoints keep one
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     step, metrics = 0, {}
     if should_resume(cfg, ckpt_path):
@@ -361,7 +375,7 @@ def main(argv=None):
     if rt.ddp:
         model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
 
-    train_answers = [seqs[i] for i in sorted({i for g in groups for c, r, _ in g for i in (c, r)})]
+    train_answers = [seqs[i] for i in answers_used(groups)]
 
     def normalise():
         """Fit gain and bias so the RM's scores on SFT answers (every distinct answer in the

@@ -91,6 +91,10 @@ def test_build_groups_renders_each_answer_once(tok):
     assert seqs[0][-1] == tok.end
     _, _, dropped, _ = train_reward.build_groups(pairs, tok, block_size=5)
     assert dropped == 3
+    # a dropped pair leaves no answer behind: every seq fits, so DPO can score them all
+    too_long = [pairs[0], pairs[1] | {"rejected": "c " * 40}]
+    seqs, groups, dropped, _ = train_reward.build_groups(too_long, tok, block_size=20)
+    assert dropped == 1 and len(seqs) == 2 and max(len(s) for s in seqs) <= 20 and len(groups[0]) == 1
     scored = [p | {"chosen_score": 1.0, "rejected_score": s} for p, s in zip(pairs, (0.5, 0.0, 0.2))]
     assert train_reward.build_groups(scored, tok, block_size=64)[3] == [1.0, 0.5, 0.0, 1.0, 0.2]
 
