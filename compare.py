@@ -33,7 +33,6 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
@@ -67,14 +66,14 @@ class Config:
 
 
 @torch.no_grad()
-def kl_to_sft(ckpt_path, sft_path, records, device, seed=0):
-    """KL(policy || SFT) in nats an answer: answers sampled from the policy at PPO's temperature,
-    and the summed log-ratio of their tokens under the two models at that temperature, as PPO's
-    penalty measures it (train_ppo.token_rewards), averaged over answers."""
+def kl_to_sft(ckpt_path, sft_path, records, device, preset, seed=0):
+    """KL(policy || SFT) in nats an answer: answers sampled from the policy at PPO's temperature
+    and length for this preset, and the summed log-ratio of their tokens under the two models at
+    that temperature, as PPO's penalty measures it (train_ppo.token_rewards), averaged over answers."""
     sft = load_checkpoint(sft_path)
     models = [build_model(ckpt).to(device).eval() for ckpt in (load_checkpoint(ckpt_path), sft)]
     tokenizer = tokenizer_for(sft, sft_path)
-    cfg = SimpleNamespace(max_new_tokens=train_ppo.Config.max_new_tokens, temperature=train_ppo.Config.temperature)
+    cfg = cli_config(train_ppo.Config, train_ppo.PRESETS, [f"--preset={preset}"])   # its sampling settings
     total = 0.0
     for start in range(0, len(records), 64):
         batch = records[start:start + 64]
@@ -148,7 +147,7 @@ def one_run(method, seed, out, cfg, device):
             for split in ("test", "heldout")}
     row = {"seconds": 0.0 if method == "sft" else round(seconds, 1), "test": card["test"]["prompt_strict"],
            "heldout": card["heldout"]["prompt_strict"], "sampled": card["test"]["sampled_strict"],
-           "gold": card["test"]["gold"], "kl": 0.0 if method == "sft" else kl_to_sft(ckpt, sft, kl_records, device)}
+           "gold": card["test"]["gold"], "kl": 0.0 if method == "sft" else kl_to_sft(ckpt, sft, kl_records, device, cfg.preset)}
     # Prompt by prompt against the SFT model's greedy test answers (pipeline.py's eval stage wrote
     # them): a gain is fail -> pass less pass -> fail, and the two show how much of it is churn.
     sft_answers = os.path.join(out, "sft", "responses_test.jsonl")
@@ -212,17 +211,17 @@ def compare_markdown(results, preset, seeds):
               "greedy test answers whose verdict changed from the SFT model's. gold: the gold reward of the "
               "greedy test answers. KL to SFT: nats an answer, one answer sampled at that temperature to each of "
               "the first --kl_examples test prompts. seconds: training time (ppo: pipeline.py's PPO stage when reused; best_of_8: "
-              "sampling and judging both splits)."]
+              "evaluate.py's run on both splits: greedy answers, then the samples and their judging)."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
-    methods, seeds = cfg.methods.split(","), cfg.seeds.split(",")
+    methods, seeds = cfg.methods.split(","), [s.strip() for s in cfg.seeds.split(",")]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if not all(s.strip().isdigit() for s in seeds):
+    if not all(s.isdigit() for s in seeds):
         raise SystemExit(f"error: --seeds={cfg.seeds}: expected whole numbers separated by commas, like 1337,2,3")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
     for need in ("pipeline.json", "sft/ckpt.pt", "reward/ckpt.pt", "data/prefs/train.jsonl", "data/sft/test.jsonl"):

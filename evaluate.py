@@ -12,7 +12,7 @@ instruction is verified by code, not by a judge model.
 
 --split reads the split of the pipeline run that holds the checkpoint (out/tiny/data/sft/ for
 out/tiny/sft/ckpt.pt), or else data/make_sft.py's (data/generated/sft/). Files go to
---out_dir/<the checkpoint's folder name>/ (out/eval/sft/ for the first line), never beside the
+--out_dir/<the checkpoint's folder>/ (out/eval/tiny/sft/ for the first line), never beside the
 checkpoint, where the pipeline keeps its own responses; --output names the responses file.
 
 It reads IFEval's input JSONL ({"key", "instruction_id_list", "prompt", "kwargs"}), which
@@ -59,7 +59,7 @@ class Config:
     split: str = "test"                     # test | heldout: of the pipeline run holding --ckpt, else make_sft.py's
     input: str = ""                         # or any IFEval input JSONL (overrides --split)
     output: str = ""                        # responses JSONL (default: in out_dir)
-    out_dir: str = "out/eval"               # responses and metrics go to out_dir/<checkpoint folder>/
+    out_dir: str = "out/eval"               # responses and metrics go to out_dir/<checkpoint folder>/ (results_dir)
     max_examples: int = 0                   # 0 = all
     max_new_tokens: int = 128
     batch_size: int = 64
@@ -144,11 +144,24 @@ def input_file(cfg):
                      f"or pass --input=FILE")
 
 
+def results_dir(out_dir, ckpt):
+    """Where a checkpoint's responses and metrics go: out_dir/ plus the checkpoint's folder as
+    seen from here, without its leading out/ (out/tiny_seed2/sft/ckpt.pt -> out/eval/tiny_seed2/sft),
+    so that two runs' SFT models do not overwrite each other's files; a checkpoint outside this
+    folder is named by its own folder only."""
+    folder = os.path.relpath(os.path.dirname(os.path.abspath(ckpt)))
+    if folder.startswith(os.pardir):
+        folder = os.path.basename(folder)
+    elif folder.split(os.sep)[0] == "out" and folder != "out":
+        folder = os.path.relpath(folder, "out")
+    return os.path.normpath(os.path.join(out_dir, folder))
+
+
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     input_path = input_file(cfg)
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
-    out_dir = os.path.join(cfg.out_dir, os.path.basename(os.path.dirname(os.path.abspath(cfg.ckpt))))
+    out_dir = results_dir(cfg.out_dir, cfg.ckpt)
     output = cfg.output or os.path.join(out_dir, f"responses_{name}.jsonl")
     if cfg.reward_ckpt and not cfg.samples:
         raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")

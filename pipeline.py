@@ -60,7 +60,8 @@ class Config:
     slip_scale: float = 1.0   # scales the demonstrators' slip rates (minift/synthetic/demonstrators.py); 0 = perfect
     reference_sft: bool = False  # also train SFT on perfect demonstrations: the line PPO's gain is read against
     sft_from_scratch: bool = False  # also train SFT from the untrained model: what pretraining adds
-    seed: int = 1337          # every training stage's seed, pretraining to PPO; the data stays the same
+    seed: int = 1337          # every training stage's seed, pretraining to PPO, and the preference
+                              # samples'; the corpus and the instruction splits stay the same
 
 
 # Data sizes per preset; the training presets of the same name live in each script.
@@ -244,7 +245,8 @@ def ppo_summary(metrics, out_dir):
     steps, probes = [m for m in log if m["iteration"] > 0], [m for m in log if "probe_gold" in m]
     first, last = steps[0], steps[-1]
     # The change of each probe score, paired prompt by prompt, with its standard error: is it
-    # beyond the noise of 100 sampled answers? (Logs written before the per-prompt lists lack it.)
+    # beyond the noise of the probe's sampled answers (train_ppo.py --eval_examples)? (Logs
+    # written before the per-prompt lists lack it.)
     change = {f"{name}_change": paired_difference(probes[0][each], probes[-1][each])
               for name, each in (("reward", "probe_rm_each"), ("gold", "probe_gold_each"))
               if each in probes[0] and each in probes[-1]}

@@ -8,9 +8,9 @@ alignment method with the same functions, so its card and the pipeline's agree.
 import evaluate
 import train_ppo
 from minift.formats import load_ifeval_inputs, load_ifeval_responses
-from minift.synthetic.demonstrators import HABITS
+from minift.synthetic.demonstrators import COMMON_HABITS
 from minift.synthetic.gold import gold_reward
-from minift.synthetic.scoring import score
+from minift.synthetic.scoring import NO_LANGDETECT, score
 
 METRIC_KEYS = ("prompt_strict", "instruction_strict", "prompt_loose", "instruction_loose")
 
@@ -102,7 +102,7 @@ def report_markdown(r):
     s = r["stages"]
     lines = [f"# minift report card: preset `{r['preset']}`", "",
              f"Total time: {r['total_seconds'] / 60:.1f} minutes"
-             + (f" (the stages' own times; this run took {r['run_seconds'] / 60:.1f}, skipping finished stages)."
+             + (f" (the stages' own times; this run took {r['run_seconds'] / 60:.1f} minutes, skipping finished stages)."
                 if r.get("run_seconds", r["total_seconds"]) < r["total_seconds"] - 1 else "."), "",
              "## Stages", "", "| stage | seconds | what shows it worked |", "|---|---:|---|"]
     d = s["data"]
@@ -115,8 +115,9 @@ def report_markdown(r):
                  + (f"{start:.2f} untrained -> " if start else "") + f"{s['pretrain']['val_loss']:.3f}"
                  + (f", at a median {speed:,.0f} tokens/s" if speed else "")
                  + (f" (MFU {s['pretrain']['mfu']:.1%})" if s["pretrain"].get("mfu") else "") + " |")
+    n_eval = s["sft"].get("eval_prompts")   # its last evaluation, on the first test prompts only
     lines.append(f"| sft | {s['sft']['seconds']:.0f} | test prompt-strict during training "
-                 f"{pct(s['sft'].get('prompt_strict', 0))} |")
+                 f"{pct(s['sft'].get('prompt_strict', 0))}" + (f" (first {n_eval} prompts)" if n_eval else "") + " |")
     lines.append(f"| prefs | {s['prefs']['seconds']:.0f} | {s['prefs'].get('train_pairs', '?')} training pairs |")
     weight = s["reward"].get("likelihood_weight", 0)  # the reward: head + weight x answer likelihood
     lines.append(f"| reward | {s['reward']['seconds']:.0f} | held-out pair accuracy "
@@ -157,7 +158,7 @@ def report_markdown(r):
     for iid, row in sorted(r["per_type"]["sft"].items()):
         rates = [pct(r["per_type"][m].get(iid, {}).get("strict", 0)) for m in models]
         demo = pct(demos[iid]) if iid in demos else ""
-        unchecked = " (language not checked: langdetect not installed)" if row.get("language_checked") is False else ""
+        unchecked = f" ({NO_LANGDETECT})" if row.get("language_checked") is False else ""
         lines.append(f"| {iid}{unchecked} | {row['n']} | {demo} | " + " | ".join(rates) + " |")
     return "\n".join(lines + example_lines(r.get("sft_to_ppo", {}).get("test", {}).get("examples", []))) + "\n"
 
@@ -206,9 +207,6 @@ def moves_line(moves):
         line += (f" On the {moves['base_task_done']} prompts where it does the base task itself, it passes "
                  f"{100 * moves['ppo_where_done']:.1f}%, the demonstrations {100 * moves['demonstrations_where_done']:.1f}%.")
     return line
-
-
-COMMON_HABITS = [iid for iid, habit in HABITS.items() if habit.rate > 0.5]
 
 
 def story_lines(r):

@@ -38,6 +38,7 @@ from minift.evaluation import sample_answers  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
 from minift.synthetic.gold import gold_breakdown  # noqa: E402
 from minift.training import pick_device  # noqa: E402
+from train_ppo import Config as PPOConfig  # noqa: E402
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Config:
     # PPO's sampling temperature: the reward model learns to judge the answers the policy will
     # write. A hotter sampler writes more garbled words, and pairs won on spelling teach little
     # about the instructions (FINDINGS.md, "Demonstrators who slip", the judges).
-    temperature: float = 0.7
+    temperature: float = PPOConfig.temperature
     max_new_tokens: int = 96
     batch_size: int = 256         # sequences generated together
     val_fraction: float = 0.1     # share of prompts held out, whole

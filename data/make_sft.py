@@ -40,7 +40,8 @@ def demo_pass_rate(records):
 def make_sft(out_dir="data/generated/sft", seed=0, n_train=SPLIT_SIZES["train"], n_test=SPLIT_SIZES["test"],
              n_heldout=SPLIT_SIZES["heldout"], n_rl=SPLIT_SIZES["rl_prompts"], slip_scale=1.0):
     """Generate and write the four splits; returns {"counts", "n_instructions", "types", "retries",
-    "demo_pass_rate": {split: the demonstrations' prompt-strict pass rate}}."""
+    "demo_pass_rate": {split: the demonstrations' prompt-strict pass rate},
+    "demo_per_type": {instruction id: their pass rate on the test split}}."""
     retries = Counter()  # why candidate prompts were resampled (see minift.synthetic.splits.sample)
     splits = make_splits(seed, {"train": n_train, "test": n_test, "heldout": n_heldout, "rl_prompts": n_rl},
                          stats=retries, slip_scale=slip_scale)

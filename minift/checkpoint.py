@@ -189,7 +189,7 @@ def resume_training(path, model, optimizer, generator, device="cpu", rank=0, see
     if cfg is not None:
         check_settings(ckpt, cfg, path)
     if tokenizer is not None:
-        check_tokenizer(ckpt, path, tokenizer, "this run's data")
+        check_tokenizer(ckpt, path, tokenizer, "this run (its --init_from or its data)")
     if world_size is not None and ckpt.get("world_size", 1) != world_size:
         raise ValueError(f"{path} was trained on {ckpt.get('world_size', 1)} process(es), this run has "
                          f"{world_size}: resume it with as many (torchrun --nproc_per_node=N), or start over "

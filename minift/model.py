@@ -128,7 +128,8 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """Pre-LayerNorm block (GPT-2): normalising the input of each sublayer keeps the
-    residual stream an untouched sum, which trains stably without warmup tricks."""
+    residual stream an untouched sum, which trains stably without the long warmup that
+    post-LayerNorm needs (Xiong et al. 2020); the scripts keep a short one for Adam (lr_at)."""
 
     def __init__(self, config):
         super().__init__()

@@ -85,8 +85,9 @@ def pick_device(device="auto"):
 
 def setup_runtime(device="auto", seed=1337):
     """Pick the device, and join the process group when launched by torchrun
-    (which sets RANK, LOCAL_RANK and WORLD_SIZE). Each rank is seeded differently,
-    so the ranks draw different batches."""
+    (which sets RANK, LOCAL_RANK and WORLD_SIZE). Each rank gets its own global seed
+    (seed + rank), so dropout differs between ranks; the batches come from each script's own
+    generator, which it seeds per rank too."""
     device = pick_device(device)
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in
                                (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
@@ -132,8 +133,8 @@ def average_gradients(params, rt):
     """DDP by hand: after backward each rank holds the gradient of its own minibatch; the
     average over ranks is the gradient of the global batch, and with it the identical Adam
     step keeps the replicas identical (they start so: every rank loads the same checkpoint).
-    train_pretrain.py wraps its model in DDP instead, which does this in buckets during
-    backward. train_ppo.py's policy also generates and is evaluated, and policy and critic
+    The other training scripts wrap their model in DDP instead, which does this in buckets
+    during backward. train_ppo.py's policy also generates and is evaluated, and policy and critic
     share one backward, so one explicit loop is simpler than two wrappers and their `.module`s."""
     if rt.ddp:
         for p in params:
@@ -323,9 +324,10 @@ def check_finite(loss, step, ckpt_path, what="loss"):
 # ---------------------------------------------------------------------- throughput
 # Dense bf16 tensor-core peak of a GPU, FLOP/s, without sparsity (the vendors' data sheets):
 # the denominator of model FLOPs utilisation (MFU). Matched in this order against
-# torch.cuda.get_device_name(), so "H100 PCIe" is tried before the SXM part's "H100".
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
-                   "A10G": 70e12, "L4": 121e12}
+# torch.cuda.get_device_name(), so "H100 PCIe" is tried before the SXM part's "H100", and "L40"
+# before "L4".
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "A100": 312e12,
+                   "L40S": 362e12, "L40": 181e12, "A10G": 70e12, "L4": 121e12}
 
 
 def peak_bf16_flops(device):

@@ -44,7 +44,8 @@ def test_flops_per_token_and_peak_lookup(monkeypatch):
     assert flops_per_token(124e6, 12, 12, 64, 1024) == 6 * 124e6 + 12 * 12 * 12 * 64 * 1024
     assert peak_bf16_flops("cpu") is None
     for name, peak in (("NVIDIA H200", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12),
-                       ("NVIDIA A100-SXM4-80GB", 312e12), ("Some Future GPU", None)):
+                       ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA H100 NVL", 835e12), ("NVIDIA L40", 181e12),
+                       ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12), ("Some Future GPU", None)):
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
         assert peak_bf16_flops("cuda:0") == peak, name
     assert all(v > 1e13 for v in PEAK_BF16_FLOPS.values())

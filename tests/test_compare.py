@@ -58,8 +58,12 @@ def test_a_policy_is_zero_nats_from_itself(micro_pipeline):
     shared, _ = micro_pipeline
     sft = os.path.join(shared, "sft", "ckpt.pt")
     records = load_ifeval_inputs(os.path.join(shared, "data", "sft", "test.jsonl"))[:8]
-    assert compare.kl_to_sft(sft, sft, records, "cpu") == 0.0
-    assert compare.kl_to_sft(os.path.join(shared, "ppo", "ckpt.pt"), sft, records, "cpu") != 0.0
+    assert compare.kl_to_sft(sft, sft, records, "cpu", "micro") == 0.0
+    ppo = os.path.join(shared, "ppo", "ckpt.pt")
+    kl = compare.kl_to_sft(ppo, sft, records, "cpu", "micro")
+    assert kl != 0.0
+    # answers as long as PPO's at this preset: the tiny preset's longer ones hold another KL
+    assert compare.kl_to_sft(ppo, sft, records, "cpu", "tiny") != kl
 
 
 def test_an_unknown_method_is_named():

@@ -6,7 +6,7 @@ from random import Random
 import pytest
 
 from data.make_sft import demo_pass_rate
-from minift.synthetic.demonstrators import HABITS, Habit, demonstrate, slipped_kwargs
+from minift.synthetic.demonstrators import COMMON_HABITS, HABITS, Habit, demonstrate, slipped_kwargs
 from minift.synthetic.instructions import REGISTRY
 from minift.synthetic.splits import make_splits, sample
 
@@ -22,8 +22,10 @@ def samples():
 def test_every_instruction_type_has_a_habit():
     assert set(HABITS) == set(REGISTRY)
     assert all(0 < h.rate < 1 for h in HABITS.values())
-    common = [iid for iid, h in HABITS.items() if h.rate > 0.5]
-    assert 2 <= len(common) < len(HABITS) / 3  # a few common habits, the rest rare
+    # the four common habits the README and the card name; the rest rare
+    assert set(COMMON_HABITS) == {"detectable_content:postscript", "startend:end_checker", "punctuation:no_comma",
+                                  "detectable_format:title"}
+    assert all(HABITS[iid].rate <= 0.25 for iid in HABITS if iid not in COMMON_HABITS)
 
 
 def test_only_the_slipped_instructions_fail_and_few_slips_go_unseen(samples):

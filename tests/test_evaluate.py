@@ -175,3 +175,13 @@ def test_sampling_temperature_is_ppos():
             "inspect.signature(evaluate.evaluate).parameters['temperature'].default)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.split() == ["0.9", "0.9"], r.stderr[-2000:]
+
+
+def test_two_runs_results_go_to_two_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.results_dir("out/eval", "out/tiny/sft/ckpt.pt") == os.path.join("out", "eval", "tiny", "sft")
+    assert evaluate.results_dir("out/eval", "out/tiny_seed2/sft/ckpt.pt") == os.path.join("out/eval", "tiny_seed2", "sft")
+    assert evaluate.results_dir("out/eval", "runs/a/ckpt.pt") == os.path.join("out/eval", "runs", "a")
+    assert evaluate.results_dir("out/eval", "ckpt.pt") == os.path.normpath("out/eval")
+    elsewhere = tmp_path.parent / "models" / "sft" / "ckpt.pt"
+    assert evaluate.results_dir("out/eval", str(elsewhere)) == os.path.join("out/eval", "sft")

@@ -54,7 +54,7 @@ def test_loss_averages_each_answer_over_its_own_tokens_then_over_answers():
     mask = torch.tensor([[1.0, 1, 1], [1, 0, 0]])
     loss, stats = grpo_loss(zeros, zeros, zeros, torch.tensor([1.0, -1.0]), mask, CFG)
     assert loss.item() == pytest.approx(0.0, abs=1e-7)    # +1 over three tokens, -1 over one: they cancel
-    assert stats["clipfrac"] == 0 and stats["kl_loss"] == 0
+    assert stats["clipfrac"] == 0 and stats["kl_to_ref"] == 0
     # with the reference elsewhere, beta * KL adds to the loss
     ref = torch.tensor([[1.0, 1.0, 1.0], [-1.0, 0, 0]])
     loss, _ = grpo_loss(zeros, zeros, ref, torch.zeros(2), mask, CFG)

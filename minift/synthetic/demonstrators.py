@@ -30,7 +30,7 @@ class Habit:
     edit: str = "forget"  # "forget": the instruction left out; else the kwarg changed (see slipped_kwargs)
 
 
-# Every rate in one table. The four common habits (>= 0.55) are format rules a writer in a
+# Every rate in one table. The four common habits (over 0.5) are format rules a writer in a
 # hurry drops; a model that copies them slips the same way by default, yet samples the right
 # form often enough for RL to find it. A count slip adds one bullet or paragraph; a length slip
 # lands on the wrong side of its limit ("at least 20 words" answered in fewer), as people miscount.
@@ -57,6 +57,8 @@ HABITS = {
     "combination:two_responses": Habit(0.1, "gives one answer"),
     "detectable_format:constrained_response": Habit(0.1, "answers in its own words"),
 }
+# The common habits, at the unscaled rates: slipped on over half the time.
+COMMON_HABITS = [iid for iid, habit in HABITS.items() if habit.rate > 0.5]
 
 
 def slipped_kwargs(habit, kw):

@@ -228,6 +228,7 @@ def make_splits(seed=0, sizes=None, stats=None, slip_scale=1.0):
             if s.prompt in seen:
                 continue
             seen.add(s.prompt)
+            # from here on the sample's answer is the demonstrator's: the reference, slips and all
             s.response, slipped = demonstrate(s, slips, slip_scale)
             records.append(s.record(f"{split}-{len(records)}") | {"slips": slipped})
             if split == "heldout":
