@@ -58,12 +58,12 @@ class Config:
     resume: bool = True
     force: bool = False              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
-    # rollouts: PPO's budget (train_ppo.py), 24 x 64 answers
-    iterations: int = 24
-    rollout_batch: int = 64          # answers per rollout: rollout_batch / group_size prompts
+    # rollouts: PPO's budget (train_ppo.py), 36 x 128 answers
+    iterations: int = 36
+    rollout_batch: int = 128         # answers per rollout: rollout_batch / group_size prompts
     # G answers to each prompt. The larger the group, the fewer groups whose answers all score
     # alike and carry no signal (FINDINGS.md, "The alignment lab", GRPO); 8 keeps most groups
-    # while a batch of 64 still holds 8 prompts.
+    # while a batch of 128 still holds 16 prompts.
     group_size: int = 8
     max_new_tokens: int = 96
     temperature: float = 0.7         # as PPO: OpenAI, N+ and TRL sample at 0.7
@@ -71,18 +71,17 @@ class Config:
     # GRPO
     kl_coef: float = 0.04            # beta, as DeepSeekMath's (their equation 3)
     adv_eps: float = 1e-4            # eps under the group's std (TRL's): keeps a near-tie's advantage finite
-    # DeepSeekMath takes one gradient step per rollout (mu = 1). Here a rollout costs more than
-    # an update, so we reuse it as PPO does, 4 epochs of 4 minibatches; the clip keeps the later
-    # steps near the sampling policy.
-    epochs: int = 4
+    # DeepSeekMath takes one gradient step per rollout (mu = 1). As PPO (train_ppo.py) we take
+    # one epoch of 4 minibatches; the clip keeps the later ones near the sampling policy.
+    epochs: int = 1
     num_minibatches: int = 4
     clip_range: float = 0.2          # policy ratio clip, as PPO
-    learning_rate: float = 1e-4      # annealed linearly to 0 over the run, as PPO
+    learning_rate: float = 2e-4      # annealed linearly to 0 over the run, as PPO
     anneal_lr: bool = True           # False: the learning rate stays constant
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0
     # evaluation and logging
-    eval_interval: int = 6
+    eval_interval: int = 9
     eval_examples: int = 100
     seed: int = 1337
     device: str = "auto"
@@ -93,7 +92,8 @@ PRESETS = {
     "micro": dict(iterations=3, rollout_batch=8, group_size=4, max_new_tokens=16, num_minibatches=2, epochs=2,
                   eval_interval=3, eval_examples=8),
     "tiny": dict(),
-    "small": dict(iterations=200, rollout_batch=256, max_new_tokens=128, learning_rate=1e-5, eval_examples=500),
+    "small": dict(iterations=200, rollout_batch=256, epochs=4, max_new_tokens=128, learning_rate=1e-5,
+                  eval_examples=500),
 }
 
 

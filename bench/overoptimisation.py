@@ -46,8 +46,8 @@ class Config:
     # PPO's learning rate, twice its iterations: long enough for the gold reward to turn down
     # while the proxy keeps rising; a higher rate gets there before the first probe (FINDINGS.md,
     # "The alignment lab", over-optimisation).
-    iterations: int = 48
-    learning_rate: float = 1e-4
+    iterations: int = 72
+    learning_rate: float = 2e-4
     eval_interval: int = 6           # a point of the curve every this many iterations
     eval_examples: int = 100         # probe and test prompts
     seed: int = 1337
