@@ -57,7 +57,7 @@ class Config:
     # Rollout + optimisation rounds: 36 x 128 = 4,608 episodes, each used for one epoch. Three
     # times the fresh answers of 24 x 64 reused for 4 epochs, in about 1.2 times the time: PPO
     # then gained more on heldout and in samples, beyond the seeds' noise (FINDINGS.md, section
-    # 14, "PPO's defaults, re-measured").
+    # 14, "Fresh answers instead of reused ones").
     iterations: int = 36
     rollout_batch: int = 128         # answers per rollout, K to each prompt (per rank with DDP)
     max_new_tokens: int = 96
@@ -93,7 +93,8 @@ class Config:
     learning_rate: float = 2e-4      # annealed linearly to 0 over the run. Lower rates let an
                                      # update's approx-KL and clip fraction fall to nearly 0 long
                                      # before the end: PPO stopped moving (FINDINGS.md, section 14,
-                                     # "PPO's defaults, re-measured")
+                                     # "PPO's defaults, re-measured" and "Fresh answers instead
+                                     # of reused ones")
     anneal_lr: bool = True           # False: the learning rate stays constant
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0
