@@ -12,7 +12,8 @@ One iteration, top to bottom in `main`:
   2. score: reward model (or gold checker) at the last token, less the mean score of the
      prompt's other answers (RLOO's baseline), minus a KL penalty per token;
   3. advantages: GAE over the answer tokens, whitened;
-  4. optimise: E epochs over M minibatches of the clipped PPO objective, policy and critic.
+  4. optimise: E epochs (one by default) over M minibatches of the clipped PPO objective,
+     policy and critic.
 Before the first iteration and at every evaluation, a fixed probe (the evaluation prompts,
 sampled from one seed) measures the reward model's and the gold reward's mean score, so that
 "did the rewards rise?" compares the same prompts before and after.
@@ -90,11 +91,10 @@ class Config:
     # own network, so under Adam the factor acts only through eps and how often the critic's
     # gradient-norm clip (grad_clip, per network) binds.
     vf_coef: float = 0.1             # the value loss's weight in the one loss
-    learning_rate: float = 2e-4      # annealed linearly to 0 over the run. Lower rates let an
-                                     # update's approx-KL and clip fraction fall to nearly 0 long
-                                     # before the end: PPO stopped moving (FINDINGS.md, section 14,
-                                     # "PPO's defaults, re-measured" and "Fresh answers instead
-                                     # of reused ones")
+    learning_rate: float = 2e-4      # annealed linearly to 0 over the run. At 3e-5 PPO stopped
+                                     # moving long before the end; 1e-4 with 4 epochs and 2e-4
+                                     # with one are measured in FINDINGS.md, section 14 ("PPO's
+                                     # defaults, re-measured", "Fresh answers instead of reused ones")
     anneal_lr: bool = True           # False: the learning rate stays constant
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0
