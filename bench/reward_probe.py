@@ -22,10 +22,18 @@ instead asks where the reward model's held-out pair accuracy is lost: each held-
 by what sets its two answers apart in the gold reward (one checker, one flaw, or several; if
 several, whether they all favour the chosen answer or the gold reward's arithmetic traded
 one against another), with the reward model's accuracy in full and of the head alone.
+
+    python bench/reward_probe.py --judges=true
+
+asks the judges instead of the reward model, with no model at all: of the training pairs whose
+two answers differ on one of the rules above, how often did the gold reward choose the answer
+that keeps the rule, and when it did not, what did that answer have against it? A rule the
+judges themselves vote against is one the reward model learns to vote against too.
 """
 
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +57,8 @@ class Config:
     reward_ckpt: str = ""          # default: <out_dir>/reward/ckpt.pt
     held_out_pairs: bool = False   # instead: accuracy on <out_dir>/data/prefs/val.jsonl, by what
                                    # decides each pair
+    judges: bool = False           # instead: the gold reward's own votes on each rule, in the
+                                   # training pairs <out_dir>/data/prefs/train.jsonl
     device: str = "cpu"
     batch_size: int = 64
 
@@ -153,6 +163,46 @@ def held_out_accuracy(reward_model, tokenizer, pairs, device="cpu", batch_size=6
             for k, r in sorted(rows.items(), key=lambda kv: -kv[1]["n"])}
 
 
+# The judges can be asked about any rule, fixed by hand or not: capital words ("at least 3 words
+# in all capital letters") is where PPO falls furthest below SFT.
+JUDGED_RULES = list(FIXES) + ["change_case:capital_word_frequency"]
+
+
+def judges_vote(pairs):
+    """Per rule of JUDGED_RULES: the pairs whose two answers differ on it (one keeps it, one breaks it),
+    how many of them the gold reward decided for the keeper, and, where it chose the breaker,
+    what the keeper had against it: each flaw only the keeper shows, or else that it passed
+    fewer checks. {iid: {"n", "keeper_chosen", "keeper_lost_by": Counter}}."""
+    rows = {}
+    for pair in pairs:
+        rules = [iid for iid in JUDGED_RULES if iid in pair["instruction_id_list"]]
+        if not rules:
+            continue
+        prompt = pair["prompt"][-1]["content"]
+        chosen, rejected = (gold_breakdown(prompt, pair[side], pair["instruction_id_list"], pair["kwargs"])
+                            for side in ("chosen", "rejected"))
+        for iid in rules:
+            if chosen["checks"][iid] == rejected["checks"][iid]:
+                continue
+            row = rows.setdefault(iid, {"n": 0, "keeper_chosen": 0, "keeper_lost_by": Counter()})
+            row["n"] += 1
+            if chosen["checks"][iid]:
+                row["keeper_chosen"] += 1
+            else:
+                own_flaws = [f for f in rejected["flaws"] if f not in chosen["flaws"]]
+                row["keeper_lost_by"].update(own_flaws or ["fewer checks passed"])
+    return {iid: rows[iid] for iid in JUDGED_RULES if iid in rows}
+
+
+def print_judges(rows, path):
+    print(f"training pairs ({path}) whose answers differ on a rule, and the judges' (gold reward's) choice;")
+    print("where they chose the answer that breaks it, what the keeper had against it (a pair can count twice):")
+    print(f"  {'rule':<36} {'pairs':>5} {'keeper chosen':>13}   where the keeper lost")
+    for iid, r in rows.items():
+        lost_by = ", ".join(f"{why} {n}" for why, n in r["keeper_lost_by"].most_common())
+        print(f"  {iid:<36} {r['n']:>5} {r['keeper_chosen'] / r['n']:>13.1%}   {lost_by}")
+
+
 def print_held_out(rows):
     n = sum(r["n"] for r in rows.values())
     print(f"held-out pairs by what decides them ({n} pairs), and the reward model's accuracy on them:")
@@ -168,11 +218,15 @@ def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     reward_ckpt = cfg.reward_ckpt or os.path.join(cfg.out_dir, "reward", "ckpt.pt")
     answers_path = os.path.join(cfg.out_dir, cfg.model, f"responses_{cfg.split}.jsonl")
-    pairs_path = os.path.join(cfg.out_dir, "data", "prefs", "val.jsonl")
-    needed = pairs_path if cfg.held_out_pairs else answers_path
+    pairs_path = os.path.join(cfg.out_dir, "data", "prefs", "train.jsonl" if cfg.judges else "val.jsonl")
+    needed = pairs_path if cfg.held_out_pairs or cfg.judges else answers_path
     if not os.path.exists(needed):
-        what = "pairs" if cfg.held_out_pairs else "answers"
+        what = "pairs" if cfg.held_out_pairs or cfg.judges else "answers"
         raise SystemExit(f"error: no {what} at {needed}. Run: python pipeline.py")
+    if cfg.judges:
+        rows = judges_vote(load_preferences(pairs_path))
+        print_judges(rows, pairs_path)
+        return rows
     ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python pipeline.py", kinds=("reward",))
     tokenizer = tokenizer_for(ckpt, reward_ckpt)
     device = pick_device(cfg.device)

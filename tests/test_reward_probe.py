@@ -94,3 +94,16 @@ def test_held_out_accuracy_adds_up_to_the_reward_models_own(micro_pipeline):
     val = train_reward.build_groups(pairs, tokenizer, model.gpt.config.block_size)[:2]
     own = train_reward.evaluate(model, val, None, tokenizer, "cpu", 64)["val_accuracy"]
     assert sum(r["n"] * r["full"] for r in rows.values()) / len(pairs) == pytest.approx(own)
+
+
+def test_judges_vote_counts_only_pairs_that_differ_on_the_rule_and_names_what_the_keeper_lost_by():
+    kept = SLIPPED + "\nP.S. Thank you for reading."
+    clean = "A kite is red, blue and long. It can fly."
+    pairs = [pair(kept, SLIPPED),                                    # the judges chose the keeper
+             pair(clean, clean + "\nP.S. Thank you for zorbling."),  # they chose the breaker: a garbled word
+             pair(clean, SLIPPED),                                   # neither keeps the P.S.: not counted
+             pair(kept, SLIPPED, "punctuation:no_comma")]            # commas in both: not counted
+    rows = reward_probe.judges_vote(pairs)
+    assert list(rows) == ["detectable_content:postscript"]
+    row = rows["detectable_content:postscript"]
+    assert (row["n"], row["keeper_chosen"], dict(row["keeper_lost_by"])) == (2, 1, {"garbled": 1})
