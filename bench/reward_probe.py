@@ -26,9 +26,10 @@ one against another), with the reward model's accuracy in full and of the head a
     python bench/reward_probe.py --judges=true
 
 asks the judges instead of the reward model, with no model at all: of the training pairs whose
-two answers differ on one of the rules above, how often did the gold reward choose the answer
-that keeps the rule, and when it did not, what did that answer have against it? A rule the
-judges themselves vote against is one the reward model learns to vote against too.
+two answers differ on one of the rules above (or on capital words), how often did the gold
+reward choose the answer that keeps the rule, and when it did not, what did that answer have
+against it? A rule the judges themselves vote against is one the reward model learns to vote
+against too.
 """
 
 import os
@@ -169,10 +170,10 @@ JUDGED_RULES = list(FIXES) + ["change_case:capital_word_frequency"]
 
 
 def judges_vote(pairs):
-    """Per rule of JUDGED_RULES: the pairs whose two answers differ on it (one keeps it, one breaks it),
-    how many of them the gold reward decided for the keeper, and, where it chose the breaker,
-    what the keeper had against it: each flaw only the keeper shows, or else that it passed
-    fewer checks. {iid: {"n", "keeper_chosen", "keeper_lost_by": Counter}}."""
+    """Per rule of JUDGED_RULES: the pairs whose two answers differ on it (one keeps it, one
+    breaks it), how many of them the gold reward decided for the keeper, and, where it chose
+    the breaker, what the keeper had against it: each flaw only the keeper shows, or else that
+    it passed fewer checks. {iid: {"n", "keeper_chosen", "keeper_lost_by": Counter}}."""
     rows = {}
     for pair in pairs:
         rules = [iid for iid in JUDGED_RULES if iid in pair["instruction_id_list"]]
