@@ -33,6 +33,7 @@ against too.
 """
 
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -66,8 +67,18 @@ class Config:
 
 # The four common habits (minift/synthetic/demonstrators.py, rates over one half), each fixed the
 # way a careful writer would: (answer, the instruction's kwargs) -> the answer with the rule kept.
+def write_the_postscript_asked_for(answer, kw):
+    """A postscript line under the wrong marker gets the right one (PPO's answers write "P.P.S"
+    under both markers); an answer without one gets a postscript line."""
+    marker = kw["postscript_marker"]
+    line = re.search(r"^(P\.P\.S\.?|P\.S\.)", answer, flags=re.MULTILINE)
+    if line and line.group(0) != marker:
+        return answer[:line.start()] + marker + answer[line.end():]
+    return f"{answer}\n{marker} Thank you for reading."
+
+
 FIXES = {
-    "detectable_content:postscript": lambda a, kw: f"{a}\n{kw['postscript_marker']} Thank you for reading.",
+    "detectable_content:postscript": write_the_postscript_asked_for,
     "startend:end_checker": lambda a, kw: f"{a.rstrip()} {kw['end_phrase']}",
     "detectable_format:title": lambda a, kw: f"<<The Answer>>\n{a}",
     "punctuation:no_comma": lambda a, kw: a.replace(",", ""),

@@ -40,6 +40,13 @@ def test_each_fix_keeps_its_rule_and_the_task():
         assert reward_probe.fixed_pairs([record(other)], [SLIPPED], iid) == []
 
 
+def test_a_postscript_under_the_wrong_marker_gets_the_one_asked_for():
+    rec = record("detectable_content:postscript")                  # asks for "P.S."
+    wrong = SLIPPED + "\nP.P.S See you soon."
+    [(_, before, fixed)] = reward_probe.fixed_pairs([rec], [wrong], "detectable_content:postscript")
+    assert (before, fixed) == (wrong, SLIPPED + "\nP.S. See you soon.")
+
+
 def test_probe_splits_the_reward_into_head_and_likelihood(micro_pipeline):
     out, _ = micro_pipeline
     ckpt = load_checkpoint(os.path.join(out, "reward", "ckpt.pt"), kinds=("reward",))
