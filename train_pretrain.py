@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from minift.checkpoint import resume_training, save_training_checkpoint, should_resume
@@ -30,8 +29,8 @@ from minift.config import cli_config, print_config, run
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import load_tokenizer
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime,
-                             flops_per_token, host_reads, lr_at, make_optimizer, peak_bf16_flops, set_lr,
-                             setup_runtime)
+                             compile_and_wrap, flops_per_token, host_reads, lr_at, make_optimizer, peak_bf16_flops,
+                             set_lr, setup_runtime)
 
 
 @dataclass
@@ -178,10 +177,7 @@ def main(argv=None):
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if rt.ddp:
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    model = compile_and_wrap(model, rt, cfg.compile)   # torch.compile if asked, then DDP under torchrun
 
     def save(val_loss):
         save_training_checkpoint(ckpt_path, "pretrain", step, model, optimizer, cfg,

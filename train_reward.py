@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
@@ -43,8 +42,8 @@ from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, load_scored_answers, require_file
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
-from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime, lr_at,
-                             make_optimizer, set_lr, setup_runtime)
+from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime,
+                             compile_and_wrap, lr_at, make_optimizer, set_lr, setup_runtime)
 
 
 @dataclass
@@ -370,10 +369,7 @@ def main(argv=None):
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if rt.ddp:
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    model = compile_and_wrap(model, rt, cfg.compile)   # torch.compile if asked, then DDP under torchrun
 
     train_answers = [seqs[i] for i in answers_used(groups)]
 

@@ -21,7 +21,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
@@ -30,8 +29,8 @@ from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_eval_data, load_sft
 from minift.model import padded_length
-from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, host_reads, lr_at,
-                             make_optimizer, set_lr, setup_runtime)
+from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, compile_and_wrap, host_reads,
+                             lr_at, make_optimizer, set_lr, setup_runtime)
 
 
 @dataclass
@@ -174,10 +173,7 @@ def main(argv=None):
         if rt.master:
             print(f"resuming from {ckpt_path} at step {step}")
     raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if rt.ddp:
-        model = DDP(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    model = compile_and_wrap(model, rt, cfg.compile)   # torch.compile if asked, then DDP under torchrun
 
     def evaluate():
         """Instruction-following accuracy on eval prompts, greedy, checked in code."""

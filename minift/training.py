@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 # ---------------------------------------------------------------------- devices and DDP
@@ -118,6 +119,17 @@ def cleanup_runtime(rt):
         # ("terminate called without an active exception"; seen in tests/test_ppo.py's DDP run).
         dist.barrier()
         dist.destroy_process_group()
+
+
+def compile_and_wrap(model, rt, compile=False):
+    """The module the training loop calls: torch.compile'd when asked (worth it on a GPU, slow
+    to start on a CPU), then, under torchrun, wrapped in DistributedDataParallel, which
+    all-reduces the gradients in backward. Keep the plain model for saving and evaluation."""
+    if compile:
+        model = torch.compile(model)
+    if rt.ddp:
+        model = DistributedDataParallel(model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None)
+    return model
 
 
 def all_reduce_mean(value, rt):
