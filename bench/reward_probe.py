@@ -65,8 +65,6 @@ class Config:
     batch_size: int = 64
 
 
-# The four common habits (minift/synthetic/demonstrators.py, rates over one half), each fixed the
-# way a careful writer would: (answer, the instruction's kwargs) -> the answer with the rule kept.
 def write_the_postscript_asked_for(answer, kw):
     """A postscript line under the wrong marker gets the right one (PPO's answers write "P.P.S"
     under both markers); an answer without one gets a postscript line."""
@@ -77,6 +75,8 @@ def write_the_postscript_asked_for(answer, kw):
     return f"{answer}\n{marker} Thank you for reading."
 
 
+# The four common habits (minift/synthetic/demonstrators.py, rates over one half), each fixed the
+# way a careful writer would: (answer, the instruction's kwargs) -> the answer with the rule kept.
 FIXES = {
     "detectable_content:postscript": write_the_postscript_asked_for,
     "startend:end_checker": lambda a, kw: f"{a.rstrip()} {kw['end_phrase']}",
