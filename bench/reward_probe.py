@@ -187,7 +187,7 @@ def judges_vote(pairs):
     it passed fewer checks. {iid: {"n", "keeper_chosen", "keeper_lost_by": Counter}}."""
     rows = {}
     for pair in pairs:
-        rules = [iid for iid in JUDGED_RULES if iid in pair["instruction_id_list"]]
+        rules = [iid for iid in JUDGED_RULES if iid in pair.get("instruction_id_list", ())]  # HH, TRL: none
         if not rules:
             continue
         prompt = pair["prompt"][-1]["content"]
@@ -209,6 +209,9 @@ def judges_vote(pairs):
 def print_judges(rows, path):
     print(f"training pairs ({path}) whose answers differ on a rule, and the judges' (gold reward's) choice;")
     print("where they chose the answer that breaks it, what the keeper had against it (a pair can count twice):")
+    if not rows:
+        print("  none: no pair carries these rules' instruction ids (pairs from HH-RLHF or TRL files carry none)")
+        return
     print(f"  {'rule':<36} {'pairs':>5} {'keeper chosen':>13}   where the keeper lost")
     for iid, r in rows.items():
         lost_by = ", ".join(f"{why} {n}" for why, n in r["keeper_lost_by"].most_common())

@@ -110,7 +110,8 @@ def test_judges_vote_counts_only_pairs_that_differ_on_the_rule_and_names_what_th
              pair(clean, clean + "\nP.S. Thank you for zorbling."),  # they chose the breaker: a garbled word
              pair(clean, SLIPPED),                                   # neither keeps the P.S.: not counted
              pair(kept, SLIPPED, "punctuation:no_comma")]            # commas in both: not counted
-    rows = reward_probe.judges_vote(pairs)
+    no_ids = {k: v for k, v in pair(kept, SLIPPED).items() if k not in ("instruction_id_list", "kwargs")}
+    rows = reward_probe.judges_vote(pairs + [no_ids])                # a pair without ids (HH, TRL) is skipped
     assert list(rows) == ["detectable_content:postscript"]
     row = rows["detectable_content:postscript"]
     assert (row["n"], row["keeper_chosen"], dict(row["keeper_lost_by"])) == (2, 1, {"garbled": 1})
