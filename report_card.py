@@ -5,6 +5,8 @@ with one line per stage saying what it changed (`story_lines`). compare.py score
 alignment method with the same functions, so its card and the pipeline's agree.
 """
 
+from collections import Counter
+
 import evaluate
 import train_ppo
 from minift.formats import load_ifeval_inputs, load_ifeval_responses
@@ -45,11 +47,19 @@ def strict_verdicts(records, answers):
 
 
 EXAMPLES = 3   # the card shows this many answers PPO fixed, and one it broke
+RULES_NAMED = 3   # and names the rules it fixed and broke most often, this many of each
+
+
+def rules_failed(verdicts):
+    """Instruction id -> how many of these answers fail it, most often first."""
+    return dict(Counter(iid for _, _, failed in verdicts for iid in failed).most_common())
 
 
 def prompt_by_prompt(data_path, sft_responses, ppo_responses):
     """SFT -> PPO on one split's greedy answers, prompt by prompt: how many went fail -> pass and
-    pass -> fail (a gain is these two's difference, so both show how much of it is churn). And
+    pass -> fail (a gain is these two's difference, so both show how much of it is churn), and
+    the rules behind each move: those SFT's answers failed where PPO's pass, and those PPO's
+    answers fail where SFT's passed (an answer can count under several). And
     where PPO does the base task itself, its pass rate against the demonstrations' on the same
     prompts: the demonstrators never fail a base task, so only there do their slips alone set
     them apart (records without demonstrations, such as IFEval's, skip this part). And, to show on
@@ -65,6 +75,7 @@ def prompt_by_prompt(data_path, sft_responses, ppo_responses):
         first_per_rule.setdefault(before[i][2][0], i)
     shown = sorted(first_per_rule.values())[:EXAMPLES] + lost[:1]
     moves = {"fail_to_pass": len(gained), "pass_to_fail": len(lost),
+             "rules_fixed": rules_failed(before[i] for i in gained), "rules_broken": rules_failed(after[i] for i in lost),
              "examples": [{"prompt": records[i]["prompt"], "sft": sft[i]["response"], "ppo": ppo[i]["response"],
                            "sft_fails": before[i][2], "ppo_fails": after[i][2]} for i in shown]}
     if not all("messages" in rec for rec in records):
@@ -203,6 +214,10 @@ def moves_line(moves):
         return ""   # a report from before these counts existed
     line = (f" Prompt by prompt, {moves['fail_to_pass']} greedy answers went from fail to pass and "
             f"{moves['pass_to_fail']} from pass to fail.")
+    for key, verb in (("rules_fixed", "fixed"), ("rules_broken", "broke")):
+        if moves.get(key):   # a report from before these counts existed has none
+            named = list(moves[key].items())[:RULES_NAMED]
+            line += f" The rules it {verb} most often: " + ", ".join(f"`{iid}` {n}" for iid, n in named) + "."
     if "base_task_done" in moves:
         line += (f" On the {moves['base_task_done']} prompts where it does the base task itself, it passes "
                  f"{100 * moves['ppo_where_done']:.1f}%, the demonstrations {100 * moves['demonstrations_where_done']:.1f}%.")

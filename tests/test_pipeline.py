@@ -206,9 +206,10 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
 
 def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_where_the_task_is_done(
         tmp_path, monkeypatch):
-    """fail -> pass and pass -> fail between SFT's and PPO's greedy answers; PPO against the
-    demonstrations only on the prompts where PPO's answer does the base task; and the answers the
-    card shows: the first fixed for each rule SFT broke first, at most EXAMPLES, and the first broken."""
+    """fail -> pass and pass -> fail between SFT's and PPO's greedy answers, and the rules behind
+    each, most often first; PPO against the demonstrations only on the prompts where PPO's answer
+    does the base task; and the answers the card shows: the first fixed for each rule SFT broke
+    first, at most EXAMPLES, and the first broken."""
     from report_card import example_lines, moves_line, prompt_by_prompt
     prompt = "Reverse this list: cat, dog, pie. Give it a title in double angular brackets."
     full, untitled, wrong = ("<<Reversed>>\nHere they are: pie, dog, cat.", "Here they are: pie, dog, cat.",
@@ -236,9 +237,14 @@ def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_wher
     moves = prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))
     examples = moves.pop("examples")
     assert moves == {"fail_to_pass": 3, "pass_to_fail": 2, "base_task_done": 6,
+                     "rules_fixed": {"detectable_format:title": 2, "task:reverse_list": 1},
+                     "rules_broken": {"task:reverse_list": 1, "detectable_format:title": 1},
                      "ppo_where_done": pytest.approx(4 / 6), "demonstrations_where_done": pytest.approx(3 / 6)}
-    assert "On the 6 prompts where it does the base task itself, it passes 66.7%, the demonstrations 50.0%" \
-        in moves_line(moves)
+    assert list(moves["rules_fixed"]) == ["detectable_format:title", "task:reverse_list"]   # most often first
+    line = moves_line(moves)
+    assert "On the 6 prompts where it does the base task itself, it passes 66.7%, the demonstrations 50.0%" in line
+    assert "The rules it fixed most often: `detectable_format:title` 2, `task:reverse_list` 1." in line
+    assert "The rules it broke most often: `task:reverse_list` 1, `detectable_format:title` 1." in line
     assert [(e["prompt"][-3:], e["sft_fails"], e["ppo_fails"]) for e in examples] == [
         ("(0)", ["detectable_format:title"], []), ("(5)", ["task:reverse_list"], []), ("(1)", [], ["task:reverse_list"])]
     assert (examples[0]["sft"], examples[0]["ppo"]) == (untitled, full)
