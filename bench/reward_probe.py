@@ -30,6 +30,15 @@ two answers differ on one of the rules above (or on capital words), how often di
 reward choose the answer that keeps the rule, and when it did not, what did that answer have
 against it? A rule the judges themselves vote against is one the reward model learns to vote
 against too.
+
+    python bench/reward_probe.py --markers=true
+    python bench/reward_probe.py --markers=true --ckpts=out/tiny/compare/ppo_gold-1337/ckpt.pt
+
+asks whether a model can copy the postscript marker from the prompt at all: on every test and
+heldout prompt that asks for a postscript, its demonstration's answer up to the postscript,
+then "P.", and the model's odds of going on as "P.P.S" rather than "P.S.", by the marker asked
+(SFT, PPO and the reward model's own LM head, or the checkpoints named). A model that copies
+the marker scores near 0 for one and near 1 for the other; one that does not, the same for both.
 """
 
 import os
@@ -61,6 +70,9 @@ class Config:
                                    # decides each pair
     judges: bool = False           # instead: the gold reward's own votes on each rule, in the
                                    # training pairs <out_dir>/data/prefs/train.jsonl
+    markers: bool = False          # instead: does each model copy the postscript marker asked for?
+    ckpts: str = ""                # with --markers, comma-separated checkpoints (default: the
+                                   # out_dir's sft, ppo and reward)
     device: str = "cpu"
     batch_size: int = 64
 
@@ -218,6 +230,29 @@ def print_judges(rows, path):
         print(f"  {iid:<36} {r['n']:>5} {r['keeper_chosen'] / r['n']:>13.1%}   {lost_by}")
 
 
+@torch.no_grad()
+def marker_odds(model, tokenizer, records, device="cpu"):
+    """{marker asked: mean probability that the postscript goes on as "P.P.S" rather than "P.S."},
+    over the records that ask for a postscript. Each is scored at the fork: the prompt, its
+    demonstration's answer up to the postscript (the whole answer, if the demonstrator forgot
+    it), then a line that starts "P."; the next token is "P" for "P.P.S" and "S" for "P.S."."""
+    fork = {name: tokenizer.encode(name) for name in ("P", "S", "\nP.")}
+    if len(fork["P"]) != 1 or len(fork["S"]) != 1:
+        raise SystemExit('error: this tokenizer does not keep "P" and "S" as tokens of their own')
+    odds = {}
+    for rec in records:
+        ids = rec["instruction_id_list"]
+        if "detectable_content:postscript" not in ids or "messages" not in rec:
+            continue
+        marker = rec["kwargs"][ids.index("detectable_content:postscript")]["postscript_marker"]
+        body = rec["messages"][-1]["content"].split("\nP.")[0]
+        seq = tokenizer.render_prompt(rec["messages"][:-1]) + tokenizer.encode(body) + fork["\nP."]
+        logits = model(torch.tensor([seq], device=device))[0][0, -1].float()   # (V,) at the fork
+        p_pps, p_ps = logits.softmax(-1)[[fork["P"][0], fork["S"][0]]].tolist()
+        odds.setdefault(marker, []).append(p_pps / (p_pps + p_ps))
+    return {marker: sum(v) / len(v) for marker, v in sorted(odds.items())}, {m: len(v) for m, v in odds.items()}
+
+
 def print_held_out(rows):
     n = sum(r["n"] for r in rows.values())
     print(f"held-out pairs by what decides them ({n} pairs), and the reward model's accuracy on them:")
@@ -229,8 +264,31 @@ def print_held_out(rows):
     print(f"  {'all':<46} {n:>5} {1:>6.1%} {right_full:>6.1%} {right_head:>6.1%} {100 * (1 - right_full):>11.1f}")
 
 
+def print_markers(cfg):
+    """--markers: marker_odds for each checkpoint, over the test and heldout prompts."""
+    paths = ([p.strip() for p in cfg.ckpts.split(",") if p.strip()] or
+             [os.path.join(cfg.out_dir, name, "ckpt.pt") for name in ("sft", "ppo", "reward")])
+    records = [rec for split in ("test", "heldout")
+               for rec in load_ifeval_inputs(os.path.join(cfg.out_dir, "data", "sft", f"{split}.jsonl"))]
+    device = pick_device(cfg.device)
+    print('given a postscript line that starts "P.", the odds that it goes on as "P.P.S" rather than "P.S."')
+    print("(test and heldout prompts that ask for a postscript; a model that copies the marker asked for")
+    print("scores near 0 under P.S. and near 1 under P.P.S):")
+    rows = {}
+    for path in paths:
+        ckpt = load_checkpoint(path, hint="Run: python pipeline.py")
+        reward = ckpt.get("kind") == "reward"   # its LM head: the reward's likelihood term
+        model = build_model(ckpt, ScalarModel).gpt if reward else build_model(ckpt)
+        rows[path], counts = marker_odds(model.to(device).eval(), tokenizer_for(ckpt, path),
+                                         records, device)
+        print(f"  {path:<48} " + "  ".join(f"asked {m}: {p:.2f} ({counts[m]} prompts)" for m, p in rows[path].items()))
+    return rows
+
+
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
+    if cfg.markers:
+        return print_markers(cfg)
     reward_ckpt = cfg.reward_ckpt or os.path.join(cfg.out_dir, "reward", "ckpt.pt")
     answers_path = os.path.join(cfg.out_dir, cfg.model, f"responses_{cfg.split}.jsonl")
     pairs_path = os.path.join(cfg.out_dir, "data", "prefs", "train.jsonl" if cfg.judges else "val.jsonl")
