@@ -26,9 +26,9 @@ one against another), with the reward model's accuracy in full and of the head a
     python bench/reward_probe.py --judges=true
 
 asks the judges instead of the reward model, with no model at all: of the training pairs whose
-two answers differ on one of the rules above (or on capital words), how often did the gold
-reward choose the answer that keeps the rule, and when it did not, what did that answer have
-against it? A rule the judges themselves vote against is one the reward model learns to vote
+two answers differ on one of the rules above (or on capital words; for the P.S., also those
+that set one marker against the other), how often did the gold reward choose the answer that
+keeps the rule, and when it did not, what did that answer have against it? A rule the judges themselves vote against is one the reward model learns to vote
 against too.
 
     python bench/reward_probe.py --markers=true
@@ -36,9 +36,10 @@ against too.
 
 asks whether a model can copy the postscript marker from the prompt at all: on every test and
 heldout prompt that asks for a postscript, its demonstration's answer up to the postscript,
-then "P.", and the model's odds of going on as "P.P.S" rather than "P.S.", by the marker asked
-(SFT, PPO and the reward model's own LM head, or the checkpoints named). A model that copies
-the marker scores near 0 for one and near 1 for the other; one that does not, the same for both.
+then a new line, and the model's odds of writing "P.P.S" rather than "P.S." there (each marker
+scored whole), by the marker asked (SFT, PPO and the reward model's own LM head, or the
+checkpoints named). A model that copies the marker scores near 1 for one and near 0 for the
+other; one that does not, the same for both.
 """
 
 import os
@@ -77,11 +78,16 @@ class Config:
     batch_size: int = 64
 
 
+def postscript_line(answer):
+    """The marker that opens the answer's postscript line, as a match (None without one)."""
+    return re.search(r"^(P\.P\.S\.?|P\.S\.)", answer, flags=re.MULTILINE)
+
+
 def write_the_postscript_asked_for(answer, kw):
     """A postscript line under the wrong marker gets the right one (PPO's answers write "P.P.S"
     under both markers); an answer without one gets a postscript line."""
     marker = kw["postscript_marker"]
-    line = re.search(r"^(P\.P\.S\.?|P\.S\.)", answer, flags=re.MULTILINE)
+    line = postscript_line(answer)
     if line and line.group(0) != marker:
         return answer[:line.start()] + marker + answer[line.end():]
     return f"{answer}\n{marker} Thank you for reading."
@@ -190,13 +196,17 @@ def held_out_accuracy(reward_model, tokenizer, pairs, device="cpu", batch_size=6
 # The judges can be asked about any rule, fixed by hand or not: capital words ("at least 3 words
 # in all capital letters") is where PPO falls furthest below SFT.
 JUDGED_RULES = list(FIXES) + ["change_case:capital_word_frequency"]
+# and, of the pairs that differ on the P.S., those where both answers wrote one, under the two markers
+MARKER_SWAP = "  of them, the two markers"
 
 
 def judges_vote(pairs):
     """Per rule of JUDGED_RULES: the pairs whose two answers differ on it (one keeps it, one
     breaks it), how many of them the gold reward decided for the keeper, and, where it chose
     the breaker, what the keeper had against it: each flaw only the keeper shows, or else that
-    it passed fewer checks. {iid: {"n", "keeper_chosen", "keeper_lost_by": Counter}}."""
+    it passed fewer checks. After the P.S., the same for its pairs whose answers both hold a
+    postscript, one under each marker (MARKER_SWAP).
+    {iid: {"n", "keeper_chosen", "keeper_lost_by": Counter}}."""
     rows = {}
     for pair in pairs:
         rules = [iid for iid in JUDGED_RULES if iid in pair.get("instruction_id_list", ())]  # HH, TRL: none
@@ -208,14 +218,19 @@ def judges_vote(pairs):
         for iid in rules:
             if chosen["checks"][iid] == rejected["checks"][iid]:
                 continue
-            row = rows.setdefault(iid, {"n": 0, "keeper_chosen": 0, "keeper_lost_by": Counter()})
-            row["n"] += 1
-            if chosen["checks"][iid]:
-                row["keeper_chosen"] += 1
-            else:
-                own_flaws = [f for f in rejected["flaws"] if f not in chosen["flaws"]]
-                row["keeper_lost_by"].update(own_flaws or ["fewer checks passed"])
-    return {iid: rows[iid] for iid in JUDGED_RULES if iid in rows}
+            lines = [postscript_line(pair[side]) for side in ("chosen", "rejected")]
+            swap = iid == "detectable_content:postscript" and len({ln.group(0).rstrip(".") for ln in lines if ln}) == 2
+            for label in [iid] + [MARKER_SWAP] * swap:
+                row = rows.setdefault(label, {"n": 0, "keeper_chosen": 0, "keeper_lost_by": Counter()})
+                row["n"] += 1
+                if chosen["checks"][iid]:
+                    row["keeper_chosen"] += 1
+                else:
+                    own_flaws = [f for f in rejected["flaws"] if f not in chosen["flaws"]]
+                    row["keeper_lost_by"].update(own_flaws or ["fewer checks passed"])
+    order = [label for iid in JUDGED_RULES
+             for label in ([iid, MARKER_SWAP] if iid == "detectable_content:postscript" else [iid])]
+    return {label: rows[label] for label in order if label in rows}
 
 
 def print_judges(rows, path):
@@ -230,27 +245,32 @@ def print_judges(rows, path):
         print(f"  {iid:<36} {r['n']:>5} {r['keeper_chosen'] / r['n']:>13.1%}   {lost_by}")
 
 
+MARKERS = ("P.P.S", "P.S.")   # IFEval's two postscript markers
+
+
 @torch.no_grad()
 def marker_odds(model, tokenizer, records, device="cpu"):
-    """{marker asked: mean probability that the postscript goes on as "P.P.S" rather than "P.S."},
-    over the records that ask for a postscript. Each is scored at the fork: the prompt, its
+    """{marker asked: mean probability of "P.P.S" over the two markers}, over the records that ask
+    for a postscript. Each is scored where the postscript begins: the prompt and its
     demonstration's answer up to the postscript (the whole answer, if the demonstrator forgot
-    it), then a line that starts "P."; the next token is "P" for "P.P.S" and "S" for "P.S."."""
-    fork = {name: tokenizer.encode(name) for name in ("P", "S", "\nP.")}
-    if len(fork["P"]) != 1 or len(fork["S"]) != 1:
-        raise SystemExit('error: this tokenizer does not keep "P" and "S" as tokens of their own')
+    it); then each marker on a new line, its probability the product over its tokens, and
+    p("P.P.S") / (p("P.P.S") + p("P.S.")). Also {marker asked: how many records}."""
     odds = {}
     for rec in records:
         ids = rec["instruction_id_list"]
         if "detectable_content:postscript" not in ids or "messages" not in rec:
             continue
-        marker = rec["kwargs"][ids.index("detectable_content:postscript")]["postscript_marker"]
+        asked = rec["kwargs"][ids.index("detectable_content:postscript")]["postscript_marker"]
         body = rec["messages"][-1]["content"].split("\nP.")[0]
-        seq = tokenizer.render_prompt(rec["messages"][:-1]) + tokenizer.encode(body) + fork["\nP."]
-        logits = model(torch.tensor([seq], device=device))[0][0, -1].float()   # (V,) at the fork
-        p_pps, p_ps = logits.softmax(-1)[[fork["P"][0], fork["S"][0]]].tolist()
-        odds.setdefault(marker, []).append(p_pps / (p_pps + p_ps))
-    return {marker: sum(v) / len(v) for marker, v in sorted(odds.items())}, {m: len(v) for m, v in odds.items()}
+        context = tokenizer.render_prompt(rec["messages"][:-1]) + tokenizer.encode(body)
+        logp = []   # log p(new line, then the marker | context): the new line's share cancels in the odds
+        for marker in MARKERS:
+            written = tokenizer.encode("\n" + marker)
+            logits = model(torch.tensor([context + written], device=device))[0][0].float()   # (T, V)
+            predicted = logits[len(context) - 1:-1].log_softmax(-1)                      # (len(written), V)
+            logp.append(predicted.gather(1, torch.tensor(written, device=device)[:, None]).sum().item())
+        odds.setdefault(asked, []).append(torch.tensor(logp).softmax(0)[0].item())
+    return {m: sum(v) / len(v) for m, v in sorted(odds.items())}, {m: len(v) for m, v in odds.items()}
 
 
 def print_held_out(rows):
@@ -271,7 +291,7 @@ def print_markers(cfg):
     records = [rec for split in ("test", "heldout")
                for rec in load_ifeval_inputs(os.path.join(cfg.out_dir, "data", "sft", f"{split}.jsonl"))]
     device = pick_device(cfg.device)
-    print('given a postscript line that starts "P.", the odds that it goes on as "P.P.S" rather than "P.S."')
+    print('where a postscript begins, the odds of the marker "P.P.S" rather than "P.S.", each scored whole')
     print("(test and heldout prompts that ask for a postscript; a model that copies the marker asked for")
     print("scores near 0 under P.S. and near 1 under P.P.S):")
     rows = {}

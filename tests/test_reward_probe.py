@@ -109,22 +109,25 @@ def test_judges_vote_counts_only_pairs_that_differ_on_the_rule_and_names_what_th
     pairs = [pair(kept, SLIPPED),                                    # the judges chose the keeper
              pair(clean, clean + "\nP.S. Thank you for zorbling."),  # they chose the breaker: a garbled word
              pair(clean, SLIPPED),                                   # neither keeps the P.S.: not counted
-             pair(kept, SLIPPED, "punctuation:no_comma")]            # commas in both: not counted
+             pair(kept, SLIPPED, "punctuation:no_comma"),            # commas in both: not counted
+             pair(kept, SLIPPED + "\nP.P.S Thank you for reading.")]  # the right marker against the wrong one
     no_ids = {k: v for k, v in pair(kept, SLIPPED).items() if k not in ("instruction_id_list", "kwargs")}
     rows = reward_probe.judges_vote(pairs + [no_ids])                # a pair without ids (HH, TRL) is skipped
-    assert list(rows) == ["detectable_content:postscript"]
+    assert list(rows) == ["detectable_content:postscript", reward_probe.MARKER_SWAP]
     row = rows["detectable_content:postscript"]
-    assert (row["n"], row["keeper_chosen"], dict(row["keeper_lost_by"])) == (2, 1, {"garbled": 1})
+    assert (row["n"], row["keeper_chosen"], dict(row["keeper_lost_by"])) == (3, 2, {"garbled": 1})
+    row = rows[reward_probe.MARKER_SWAP]
+    assert (row["n"], row["keeper_chosen"], dict(row["keeper_lost_by"])) == (1, 1, {})
 
 
 def test_marker_odds_tell_a_model_that_copies_the_marker_from_one_that_does_not(micro_pipeline):
-    """At the fork "P.", the odds of "P.P.S" by the marker asked: a stand-in that copies the
-    marker scores 1 and 0, one that ignores it the same under both; prompts without a
-    postscript, or without a demonstration, are left out. Then the real checkpoints, end to end."""
+    """Where the postscript begins, the odds of "P.P.S" over "P.S.", each marker scored whole, by
+    the marker asked: a stand-in that copies the marker scores near 1 and near 0, one that always
+    writes "P.P.S" near 1 under both; prompts without a postscript, or without a demonstration,
+    are left out. Then the real checkpoints, end to end."""
     out, _ = micro_pipeline
     ckpt = load_checkpoint(os.path.join(out, "sft", "ckpt.pt"))
     tokenizer = tokenizer_for(ckpt, os.path.join(out, "sft", "ckpt.pt"))
-    P, S = tokenizer.encode("P")[0], tokenizer.encode("S")[0]
 
     def asked(marker, demo="A kite flies.\nP.S. Bye.", iid="detectable_content:postscript"):
         prompt = f"Describe a kite. Add a postscript starting with {marker}"
@@ -132,28 +135,30 @@ def test_marker_odds_tell_a_model_that_copies_the_marker_from_one_that_does_not(
                 "kwargs": [{"topic": "kite"}, {"postscript_marker": marker}],
                 "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": demo}]}
 
-    class StandIn(torch.nn.Module):   # logits at the last position favour "P" or "S"
+    class StandIn(torch.nn.Module):   # from where the marker begins, sure of one marker's tokens
         def __init__(self, copies):
             super().__init__()
             self.copies = copies
 
         def forward(self, idx):
             text = tokenizer.decode(idx[0].tolist())
-            assert text.endswith("A kite flies.\nP.") and "Bye" not in text   # cut at the fork
+            written = next(m for m in reward_probe.MARKERS if text.endswith("A kite flies.\n" + m))
+            assert "Bye" not in text   # the demonstration is cut where its postscript begins
+            favoured = tokenizer.encode("\n" + ("P.P.S" if "with P.P.S" in text or not self.copies else "P.S."))
+            start = idx.size(1) - len(tokenizer.encode("\n" + written)) - 1   # predicts the new line
             logits = torch.zeros(1, idx.size(1), tokenizer.n_vocab)
-            pps = "with P.P.S" in text if self.copies else True
-            logits[0, -1, P if pps else S] = 5.0
+            for i, token in enumerate(favoured[:idx.size(1) - start]):
+                logits[0, start + i, token] = 20.0
             return logits, None
 
     records = [asked("P.S."), asked("P.P.S", "A kite flies.\nP.P.S Bye."), asked("P.S."),
-               asked("P.S.", iid="punctuation:no_comma"), {**asked("P.P.S"), "messages": None}]
+               asked("P.S.", iid="punctuation:no_comma"), asked("P.P.S")]
     records[-1].pop("messages")
-    high = torch.tensor([5.0, 0.0]).softmax(0)[0].item()   # p(P) / (p(P) + p(S)) with a margin of 5
     odds, counts = reward_probe.marker_odds(StandIn(copies=True), tokenizer, records)
     assert counts == {"P.S.": 2, "P.P.S": 1}
-    assert odds == {"P.P.S": pytest.approx(high, abs=1e-6), "P.S.": pytest.approx(1 - high, abs=1e-6)}
+    assert odds["P.P.S"] > 0.999 and odds["P.S."] < 0.001
     odds, _ = reward_probe.marker_odds(StandIn(copies=False), tokenizer, records)
-    assert odds == {"P.P.S": pytest.approx(high, abs=1e-6), "P.S.": pytest.approx(high, abs=1e-6)}
+    assert odds["P.P.S"] > 0.999 and odds["P.S."] > 0.999
     rows = reward_probe.main([f"--out_dir={out}", "--markers=true"])
     assert [os.path.basename(os.path.dirname(path)) for path in rows] == ["sft", "ppo", "reward"]
     assert all(0 < p < 1 for row in rows.values() for p in row.values())
