@@ -107,6 +107,10 @@ FIXES = {
 }
 
 
+# Under the P.S., its own row: the answers (or pairs) where a postscript stands under the wrong marker.
+MARKER_SWAP = "  of them, the two markers"
+
+
 def fixed_pairs(records, answers, iid):
     """(record, answer, fixed answer) for every answer that fails instruction `iid` and passes
     it once fixed; the fix edits the answer for that rule alone (it may still cost another)."""
@@ -125,7 +129,8 @@ def fixed_pairs(records, answers, iid):
 def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64):
     """Per habit: n, how often the full reward and the head alone prefer the fix, and the mean
     change (fixed - before) of the full raw reward, of the head, of the weighted likelihood term,
-    and of the gold reward. The two terms add up to the full change."""
+    and of the gold reward. The two terms add up to the full change. After the P.S., the same
+    for its answers that held a postscript under the wrong marker (MARKER_SWAP)."""
     rows = {}
     for iid in FIXES:
         pairs = fixed_pairs(records, answers, iid)
@@ -134,12 +139,17 @@ def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64
         seqs = [render(tokenizer, rec["prompt"], text) for rec, answer, fixed in pairs for text in (answer, fixed)]
         full, head = (x.view(-1, 2) for x in full_and_head(reward_model, seqs, tokenizer, device, batch_size))
         full, head = full[:, 1] - full[:, 0], head[:, 1] - head[:, 0]              # (n,) fixed - before
-        gold = [gold_reward(r["prompt"], f, r["instruction_id_list"], r["kwargs"])
-                - gold_reward(r["prompt"], a, r["instruction_id_list"], r["kwargs"]) for r, a, f in pairs]
-        rows[iid] = {"n": len(pairs), "full_prefers_fix": int((full > 0).sum()),
-                     "head_prefers_fix": int((head > 0).sum()), "full": full.mean().item(),
-                     "head": head.mean().item(), "likelihood": (full - head).mean().item(),
-                     "gold": sum(gold) / len(gold)}
+        gold = torch.tensor(dtype=torch.float64, data=[gold_reward(r["prompt"], f, r["instruction_id_list"], r["kwargs"])
+                             - gold_reward(r["prompt"], a, r["instruction_id_list"], r["kwargs"]) for r, a, f in pairs])
+        groups = {iid: torch.ones(len(pairs), dtype=torch.bool)}
+        if iid == "detectable_content:postscript":
+            groups[MARKER_SWAP] = torch.tensor([postscript_line(answer) is not None for _, answer, _ in pairs])
+        for label, kept in groups.items():
+            if kept.any():
+                rows[label] = {"n": int(kept.sum()), "full_prefers_fix": int((full[kept] > 0).sum()),
+                               "head_prefers_fix": int((head[kept] > 0).sum()), "full": full[kept].mean().item(),
+                               "head": head[kept].mean().item(), "likelihood": (full - head)[kept].mean().item(),
+                               "gold": gold[kept].mean().item()}
     return rows
 
 
@@ -196,8 +206,6 @@ def held_out_accuracy(reward_model, tokenizer, pairs, device="cpu", batch_size=6
 # The judges can be asked about any rule, fixed by hand or not: capital words ("at least 3 words
 # in all capital letters") is where PPO falls furthest below SFT.
 JUDGED_RULES = list(FIXES) + ["change_case:capital_word_frequency"]
-# and, of the pairs that differ on the P.S., those where both answers wrote one, under the two markers
-MARKER_SWAP = "  of them, the two markers"
 
 
 def judges_vote(pairs):

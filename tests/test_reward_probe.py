@@ -79,6 +79,21 @@ def pair(chosen, rejected, iid="detectable_content:postscript"):
             "instruction_id_list": rec["instruction_id_list"], "kwargs": rec["kwargs"]}
 
 
+def test_probe_gives_the_marker_swaps_a_row_of_their_own(micro_pipeline):
+    out, _ = micro_pipeline
+    ckpt = load_checkpoint(os.path.join(out, "reward", "ckpt.pt"), kinds=("reward",))
+    tokenizer = tokenizer_for(ckpt, os.path.join(out, "reward", "ckpt.pt"))
+    model = build_model(ckpt, ScalarModel).eval()
+    rec = record("detectable_content:postscript")                     # asks for "P.S."
+    answers = [SLIPPED + "\nP.P.S See you soon.", SLIPPED, SLIPPED + "\nP.S. See you soon."]   # swap, add, keep
+    rows = reward_probe.probe(model, tokenizer, [rec] * 3, answers)
+    assert list(rows) == ["detectable_content:postscript", reward_probe.MARKER_SWAP]
+    both, swap = rows["detectable_content:postscript"], rows[reward_probe.MARKER_SWAP]
+    assert (both["n"], swap["n"]) == (2, 1)
+    alone = reward_probe.probe(model, tokenizer, [rec], answers[:1])["detectable_content:postscript"]
+    assert swap == pytest.approx(alone)   # the swap's row is its own answer's figures
+
+
 def test_what_decides_names_the_differences_and_whether_they_trade():
     fixed = SLIPPED + "\nP.S. Thank you for reading."
     assert reward_probe.what_decides(pair(fixed, SLIPPED)) == (("detectable_content:postscript",), True)
