@@ -28,8 +28,8 @@ one against another), with the reward model's accuracy in full and of the head a
 asks the judges instead of the reward model, with no model at all: of the training pairs whose
 two answers differ on one of the rules above (or on capital words; for the P.S., also those
 that set one marker against the other), how often did the gold reward choose the answer that
-keeps the rule, and when it did not, what did that answer have against it? A rule the judges themselves vote against is one the reward model learns to vote
-against too.
+keeps the rule, and when it did not, what did that answer have against it? A rule the judges
+themselves vote against is one the reward model learns to vote against too.
 
     python bench/reward_probe.py --markers=true
     python bench/reward_probe.py --markers=true --ckpts=out/tiny/compare/ppo_gold-1337/ckpt.pt
@@ -76,6 +76,9 @@ class Config:
                                    # out_dir's sft, ppo and reward)
     device: str = "cpu"
     batch_size: int = 64
+
+
+MARKERS = ("P.P.S", "P.S.")   # IFEval's two postscript markers
 
 
 def postscript_line(answer):
@@ -139,8 +142,9 @@ def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64
         seqs = [render(tokenizer, rec["prompt"], text) for rec, answer, fixed in pairs for text in (answer, fixed)]
         full, head = (x.view(-1, 2) for x in full_and_head(reward_model, seqs, tokenizer, device, batch_size))
         full, head = full[:, 1] - full[:, 0], head[:, 1] - head[:, 0]              # (n,) fixed - before
-        gold = torch.tensor(dtype=torch.float64, data=[gold_reward(r["prompt"], f, r["instruction_id_list"], r["kwargs"])
-                             - gold_reward(r["prompt"], a, r["instruction_id_list"], r["kwargs"]) for r, a, f in pairs])
+        gold = torch.tensor([gold_reward(r["prompt"], f, r["instruction_id_list"], r["kwargs"])
+                             - gold_reward(r["prompt"], a, r["instruction_id_list"], r["kwargs"]) for r, a, f in pairs],
+                            dtype=torch.float64)
         groups = {iid: torch.ones(len(pairs), dtype=torch.bool)}
         if iid == "detectable_content:postscript":
             groups[MARKER_SWAP] = torch.tensor([postscript_line(answer) is not None for _, answer, _ in pairs])
@@ -251,9 +255,6 @@ def print_judges(rows, path):
     for iid, r in rows.items():
         lost_by = ", ".join(f"{why} {n}" for why, n in r["keeper_lost_by"].most_common())
         print(f"  {iid:<36} {r['n']:>5} {r['keeper_chosen'] / r['n']:>13.1%}   {lost_by}")
-
-
-MARKERS = ("P.P.S", "P.S.")   # IFEval's two postscript markers
 
 
 @torch.no_grad()
