@@ -77,8 +77,8 @@ class Config:
     num_minibatches: int = 4
     clip_range: float = 0.2          # policy ratio clip, as PPO
     learning_rate: float = 1e-4      # annealed linearly to 0 over the run, as PPO; half PPO's rate:
-                                     # at 2e-4 GRPO on the reward model drifted to 15 nats from SFT
-                                     # and its gold reward fell below SFT's (FINDINGS.md, section 10)
+                                     # at PPO's, GRPO on the reward model drifted far from SFT and
+                                     # its gold reward fell below SFT's (FINDINGS.md, section 10)
     anneal_lr: bool = True           # False: the learning rate stays constant
     adam_eps: float = 1e-5           # N+: TensorFlow-like epsilon
     grad_clip: float = 1.0

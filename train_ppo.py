@@ -55,10 +55,10 @@ class Config:
     force: bool = False              # start over in out_dir, even if it holds another run
     preset: str = "tiny"
     # rollouts
-    # Rollout + optimisation rounds: 36 x 128 = 4,608 episodes, each used for one epoch. Three
-    # times the fresh answers of 24 x 64 reused for 4 epochs, in about 1.2 times the time: PPO
-    # then gained more on heldout and in samples, beyond the seeds' noise (FINDINGS.md, section
-    # 14, "Fresh answers instead of reused ones").
+    # Rollout + optimisation rounds: 36 x 128 = 4,608 episodes, each used for one epoch. More
+    # fresh answers, each seen once, taught more on heldout and in samples than fewer answers
+    # reused for 4 epochs, for a little more time (FINDINGS.md, section 14, "Fresh answers
+    # instead of reused ones").
     iterations: int = 36
     rollout_batch: int = 128         # answers per rollout, K to each prompt (per rank with DDP)
     max_new_tokens: int = 96
