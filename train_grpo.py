@@ -141,11 +141,12 @@ def grpo_loss(new_logp, old_logp, ref_logp, advantages, mask, cfg):
 
 # ---------------------------------------------------------------------------- the loop
 def optimise(policy, optimizer, experience, cfg, rt, generator, it, ckpt_path):
-    """E epochs over M shuffled minibatches of the kept answers. Returns each minibatch's stats
-    (none when every group was dropped)."""
+    """E epochs over the kept answers in shuffled minibatches of ceil(kept / M): M of them, or
+    fewer when M does not divide the number kept, which varies. Returns each minibatch's
+    stats (none when every group was dropped)."""
     seq, attn, mask, P, old_logp, ref_logp, advantages = experience
     B = seq.size(0)
-    mb_size = -(-B // cfg.num_minibatches)  # ceil: the kept answers vary in number
+    mb_size = -(-B // cfg.num_minibatches)
     stats = []
     for epoch in range(cfg.epochs if B else 0):
         order = torch.randperm(B, generator=generator, device=rt.device)
@@ -222,7 +223,8 @@ def main(argv=None):
             it += 1
 
             # ---- logging: kl is log pi - log pi_ref summed over an answer's tokens, as PPO's
-            metrics = {"iteration": it, **({} if rm_score is None else {"rm_score": rm_score.mean().item()}),
+            metrics = {"iteration": it, "lr": optimizer.param_groups[0]["lr"],
+                       **({} if rm_score is None else {"rm_score": rm_score.mean().item()}),
                        "gold": gold.mean().item(),
                        "kl": ((old_logp - ref_logp) * mask).sum(1).mean().item(),
                        "length": mask.sum(1).mean().item(), "end_rate": ended.mean().item(),

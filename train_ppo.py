@@ -149,9 +149,16 @@ def answer_logprobs(model, seq, attn, prompt_len, temperature):
     return logp, logits
 
 
+def answer_values(value_model, seq, attn, prompt_len):
+    """The critic's V(s_t) (B, N) for each answer token t, read where its log-probability is:
+    at the token before it, positions P-1 .. P+N-2, the state in which t was chosen."""
+    return value_model(seq, attn)[:, prompt_len - 1:-1].float()
+
+
 def penalise_unfinished(score, ended, penalty):
-    """The "EOS trick" (N+; TRL's missing_eos_penalty): an answer cut off at max_new_tokens,
-    without its <|end|>, loses `penalty` from its score; one that ended keeps its score.
+    """The "EOS trick": an answer cut off at max_new_tokens, without its <|end|>, loses
+    `penalty` from its score, as TRL's missing_eos_penalty does (N+ sets such a score to -1
+    instead); one that ended keeps its score.
     Without it, rambling until cut off costs nothing, and the policy learns to ramble."""
     return score - penalty * (1 - ended.float())
 
@@ -241,7 +248,8 @@ def critic_from(ckpt):
     answer erred by more than the returns spread, and until it relearned, the advantages were
     mostly its errors; from zero the value loss starts low (FINDINGS.md, section 9, "The critic
     starts with a zero head")."""
-    critic = build_model(ckpt, ScalarModel, head_std=0.0)   # head_std=0: no random draw for a new head
+    critic = build_model(ckpt, ScalarModel, head_std=0.0)   # from an SFT checkpoint: a new head, at zero
+    # from a reward model: its trained head came with the weights, so zero it here
     torch.nn.init.zeros_(critic.head.weight)
     torch.nn.init.zeros_(critic.head.bias)
     return critic
@@ -352,7 +360,9 @@ def optimise(policy, value_model, optimizer, experience, cfg, rt, generator, it,
     seq, attn, mask, P, old_logp, old_values, advantages, returns = experience
     params = list(policy.parameters()) + list(value_model.parameters())
     B = seq.size(0)
-    mb_size = -(-B // cfg.num_minibatches)  # ceil: a remainder makes a smaller last minibatch, none is dropped
+    # ceil(B / M) answers a minibatch: M minibatches when M divides B (the presets), else
+    # fewer, the last one smaller; no answer is dropped
+    mb_size = -(-B // cfg.num_minibatches)
     stats = []
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=generator, device=rt.device)
@@ -360,7 +370,7 @@ def optimise(policy, value_model, optimizer, experience, cfg, rt, generator, it,
             mb = order[start:start + mb_size]
             with rt.autocast(cfg.dtype):
                 new_logp, logits = answer_logprobs(policy, seq[mb], attn[mb], P, cfg.temperature)
-                new_values = value_model(seq[mb], attn[mb])[:, P - 1:-1].float()
+                new_values = answer_values(value_model, seq[mb], attn[mb], P)
             pg_loss, vf_loss, st = ppo_losses(new_logp, old_logp[mb], advantages[mb], new_values,
                                               old_values[mb], returns[mb], mask[mb], cfg)
             loss = pg_loss + cfg.vf_coef * vf_loss
@@ -433,8 +443,7 @@ def main(argv=None):
                 # ---- 2. score. Old log-probs and values are stored once, before any update.
                 old_logp, _ = answer_logprobs(policy, seq, attn, P, cfg.temperature)
                 ref_logp, _ = answer_logprobs(reference, seq, attn, P, cfg.temperature)
-                # V(s_t) is read at the token before answer token t: positions P-1 .. P+N-2.
-                old_values = value_model(seq, attn)[:, P - 1:-1].float() * mask
+                old_values = answer_values(value_model, seq, attn, P) * mask
             with torch.no_grad():
                 score, rm_score, gold = score_answers(reward_model, seq, attn, mask, texts, batch)   # in fp32
                 score = penalise_unfinished(score, ended, cfg.missing_eos_penalty)
@@ -461,7 +470,7 @@ def main(argv=None):
                      "length": mask.sum(1).mean().item(), "end_rate": ended.mean().item(),
                      **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
                      "first_ratio": stats[0]["ratio"]}
-            metrics = {"iteration": it, **{k: all_reduce_mean(v, rt) for k, v in local.items()}}
+            metrics = {"iteration": it, "lr": optimizer.param_groups[0]["lr"], **{k: all_reduce_mean(v, rt) for k, v in local.items()}}
             if cfg.adaptive_kl:  # on the averaged KL, so every rank keeps the same beta
                 kl_ctl.update(metrics["kl"], seq.size(0) * rt.world_size)
             metrics["kl_coef"] = kl_ctl.value

@@ -116,6 +116,9 @@ def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipel
         if m["dropped_groups"] < 1:   # before each iteration's first update, the policy is the one that sampled
             assert m["first_ratio"] == pytest.approx(1.0, abs=1e-5)
     assert {"eval_prompt_strict", "probe_gold", "probe_rm_score"} <= set(metrics[2])
+    # the learning rate anneals toward 0 over the run, and the resumed run is 3 iterations long
+    lr = train_grpo.Config().learning_rate
+    assert [m["lr"] for m in metrics[1:]] == pytest.approx([lr, lr / 2, lr / 3])
     # --help prints the options with their comments, and does no work
     with pytest.raises(SystemExit) as stop:
         train_grpo.main(["--help"])

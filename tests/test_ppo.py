@@ -34,6 +34,17 @@ def test_gae_matches_hand_computation():
     assert ret[1, 2] == 0  # nothing is learned on padding
 
 
+def test_gae_discounts_with_gamma():
+    """gamma < 1 discounts the next value and the later advantages; lam = 1 then sums the
+    discounted rewards (the Monte Carlo return) minus the value."""
+    rewards, values, mask = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.2, 0.4, 0.6]]), torch.ones(1, 3)
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    # A2 = 1 - .6 = .4; A1 = .9*.6 - .4 + .45*.4 = .32; A0 = .9*.4 - .2 + .45*.32 = .304
+    assert torch.allclose(adv, torch.tensor([[0.304, 0.32, 0.4]]))
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=1.0)
+    assert torch.allclose(ret, torch.tensor([[0.81, 0.9, 1.0]]))
+
+
 def test_kl_penalty_is_zero_when_policy_equals_reference_and_score_lands_on_last_token():
     logp = torch.randn(2, 4)
     mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]])
@@ -201,6 +212,24 @@ def test_answer_logprobs_are_the_tempered_log_softmax_at_the_answer_tokens():
     assert not torch.allclose(logp, naive[1], atol=1e-3)   # the temperature matters here
 
 
+def test_answer_logprobs_do_not_see_the_left_padding():
+    """A row scored in a batch, behind as much left padding as the longest prompt needs, gets
+    the log-probabilities it gets alone without any: the mask keeps the padding out of
+    attention, and positions count from the first real token (the sampler sees the same)."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    prompts, answers = [[1, 2, 3, 4, 5, 6], [7, 8]], torch.tensor([[11, 12, 13], [14, 15, 16]])
+    prompt_ids, prompt_mask = pad_left(prompts, 0)
+    seq = torch.cat([prompt_ids, answers], 1)
+    attn = torch.cat([prompt_mask, torch.ones_like(answers)], 1)
+    with torch.no_grad():
+        batched, _ = answer_logprobs(model, seq, attn, prompt_ids.size(1), 0.7)
+        alone, _ = answer_logprobs(model, torch.tensor([[7, 8, 14, 15, 16]]), torch.ones(1, 5, dtype=torch.long), 2, 0.7)
+        unmasked, _ = answer_logprobs(model, seq, torch.ones_like(seq), prompt_ids.size(1), 0.7)
+    assert torch.allclose(batched[1], alone[0], atol=1e-5)
+    assert not torch.allclose(unmasked[1], alone[0], atol=1e-3)   # without the mask the padding leaks in
+
+
 def test_the_reward_models_likelihood_term_reads_the_answer_only(tok):
     """score_answers gives the reward model the answer's tokens, not the prompt's, for the mean
     log-probability term (ScalarModel); the gold reward is scored on the decoded text."""
@@ -295,11 +324,13 @@ def test_nothing_after_the_end_token_counts(tok):
 @pytest.fixture(scope="module")
 def micro_sft(tok, tmp_path_factory):
     """A random micro GPT saved as an SFT checkpoint with its tokenizer, and 64 prompts that
-    each carry one easy instruction (IFEval record form), for train_ppo.py --reward=gold."""
+    each carry one easy instruction (IFEval record form), for train_ppo.py --reward=gold.
+    It was trained with dropout, as an SFT model may be: PPO must turn it off, or the first
+    ratio would not be 1."""
     d = tmp_path_factory.mktemp("ppo")
     save_ranks(str(d / "tok.tiktoken"), tok.enc._mergeable_ranks)
     torch.manual_seed(0)
-    config = GPTConfig(vocab_size=tok.n_vocab, block_size=128, n_layer=1, n_head=2, n_embd=32)
+    config = GPTConfig(vocab_size=tok.n_vocab, block_size=128, n_layer=1, n_head=2, n_embd=32, dropout=0.1)
     save_training_checkpoint(str(d / "sft.pt"), "sft", 0, GPT(config), None, config,
                              {"path": str(d / "tok.tiktoken"), **tok.identity}, torch.Generator(), {})
     write_jsonl(str(d / "prompts.jsonl"), [{"key": f"p{i}", "prompt": PROMPT, "kwargs": [{}],
@@ -335,6 +366,47 @@ def test_ppo_on_gold_learns_an_easy_instruction(micro_sft, tmp_path):
     assert all(m["first_ratio"] == pytest.approx(1.0, abs=1e-5) for m in read_metrics(out))
     ckpt = load_checkpoint(str(out / "ckpt.pt"))
     assert ckpt["kind"] == "ppo" and ckpt["step"] == 20
+
+
+def test_the_loop_hands_each_step_what_the_algorithm_says(micro_sft, tmp_path):
+    """The pieces are tested one by one above; this checks how main() wires them, by watching
+    what each receives in a short run: a prompt's K answers side by side, scores with the
+    other answers' mean taken out (they sum to zero over a prompt), the reference scored as the
+    policy is (no KL before the first update), beta as configured, advantages whitened, and the
+    learning rate annealed as logged."""
+    seen = {"keys": [], "rewards": [], "advantages": []}
+
+    def spy(name, record):
+        real = getattr(train_ppo, name)
+
+        def wrapper(*args, **kwargs):
+            record(*args, **kwargs)
+            return real(*args, **kwargs)
+        return mock.patch.object(train_ppo, name, wrapper)
+
+    with (spy("rollout", lambda policy, tokenizer, records, *a: seen["keys"].append([r["key"] for r in records])),
+          spy("token_rewards", lambda *a: seen["rewards"].append(a)),
+          spy("optimise", lambda *a: seen["advantages"].append((a[3][6], a[3][2])))):
+        out = tmp_path / "wired"
+        run_main(train_ppo, ppo_args(micro_sft, out, iterations=4, rollout_batch=32, samples_per_prompt=4,
+                                     max_new_tokens=8, learning_rate=5e-3, kl_coef=0.07, eval_interval=1000))
+    metrics = read_metrics(out)
+    assert [m["lr"] for m in metrics] == pytest.approx([5e-3 * (1 - i / 4) for i in range(4)])
+    assert metrics[0]["kl"] == 0 and metrics[-1]["kl"] != 0
+    for keys in seen["keys"]:
+        groups = [keys[i:i + 4] for i in range(0, 32, 4)]
+        assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == 8
+    score, logp, ref_logp, mask, kl_coef = seen["rewards"][0]
+    assert torch.equal(logp, ref_logp) and kl_coef == 0.07
+    for score, *_ in seen["rewards"]:
+        assert torch.allclose(score.view(8, 4).sum(1), torch.zeros(8), atol=1e-5)
+    whitened = 0
+    for adv, mask in seen["advantages"]:
+        mean = (adv * mask).sum() / mask.sum()
+        var = ((adv - mean) ** 2 * mask).sum() / mask.sum()
+        assert abs(mean) < 1e-4 and (var < 1e-6 or abs(var - 1) < 1e-3)
+        whitened += abs(var - 1) < 1e-3
+    assert whitened >= 2
 
 
 def test_probe_changes_only_when_the_policy_does(micro_sft, tmp_path):
