@@ -28,6 +28,9 @@ LOSS_CURVES = ("loss", "val_loss", "eval_val_loss", "accuracy", "eval_val_accura
 
 def metrics_files(path):
     if os.path.isfile(path):
+        if os.path.basename(path) != "metrics.jsonl":
+            raise SystemExit(f"error: {path} is not a metrics.jsonl; pass a run's out_dir (out/tiny after python "
+                             f"pipeline.py) or one stage's metrics.jsonl")
         return [path]
     found = [os.path.join(d, "metrics.jsonl") for d, _, files in sorted(os.walk(path)) if "metrics.jsonl" in files]
     if not found:
@@ -82,7 +85,7 @@ def main(argv=None):
         have_matplotlib = True
     except ImportError:
         have_matplotlib = False
-    for path in metrics_files(argv[0]):
+    for path in metrics_files(argv[0].removeprefix("--out_dir=")):   # the other scripts' spelling works too
         found = curves(read_jsonl(path))
         if not found:
             print(f"{path}: no curves to draw")

@@ -3,13 +3,22 @@ The report card that pipeline.py writes: each model's figures on a split (`evalu
 SFT against PPO prompt by prompt (`prompt_by_prompt`), and the card itself (`report_markdown`),
 with one line per stage saying what it changed (`story_lines`). compare.py scores every
 alignment method with the same functions, so its card and the pipeline's agree.
+
+Run on its own, it writes a finished run's card again from its report.json, with no model
+run: after you change how the card reads, say.
+
+    python report_card.py out/tiny           # rewrites out/tiny/report.md and prints it
 """
 
+import json
+import os
+import sys
 from collections import Counter
 
 import evaluate
 import train_ppo
-from minift.formats import load_ifeval_inputs, load_ifeval_responses
+from minift.config import run
+from minift.formats import load_ifeval_inputs, load_ifeval_responses, write_text
 from minift.synthetic.demonstrators import COMMON_HABITS
 from minift.synthetic.gold import gold_reward
 from minift.synthetic.scoring import NO_LANGDETECT, score
@@ -271,3 +280,26 @@ def story_lines(r):
                      + (f" On the common habits' instructions it passes {on_habits(habits_of('sft_perfect')):.1f}%."
                         if "sft_perfect" in r["per_type"] else ""))
     return lines
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        raise SystemExit(0)
+    if len(argv) > 1:
+        raise SystemExit("error: report_card.py takes one run's out_dir; usage: python report_card.py [OUT_DIR]")
+    out = argv[0].removeprefix("--out_dir=") if argv else "out/tiny"   # the other scripts' spelling works too
+    path = os.path.join(out, "report.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no report.json in {out}; the pipeline writes it last: python pipeline.py "
+                         f"--out_dir={out}")
+    with open(path) as f:
+        card = report_markdown(json.load(f))
+    write_text(os.path.join(out, "report.md"), card)
+    print(card)
+    print(f"wrote {out}/report.md")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -156,6 +156,21 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     assert os.path.exists(tmp_path / "eval" / "sft" / "responses_test.jsonl")
 
 
+def test_report_card_writes_a_finished_runs_card_again(micro_pipeline, tmp_path, capsys):
+    """python report_card.py OUT_DIR: the card pipeline.py wrote, rebuilt from report.json alone
+    (no model runs); a folder without report.json says which command writes it."""
+    shared, _ = micro_pipeline
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(os.path.join(shared, "report.json"), out)
+    report_card.main([f"--out_dir={out}"])
+    with open(os.path.join(shared, "report.md")) as f:
+        assert (out / "report.md").read_text() == f.read()
+    assert capsys.readouterr().out.startswith((out / "report.md").read_text()[:200])
+    with pytest.raises(SystemExit, match=f"no report.json in {tmp_path}; .*python pipeline.py --out_dir={tmp_path}"):
+        report_card.main([str(tmp_path)])
+
+
 def test_a_finished_sft_run_started_again_reports_what_it_saved(micro_pipeline, tmp_path):
     """What pipeline.py does when SFT's stage marker is missing (a Ctrl-C during its last
     evaluation): the script resumes at its last step, trains no more, and returns the figures

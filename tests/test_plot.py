@@ -86,3 +86,16 @@ def test_a_malformed_metrics_file_ends_in_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert lines[0].startswith(f"error: {path} line 2: invalid JSON")
+
+
+def test_a_file_not_named_metrics_jsonl_is_refused_and_out_dir_is_understood(tmp_path, monkeypatch, capsys):
+    """report.json beside the metrics would read as a malformed log: it is refused by name. And
+    `--out_dir=`, as every other script spells a run's folder, finds its metrics too."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    (tmp_path / "report.json").write_text("{\n}\n")
+    with pytest.raises(SystemExit, match="report.json is not a metrics.jsonl"):
+        plot.main([str(tmp_path / "report.json")])
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "ppo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOGGED["ppo"]))
+    plot.main([f"--out_dir={tmp_path}"])
+    assert f"{tmp_path}/ppo/metrics.jsonl" in capsys.readouterr().out

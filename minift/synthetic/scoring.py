@@ -21,8 +21,8 @@ import functools
 import statistics
 
 from minift.synthetic import checkers as C
-from minift.synthetic.instructions import run_checker
-from minift.synthetic.tasks import CHECKERS, verify, without_copied_prompt
+from minift.synthetic.instructions import REGISTRY, run_checker
+from minift.synthetic.tasks import CHECKERS, TASKS, verify, without_copied_prompt
 
 # IFEval's instruction ids (instructions_registry.py INSTRUCTION_DICT), all 25.
 IFEVAL_IDS = (
@@ -50,6 +50,19 @@ _IFEVAL_OWN = {  # IFEval's checkers where the registry's differ, and the ids th
 }
 IFEVAL_CHECKERS = {**CHECKERS,
                    **{iid: functools.partial(run_checker, check, names) for iid, (check, names) in _IFEVAL_OWN.items()}}
+
+
+# The kwargs each checker reads, by id; repeat_prompt's prompt_to_repeat falls back to the
+# prompt (tasks.verify), so it is not required.
+KWARG_NAMES = {**{iid: ins.kwargs for iid, ins in REGISTRY.items()}, **{t.id: t.kwargs for t in TASKS},
+               **{iid: names for iid, (_, names) in _IFEVAL_OWN.items()}}
+
+
+def missing_kwargs(iid, kwargs):
+    """The names that id `iid`'s checker reads and `kwargs` lacks (None counts as lacking, as
+    IFEval's HF export writes every name, unused ones null); [] for an id we cannot check."""
+    optional = ("prompt_to_repeat",) if iid == "combination:repeat_prompt" else ()
+    return [k for k in KWARG_NAMES.get(iid, ()) if kwargs.get(k) is None and k not in optional]
 
 
 def checkable(iid):
