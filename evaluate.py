@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from minift.checkpoint import GENERATIVE, build_model, check_tokenizer, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
-from minift.evaluation import earlier_exchanges, evaluate_records, sampled_pass_rates
+from minift.evaluation import check_checker_arguments, earlier_exchanges, evaluate_records, sampled_pass_rates
 from minift.formats import load_ifeval_inputs, write_ifeval_responses, write_json
 from minift.model import ScalarModel
 from minift.synthetic.scoring import format_table
@@ -98,11 +98,12 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
     and with reward_ckpt best-of-that-many by the reward model."""
     if samples and earlier_turn:
         raise SystemExit("error: --samples and --earlier_turn do not combine; run them one at a time")
-    ckpt = load_checkpoint(ckpt_path, hint="Train it first, e.g. python pipeline.py", kinds=GENERATIVE)
+    ckpt = load_checkpoint(ckpt_path, hint="Train one first, e.g. python pipeline.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(ckpt, ckpt_path)
     device = pick_device(device)
     model = build_model(ckpt).to(device).eval()
     records = load_ifeval_inputs(input_path)
+    check_checker_arguments(records, input_path)
     records = records[:max_examples] if max_examples else records
     try:
         earlier = earlier_exchanges(records) if earlier_turn else None
@@ -159,6 +160,8 @@ def results_dir(out_dir, ckpt):
 
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
+    if os.path.isdir(cfg.ckpt):   # before --split is looked for beside it
+        load_checkpoint(cfg.ckpt)   # raises: a folder, with the file to pass
     input_path = input_file(cfg)
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     out_dir = results_dir(cfg.out_dir, cfg.ckpt)

@@ -105,6 +105,9 @@ def main(argv=None):
 
     if ckpt["kind"] == "reward":
         prompt = read_prompt(cfg)
+        if not cfg.response.strip():   # else the reward of an empty answer, which nobody asked for
+            raise SystemExit(f"error: {cfg.ckpt} is a reward model, which scores a response to the prompt; "
+                             f'pass it as --response="..."')
         model = build_model(ckpt, ScalarModel).to(device).eval()
         block_size = model.gpt.config.block_size
         seq = render(tokenizer, prompt, cfg.response)

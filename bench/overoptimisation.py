@@ -138,7 +138,7 @@ def plot(rows, path):
 def start_prompt_strict(sft_ckpt, eval_data, ppo_cfg, device):
     """The SFT model's greedy test prompt-strict, as train_ppo.py measures it at an evaluation:
     the curve's point at KL 0."""
-    ckpt = load_checkpoint(sft_ckpt, kinds=("sft",))
+    ckpt = load_checkpoint(sft_ckpt, hint="Run the pipeline first: python pipeline.py", kinds=("sft",))
     model = build_model(ckpt).to(device).eval()
     records = load_ifeval_inputs(eval_data)[:ppo_cfg.eval_examples]
     metrics, _ = evaluate_records(model, tokenizer_for(ckpt, sft_ckpt), records, ppo_cfg.max_new_tokens)

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from minift.checkpoint import GENERATIVE, build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
-from minift.evaluation import sample_answers  # noqa: E402
+from minift.evaluation import check_checker_arguments, sample_answers  # noqa: E402
 from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
 from minift.synthetic.gold import gold_breakdown  # noqa: E402
 from minift.training import pick_device  # noqa: E402
@@ -135,6 +135,7 @@ def main(argv=None):
     tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
     model = build_model(ckpt).to(device).eval()
     records = load_ifeval_inputs(cfg.prompts)
+    check_checker_arguments(records, cfg.prompts)   # the gold judge reads them after all the sampling
     if cfg.num_prompts:
         records = records[:cfg.num_prompts]
     t0 = time.time()

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from minift.synthetic.demonstrators import slip_table  # noqa: E402
 from minift.synthetic.scoring import aggregate, score  # noqa: E402
-from minift.config import run  # noqa: E402
+from minift.config import HelpWithDefaults, run  # noqa: E402
 from minift.formats import write_jsonl  # noqa: E402
 from minift.synthetic.splits import SPLIT_SIZES, make_splits  # noqa: E402
 
@@ -62,13 +62,14 @@ def make_sft(out_dir="data/generated/sft", seed=0, n_train=SPLIT_SIZES["train"],
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out_dir", default="data/generated/sft")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n_train", type=int, default=SPLIT_SIZES["train"])
-    p.add_argument("--n_test", type=int, default=SPLIT_SIZES["test"])
-    p.add_argument("--n_heldout", type=int, default=SPLIT_SIZES["heldout"])
-    p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpWithDefaults)
+    p.add_argument("--out_dir", default="data/generated/sft", help="where the four splits are written")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompts and the demonstrators' slips")
+    p.add_argument("--n_train", type=int, default=SPLIT_SIZES["train"], help="SFT demonstrations")
+    p.add_argument("--n_test", type=int, default=SPLIT_SIZES["test"], help="test prompts, in train's phrasings")
+    p.add_argument("--n_heldout", type=int, default=SPLIT_SIZES["heldout"],
+                   help="heldout prompts, in phrasings and values train never shows")
+    p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"], help="PPO's prompts, without answers")
     p.add_argument("--slip_scale", type=float, default=1.0, help="scales every demonstrator slip rate; 0 = perfect")
     a = p.parse_args(argv)
     for name in ("n_train", "n_test", "n_heldout", "n_rl"):

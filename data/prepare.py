@@ -44,7 +44,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 
 from minift.synthetic import splits, world  # noqa: E402
-from minift.config import run  # noqa: E402
+from minift.config import HelpWithDefaults, run  # noqa: E402
 from minift.formats import write_json  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
@@ -369,9 +369,9 @@ def check_options(size_mb, vocab_size, bpe_mb, formatted_share, prompts_mb):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out_dir", default="data/generated/corpus")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpWithDefaults)
+    ap.add_argument("--out_dir", default="data/generated/corpus",
+                    help="where train.bin, val.bin and the tokenizer are written")
     ap.add_argument("--input", default=None, help="a text file or a folder of *.txt files (default: generate)")
     ap.add_argument("--size_mb", type=float, default=4.0, help="MB of text to generate (ignored with --input)")
     ap.add_argument("--seed", type=int, default=1337, help="seed of the generated corpus")

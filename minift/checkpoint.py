@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import os
 import pickle
+import zipfile
 
 import torch
 
@@ -45,7 +46,8 @@ RESUMABLE_CHANGES = {"out_dir", "resume", "force", "device", "compile", "log_int
 
 def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
     """Read a checkpoint; with `kinds`, refuse one of any other kind (a pretraining checkpoint
-    given as the reward model would otherwise load, with its head left at its random init)."""
+    given as the reward model would otherwise load, with its head left at its random init).
+    `hint` says what to run when there is no file at `path`."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}." + (f" {hint}" if hint else ""))
     if os.path.isdir(path):
@@ -53,10 +55,15 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a damaged file can fail anywhere in the unpickler (a KeyError, even)
-        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():  # it could run code
+        # torch says "Weights only load failed" for any file its safe unpickler cannot read; only
+        # an "Unsupported global" is an object that loading would have to construct, running code.
+        if isinstance(e, pickle.UnpicklingError) and "unsupported global" in str(e).lower():
             raise ValueError(f"{path} holds Python objects besides tensors and plain containers; refused, since "
                              "loading them could run code. Load only checkpoints that minift wrote.") from None
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        if not zipfile.is_zipfile(path):   # torch.save has written zip archives since PyTorch 1.6
+            reason = "not a zip archive, as torch.save writes"
+        else:
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable checkpoint ({reason}). It may be truncated or another "
                          "kind of file: restore it, or make it again.") from None
     if not isinstance(ckpt, dict) or not {"kind", "model"} <= set(ckpt):
@@ -66,8 +73,7 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
         raise ValueError(f"{path} is a {ckpt['kind']} checkpoint without {' and '.join(missing)}, which minift "
                          "needs to rebuild the model; load only checkpoints that minift wrote")
     if kinds is not None and ckpt["kind"] not in kinds:
-        raise ValueError(f"{path} is a {ckpt['kind']} checkpoint; expected {' or '.join(kinds)}."
-                         + (f" {hint}" if hint else ""))
+        raise ValueError(f"{path} is a {ckpt['kind']} checkpoint; expected {' or '.join(kinds)}")
     return ckpt
 
 

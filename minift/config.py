@@ -11,6 +11,7 @@ script's docstring, every option with its default and the comment beside its fie
 the presets.
 """
 
+import argparse
 import dataclasses
 import difflib
 import gc
@@ -25,6 +26,14 @@ import tokenize
 
 class ConfigError(ValueError):
     pass
+
+
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help of the data scripts, which use argparse: the docstring as written, then every
+    option with its default, as the training scripts' --help shows them."""
+
+    def _get_help_string(self, action):   # a default of None: the help says what happens instead
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -11,7 +11,22 @@ from random import Random
 import torch
 
 from minift.engine import generate
-from minift.synthetic.scoring import aggregate, score
+from minift.synthetic.scoring import KWARG_NAMES, aggregate, missing_kwargs, score
+
+
+def check_checker_arguments(records, path):
+    """Refuse records whose kwargs lack an argument that their instruction's checker reads (a
+    misspelt name, or null), before any answer is generated: scoring would otherwise fail
+    only after all of them were. The file's loader (minift.formats) knows no checkers, so
+    this check lives here, beside the scoring."""
+    for n, rec in enumerate(records, start=1):
+        for i, (iid, kwargs) in enumerate(zip(rec["instruction_id_list"], rec["kwargs"])):
+            lacking = missing_kwargs(iid, kwargs)
+            if lacking:
+                has = f"has {', '.join(sorted(kwargs))}" if kwargs else "is empty"
+                raise ValueError(f'{path}, record {n} (key {rec["key"]!r}): field "kwargs"[{i}] {has}, without '
+                                      f'{", ".join(lacking)}; expected the arguments of "{iid}": '
+                                      f'{", ".join(KWARG_NAMES[iid])}')
 
 
 def render_prompts(tokenizer, prompts, max_tokens=None):

@@ -17,8 +17,6 @@ import json
 import os
 import re
 
-from minift.synthetic.scoring import KWARG_NAMES, missing_kwargs
-
 _MISSING = object()  # tells "field absent" apart from "field is null"
 
 
@@ -329,14 +327,9 @@ def load_ifeval_inputs(path):
         if not isinstance(kwargs, list) or len(kwargs) != len(ids):
             _bad(where, '"kwargs"', _got(kwargs),
                  f'an array of {len(ids)} objects, one per entry of "instruction_id_list"')
-        for i, (iid, x) in enumerate(zip(ids, kwargs)):
+        for i, x in enumerate(kwargs):
             if not isinstance(x, dict):
                 _bad(where, f'"kwargs"[{i}]', _got(x), "an object of keyword arguments")
-            lacking = missing_kwargs(iid, x)
-            if lacking:   # caught here, not after every answer has been generated
-                has = f"has {', '.join(sorted(x))}" if x else "is empty"
-                _bad(where, f'"kwargs"[{i}]', f"{has}, without {', '.join(lacking)}",
-                     f'the arguments of "{iid}": {", ".join(KWARG_NAMES[iid])}')
         out.append(rec)
     return out
 

@@ -84,7 +84,8 @@ def kit(corpus_dir, tmp_path_factory):
     save_checkpoint(paths["reward_other_tokenizer"], other)
     with open(paths["pretrain"], "rb") as f:
         whole = f.read()
-    for name, data in (("truncated", whole[:len(whole) // 2]), ("empty", b""), ("text", b"hello, not a model\n")):
+    for name, data in (("truncated", whole[:len(whole) // 2]), ("empty", b""), ("text", b"hello, not a model\n"),
+                       ("jsonl", b'{"prompt": "a data file passed as a checkpoint"}\n')):
         paths[name] = str(d / f"{name}.pt")
         with open(paths[name], "wb") as f:
             f.write(data)
@@ -265,6 +266,7 @@ def test_resume_with_another_tokenizer_of_the_same_size_stops(corpus_dir, tmp_pa
     (train_sft.main, "init_from", "foreign", ["is not a minift checkpoint"]),
     (train_sft.main, "init_from", "text", ["is not a readable checkpoint"]),
     (train_sft.main, "init_from", "truncated", ["is not a readable checkpoint"]),
+    (train_sft.main, "init_from", "jsonl", ["is not a readable checkpoint (not a zip archive"]),
     (train_reward.main, "init_from", "reward", ["is a reward checkpoint"]),
     (train_dpo.main, "init_from", "reward", ["is a reward checkpoint"]),
     (train_ppo.main, "reward_ckpt", "pretrain", ["is a pretrain checkpoint; expected reward"]),
@@ -290,6 +292,11 @@ def test_missing_checkpoint_says_what_to_run_first(tmp_path):
           f"{tmp_path}/none.pt", "python train_pretrain.py")
     fails(train_dpo.main, MICRO + [f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"],
           f"{tmp_path}/none.pt", "python train_sft.py")
+    # evaluate.py looks for --split's data beside the checkpoint: the checkpoint's own fault first
+    (tmp_path / "run" / "sft").mkdir(parents=True)
+    (tmp_path / "run" / "pipeline.json").write_text("{}")
+    fails(evaluate.main, [f"--ckpt={tmp_path}/run/sft"], "is a folder", f"{tmp_path}/run/sft/ckpt.pt")
+    fails(evaluate.main, [f"--ckpt={tmp_path}/run/sft/none.pt"], "no checkpoint at", "python pipeline.py")
 
 
 # ---------------------------------------------------------------------------- train_sft.py data
@@ -379,6 +386,24 @@ def test_evaluate_checks_kinds(kit, tmp_path):
           kit["sft"], "is a sft checkpoint; expected reward")
 
 
+def test_a_misspelt_checker_argument_stops_before_any_answer(kit, tmp_path, monkeypatch):
+    """IFEval's HF export writes every argument name, the unused ones null: those pass. A name
+    the checker reads, misspelt or null, is refused with the record, the field and the id,
+    before generation (the checker would have raised a bare KeyError after all of it)."""
+    def record(key, kwargs):
+        return {"key": key, "prompt": "Describe a cat.", "kwargs": kwargs,
+                "instruction_id_list": ["punctuation:no_comma", "detectable_format:number_bullet_lists"]}
+    good = [record(1, [{"num_bullets": None}, {"num_bullets": 2, "end_phrase": None}])]
+    write_jsonl(tmp_path / "good.jsonl", good)
+    write_jsonl(tmp_path / "bad.jsonl", good + [record(2, [{}, {"num_bulets": 2}])])
+    monkeypatch.setattr(evaluate, "evaluate_records", lambda *a, **k: pytest.fail("generated before the check"))
+    fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={tmp_path}/bad.jsonl", f"--out_dir={tmp_path}"],
+          "bad.jsonl, record 2 (key 2)", '"kwargs"[1] has num_bulets, without num_bullets',
+          '"detectable_format:number_bullet_lists"')
+    with pytest.raises(BaseException, match="generated before the check"):
+        evaluate.main([f"--ckpt={kit['sft']}", f"--input={tmp_path}/good.jsonl", f"--out_dir={tmp_path}"])
+
+
 def test_evaluate_writes_to_its_own_folder(kit, tmp_path):
     """Never beside the checkpoint, where the pipeline keeps its 500-line responses."""
     beside = digest(os.path.dirname(kit["sft"]))
@@ -420,6 +445,12 @@ def test_sample_resolves_device_auto(kit):
     assert len(sample.main([f"--ckpt={kit['pretrain']}", "--prompt=Once", "--max_new_tokens=2", "--seed=1",
                             "--device=auto"])) == 1
     assert isinstance(sample.main([f"--ckpt={kit['reward']}", "--prompt=hi", "--response=ok", "--device=auto"]), float)
+
+
+def test_a_reward_model_without_a_response_to_score(kit):
+    """It would print the reward of an empty answer, as if that were what was asked."""
+    with pytest.raises(SystemExit, match='is a reward model, which scores a response .* --response="..."'):
+        sample.main([f"--ckpt={kit['reward']}", "--prompt=hi"])
 
 
 @pytest.mark.parametrize("name", ["pretrain", "reward"])

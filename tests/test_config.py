@@ -85,6 +85,21 @@ def test_every_script_answers_help(script, monkeypatch, capsys):
     assert "usage" in out.lower() or "python " + script in out, out[:500]
 
 
+@pytest.mark.parametrize("script, shown", [
+    ("data/make_sft.py", ["SFT demonstrations (default: 12000)", "0 = perfect (default: 1.0)"]),
+    ("data/prepare.py", ["(default: 1337)", "folder of *.txt files (default:"]),
+])
+def test_the_data_scripts_help_shows_the_defaults(script, shown, monkeypatch, capsys):
+    """They use argparse, whose plain --help hides defaults; an option whose default is None
+    says in its help what happens then, not "(default: None)"."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+    out = " ".join(capsys.readouterr().out.split())   # argparse wraps its lines
+    assert all(s in out for s in shown) and "(default: None)" not in out, out
+
+
 def test_help_of_a_training_script_names_its_presets(monkeypatch, capsys):
     import train_ppo
     with pytest.raises(SystemExit) as exit:
