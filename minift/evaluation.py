@@ -25,8 +25,8 @@ def check_checker_arguments(records, path):
             if lacking:
                 has = f"has {', '.join(sorted(kwargs))}" if kwargs else "is empty"
                 raise ValueError(f'{path}, record {n} (key {rec["key"]!r}): field "kwargs"[{i}] {has}, without '
-                                      f'{", ".join(lacking)}; expected the arguments of "{iid}": '
-                                      f'{", ".join(KWARG_NAMES[iid])}')
+                                 f'{", ".join(lacking)}; expected the arguments of "{iid}": '
+                                 f'{", ".join(KWARG_NAMES[iid])}')
 
 
 def render_prompts(tokenizer, prompts, max_tokens=None):
