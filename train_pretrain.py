@@ -94,14 +94,16 @@ def token_stream(path, block_size):
         raise SystemExit(f"error: {path} is not a file of uint16 token ids (odd size); re-run data/prepare.py")
     n_tokens = os.path.getsize(path) // 2
     if n_tokens <= block_size + 1:
-        raise SystemExit(f"error: {path} holds {n_tokens} tokens, too few for one window of --block_size="
-                         f"{block_size}; give data/prepare.py more text, or lower --block_size")
+        raise SystemExit(f"error: {path} holds {n_tokens} tokens; windows of --block_size={block_size} need more "
+                         f"than {block_size + 1} to draw from; give data/prepare.py more text, or lower --block_size")
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
 def get_batch(data, batch_size, block_size, generator, device):
     """Random windows of the token stream: x is a window, y the same window shifted by one.
     (B, T) int64 each. One fancy index reads all B windows of T + 1 tokens at once."""
+    # A start in [0, N-T-2]: the stream's very last window (one start in ~1.5M) is never drawn.
+    # Kept so that every run recorded in FINDINGS.md draws the same batches again.
     starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
     windows = torch.from_numpy(data[starts.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))
     x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()

@@ -47,8 +47,9 @@ class KVCache:
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, uniform=None):
     """(B, V) logits -> (B,) token ids. temperature 0 means greedy (argmax).
-    top_k > 0 keeps the k likeliest tokens; top_p < 1 keeps the smallest set whose
-    probability reaches p (nucleus sampling, Holtzman et al. 2019).
+    top_k > 0 keeps the k likeliest tokens (and any tied with the k-th); top_p < 1 keeps the
+    smallest set of likeliest tokens whose probability reaches p (nucleus sampling, Holtzman
+    et al. 2019).
     uniform: (B, 1) numbers in [0, 1) to sample with; drawn from `generator` if None."""
     if temperature == 0:
         return logits.argmax(-1)
@@ -58,8 +59,10 @@ def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, uni
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) > top_p  # keep tokens until p is reached
+        sorted_probs = sorted_logits.softmax(-1)
+        before = sorted_probs.cumsum(-1) - sorted_probs   # the mass of the likelier tokens
+        drop = before >= top_p                             # p is reached without this token
+        drop[:, 0] = False                                 # the likeliest always stays (top_p=0: greedy)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     # Inverse-CDF sampling: one uniform number u per row, and the first token whose
@@ -90,7 +93,9 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=0, to
     answer does not depend on when the others stop: each step draws one random number for
     every row of the whole batch, whether it has left or not.
     use_cache=False recomputes the full sequence each step: slow, but the reference
-    that the KV cache is tested against."""
+    that the KV cache is tested against.
+    A row ends at the model's context (block_size) at the latest, so a prompt of block_size
+    tokens gets nothing: callers keep room for the answer (evaluation.render_prompts)."""
     device = model.wte.weight.device
     idx, mask = pad_left(prompts, pad_token, device)  # (B, P)
     B, P = idx.shape

@@ -11,8 +11,10 @@ Padding convention, shared by every stage of minift:
   * generation and RL batches are *left*-padded prompts followed by responses, and so are
     the reward model's and DPO's training batches (their last column is every row's last
     real token); all of them carry an `attention_mask` (B, S) with 1 for real tokens.
-    Position ids then come from the mask (`positions_from_mask`), so a sequence gets the
-    same positions, hence the same logits, whatever padding sits beside it in the batch.
+    The mask keeps padding out of attention, and position ids come from it
+    (`positions_from_mask`), so a sequence gets the same positions whatever padding sits
+    beside it. RoPE would give the same attention for shifted positions in exact arithmetic;
+    the same positions give the same floats, to the last bit (PPO's first ratio is exactly 1).
 """
 
 import math
@@ -37,9 +39,11 @@ class GPTConfig:
 def positions_from_mask(attention_mask):
     """(B, S) 0/1 mask -> (B, S) position ids counting real tokens only.
     A left-padded row [0 0 1 1 1] gets positions [0 0 0 1 2]: its first real token sits at
-    position 0, exactly as if it had no padding. Generation and training both call this,
-    so their positions can never disagree (a classic RLHF bug: Huang et al. 2024,
-    "The N+ Implementation Details of RLHF with PPO")."""
+    position 0, exactly as if it had no padding. Every batch that carries a mask (generation,
+    PPO's scoring and updates, the reward model, DPO) gets its positions here, so they can
+    never disagree (a classic RLHF bug: Huang et al. 2024, "The N+ Implementation Details of
+    RLHF with PPO"); unpadded and right-padded batches (pretraining, SFT) get 0..T-1, the
+    same numbers."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
@@ -152,7 +156,8 @@ class GPT(nn.Module):
         # Attention scores then depend on how far apart two tokens are, not on where they
         # sit, so what the model learns at one position holds at every other: it need not
         # learn a position table row by row, which matters at our budget (FINDINGS.md,
-        # "Pretraining"). Left padding stays exact: positions come from `positions_from_mask`.
+        # "Pretraining"). Left padding stays exact: the mask hides it, and `positions_from_mask`
+        # gives a row the same angles whatever padding precedes it.
         # The tables are buffers, not parameters, and are rebuilt rather than saved.
         cos, sin = rotary_tables(config.block_size, config.n_embd // config.n_head)
         self.register_buffer("rotary_cos", cos, persistent=False)

@@ -107,6 +107,12 @@ def test_sample_next_filters():
     assert draws <= {2, 3} and len(draws) == 2
     # top_p: token 2 alone holds ~93% of the mass, so p=0.5 keeps only it
     assert {sample_next(logits, 1.0, top_p=0.5, generator=g).item() for _ in range(50)} == {2}
+    # the smallest set that reaches p: of four equally likely tokens, two hold exactly 0.5
+    # (powers of two, so the sums are exact) and a third is not needed
+    even = torch.zeros(1, 4)
+    assert len({sample_next(even, 1.0, top_p=0.5, generator=g).item() for _ in range(200)}) == 2
+    assert len({sample_next(even, 1.0, top_p=0.75, generator=g).item() for _ in range(200)}) == 3
+    assert {sample_next(logits, 1.0, top_p=0.0, generator=g).item() for _ in range(20)} == {2}   # greedy
 
 
 def test_sample_next_draws_from_the_tempered_softmax(monkeypatch):
@@ -120,3 +126,23 @@ def test_sample_next_draws_from_the_tempered_softmax(monkeypatch):
     # the rare draw that rounding puts at the very end of the CDF picks the last possible token
     monkeypatch.setattr(torch, "rand", lambda rows, cols, **kw: torch.ones(rows, cols))
     assert sample_next(logits, 0.5).item() == 3
+
+
+def test_a_stopped_row_emits_its_stop_token_from_then_on(monkeypatch):
+    """generate_stream's promise: once a row has stopped, every later step yields the first
+    stop token for it (here no row leaves the batch, so every step is seen for every row)."""
+    monkeypatch.setattr(minift.engine, "DROP_STOPPED_SHARE", float("inf"))
+    model = wandering_model()
+    prompts = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [12, 13]]
+    free = generate(model, prompts, 30, temperature=0)
+    stop = max(range(CFG.vocab_size), key=lambda t: sum(t in a for a in free))   # in the most answers
+    steps = torch.stack(list(minift.engine.generate_stream(model, prompts, 30, temperature=0,
+                                                             stop_tokens=(stop,))), 1).tolist()
+    early = [row for row in steps if stop in row[:-1]]
+    assert early and all(set(row[row.index(stop):]) == {stop} for row in early)
+
+
+def test_without_a_stop_every_row_gets_max_new_tokens_or_the_rest_of_the_context():
+    model = wandering_model()
+    assert [len(a) for a in generate(model, [[1, 2, 3], [4]], 7, temperature=0)] == [7, 7]
+    assert len(generate(model, [[1] * (CFG.block_size - 3)], 10, temperature=0)[0]) == 3

@@ -177,3 +177,20 @@ def test_ddp_two_cpu_processes_with_gloo(corpus_dir, tmp_path):
     assert len(rank0) == len(rank1) > 0 and all(torch.equal(a, b) for a, b in zip(rank0, rank1))
     saved = list(build_model(ckpt).parameters())
     assert all(any(a.shape == b.shape and torch.equal(a, b) for b in saved) for a in rank0)
+
+
+def test_gradient_accumulation_averages_its_micro_batches(corpus_dir, tmp_path, monkeypatch):
+    """k micro-batches of the same data give the gradient and loss of one: each micro-batch's
+    loss is divided by k before backward (otherwise the gradient would be k times too large)."""
+    real, first = train_pretrain.get_batch, {}
+
+    def the_same_batch(*args):
+        return first.setdefault("xy", real(*args))
+    monkeypatch.setattr(train_pretrain, "get_batch", the_same_batch)
+    logged = []
+    for k in (1, 3):
+        run_main(train_pretrain, ["--preset=micro", "--device=cpu", "--dtype=float32", f"--data_dir={corpus_dir}",
+                                  f"--out_dir={tmp_path}/k{k}", "--max_steps=1", "--eval_batches=1", f"--grad_accum={k}"])
+        logged.append(next(m for m in read_metrics(tmp_path / f"k{k}") if "grad_norm" in m))
+    assert logged[1]["grad_norm"] == pytest.approx(logged[0]["grad_norm"], rel=1e-4)
+    assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], abs=1e-5)

@@ -1,7 +1,14 @@
-"""SFT's data path: render + mask, length-bucketed batches, overlong conversations.
-(train_sft.py end to end runs in test_pipeline.py; its evaluation in test_evaluate.py.)"""
+"""SFT's data path: render + mask, length-bucketed batches, overlong conversations; gradient
+accumulation. (train_sft.py end to end runs in test_pipeline.py; its evaluation in test_evaluate.py.)"""
+from collections import Counter
+
+import pytest
 import torch
 
+import train_pretrain
+import train_sft
+from conftest import read_metrics, run_main
+from minift.formats import write_jsonl
 from minift.tokenizer import Tokenizer, train_bpe
 from train_sft import get_batch, length_order, render_dataset
 
@@ -51,3 +58,54 @@ def test_overlong_conversations_are_dropped_and_counted():
     long = [{"role": "user", "content": "pet " * 100}, {"role": "assistant", "content": "A cat."}]
     examples, dropped = render_dataset([{"messages": MESSAGES}, {"messages": long}], tok, block_size=64)
     assert len(examples) == 1 and dropped == 1
+
+
+def test_a_conversation_of_block_size_plus_one_tokens_fits():
+    """Inputs drop the last token and targets the first, so block_size + 1 tokens make one
+    full window; one more is too long and is dropped."""
+    tok = Tokenizer.from_ranks({bytes([i]): i for i in range(256)})   # one token a byte
+
+    def conversation(reply_len):
+        return {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a" * reply_len}]}
+    block = 32
+    overhead = len(tok.render_conversation(conversation(0)["messages"])[0])
+    fits, too_long = conversation(block + 1 - overhead), conversation(block + 2 - overhead)
+    kept, dropped = render_dataset([fits, too_long], tok, block)
+    assert len(kept) == 1 and len(kept[0][0]) == block + 1 and dropped == 1
+    x, _ = get_batch(kept, [0], 1, tok.pad, torch.Generator().manual_seed(0), "cpu", block)
+    assert x.shape == (1, block)
+
+
+def test_the_length_window_wraps_so_every_example_is_drawn_as_often():
+    """Batches come from a window of neighbours in length order; at the ends it wraps around,
+    or the longest and shortest examples would be drawn less often than the rest."""
+    examples = [([7] * n, [0] * n) for n in range(10, 110)]   # 100 examples, lengths 10..109
+    order, g = length_order(examples), torch.Generator().manual_seed(0)
+    counts = Counter()
+    for _ in range(2000):
+        x, _ = get_batch(examples, order, 8, 0, g, "cpu", block_size=256, window=16)
+        counts.update((x == 7).sum(1).add(1).tolist())   # the inputs drop the last token
+    mean = 2000 * 8 / 100
+    assert len(counts) == 100 and 0.5 * mean < min(counts.values()) and max(counts.values()) < 1.5 * mean
+
+
+def test_gradient_accumulation_averages_its_micro_batches(corpus_dir, tmp_path, monkeypatch):
+    """As in pretraining: k micro-batches of the same conversations give one's gradient."""
+    run_main(train_pretrain, ["--preset=micro", "--device=cpu", f"--data_dir={corpus_dir}",
+                              f"--out_dir={tmp_path}/pre", "--max_steps=1", "--eval_batches=1"])
+    write_jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": f"Say {w}."},
+                                                       {"role": "assistant", "content": f"{w}!"}]}
+                                         for w in ("cat", "dog", "sun", "tree")])
+    real, first = train_sft.get_batch, {}
+
+    def the_same_batch(*args, **kwargs):
+        return first.setdefault("xy", real(*args, **kwargs))
+    monkeypatch.setattr(train_sft, "get_batch", the_same_batch)
+    logged = []
+    for k in (1, 3):
+        run_main(train_sft, ["--preset=micro", "--device=cpu", "--dtype=float32", f"--init_from={tmp_path}/pre/ckpt.pt",
+                             f"--data={tmp_path}/sft.jsonl", "--eval_data=", f"--out_dir={tmp_path}/k{k}",
+                             "--max_steps=1", f"--grad_accum={k}"])
+        logged.append(next(m for m in read_metrics(tmp_path / f"k{k}") if "grad_norm" in m))
+    assert logged[1]["grad_norm"] == pytest.approx(logged[0]["grad_norm"], rel=1e-4)
+    assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], abs=1e-5)
