@@ -21,7 +21,9 @@ What happens (InstructGPT, Ouyang et al. 2022, section 3.5; Ziegler et al. 2019)
   3. ...which is why, after training, a gain and bias are fitted so that the SFT answers of
      the training pairs score mean 0 and std 1 (Ziegler et al. 2019). PPO's KL coefficient then means the same thing
      whatever RM it is paired with.
-  4. One epoch: InstructGPT found the RM overfits from the second pass over the data.
+  4. One epoch, as InstructGPT trains its RM: it found that shuffled pairs overfit within a
+     single pass, which is why a batch holds all of a prompt's pairs (section 3.5). More
+     epochs were no better here (FINDINGS.md, "The reward model").
 Metrics: pair accuracy on held-out prompts (overall and per instruction type) and the
 Spearman correlation between RM scores and gold rewards on held-out SFT samples (over all
 of them, and within each prompt). The training loss includes the cross-prompt term, the
@@ -61,7 +63,7 @@ class Config:
     # optimisation
     batch_groups: int = 8          # prompts per micro-batch, each with all of its pairs
     grad_accum: int = 1
-    epochs: int = 1                # InstructGPT: more overfits (FINDINGS.md, "The reward model", epochs)
+    epochs: int = 1                # InstructGPT trains one; more were no better (FINDINGS.md, "The reward model")
     # The reward adds this times the answer's mean log-probability under the RM's own LM head
     # (ScalarModel). 0 (with across_prompt_weight 0) is InstructGPT's RM. The term catches
     # answers where sampling slipped (a garbled word): the model finds them unlikely, where the
@@ -201,8 +203,10 @@ def score_all(model, seqs, tokenizer, device, batch_size):
 
 
 def bradley_terry(r_chosen, r_rejected):
-    """-log sigmoid(r_c - r_r), averaged over pairs (InstructGPT eq. 1). logsigmoid is
-    the stable form: log(sigmoid(x)) underflows to -inf for x below about -100."""
+    """-log sigmoid(r_c - r_r), averaged over pairs (InstructGPT eq. 1, which weighs each
+    prompt's C(K,2) pairs by 1/C(K,2); here tied pairs are dropped, so a prompt counts by its
+    untied pairs). logsigmoid is the stable form: in float32 log(sigmoid(x)) is -inf for x
+    below about -88."""
     return -F.logsigmoid(r_chosen - r_rejected).mean()
 
 

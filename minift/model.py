@@ -297,8 +297,10 @@ class ScalarModel(nn.Module):
     reward model exactly). Why the second term: a sampled answer that the model finds
     unlikely is usually one that went wrong (a garbled word), which the head would have to
     learn from pairs; the head learns what the likelihood misses (FINDINGS.md, "The reward
-    model", the likelihood term). It is DPO's observation (Rafailov et al. 2023) that an LM's
-    log-probabilities are a reward, used here beside the head rather than instead of it."""
+    model", the likelihood term). That an LM's log-probabilities can serve as a reward is DPO's
+    observation (Rafailov et al. 2023, relative to a reference model); the mean
+    log-probability without a reference, used here beside the head, is SimPO's form (Meng
+    et al. 2024)."""
 
     def __init__(self, config, head_std=None):
         super().__init__()
@@ -309,9 +311,10 @@ class ScalarModel(nn.Module):
         std = 1 / math.sqrt(config.n_embd + 1) if head_std is None else head_std
         nn.init.normal_(self.head.weight, std=std) if std > 0 else nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
-        # Reward normalisation (InstructGPT / Ziegler): score = gain * raw + bias, fitted
-        # after training so that SFT samples score mean 0, std 1. Buffers, so they travel
-        # in the state dict and the checkpoint.
+        # Reward normalisation (Ziegler et al. 2019; InstructGPT fits a bias alone): score =
+        # gain * raw + bias, fitted after training so that the SFT model's answers in the
+        # training pairs score mean 0, std 1. Buffers, so they travel in the state dict and
+        # the checkpoint.
         self.register_buffer("gain", torch.ones(()))
         self.register_buffer("bias", torch.zeros(()))
         self.register_buffer("likelihood_weight", torch.zeros(()))  # set by train_reward.py

@@ -17,6 +17,7 @@ from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.engine import generate
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import Tokenizer, train_bpe
+from minift.training import lr_at
 
 WORDS = "the cat dog sun ran sat big red hat mat saw a on in and was happy sad tree ball".split()
 T = torch.tensor
@@ -136,6 +137,9 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys)
     # the checkpoint: a GPT of kind "dpo" that generates, and evaluate.py reads
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"), kinds=("dpo",))
     assert ckpt["step"] == steps and ckpt["init_from"].endswith("sft/ckpt.pt")
+    cfg = ckpt["config"]   # the optimizer ran the schedule: its last rate is the last step's
+    assert {g["lr"] for g in ckpt["optimizer"]["param_groups"]} == {
+        lr_at(steps - 1, cfg["learning_rate"], cfg["min_lr"], cfg["warmup_steps"], steps)}
     model, tok = build_model(ckpt).eval(), tokenizer_for(ckpt, out)
     sft = build_model(load_checkpoint(f"{pipeline_out}/sft/ckpt.pt"))
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), sft.parameters()))  # it trained

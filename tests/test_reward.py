@@ -12,6 +12,7 @@ import torch
 import train_reward
 from conftest import read_metrics, run_main
 from minift.checkpoint import build_model, load_checkpoint, save_training_checkpoint
+from minift.training import lr_at
 from minift.formats import write_jsonl
 from minift.model import GPT, GPTConfig, ScalarModel, answer_positions
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
@@ -30,6 +31,20 @@ def test_bradley_terry_matches_hand_computation():
     # stable far from 0: a pair 1000 apart the wrong way costs 1000, where -log(sigmoid(x)) is inf
     loss = train_reward.bradley_terry(torch.tensor([0.0, 1000.0]), torch.tensor([1000.0, 0.0]))
     assert loss.item() == pytest.approx(1000 / 2, abs=1e-3)
+
+
+def test_evaluate_correlates_scores_with_gold_over_all_answers_and_within_each_prompt(monkeypatch):
+    """Two prompts whose answers the scores rank backwards, though they put the two prompts'
+    levels in gold's order: over all answers rho is 0.6, within each prompt -1. A prompt
+    whose answers tie in gold has no order to match and is left out of the within mean."""
+    scores = torch.tensor([1.0, 2.0, 10.0, 11.0, 5.0, 6.0])
+    monkeypatch.setattr(train_reward, "score_all", lambda model, seqs, *a: scores[:len(seqs)])
+    gold, prompts = [2.0, 1.0, 4.0, 3.0, 0.5, 0.5], ["a", "a", "b", "b", "c", "c"]
+    two = train_reward.evaluate(None, ([], []), ([[0]] * 4, gold[:4], prompts[:4]), None, "cpu", 8)
+    assert two["spearman"] == pytest.approx(0.6) and two["spearman_within"] == pytest.approx(-1.0)
+    three = train_reward.evaluate(None, ([], []), ([[0]] * 6, gold, prompts), None, "cpu", 8)
+    assert three["spearman"] == pytest.approx(train_reward.spearman(scores.tolist(), gold))
+    assert three["spearman_within"] == pytest.approx(-1.0)
 
 
 def test_spearman_with_ties():
@@ -251,6 +266,10 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     # the checkpoint: kind "reward", normalised on the training answers, readable by sample.py
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["kind"] == "reward" and ckpt["step"] == 200 // 4
+    # the optimizer ran the schedule: its last rate is the last step's (decaying), not --learning_rate
+    cfg = ckpt["config"]
+    last_lr = lr_at(49, cfg["learning_rate"], cfg["min_lr"], cfg["warmup_steps"], 50)
+    assert {g["lr"] for g in ckpt["optimizer"]["param_groups"]} == {last_lr} and last_lr < 0.5 * cfg["learning_rate"]
     model = build_model(ckpt, ScalarModel).eval()
     seqs, groups, _, _ = train_reward.build_groups(
         [json.loads(line) for line in open(tmp_path / "train.jsonl")], tok, 64)
