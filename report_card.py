@@ -227,10 +227,16 @@ def moves_line(moves):
         if moves.get(key):   # a report from before these counts existed has none
             named = list(moves[key].items())[:RULES_NAMED]
             line += f" The rules it {verb} most often: " + ", ".join(f"`{iid}` {n}" for iid, n in named) + "."
-    if "base_task_done" in moves:
+    if moves.get("base_task_done"):   # none done: no rate to give
         line += (f" On the {moves['base_task_done']} prompts where it does the base task itself, it passes "
                  f"{100 * moves['ppo_where_done']:.1f}%, the demonstrations {100 * moves['demonstrations_where_done']:.1f}%.")
     return line
+
+
+def versus(a, b):
+    """How figure a stands to figure b as the card prints them (one decimal)."""
+    a, b = round(a, 1), round(b, 1)
+    return "above" if a > b else "level with" if a == b else "below"
 
 
 def story_lines(r):
@@ -255,28 +261,37 @@ def story_lines(r):
     pre = r["stages"]["pretrain"]
     loss = (f"takes the validation loss from {pre['val_loss_init']:.2f} (untrained) to {pre['val_loss']:.3f}, and "
             if pre.get("val_loss_init") else "")
-    scratch = (f" SFT from the untrained model reaches {test('sft_scratch'):.1f}%: pretraining adds "
-               f"{test('sft') - test('sft_scratch'):.1f} points to SFT." if "sft_scratch" in ev else "")
+    scratch = (f" SFT from the untrained model reaches {test('sft_scratch'):.1f}%, so pretraining is worth "
+               f"{test('sft') - test('sft_scratch'):+.1f} points to SFT." if "sft_scratch" in ev else "")
+    learns = ("learns what the judges prefer" if rm["pair_accuracy"] > 0.5
+              else "has not learned what the judges prefer (no better than a coin)")
     lines = ["", "## What each stage changed (test split, prompt-level strict)", "",
-             f"- **Pretraining** {loss}gives a model that continues text but does not follow instructions: "
-             f"{test('base'):.1f}%." + scratch,
+             f"- **Pretraining** {loss}gives a model that continues text; asked to follow instructions it "
+             f"passes {test('base'):.1f}%." + scratch,
              f"- **SFT** copies its demonstrators{slips}: {test('sft'):.1f}% greedy "
              f"({test('sft') - test('base'):+.1f} over the base model), {test('sft', 'sampled_strict'):.1f}% sampled; "
              f"the demonstrations pass {demo:.1f}%. On the instructions of the common habits SFT passes "
              f"{on_habits(habits_of('sft')):.1f}%, its demonstrators {on_habits(d['demo_per_type']):.1f}%.",
-             f"- **The reward model** learns what the judges prefer: it ranks {100 * rm['pair_accuracy']:.1f}% "
+             f"- **The reward model** {learns}: it ranks {100 * rm['pair_accuracy']:.1f}% "
              f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f}).",
              f"- **PPO** against the reward model: {test('ppo'):.1f}% greedy ({test('ppo') - test('sft'):+.1f} over "
              f"SFT), {test('ppo', 'sampled_strict'):.1f}% sampled "
              f"({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f}); "
-             f"{'above' if test('ppo') >= demo else 'below'} the demonstrations' {demo:.1f}%. On the common "
+             f"{versus(test('ppo'), demo)} the demonstrations' {demo:.1f}%. On the common "
              f"habits' instructions it passes {on_habits(habits_of('ppo')):.1f}%."
              + moves_line(r.get("sft_to_ppo", {}).get("test")) + gold_line(r.get("gold_change", {}))]
     if "sft_perfect" in ev:
         gap = test('sft_perfect') - test('sft')   # what the slips cost SFT: the room PPO has on these prompts
+        gain = test('ppo') - test('sft')
+        if gap <= 0:
+            back = f"The slips cost SFT nothing here ({gap:+.1f} points); PPO moved {gain:+.1f}."
+        elif gain <= 0:
+            back = f"The slips cost SFT {gap:.1f} points; PPO won none of them back ({gain:+.1f})."
+        else:
+            back = (f"The slips cost SFT {gap:.1f} points; PPO won back "
+                    + (f"{gain:.1f} of them." if gain < gap else f"all of them and {gain - gap:.1f} more."))
         lines.append(f"- **SFT on perfect demonstrations** (the reference run): {test('sft_perfect'):.1f}% greedy, "
-                     f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled. The slips cost SFT {gap:.1f} points; "
-                     f"PPO won back {test('ppo') - test('sft'):.1f} of them."
+                     f"{test('sft_perfect', 'sampled_strict'):.1f}% sampled. " + back
                      + (f" On the common habits' instructions it passes {on_habits(habits_of('sft_perfect')):.1f}%."
                         if "sft_perfect" in r["per_type"] else ""))
     return lines

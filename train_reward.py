@@ -271,7 +271,7 @@ def average_ranks(x):
 
 def spearman(a, b):
     """Spearman's rho: the Pearson correlation of the ranks (ties averaged). nan if constant."""
-    ra, rb = torch.tensor(average_ranks(list(a))), torch.tensor(average_ranks(list(b)))
+    ra, rb = (torch.tensor(average_ranks(list(x)), dtype=torch.float64) for x in (a, b))
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = (ra.norm() * rb.norm()).item()
     return (ra @ rb).item() / denom if denom > 0 else float("nan")

@@ -1,8 +1,10 @@
 """pipeline.py: every stage through the real scripts on the micro preset, the report card
 (report_card.py), and checkpoints that still work after the output folder moves."""
+import copy
 import json
 import os
 import shutil
+import statistics
 
 import pytest
 
@@ -58,13 +60,41 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     data = report["stages"]["data"]
     assert 0.3 < data["demo_pass_rate"] < 1.0 and data["slip_scale"] == 1.0
     assert set(data["demo_pass_rates"]) == {"train", "test", "heldout"}
+    assert data["demo_pass_rate"] == data["demo_pass_rates"]["train"]   # the data line's figure is train's
+    # the card's figures counted again from the files, each on its own split and prompts
+    from minift.synthetic.scoring import aggregate, score
+
+    def scored(split, answers):
+        recs = load_ifeval_inputs(os.path.join(out, "data", "sft", f"{split}.jsonl"))[:len(answers)]
+        return [{**score(a, r["instruction_id_list"], r["kwargs"], r["prompt"]),
+                 "instruction_id_list": r["instruction_id_list"]} for r, a in zip(recs, answers, strict=True)]
+
+    def responses(model, split):
+        with open(os.path.join(out, model, f"responses_{split}.jsonl")) as f:
+            return [json.loads(line)["response"] for line in f]
+    for split in ("train", "test", "heldout"):
+        demos = [r["messages"][-1]["content"] for r in load_ifeval_inputs(os.path.join(out, "data", "sft",
+                                                                                           f"{split}.jsonl"))]
+        assert data["demo_pass_rates"][split] == pytest.approx(aggregate(scored(split, demos))["prompt_strict"])
+    for model in ("sft", "ppo"):
+        for split in ("test", "heldout"):
+            recount = aggregate(scored(split, responses(model, split)))
+            assert report["eval"][model][split]["prompt_strict"] == pytest.approx(recount["prompt_strict"])
+        by_type = {}   # the per-type table is test's
+        for row in scored("test", responses(model, "test")):
+            for iid, ok in zip(row["instruction_id_list"], row["strict"]):
+                by_type.setdefault(iid, []).append(ok)
+        assert {iid: (row["n"], pytest.approx(row["strict"])) for iid, row in report["per_type"][model].items()} == \
+               {iid: (len(oks), sum(oks) / len(oks)) for iid, oks in by_type.items()}
     with open(os.path.join(out, "report.md")) as f:
         card = f.read()
     assert "tokens/s" in card and "| demonstrations | test |" in card
     assert "| type | n | demonstrations | SFT | PPO |\n" in card
     assert "## What each stage changed" in card and "**PPO** against the reward model" in card
     assert "gold reward |" in card and "The gold reward of its greedy answers changed by" in card
-    assert "greedy answers went from fail to pass" in card and "where it does the base task itself" in card
+    assert "greedy answers went from fail to pass" in card
+    # the rate where PPO does the base task is given only when there is such a prompt
+    assert ("where it does the base task itself" in card) == bool(report["sft_to_ppo"]["test"]["base_task_done"])
     assert "copies its demonstrators, slips included" in card
     assert ("## Answers PPO changed" in card) == bool(report["sft_to_ppo"]["test"]["examples"])
     # with perfect demonstrators (--slip_scale=0) the SFT line does not speak of slips
@@ -103,7 +133,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
         card = f.read()
     assert "| type | n | demonstrations | SFT | PPO | SFT, perfect demonstrations |" in card
     gap = 100 * (reference["eval"]["sft_perfect"]["test"]["prompt_strict"] - reference["eval"]["sft"]["test"]["prompt_strict"])
-    assert f"The slips cost SFT {gap:.1f} points" in card
+    assert (f"The slips cost SFT {gap:.1f} points" if gap > 0 else f"nothing here ({gap:+.1f} points)") in card
     with open(os.path.join(out, "data", "sft_perfect", "train.jsonl")) as f:
         assert all(json.loads(line)["slips"] == [] for line in f)
     # SFT from the untrained model: the same demonstrations and recipe, without pretraining
@@ -131,7 +161,7 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
         card = f.read()
     test = {m: 100 * scratch["eval"][m]["test"]["prompt_strict"] for m in ("sft", "sft_scratch")}
     gain = test["sft"] - test["sft_scratch"]
-    assert "| sft (no pretraining) | test |" in card and f"pretraining adds {gain:.1f} points to SFT" in card
+    assert "| sft (no pretraining) | test |" in card and f"pretraining is worth {gain:+.1f} points to SFT" in card
     assert "(untrained) to" in card
 
     # Checkpoints carry their tokenizer: after out/ moves, or a checkpoint is copied on its own
@@ -188,14 +218,43 @@ def test_a_finished_sft_run_started_again_reports_what_it_saved(micro_pipeline, 
 
 def test_paired_difference_uses_students_t_for_its_degrees_of_freedom():
     """With 11 items (10 degrees of freedom) the cutoff is t = 2.23, not the normal's 2: a mean
-    2.1 standard errors from zero is still noise there."""
+    2.1 standard errors from zero is still noise there. Past the table's 30 degrees of freedom
+    the cutoff stays at or above the true one (2.040 at 31, 2.000 at 60)."""
     from minift.synthetic.scoring import paired_difference
-    spread = [1.0, -1.0] * 5 + [0.0]               # mean 0, standard deviation 1
-    se = 1 / len(spread) ** 0.5
-    for ratio, significant in ((2.1, False), (2.3, True)):
-        after = [ratio * se + d for d in spread]
-        result = paired_difference([0.0] * len(spread), after)
-        assert result["se"] == pytest.approx(se) and result["significant"] is significant
+    for n, cutoff in ((11, 2.23), (32, 2.04), (41, 2.04), (42, 2.02), (61, 2.02), (62, 2.0)):
+        spread = [1.0, -1.0] * (n // 2) + [0.0] * (n % 2)        # mean 0
+        se = statistics.stdev(spread) / n ** 0.5
+        for ratio, significant in ((cutoff - 0.01, False), (cutoff + 0.01, True)):
+            after = [ratio * se + d for d in spread]
+            result = paired_difference([0.0] * n, after)
+            assert result["se"] == pytest.approx(se) and result["significant"] is significant, (n, ratio)
+
+
+def test_the_stage_lines_say_no_more_than_their_numbers(micro_pipeline):
+    """Each stage's line reads its numbers: a tie is "level with", a stage that hurt says so
+    with its sign, and a rate over no prompts is not given."""
+    _, report = micro_pipeline
+
+    def lines(sft, ppo, perfect, scratch, demo, pair_accuracy):
+        r = copy.deepcopy(report)
+        ev = r["eval"]
+        for model, rate in (("sft", sft), ("ppo", ppo), ("sft_perfect", perfect), ("sft_scratch", scratch)):
+            ev[model] = copy.deepcopy(report["eval"]["sft"])
+            ev[model]["test"]["prompt_strict"] = rate
+        r["stages"]["data"]["demo_pass_rates"]["test"] = demo
+        r["stages"]["reward"]["pair_accuracy"] = pair_accuracy
+        r["sft_to_ppo"]["test"]["base_task_done"] = 0
+        return "\n".join(report_card.story_lines(r))
+    text = lines(sft=0.40, ppo=0.47, perfect=0.38, scratch=0.41, demo=0.47, pair_accuracy=0.45)
+    assert "level with the demonstrations' 47.0%" in text and "above" not in text
+    assert "The slips cost SFT nothing here (-2.0 points); PPO moved +7.0." in text
+    assert "pretraining is worth -1.0 points to SFT" in text
+    assert "has not learned what the judges prefer" in text and "On the 0 prompts" not in text
+    text = lines(sft=0.40, ppo=0.47, perfect=0.45, scratch=0.30, demo=0.60, pair_accuracy=0.8)
+    assert "below the demonstrations'" in text and "won back all of them and 2.0 more" in text
+    assert "learns what the judges prefer" in text
+    assert "won none of them back (-1.0)" in lines(0.40, 0.39, 0.45, 0.30, 0.60, 0.8)
+    assert "won back 3.0 of them" in lines(0.40, 0.43, 0.45, 0.30, 0.60, 0.8)
 
 
 def test_reward_hacking_needs_changes_beyond_the_noise():

@@ -69,11 +69,19 @@ def checkable(iid):
     """An id scoring can judge here: it has a checker, and a language check has langdetect."""
     return iid in IFEVAL_CHECKERS and (iid != "language:response_language" or C.language_checked())
 
-# Student's t at 97.5% (two-sided 95%) for 1..30 degrees of freedom; 2.0 beyond (2.00 at 60,
-# the normal's 1.96 in the limit).
+# Student's t at 97.5% (two-sided 95%) for 1..30 degrees of freedom (t_975 goes on from there).
 T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
          11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 16: 2.12, 17: 2.11, 18: 2.10, 19: 2.09, 20: 2.09,
          21: 2.08, 22: 2.07, 23: 2.07, 24: 2.06, 25: 2.06, 26: 2.06, 27: 2.05, 28: 2.05, 29: 2.05, 30: 2.04}
+
+
+def t_975(df):
+    """Student's t at 97.5% for `df` degrees of freedom: the table to 30, then the value at the
+    start of each range, never below the true one (2.040 at 31, 2.021 at 40, 2.000 at 60, the
+    normal's 1.96 in the limit)."""
+    if df in T_975:
+        return T_975[df]
+    return 2.04 if df <= 40 else 2.02 if df <= 60 else 2.0
 
 
 def _variants(response):
@@ -180,5 +188,5 @@ def paired_difference(before, after):
     diffs = [b - a for a, b in zip(before, after, strict=True)]
     mean = statistics.fmean(diffs)
     se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-    t = T_975.get(len(diffs) - 1, 2.0)
+    t = t_975(len(diffs) - 1)
     return {"mean": mean, "se": se, "significant": len(diffs) > 1 and abs(mean) > t * se}
