@@ -45,6 +45,8 @@ def test_formula_by_hand():
     assert b["reward"] == pytest.approx(0.2 + 0.8 * 0.5)
     b = gold_breakdown("Describe a kite. Do not use commas.", "The kite is red. " * 6, ids, kwargs)
     assert b["flaws"] == ["repetition"] and b["reward"] == pytest.approx(1.0 * 0.5)
+    b = gold_breakdown("Describe a kite. Do not use commas.", "The kite is red. " * 20, ids, kwargs)
+    assert b["flaws"] == ["rambling", "repetition", "spam"] and b["reward"] == pytest.approx(0.5 ** 3)  # per flaw
     assert gold_reward("Describe a kite.", "  ", ids, kwargs) == 0.0
     assert repeated_3gram_share("a b c a b c") == pytest.approx(1 / 4)
 

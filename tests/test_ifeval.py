@@ -76,6 +76,8 @@ def test_postscript_accepts_what_ifeval_accepts():
      "Section 1\nA kite.\nSection 2\nA ball.", "Section 1\nA kite and a ball."),
     ("detectable_format:multiple_sections", {"section_spliter": "SECTION", "num_sections": 3},
      "SECTION 1 a SECTION 2 b SECTION 3 c", "Section 1 a Section 2 b Section 3 c"),  # case matters
+    ("detectable_format:multiple_sections", {"section_spliter": "SECTION", "num_sections": 2},
+     "SECTION 1 a SECTION 2 b SECTION 3 c", "SECTION 1 a"),                          # at least N
     ("keywords:letter_frequency", {"letter": "a", "let_frequency": 3, "let_relation": "at least"},
      "A cat and a bat.", "The cat."),
     ("keywords:letter_frequency", {"letter": "Z", "let_frequency": 2, "let_relation": "less than"},
@@ -90,6 +92,18 @@ def test_postscript_accepts_what_ifeval_accepts():
 def test_checkers_the_registry_lacks(iid, kw, good, bad):
     assert score(good, [iid], [kw])["strict"] == [True]
     assert score(bad, [iid], [kw])["strict"] == [False]
+
+
+def test_scoring_edges_as_ifeval_judges_them():
+    # loose scoring also tries the answer without its first and last lines together
+    assert score('Sure:\n"A kite."\nBye!', ["startend:quotation"], [{}]) == {"strict": [False], "loose": [True]}
+    assert score('"', ["startend:quotation"], [{}])["strict"] == [False]           # one quote wraps nothing
+    assert score("2, 3.", ["change_case:english_lowercase"], [{}])["strict"] == [False]   # no letter to be lower
+    assert score("A kite; a ball.", ["punctuation:no_comma"], [{}])["strict"] == [True]  # only commas count
+    assert not C.check_two_responses("A kite.\n******\n\n******\nA ball.")        # an empty response between
+    # IFEval strips a keyword and a postscript marker before use
+    assert C.check_frequency("A kite.", "kite ", 1, "at least")
+    assert C.check_postscript("Bye.\nP.S.hi", "P.S. ")
 
 
 def test_all_25_ifeval_ids_have_a_checker():

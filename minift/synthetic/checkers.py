@@ -61,8 +61,9 @@ def check_keywords(response, keywords):
 
 
 def check_frequency(response, keyword, frequency, relation):
-    # Substring count too, so "cat" also counts inside "cats".
-    return _holds(len(re.findall(re.escape(keyword), response, re.IGNORECASE)), relation, frequency)
+    # Substring count too, so "cat" also counts inside "cats". IFEval strips the keyword when
+    # it builds the instruction, so "kite " asks for "kite".
+    return _holds(len(re.findall(re.escape(keyword.strip()), response, re.IGNORECASE)), relation, frequency)
 
 
 def check_forbidden(response, forbidden_words):
@@ -104,7 +105,9 @@ def check_json(response):
 
 def check_postscript(response, postscript_marker):
     # IFEval's regexes have no "^": the marker may stand anywhere, so a "P.P.S." line also
-    # satisfies "P.S." (it holds "p.s."). Our builders start a line with the marker.
+    # satisfies "P.S." (it holds "p.s."). Our builders start a line with the marker. IFEval
+    # strips the marker first, as here.
+    postscript_marker = postscript_marker.strip()
     if postscript_marker == "P.P.S":
         pattern = r"\s*p\.\s?p\.\s?s.*$"
     elif postscript_marker == "P.S.":
