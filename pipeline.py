@@ -119,13 +119,17 @@ def main(argv=None):
     if cfg.preset not in DATA:
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
-    check_preset(out, cfg)
-    if cfg.force:   # compare.py's runs and card, and the optional SFT runs, came from the models to be replaced
-        for folder in ("compare", "sft_perfect", "sft_scratch"):
+    if cfg.force:
+        # Every stage, compare.py's runs and both cards came from the run being replaced. All
+        # go before the first stage starts: a --force run stopped early must leave no old stage
+        # marked done for the next run to skip.
+        for folder in ("data", "pretrain", "sft", "prefs", "reward", "ppo", "eval", "sft_perfect", "sft_scratch",
+                       "compare"):
             shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
-        for card in ("compare.json", "compare.md"):
+        for card in ("compare.json", "compare.md", "report.json", "report.md"):
             if os.path.exists(os.path.join(out, card)):
                 os.remove(os.path.join(out, card))
+    check_preset(out, cfg)
     data = DATA[cfg.preset]
     corpus, sft_data, prefs = (os.path.join(out, "data", d) for d in ("corpus", "sft", "prefs"))
     ckpt = {s: os.path.join(out, s, "ckpt.pt") for s in ("pretrain", "sft", "reward", "ppo")}

@@ -28,9 +28,9 @@ from minift.checkpoint import resume_training, save_training_checkpoint, should_
 from minift.config import cli_config, print_config, run
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import load_tokenizer
-from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime,
-                             compile_and_wrap, flops_per_token, host_reads, lr_at, make_optimizer, peak_bf16_flops,
-                             set_lr, setup_runtime)
+from minift.training import (MetricsLog, StopRequest, all_reduce_mean, cleanup_runtime, compile_and_wrap,
+                             flops_per_token, host_reads, lr_at, make_optimizer, peak_bf16_flops, read_step, set_lr,
+                             setup_runtime)
 
 
 @dataclass
@@ -203,6 +203,7 @@ def main(argv=None):
             bar.write(f"step 0: val loss {val_loss_init:.4f} (untrained)")
     speeds = []  # tokens/s of each log interval: the machine's speed, which sets every stage's time
     t_log, step_log = time.time(), step
+    step_loss = grad_norm = 0.0   # the last step's, read before a Ctrl-C save
     with StopRequest(rt) as stop:
         while step < cfg.max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, decay_steps)
@@ -221,11 +222,7 @@ def main(argv=None):
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             reading = host_reads(step, cfg, stop.requested)   # the loss stays on the device otherwise
             if reading:
-                step_loss, grad_norm = step_loss.item(), grad_norm.item()
-                check_finite(step_loss, step, ckpt_path)
-                # The loss is this rank's own; the gradient is every rank's (DDP averaged it in
-                # backward), so a NaN on any rank stops them all here, at the same step.
-                check_finite(grad_norm, step, ckpt_path, "gradient norm")
+                step_loss, grad_norm = read_step(step_loss, grad_norm, step, ckpt_path)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -249,6 +246,9 @@ def main(argv=None):
                     save(val_loss)
                 t_log = time.time()  # the evaluation's time is not training time
         if stop.requested and rt.master:
+            # A Ctrl-C that came after host_reads left the last step unread: read it now, so
+            # that the checkpoint never keeps the weights of a NaN step.
+            read_step(step_loss, grad_norm, step - 1, ckpt_path)
             save(val_loss)
     bar.close()
     cleanup_runtime(rt)

@@ -29,8 +29,8 @@ from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
 from minift.formats import load_eval_data, load_sft
 from minift.model import padded_length
-from minift.training import (MetricsLog, StopRequest, check_finite, cleanup_runtime, compile_and_wrap, host_reads,
-                             lr_at, make_optimizer, set_lr, setup_runtime)
+from minift.training import (MetricsLog, StopRequest, cleanup_runtime, compile_and_wrap, host_reads, lr_at,
+                             make_optimizer, read_step, set_lr, setup_runtime)
 
 
 @dataclass
@@ -187,6 +187,7 @@ def main(argv=None):
     # ---- the training loop
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="sft", disable=not rt.master, dynamic_ncols=True)
+    step_loss = grad_norm = 0.0   # the last step's, read before a Ctrl-C save
     with StopRequest(rt) as stop:
         while step < cfg.max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
@@ -202,11 +203,7 @@ def main(argv=None):
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             reading = host_reads(step, cfg, stop.requested)   # the loss stays on the device otherwise
             if reading:
-                step_loss, grad_norm = step_loss.item(), grad_norm.item()
-                check_finite(step_loss, step, ckpt_path)
-                # The loss is this rank's own; the gradient is every rank's (DDP averaged it in
-                # backward), so a NaN on any rank stops them all here, at the same step.
-                check_finite(grad_norm, step, ckpt_path, "gradient norm")
+                step_loss, grad_norm = read_step(step_loss, grad_norm, step, ckpt_path)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -226,6 +223,9 @@ def main(argv=None):
             strict = {"strict": f"{metrics['prompt_strict']:.2f}"} if "prompt_strict" in metrics else {}
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", **strict)   # the latest evaluation's
         if stop.requested and rt.master:
+            # A Ctrl-C that came after host_reads left the last step unread: read it now, so
+            # that the checkpoint never keeps the weights of a NaN step.
+            read_step(step_loss, grad_norm, step - 1, ckpt_path)
             save(metrics)
     bar.close()
     cleanup_runtime(rt)

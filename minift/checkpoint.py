@@ -168,11 +168,13 @@ def save_training_checkpoint(path, kind, step, model, optimizer, cfg, tokenizer_
 def should_resume(cfg, ckpt_path):
     """Whether a training script resumes from <out_dir>/ckpt.pt: it does when the file exists
     and --resume is on (the default). --force, or --resume=false, starts over instead: the old
-    metrics log goes, so a log never mixes two runs, and the checkpoint is replaced at the new
-    run's first save. (Under DDP every rank gets here; one removes the log, the others find it gone.)"""
+    metrics log and checkpoint go at once, so a log never mixes two runs, and a new run that
+    stops before its first save leaves nothing that a plain rerun would take for it. (Under DDP
+    every rank gets here; one removes the files, the others find them gone.)"""
     if cfg.force or not cfg.resume:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(cfg.out_dir, "metrics.jsonl"))
+        for old in (os.path.join(cfg.out_dir, "metrics.jsonl"), ckpt_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(old)
         return False
     return os.path.exists(ckpt_path)
 

@@ -72,16 +72,19 @@ def test_resume_gives_rank_0_the_saved_draws_and_other_ranks_their_own(tmp_path)
 
 
 def test_starting_over_clears_the_log_and_resuming_keeps_it(tmp_path):
-    """--force and --resume=false both start over, so the old run's log goes (a log never
-    mixes two runs); a plain run resumes and keeps it; with no log to clear, nothing fails."""
+    """--force and --resume=false both start over, so the old run's log and checkpoint go at
+    once (a log never mixes two runs, and a new run stopped before its first save leaves no old
+    checkpoint to resume); a plain run resumes and keeps both; with nothing to clear, nothing fails."""
     ckpt, log = tmp_path / "ckpt.pt", tmp_path / "metrics.jsonl"
-    ckpt.write_bytes(b"a checkpoint")
     cfg = dict(out_dir=str(tmp_path), force=False, resume=True)
+    ckpt.write_bytes(b"a checkpoint")
     log.write_text("{}\n")
-    assert should_resume(SimpleNamespace(**cfg), str(ckpt)) and log.exists()
+    assert should_resume(SimpleNamespace(**cfg), str(ckpt)) and log.exists() and ckpt.exists()
     for start_over in ({"force": True}, {"resume": False}):
+        ckpt.write_bytes(b"a checkpoint")
         log.write_text("{}\n")
-        assert not should_resume(SimpleNamespace(**cfg | start_over), str(ckpt)) and not log.exists()
+        assert not should_resume(SimpleNamespace(**cfg | start_over), str(ckpt))
+        assert not log.exists() and not ckpt.exists()
     assert not should_resume(SimpleNamespace(**cfg | {"force": True}), str(ckpt))
     assert not should_resume(SimpleNamespace(**cfg), str(tmp_path / "none.pt"))
 

@@ -26,7 +26,9 @@ def losses(out_dir):
 
 
 def test_resume_continues_exactly(corpus_dir, tmp_path):
-    common = MICRO + [f"--data_dir={corpus_dir}", "--max_steps=8", "--log_interval=1", "--eval_interval=100"]
+    # with dropout, whose masks come from torch's global generator: the checkpoint restores it too
+    common = MICRO + [f"--data_dir={corpus_dir}", "--max_steps=8", "--log_interval=1", "--eval_interval=100",
+                      "--dropout=0.2"]
     full = str(tmp_path / "full")
     whole = train_pretrain.main(common + [f"--out_dir={full}"])
     # the untrained model's loss is where the curve starts: near ln(vocab), as logits start near 0
@@ -36,6 +38,8 @@ def test_resume_continues_exactly(corpus_dir, tmp_path):
     # stop at step 4 with the same schedule (decay_steps fixes the cosine), then resume to 8
     train_pretrain.main(common + [f"--out_dir={split}", "--max_steps=4", "--decay_steps=8"])
     assert load_checkpoint(os.path.join(split, "ckpt.pt"))["step"] == 4
+    with pytest.raises(ValueError, match=r"--seed=2 \(it has 1337\)"):   # another seed is another run
+        train_pretrain.main(common + [f"--out_dir={split}", "--seed=2"])
     resumed = train_pretrain.main(common + [f"--out_dir={split}"])
     a, b = losses(full), losses(split)
     assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]  # bit-for-bit identical
@@ -158,6 +162,26 @@ def test_ctrl_c_saves_a_checkpoint(corpus_dir, tmp_path):
     assert 3 <= step < 100000 and "Traceback" not in output
     assert (f"interrupted: saved {out}/ckpt.pt at step {step} of 100000; run the same command again to resume"
             in output.splitlines())
+
+
+def test_a_ctrl_c_after_an_unread_nan_step_keeps_the_last_good_checkpoint(corpus_dir, tmp_path, monkeypatch):
+    """A Ctrl-C that comes after host_reads decided not to read a step leaves that step's loss
+    unchecked; if it was NaN, its weights must not be what the Ctrl-C save keeps."""
+    out = str(tmp_path / "o")
+    args = MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--eval_batches=1", "--log_interval=50",
+                    "--eval_interval=2", "--dtype=float32"]
+    run_main(train_pretrain, args + ["--max_steps=2"])
+    real_host_reads, real_cross_entropy = train_pretrain.host_reads, torch.nn.functional.cross_entropy
+
+    def then_ctrl_c(step, cfg, stopping):   # not read here, and then the user presses Ctrl-C
+        reading = real_host_reads(step, cfg, stopping)
+        os.kill(os.getpid(), signal.SIGINT)
+        return reading
+    monkeypatch.setattr(train_pretrain, "host_reads", then_ctrl_c)
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: real_cross_entropy(*a, **k) * math.nan)
+    with pytest.raises(NonFiniteLoss, match="at step 2"):
+        train_pretrain.main(args + ["--max_steps=100"])
+    assert load_checkpoint(os.path.join(out, "ckpt.pt"))["step"] == 2
 
 
 def test_ddp_two_cpu_processes_with_gloo(corpus_dir, tmp_path):

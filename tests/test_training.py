@@ -7,8 +7,8 @@ import torch
 
 from minift.checkpoint import resume_training, save_training_checkpoint
 from minift.model import GPT, GPTConfig
-from minift.training import (MUON_NS_STEPS, Muon, OptimizerPair, Runtime, lr_at, make_optimizer,
-                             multiplies_bf16, orthogonalize, product_dtype, set_lr)
+from minift.training import (MUON_NS_STEPS, Muon, NonFiniteLoss, OptimizerPair, Runtime, check_finite, lr_at,
+                             make_optimizer, multiplies_bf16, orthogonalize, product_dtype, set_lr)
 
 
 def test_lr_schedule():
@@ -165,3 +165,22 @@ def test_a_gpu_without_bf16_units_runs_in_fp32(monkeypatch):
             assert not isinstance(rt.autocast("float32"), torch.autocast)
     finally:
         multiplies_bf16.cache_clear()   # forget the faked answers
+
+
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_weight_decay_reaches_the_matrices_only(kind):
+    """Biases and LayerNorm gains are not decayed: pulling them toward 0 regularises nothing."""
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=True))
+    optimizer = make_optimizer(model, 1e-3, 0.1, kind=kind)
+    groups = [g for o in getattr(optimizer, "optimizers", [optimizer]) for g in o.param_groups]
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert len(decay) == len(list(model.parameters()))   # every parameter has its one group
+    assert all(decay[id(p)] == (0.1 if p.dim() >= 2 else 0.0) for p in model.parameters())
+    assert any(p.dim() < 2 for p in model.parameters())
+
+
+def test_the_nan_guard_refuses_infinities_too():
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(NonFiniteLoss, match="at step 7"):
+            check_finite(bad, 7, "out/ckpt.pt")
+    check_finite(1e30, 7, "out/ckpt.pt")
