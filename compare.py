@@ -9,7 +9,7 @@ card compares them.
 The methods, each with its judge (what tells it a good answer from a bad one):
   sft        the SFT model as it is                                                       -
   best_of_8  8 samples per prompt, the reward model's favourite (Nakano et al. 2021)      reward model
-  rejection  fine-tune on the best of 8 samples per RL prompt (bench/rejection_sampling.py)  gold
+  rejection  fine-tune on a perfect sample (of 8) per RL prompt (bench/rejection_sampling.py) gold
   dpo        train_dpo.py on the reward model's training pairs (Rafailov et al. 2023)     the pairs
   ppo        train_ppo.py against the reward model (pipeline.py's own run, for its seed)  reward model
   grpo       train_grpo.py against the reward model: PPO's judge, no critic               reward model

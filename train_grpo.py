@@ -70,7 +70,8 @@ class Config:
     missing_eos_penalty: float = 1.0 # subtracted from the score of an answer that never ends
     # GRPO
     kl_coef: float = 0.04            # beta, as DeepSeekMath's (their equation 3)
-    adv_eps: float = 1e-4            # eps under the group's std (TRL's): keeps a near-tie's advantage finite
+    adv_eps: float = 1e-4            # eps under the group's std (TRL's): scores that differ only by
+                                     # rounding (std << eps) get advantages near 0
     # DeepSeekMath takes one gradient step per rollout (mu = 1). As PPO (train_ppo.py) we take
     # one epoch of 4 minibatches; the clip keeps the later ones near the sampling policy.
     epochs: int = 1
@@ -108,7 +109,7 @@ def group_advantages(score, group_size, eps):
     groups = score.view(-1, group_size)                                            # (B/G, G)
     advantages = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + eps)
     kept = groups.amax(1) > groups.amin(1)                                         # (B/G,)
-    advantages = advantages * kept.unsqueeze(1)
+    advantages = torch.where(kept.unsqueeze(1), advantages, 0.0)   # 0, not 0/0, even with eps = 0
     return advantages.flatten(), kept.repeat_interleave(group_size)
 
 

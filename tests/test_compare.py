@@ -2,10 +2,12 @@
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import pytest
 
 import compare
+from minift.checkpoint import load_checkpoint, save_checkpoint
 from minift.formats import load_ifeval_inputs, load_ifeval_responses
 
 
@@ -64,6 +66,45 @@ def test_a_policy_is_zero_nats_from_itself(micro_pipeline):
     assert kl != 0.0
     # answers as long as PPO's at this preset: the tiny preset's longer ones hold another KL
     assert compare.kl_to_sft(ppo, sft, records, "cpu", "tiny") != kl
+
+
+def test_a_policy_far_from_sft_is_many_nats_from_it(micro_pipeline, tmp_path):
+    """SFT with its output logits tripled: sharper in every answer, so clearly positive KL."""
+    shared, _ = micro_pipeline
+    sft = os.path.join(shared, "sft", "ckpt.pt")
+    ckpt = load_checkpoint(sft)
+    head = next(k for k in ckpt["model"] if k.endswith("lm_head.weight"))
+    ckpt["model"][head] = 3 * ckpt["model"][head]
+    save_checkpoint(str(tmp_path / "far.pt"), ckpt)
+    records = load_ifeval_inputs(os.path.join(shared, "data", "sft", "test.jsonl"))[:16]
+    assert compare.kl_to_sft(str(tmp_path / "far.pt"), sft, records, "cpu", "micro") > 1.0
+
+
+def test_every_method_gets_the_seed_asked_for(micro_pipeline, tmp_path, monkeypatch):
+    """The spread over seeds is only a spread if each seed reaches the run: each trainer's
+    --seed, best-of-8's sampling seed on both splits, and main's loop over --seeds."""
+    shared, _ = micro_pipeline
+    argv = {}
+    for module in (compare.train_ppo, compare.train_grpo, compare.train_dpo, compare.rejection_sampling):
+        monkeypatch.setattr(module, "main", lambda args, module=module: argv.setdefault(module.__name__, []).append(args))
+    for method in ("rejection", "dpo", "ppo", "grpo", "ppo_gold", "grpo_gold"):
+        argv.clear()
+        compare.train(method, 7, str(tmp_path / method), shared, [])
+        (args,) = [a for calls in argv.values() for a in calls]
+        assert "--seed=7" in args, method
+    seeds = []
+    monkeypatch.setattr(compare.evaluate, "evaluate",
+                        lambda *a, seed=None, **k: seeds.append(seed) or {"best_of_k_prompt_strict": 0.5})
+    compare.one_run("best_of_8", 7, shared, SimpleNamespace(preset="micro", kl_examples=8, device="cpu"), "cpu")
+    assert seeds == [7, 7]
+    out = tmp_path / "micro"   # the pipeline's run, with a compare folder of this test's own
+    out.mkdir()
+    for stage in ("sft", "reward", "data", "ppo", "pipeline.json"):
+        os.symlink(os.path.join(shared, stage), out / stage)
+    runs = []
+    monkeypatch.setattr(compare, "one_run", lambda method, seed, *a: runs.append((method, seed)) or {"test": 0.5})
+    compare.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--methods=sft,dpo", "--seeds=1337,2"])
+    assert runs == [("sft", 1337), ("dpo", 1337), ("dpo", 2)]
 
 
 def test_an_unknown_method_is_named():

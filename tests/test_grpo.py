@@ -28,15 +28,39 @@ def test_group_advantage_is_the_score_standardised_within_its_group():
     assert torch.allclose(group_advantages(score + 0.1, 4, eps=0.0)[0], adv, atol=1e-5)
 
 
+def test_each_group_is_standardised_by_its_own_mean():
+    adv, _ = group_advantages(torch.tensor([0.0, 1.0, 10.0, 11.0]), 2, eps=0.0)
+    assert torch.allclose(adv, torch.tensor([-1.0, 1.0, -1.0, 1.0]) / 2 ** 0.5, atol=1e-5)
+
+
 def test_an_all_equal_group_has_zero_advantage_and_is_dropped():
-    # 0.1 * 3 is not exactly 0.3 in floating point: the mean of three 0.1s can miss 0.1 by
-    # rounding, and std == 0 would then keep a group with no signal
     score = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.3, 0.7], dtype=torch.float64)
-    adv, kept = group_advantages(score, 3, eps=1e-4)
-    assert kept.tolist() == [False, False, False, True, True, True]
-    assert adv[:3].tolist() == [0.0, 0.0, 0.0]
-    assert adv[3] > 0 > adv[4]
+    for eps in (1e-4, 0.0):   # with eps 0 an exact tie would be 0/0
+        adv, kept = group_advantages(score, 3, eps=eps)
+        assert kept.tolist() == [False, False, False, True, True, True]
+        assert adv[:3].tolist() == [0.0, 0.0, 0.0] and adv[3] > 0 > adv[4]
     assert 1 - kept.float().mean().item() == 0.5   # the logged fraction of dropped groups
+    # eight float32 0.1s: rounding puts their std at about 8e-9, not 0, so equality is tested
+    # as max == min; a std > 0 test would keep a group with no signal
+    ties = torch.full((8,), 0.1)
+    assert ties.view(1, 8).std(1).item() > 0
+    adv, kept = group_advantages(ties, 8, eps=1e-4)
+    assert not kept.any() and (adv == 0).all()
+
+
+@pytest.mark.parametrize("advantage, ratio, objective, moves", [
+    (1.0, 1.5, 1.2, False),     # a gain already past 1 + eps: clipped, no gradient
+    (-1.0, 1.5, -1.5, True),    # a loss past it: the unclipped, worse term, which still pushes back
+    (1.0, 0.5, 0.5, True),      # a gain below 1 - eps: unclipped
+    (-1.0, 0.5, -0.8, False),   # a loss below it: clipped
+])
+def test_the_clip_takes_the_pessimistic_side(advantage, ratio, objective, moves):
+    new = torch.full((1, 2), math.log(ratio), requires_grad=True)
+    cfg = SimpleNamespace(clip_range=0.2, kl_coef=0.0)
+    loss, stats = grpo_loss(new, torch.zeros(1, 2), new.detach(), torch.tensor([advantage]), torch.ones(1, 2), cfg)
+    assert loss.item() == pytest.approx(-objective, rel=1e-5) and stats["clipfrac"] == 1.0
+    loss.backward()
+    assert bool(new.grad.abs().sum() > 0) == moves
 
 
 def test_k3_kl_is_zero_when_the_models_agree_and_positive_otherwise():
@@ -124,3 +148,24 @@ def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipel
         train_grpo.main(["--help"])
     printed = capsys.readouterr().out
     assert stop.value.code == 0 and "--group_size" in printed and "--kl_coef" in printed
+
+
+def test_only_the_kept_groups_are_trained_on_and_no_kl_before_the_first_update(micro_pipeline, tmp_path,
+                                                                              monkeypatch):
+    """micro: 8 answers in groups of 4, scored so that the first group ties and the second does
+    not. Only the second reaches the update; the reference, scored at the policy's temperature,
+    agrees with the policy until it moves."""
+    shared, _ = micro_pipeline
+    scores = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.0, 1.0, 0.0, 1.0])
+    monkeypatch.setattr(train_grpo, "score_answers", lambda *a: (scores.clone(), None, scores.clone()))
+    rows, real_optimise = [], train_grpo.optimise
+
+    def optimise(policy, optimizer, experience, *args):
+        rows.append(experience[0].size(0))
+        return real_optimise(policy, optimizer, experience, *args)
+    monkeypatch.setattr(train_grpo, "optimise", optimise)
+    out = tmp_path / "grpo"
+    run_grpo(shared, out, iterations=2, reward="gold", missing_eos_penalty=0.0)
+    assert rows == [4, 4]
+    metrics = read_metrics(out)
+    assert metrics[1]["dropped_groups"] == 0.5 and metrics[1]["kl"] == pytest.approx(0.0, abs=1e-6)
