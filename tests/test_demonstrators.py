@@ -6,7 +6,9 @@ from random import Random
 import pytest
 
 from data.make_sft import demo_pass_rate
-from minift.synthetic.demonstrators import COMMON_HABITS, HABITS, Habit, demonstrate, slipped_kwargs
+from minift.synthetic import demonstrators, splits
+from minift.synthetic.builders import Unsatisfiable
+from minift.synthetic.demonstrators import COMMON_HABITS, HABITS, Habit, demonstrate, slip_table, slipped_kwargs
 from minift.synthetic.instructions import REGISTRY
 from minift.synthetic.splits import make_splits, sample
 
@@ -83,3 +85,33 @@ def test_slips_change_answers_not_prompts():
     assert per_type["detectable_content:postscript"]["strict"] < 0.5  # a common habit shows
     assert sum(bool(r["slips"]) for r in slipped["train"]) / len(slipped["train"]) == pytest.approx(1 - rate_slipped,
                                                                                                    abs=0.02)
+
+
+def test_the_prompts_are_those_drawn_with_no_demonstrator_at_all(monkeypatch):
+    """Slips draw from their own random stream, so the prompts are not just the same at every
+    scale: they are what the sampler draws when no demonstrator runs (one that never slips and
+    draws nothing)."""
+    sizes = {"train": 200, "test": 50, "heldout": 50, "rl_prompts": 50}
+    with_demonstrators = make_splits(3, sizes)
+    monkeypatch.setattr(splits, "demonstrate", lambda s, rng, scale=1.0: (s.response, []))
+    without = make_splits(3, sizes)
+    for split in sizes:
+        assert [r["prompt"] for r in with_demonstrators[split]] == [r["prompt"] for r in without[split]], split
+
+
+def test_scaled_rates_stop_at_one():
+    rates = [float(line.split()[1]) for line in slip_table(3.0).splitlines()[1:]]
+    assert len(rates) == len(HABITS) and max(rates) == 1.0 and min(rates) > 0
+    assert all(float(line.split()[1]) == 0 for line in slip_table(0.0).splitlines()[1:])
+
+
+def test_a_slip_that_cannot_be_built_is_not_reported(monkeypatch):
+    """With no slipped answer to build, the demonstrator gets it right: the reference answer,
+    no slip reported. Every slip the generated data draws can be built, so only this forced
+    case reaches that branch."""
+    def cannot(*args, **kwargs):
+        raise Unsatisfiable("forced")
+    rng = Random(5)
+    prompts = [s for s in (sample(rng, "train") for _ in range(20)) if s.items][:5]
+    monkeypatch.setattr(demonstrators, "build_response", cannot)
+    assert prompts and all(demonstrate(s, Random(0), 10.0) == (s.response, []) for s in prompts)

@@ -68,6 +68,10 @@ def test_pair_construction_drops_ties_and_keeps_groups():
     assert all(p["prompt"] == f"p{p['group']}" and p["chosen"].startswith(f"r{p['group']}") for p in pairs)
     held = val_groups(100, 0.1, seed=0)
     assert len(held) == 10 and held == val_groups(100, 0.1, seed=0)
+    # two samples of one answer tie: never a pair whose two sides are the same text
+    same = [{**samples[0], "response": r, "gold": g} for r, g in (("same", 0.5), ("same", 0.5), ("other", 0.2))]
+    pairs, ties = make_pairs(same)
+    assert ties == 1 and len(pairs) == 2 and all(p["chosen"] != p["rejected"] for p in pairs)
 
 
 @pytest.fixture(scope="module")
