@@ -106,8 +106,10 @@ def train_bpe(text: str, vocab_size: int, max_chars: int | None = None, verbose:
             continue  # stale entry: the count changed after it was pushed
         a, b = pair
         merged = vocab[a] + vocab[b]
-        # Two different merges can spell the same bytes ("a"+"bc" vs "ab"+"c"). tiktoken needs
-        # unique bytes, so reuse the existing id instead of adding a duplicate token.
+        # tiktoken needs unique bytes, hence the lookup; it never finds one, though. Merging left
+        # to right everywhere, bytes that end up one token were merged just as if they stood
+        # alone, so the same bytes always come from the same pair. That is also why tiktoken,
+        # merging the lowest rank first, gives exactly these merges (tested).
         new_id = ranks.get(merged)
         if new_id is None:
             new_id = len(vocab)
@@ -156,11 +158,24 @@ def save_ranks(path: str, ranks: dict[bytes, int]) -> None:
 
 def _bytes_to_ranks(data: bytes) -> dict[bytes, int]:
     ranks = {}
-    for line in data.splitlines():
+    for n, line in enumerate(data.splitlines(), 1):
         if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+            except ValueError:  # binascii.Error is one too
+                raise ValueError(f"line {n} is not \"<base64 token> <rank>\": {line[:40]!r}") from None
     return ranks
+
+
+def _check_ranks(ranks: dict[bytes, int]) -> None:
+    """What tiktoken needs but does not check itself: ids 0..n-1, and every single byte a token
+    (without one, encoding a text that holds that byte panics in tiktoken's Rust code)."""
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise ValueError(f"its {len(ranks)} ranks are not the ids 0..{len(ranks) - 1}")
+    missing = [i for i in range(256) if bytes([i]) not in ranks]
+    if missing:
+        raise ValueError(f"{len(missing)} of the 256 single bytes are not tokens (the first: {bytes([missing[0]])!r})")
 
 
 def load_ranks(path: str) -> dict[bytes, int]:
@@ -191,7 +206,7 @@ class Tokenizer:
     @classmethod
     def from_ranks(cls, ranks: dict[bytes, int], name: str | None = None) -> "Tokenizer":
         """Our own BPE: specials get ids len(ranks) + 0..4."""
-        assert sorted(ranks.values()) == list(range(len(ranks))), "ranks must be 0..n-1"
+        _check_ranks(ranks)
         name = name or f"minift-bpe-{len(ranks)}"
         specials = {s: len(ranks) + i for i, s in enumerate(SPECIAL_TOKENS)}
         enc = tiktoken.Encoding(name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
@@ -362,7 +377,11 @@ def load_tokenizer(spec: str) -> Tokenizer:
         return _load_gpt2()
     if not os.path.isfile(spec):
         raise FileNotFoundError(f"tokenizer file {spec!r} not found (data/prepare.py writes one), or use 'gpt2'")
-    return Tokenizer.from_ranks(load_ranks(spec))
+    try:
+        return Tokenizer.from_ranks(load_ranks(spec))
+    except ValueError as e:  # a truncated copy, or another kind of file
+        raise ValueError(f"tokenizer file {spec!r} is not a whole .tiktoken rank file: {e}. Re-run data/prepare.py "
+                         "(or python -m minift.tokenizer --input corpus.txt --out tok.tiktoken) to write one") from None
 
 
 # --------------------------------------------------------------------------------------------------

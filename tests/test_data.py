@@ -12,7 +12,7 @@ import pytest
 
 from data.prepare import distinct_ngram_ratio, generated_documents, instruction_prompts, prepare
 from minift.synthetic import world
-from minift.tokenizer import load_tokenizer
+from minift.tokenizer import load_ranks, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -224,6 +224,27 @@ def test_prepare_cuts_long_documents(tmp_path):
     docs = read_split(str(tmp_path / "out"), "train")
     docs.insert(1, read_split(str(tmp_path / "out"), "val")[0])
     assert "\n".join(docs) == "\n".join(lines)
+
+
+def test_bpe_learns_from_the_first_bpe_mb_of_training_documents_only(tmp_path):
+    """The tokenizer must see neither the val documents (doc 1) nor text past --bpe_mb (doc 3),
+    which still go into the corpus."""
+    docs = [("the cat sat on the mat. " * 10).strip(), ("qwv " * 100).strip(),
+            ("the dog ran to the log. " * 10).strip(), ("jkx " * 100).strip()]
+    (tmp_path / "t.txt").write_text("\n\n".join(docs))
+    out = str(tmp_path / "out")
+    prepare(out, input=str(tmp_path / "t.txt"), vocab_size=300, bpe_mb=300e-6, verbose=False)  # docs 0 and 2
+    learned = [t for t in load_ranks(os.path.join(out, "tokenizer.tiktoken")) if len(t) > 1]
+    assert b" the" in learned and not any(set(t) & set(b"qwvjkx") for t in learned)
+    check_roundtrip(out, docs)
+
+
+def test_instruction_prompts_train_the_bpe_but_stay_out_of_the_corpus(tmp_path):
+    metas = [prepare(str(tmp_path / str(mb)), size_mb=0.02, seed=0, vocab_size=300, prompts_mb=mb, verbose=False)
+             for mb in (0, 0.02)]
+    assert metas[0]["tokenizer_sha256"] != metas[1]["tokenizer_sha256"]
+    for mb in (0, 0.02):
+        check_roundtrip(str(tmp_path / str(mb)), list(generated_documents(0, 20_000)))
 
 
 def test_gpt2_tokenizer(tmp_path):

@@ -1,5 +1,6 @@
 """Tests for minift/tokenizer.py: BPE training, tiktoken file format, specials, chat template, streaming."""
 
+import base64
 import random
 import time
 from collections import Counter
@@ -31,8 +32,9 @@ def byte_tok():
     return Tokenizer.from_ranks({bytes([i]): i for i in range(256)})
 
 
-def naive_bpe(text, vocab_size):
-    """Reference: recount every pair after every merge (slow but obviously right)."""
+def naive_bpe(text, vocab_size, merges=None):
+    """Reference: recount every pair after every merge (slow but obviously right). Appends
+    ((left id, right id), new id) to `merges`, if given, in the order they were learned."""
     words = Counter(tuple(w.encode()) for w in pre_split(text))
     vocab = [bytes([i]) for i in range(256)]
     ranks = {b: i for i, b in enumerate(vocab)}
@@ -48,6 +50,8 @@ def naive_bpe(text, vocab_size):
         if merged not in ranks:
             ranks[merged] = len(vocab)
             vocab.append(merged)
+        if merges is not None:
+            merges.append((best, ranks[merged]))
         new_words = Counter()
         for w, f in words.items():
             out, j = [], 0
@@ -61,6 +65,22 @@ def naive_bpe(text, vocab_size):
             new_words[tuple(out)] += f
         words = new_words
     return ranks
+
+
+def apply_merges(piece, merges):
+    """Encode one pre-split piece the textbook way: each learned merge in turn, left to right."""
+    ids = list(piece.encode())
+    for pair, new_id in merges:
+        out, j = [], 0
+        while j < len(ids):
+            if tuple(ids[j:j + 2]) == pair:
+                out.append(new_id)
+                j += 2
+            else:
+                out.append(ids[j])
+                j += 1
+        ids = out
+    return ids
 
 
 # --- BPE training -----------------------------------------------------------------------------
@@ -79,10 +99,26 @@ def test_bpe_deterministic_and_matches_naive_reference():
     a, b = train_bpe(TEXT, 350), train_bpe(TEXT, 350)
     assert list(a.items()) == list(b.items())  # same tokens in the same order
     assert a == naive_bpe(TEXT, 350)  # incremental pair updates == full recount
+    # Overlapping pairs: "aaa" holds (a, a) twice but only one merge fits, the left one: [aa, a].
+    assert set(train_bpe("aaa", 258)) - {bytes([i]) for i in range(256)} == {b"aa", b"aaa"}
+    runs = "aaa aaaa aaab bbbbb abab ababab zzzzzzz " * 3
+    assert train_bpe(runs, 300) == naive_bpe(runs, 300)
 
 
 def test_bpe_stops_when_text_runs_out_of_pairs():
     assert len(train_bpe("ab ab ab", 1000)) == 256 + 2  # "ab", " ab"; nothing left to merge
+
+
+def test_tiktoken_encodes_like_the_merges_in_order():
+    """tiktoken only sees ranks, merging the lowest-ranked adjacent pair first; that must give the
+    tokens of applying the learned merges one by one, on the training text and on unseen text."""
+    merges = []
+    ranks = naive_bpe(TEXT, 400, merges)
+    assert ranks == train_bpe(TEXT, 400)
+    tok = Tokenizer.from_ranks(ranks)
+    unseen = "The dog saw a little ball. Hello, cat! It didn't say: \"once\"; they're shy. aaaa tttt eee"
+    for piece in pre_split(ENGLISH + unseen):
+        assert tok.encode(piece) == apply_merges(piece, merges), piece
 
 
 def test_max_chars():
@@ -131,6 +167,47 @@ def test_specials_ids(tok):
     n = tok.n_vocab - 5
     assert (tok.eot, tok.user, tok.assistant, tok.end, tok.pad) == (n, n + 1, n + 2, n + 3, n + 4)
     assert tok.decode([tok.eot, tok.user, tok.end]) == "<|endoftext|><|user|><|end|>"
+
+
+def test_load_reads_a_retrained_file_again(tmp_path, monkeypatch):
+    """tiktoken's own loader caches files by path, so it returns the old ranks for a file
+    retrained at the same path; load_ranks reads the file every time."""
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
+    path = str(tmp_path / "tok.tiktoken")
+    for vocab_size in (300, 310):
+        save_ranks(path, train_bpe(TEXT, vocab_size))
+        assert load_tokenizer(path).n_vocab == vocab_size + 5
+
+
+@pytest.mark.parametrize("lines, needle", [
+    ([b"# minift", b"A README, not ranks"], "line 1"),
+    ([], "256 single bytes"),
+    ([base64.b64encode(bytes([i])) + b" %d" % i for i in range(200)], "56 of the 256 single bytes"),  # cut short
+    ([base64.b64encode(bytes([i])) + b" %d" % (i + (i >= 100)) for i in range(256)], "not the ids 0..255"),
+])
+def test_broken_tokenizer_file_is_refused_naming_it(tmp_path, lines, needle):
+    """A truncated or foreign file must fail when loaded, naming the file and what writes one,
+    not load and later panic inside tiktoken on the first byte it lacks."""
+    path = tmp_path / "tok.tiktoken"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ValueError, match=needle) as e:
+        load_tokenizer(str(path))
+    assert str(path) in str(e.value) and "data/prepare.py" in str(e.value)
+
+
+def test_identity_covers_specials_and_split_pattern(tok):
+    """Same ranks, but other special-token ids or another split give other ids for some text:
+    a checkpoint must not accept such a tokenizer, so the hash must change."""
+    ranks, specials = tok.enc._mergeable_ranks, dict(tok.enc._special_tokens)
+
+    def identity(pat_str, special_tokens):
+        enc = tiktoken.Encoding("t", pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special_tokens)
+        return Tokenizer(enc, tok.name).identity["sha256"]
+
+    assert identity(SPLIT_PATTERN, specials) == tok.identity["sha256"]
+    swapped = {**specials, "<|user|>": specials["<|assistant|>"], "<|assistant|>": specials["<|user|>"]}
+    assert identity(SPLIT_PATTERN, swapped) != tok.identity["sha256"]
+    assert identity(r"\S+|\s+", specials) != tok.identity["sha256"]
 
 
 def test_save_load_round_trip(tok, tmp_path, monkeypatch):
@@ -204,9 +281,11 @@ def test_stream_decoder(tok, byte_tok):
 
 def test_gpt2_without_cache_fails_fast_and_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty: nothing cached
+    monkeypatch.setenv("DATA_GYM_CACHE_DIR", str(tmp_path / "other"))  # tiktoken reads this one second
     t0 = time.time()
-    with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR"):
+    with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR") as e:
         load_tokenizer("gpt2")
+    assert f"({tmp_path};" in str(e.value)  # the folder tiktoken itself would look in
     assert time.time() - t0 < 2  # no network attempt
 
 
