@@ -69,6 +69,26 @@ def read_prompt(cfg):
     return sys.stdin.read().strip()
 
 
+def check_options(cfg, kind):
+    """Refuse an option that this checkpoint or mode would silently ignore."""
+    if kind == "reward":
+        if cfg.chat:
+            raise SystemExit(f"error: {cfg.ckpt} is a reward model, which scores an answer and cannot --chat; "
+                             f'score one with --prompt="..." --response="...", or chat with a language model, '
+                             f"e.g. --ckpt=out/tiny/sft/ckpt.pt")
+        return
+    if cfg.response:
+        raise SystemExit(f"error: --response is read only with a reward model, and {cfg.ckpt} is a {kind} "
+                         f"checkpoint, which writes its own answer; leave --response out, or pass a reward "
+                         f"checkpoint, e.g. --ckpt=out/tiny/reward/ckpt.pt")
+    if cfg.chat:
+        for option, why in ((cfg.prompt and "--prompt", "you type each message at the you> prompt"),
+                            (cfg.raw and "--raw", "a chat goes through the chat template, which --raw turns off"),
+                            (cfg.num_samples > 1 and f"--num_samples={cfg.num_samples}", "a chat has one reply a turn")):
+            if option:
+                raise SystemExit(f"error: {option} does not go with --chat ({why}); drop one of them")
+
+
 def chat(model, tokenizer, cfg, generator):
     """A REPL: the whole conversation is re-rendered with the chat template each turn."""
     room = model.config.block_size - cfg.max_new_tokens   # the prompt's share: the reply gets max_new_tokens
@@ -89,9 +109,12 @@ def chat(model, tokenizer, cfg, generator):
             messages = []
             continue
         messages.append({"role": "user", "content": user})
-        if len(tokenizer.render_prompt(messages)) > room:
-            messages = messages[-1:]   # too long: forget the earlier turns, keep the newest message
-        prompt = render_prompts(tokenizer, [messages], room)[0]   # and only its end, if it alone is too long
+        # Too long: forget the oldest exchange (a message and its reply) until the rest fits, so
+        # the conversation still starts with the user's turn; the newest message always stays,
+        # and only its end if it alone is too long.
+        while len(messages) > 1 and len(tokenizer.render_prompt(messages)) > room:
+            messages = messages[2:]
+        prompt = render_prompts(tokenizer, [messages], room)[0]
         print("bot> ", end="", flush=True)
         reply = stream(model, tokenizer, prompt, cfg, generator)
         messages.append({"role": "assistant", "content": reply})
@@ -100,6 +123,7 @@ def chat(model, tokenizer, cfg, generator):
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     ckpt = load_checkpoint(cfg.ckpt, hint="Train one first, e.g. python pipeline.py")
+    check_options(cfg, ckpt["kind"])
     tokenizer = tokenizer_for(ckpt, cfg.ckpt)
     device = pick_device(cfg.device)
 
@@ -139,12 +163,12 @@ def main(argv=None):
                          f"is {model.config.block_size}: shorten it")
     if room < cfg.max_new_tokens:
         print(f"note: {room} tokens of context left after the prompt; the sample stops there", file=sys.stderr)
-    if not is_chat_model:
-        print(prompt, end="")
     samples = []
     for i in range(cfg.num_samples):
         if cfg.num_samples > 1:
             print(f"--- sample {i + 1}")
+        if not is_chat_model:   # each sample continues the prompt: print it before each one
+            print(prompt, end="")
         samples.append(stream(model, tokenizer, prompt_ids, cfg, generator))
     return samples
 

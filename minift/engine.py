@@ -94,8 +94,9 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=0, to
     every row of the whole batch, whether it has left or not.
     use_cache=False recomputes the full sequence each step: slow, but the reference
     that the KV cache is tested against.
-    A row ends at the model's context (block_size) at the latest, so a prompt of block_size
-    tokens gets nothing: callers keep room for the answer (evaluation.render_prompts)."""
+    Generation ends when the longest prompt's row reaches the model's context (block_size), and
+    every row with it: a prompt of block_size tokens gets nothing, nor does a short prompt
+    batched beside it. Callers keep room for the answer (evaluation.render_prompts)."""
     device = model.wte.weight.device
     idx, mask = pad_left(prompts, pad_token, device)  # (B, P)
     B, P = idx.shape

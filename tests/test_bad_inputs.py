@@ -463,6 +463,19 @@ def test_sample_without_a_prompt_on_a_terminal(kit, monkeypatch, name):
     fails(sample.main, [f"--ckpt={kit[name]}", "--max_new_tokens=2"], "--prompt", "echo")
 
 
+@pytest.mark.parametrize("name, args, needles", [
+    ("reward", ["--chat"], ["{ckpt} is a reward model", "--chat", "--response="]),
+    ("sft", ["--prompt=hi", "--response=ok"], ["--response", "{ckpt} is a sft checkpoint", "reward"]),
+    ("sft", ["--chat", "--prompt=hi"], ["--prompt", "--chat"]),
+    ("sft", ["--chat", "--raw"], ["--raw", "--chat"]),
+    ("pretrain", ["--chat", "--num_samples=3"], ["--num_samples=3", "--chat"]),
+])
+def test_sample_refuses_an_option_it_would_ignore(kit, monkeypatch, name, args, needles):
+    """Each was dropped without a word (a reward model given --chat read a prompt from stdin)."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
+    fails(sample.main, [f"--ckpt={kit[name]}"] + args, *(n.format(ckpt=kit[name]) for n in needles))
+
+
 def test_sample_chat_keeps_room_for_the_reply(kit, monkeypatch):
     """Each turn's prompt leaves max_new_tokens of the context for the reply: an over-long chat
     forgets its earlier turns, then the start of the newest message. With no room, an error

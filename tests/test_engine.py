@@ -146,3 +146,36 @@ def test_without_a_stop_every_row_gets_max_new_tokens_or_the_rest_of_the_context
     model = wandering_model()
     assert [len(a) for a in generate(model, [[1, 2, 3], [4]], 7, temperature=0)] == [7, 7]
     assert len(generate(model, [[1] * (CFG.block_size - 3)], 10, temperature=0)[0]) == 3
+    # the longest prompt sets the end for every row of its batch
+    assert [len(a) for a in generate(model, [[1] * (CFG.block_size - 3), [1]], 10, temperature=0)] == [3, 3]
+
+
+def test_the_stream_ends_when_the_last_row_stops_and_rows_that_left_emit_the_first_stop(monkeypatch):
+    """With rows leaving the batch: a row that ends at either stop token yields the first one at
+    every later step, and the stream ends at the step where the last row stops (sample.py and
+    generate() cut at any stop themselves, so only the stream shows these)."""
+    model = wandering_model()
+    prompts = [[3, 4, 5], [6], [7, 8, 9, 10, 11], [12, 13]]
+    kw = dict(temperature=1.0, top_k=20, top_p=0.9)
+    free = generate(model, prompts, 30, generator=torch.Generator().manual_seed(1), **kw)
+    stops = (free[0][-3], free[3][1])
+    ends = [min(a.index(t) for t in stops if t in a) for a in free]
+    left = []
+    keep = minift.engine.KVCache.keep
+    monkeypatch.setattr(minift.engine.KVCache, "keep", lambda self, rows: (left.append(int((~rows).sum())),
+                                                                           keep(self, rows)))
+    steps = torch.stack(list(minift.engine.generate_stream(model, prompts, 30, stop_tokens=stops,
+                                                             generator=torch.Generator().manual_seed(1), **kw)), 1)
+    # row 3 ends at the second stop while others go on; rows left the batch; the last ends early
+    assert free[3][ends[3]] == stops[1] and ends[3] < max(ends) < 29 and sum(left) >= 1
+    assert steps.size(1) == max(ends) + 1
+    for answer, row, end in zip(free, steps.tolist(), ends):
+        assert row == answer[:end + 1] + [stops[0]] * (len(row) - end - 1)
+
+
+def test_sample_next_never_draws_a_token_of_probability_zero():
+    """The first token whose cumulative probability exceeds u: at u = 0 not a token of
+    probability 0 before it, and at u on a boundary the token after the boundary."""
+    logits = torch.tensor([[float("-inf"), 0.0, 0.0, float("-inf")]])
+    assert sample_next(logits, 1.0, uniform=torch.zeros(1, 1)).item() == 1
+    assert sample_next(logits, 1.0, uniform=torch.full((1, 1), 0.5)).item() == 2
