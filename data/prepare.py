@@ -11,11 +11,12 @@ Writes into --out_dir (default data/generated/corpus):
     tokenizer.tiktoken   the BPE we trained (not written with --tokenizer gpt2)
     meta.json            sizes, token counts, tokenizer spec and hash, timings, distinct-3-gram ratio
 
-Documents. The default corpus is minift/synthetic/world.py's stories. A user text file is split into
-documents on `<|endoftext|>` markers if its first MB has one (TinyStories uses them), otherwise
-on blank lines (paragraphs; a Shakespeare speech). A document longer than 64 KB is cut at the
-next line end, so even a file without blank lines gives many documents. Every 20th document
-(the 2nd, 22nd, ...) goes to val.bin: ~5%, deterministic, and spread over the whole text.
+Documents. The default corpus is minift/synthetic/world.py's stories. A user text file (UTF-8; a
+byte-order mark is dropped) is split into documents on `<|endoftext|>` markers if its first MB
+has one (TinyStories uses them), otherwise on blank lines (paragraphs; a Shakespeare speech). A
+document longer than 64 KB is cut at the next line end, so even a file without blank lines gives
+many documents. Every 20th document (the 2nd, 22nd, ...) goes to val.bin: ~5%, deterministic, and
+spread over the whole text.
 
 Streaming. Documents are produced, tokenized and appended to the .bin files in chunks of ~1 MB,
 so a corpus of hundreds of millions of tokens never sits in memory as Python ints. Only the
@@ -28,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 import os
 import random
 import re
-import shutil
 import sys
 import time
 from collections import deque
@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from minift.synthetic import splits, world  # noqa: E402
 from minift.config import HelpWithDefaults, run  # noqa: E402
-from minift.formats import write_json  # noqa: E402
+from minift.formats import write_atomically, write_json  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
 EOT_MARKER = "<|endoftext|>"
@@ -133,23 +133,37 @@ def input_files(path: str) -> list[Path]:
 
 def file_documents(path: Path):
     """Split one text file into documents, streaming it line by line (see the module docstring).
-    Text that is not UTF-8 (Latin-1, say) or looks binary is refused, naming the file: decoded
-    with replacement characters it would train a tokenizer and a model on garbage."""
+    Text that is not UTF-8 (Latin-1, say) or looks binary is refused, naming the file and line:
+    decoded with replacement characters it would train a tokenizer and a model on garbage."""
     with open(path, "rb") as f:
         if b"\x00" in f.read(1_000_000):
             raise ValueError(f"{path} looks binary (it holds NUL bytes); --input takes UTF-8 text files")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not text
             by_marker = EOT_MARKER in f.read(1_000_000)
         yield from _split_documents(path, by_marker)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} in its text); convert it, "
+    except UnicodeDecodeError:
+        line, byte = _first_non_utf8(path)
+        raise ValueError(f"{path} line {line} is not UTF-8 text (byte 0x{byte:02x}); convert it, "
                          f"e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _first_non_utf8(path):
+    """(line number, byte) of the first byte that is not UTF-8. The decoder's own offset counts
+    from the block it was reading; lines can be checked one by one instead, as no multi-byte
+    character holds a "\n" byte."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return n, line[e.start]
+    return 0, 0  # not reached: the file failed to decode
 
 
 def _split_documents(path, by_marker):
     doc, size = [], 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line in f:
             for k, piece in enumerate(line.split(EOT_MARKER) if by_marker else [line]):
                 if k > 0:  # a marker ends the document
@@ -242,6 +256,7 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     # 1) Tokenizer. To train one we need a sample first: read documents until we have bpe_mb MB
     # of training text, keep them, and tokenize them later like the rest of the stream.
     head: list[str] = []
+    staged = None  # the tokenizer file this run wrote beside its final name (not an older run's)
     t_tok = time.perf_counter()
     if tokenizer is None:
         sample, size = [], 0
@@ -259,17 +274,23 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
             sample += instruction_prompts(seed, int(prompts_mb * 1e6))
         ranks = train_bpe("\n".join(sample or head), vocab_size)
         tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
-        save_ranks(tok_spec + ".new", ranks)
-        tok = load_tokenizer(tok_spec + ".new")
+        staged = tok_spec + ".new"
+        save_ranks(staged, ranks)
+        tok = load_tokenizer(staged)
     elif tokenizer == "gpt2":
         tok, tok_spec = load_tokenizer("gpt2"), "gpt2"  # offline this raises a clear error
     else:
         tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
         tok = load_tokenizer(tokenizer)
+        if tok.n_vocab > 65536:  # a check, not an assert: python -O would write wrapped ids
+            raise ValueError(f"--tokenizer {tokenizer} has {tok.n_vocab} tokens, and the token files hold uint16 "
+                             "ids (at most 65536); use a smaller tokenizer, or train one (leave out --tokenizer)")
         if os.path.abspath(tokenizer) != os.path.abspath(tok_spec):  # keep a copy beside the data
-            shutil.copyfile(tokenizer, tok_spec + ".new")
+            staged = tok_spec + ".new"
+            with open(tokenizer, "rb") as f:
+                ranks_file = f.read()
+            write_atomically(staged, lambda out: out.write(ranks_file))
     tokenizer_seconds = time.perf_counter() - t_tok
-    assert tok.n_vocab <= 65536, f"{tok.n_vocab} tokens do not fit in uint16"
     log(f"tokenizer: {tok.name}, {tok.n_vocab} tokens (incl. specials), {tokenizer_seconds:.2f}s")
 
     # 2) Tokenize everything in chunks and append to the .bin files. Each document becomes
@@ -282,6 +303,7 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     # tiktoken's encode_ordinary_batch, with a pool we shut down ourselves: on Ctrl-C its own
     # pool waited for every queued document (a hang on a big chunk); ours drops them.
     pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1))
+    finished = False
     try:
         for chunk in _chunks(chain(head, docs), CHUNK_BYTES):
             t0 = time.perf_counter()
@@ -304,10 +326,18 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
             if done >= next_report:  # a sign of life on big corpora
                 log(f"  ... {n_docs:,} documents, {done / 1e6:.0f} MB tokenized")
                 next_report += 50e6
+        for f in files.values():  # on disk before the renames below, as write_atomically does
+            f.flush()
+            os.fsync(f.fileno())
+        finished = n_docs > 0
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         for f in files.values():
             f.close()
+        if not finished:  # half-made files are of no use: leave the previous corpus, and nothing else
+            for leftover in [p + ".tmp" for p in paths.values()] + ([staged] if staged else []):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
     if n_docs == 0:
         raise ValueError(f"no text found in {input!r}")
     # Only complete files get the real names, the tokenizer with them: one interrupted before
@@ -320,8 +350,8 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         os.remove(meta_path)
     for split, p in paths.items():
         os.replace(p + ".tmp", p)
-    if os.path.exists(tok_spec + ".new"):
-        os.replace(tok_spec + ".new", tok_spec)
+    if staged:
+        os.replace(staged, tok_spec)
 
     # 3) Stats and meta.json
     ratio = distinct_ngram_ratio("\n".join(ngram_sample))

@@ -11,9 +11,10 @@ should cost one read of the message, not an afternoon of debugging.
 
 File detection: a ".json" file (any case) whose content starts with "[" is one JSON array of
 records (the Alpaca release); anything else is JSONL (one JSON object per line, blank lines
-skipped).
+skipped), and a JSONL file that starts with "[" is refused with a hint to rename it.
 """
 import json
+import math
 import os
 import re
 
@@ -63,13 +64,24 @@ def _parse_jsonl(path, text):
 
 
 def read_text(path):
-    """A data file's text; one that is not UTF-8 (Latin-1, a binary file) is refused by name."""
+    """A data file's text; one that is not UTF-8 (Latin-1, a binary file) is refused by name and line."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a UTF-8 byte-order mark
             text = f.read()
-    except UnicodeDecodeError as e:
-        raise DataFormatError(f"{os.fspath(path)}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
-                              f"{e.start}); expected a UTF-8 JSON or JSONL file") from None
+    except UnicodeDecodeError:
+        # Located in the raw bytes: utf-8-sig's offsets do not count a BOM it has dropped.
+        with open(path, "rb") as f:
+            data = f.read()
+        start = 0
+        try:
+            data.decode("utf-8")  # fails as well: a BOM is valid UTF-8
+        except UnicodeDecodeError as e:
+            start = e.start
+        line = data.count(b"\n", 0, start) + 1
+        was = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"  # a UTF-16 BOM, or a guess
+        raise DataFormatError(f"{os.fspath(path)} line {line}: not UTF-8 text (byte 0x{data[start]:02x} at offset "
+                              f"{start}); expected a UTF-8 JSON or JSONL file (convert it, e.g. iconv -f {was} "
+                              "-t utf-8)") from None
     if "\x00" in text:
         raise DataFormatError(f"{os.fspath(path)}: looks binary (it holds NUL bytes); expected a JSON or JSONL file")
     return text
@@ -126,6 +138,10 @@ def _records(path):
                                   "expected one JSON array of records") from None
         items = [(f"{path} record {i} (0-based index in the JSON array)", r)
                  for i, r in enumerate(data)]
+    elif text.lstrip().startswith("["):  # never a JSONL file of records, which are objects
+        line = text.count("\n", 0, len(text) - len(text.lstrip())) + 1
+        raise DataFormatError(f"{path} line {line}: a JSON array, read as one only from a file named *.json; "
+                              "expected one JSON object per line, or rename the file to end in .json")
     else:
         items = [(f"{path} line {n}", r) for n, r in _parse_jsonl(path, text)]
     if not items:
@@ -253,9 +269,15 @@ def _prompt(p, where):
 
 
 def _number(rec, key, where):
+    """rec[key], a finite number: Python's json reads NaN and Infinity, which would slip past
+    every comparison (NaN < x is False) and poison a mean or a ranking."""
     v = rec.get(key, _MISSING)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        _bad(where, f'"{key}"', _got(v), "a number")
+    try:
+        finite = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        _bad(where, f'"{key}"', _got(v), "a number (a finite one: not NaN or Infinity)")
     return v
 
 

@@ -1,5 +1,6 @@
 """Tests for the story world (minift/synthetic/world.py) and data preparation (data/prepare.py)."""
 
+import base64
 import json
 import os
 import random
@@ -12,7 +13,7 @@ import pytest
 
 from data.prepare import distinct_ngram_ratio, generated_documents, instruction_prompts, prepare
 from minift.synthetic import world
-from minift.tokenizer import load_ranks, load_tokenizer
+from minift.tokenizer import load_ranks, load_tokenizer, save_ranks, train_bpe
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -158,6 +159,36 @@ def test_a_prepare_stopped_between_its_renames_leaves_no_meta(tmp_path, monkeypa
     assert "train.bin" in renamed and not (tmp_path / "meta.json").exists()
 
 
+def test_reusing_the_corpus_own_tokenizer_ignores_an_older_runs_new_file(tmp_path):
+    """A run stopped after training its BPE (killed, or by older code) left tokenizer.tiktoken.new.
+    A later run with --tokenizer naming the corpus's own tokenizer renamed that stale file over
+    it: the ids were the old tokenizer's, the file another's, and train_pretrain.py refused the
+    corpus (meta.json's hash is the ids' tokenizer), whose tokenizer was then lost."""
+    prepare(str(tmp_path), size_mb=0.02, seed=0, vocab_size=300, prompts_mb=0.01, verbose=False)
+    own = tmp_path / "tokenizer.tiktoken"
+    before = own.read_bytes()
+    ranks = load_ranks(str(own))
+    ranks[b"\x01"], ranks[b"\x02"] = ranks[b"\x02"], ranks[b"\x01"]   # another BPE of the same size
+    save_ranks(str(own) + ".new", ranks)
+    meta = prepare(str(tmp_path), size_mb=0.02, seed=0, tokenizer=str(own), verbose=False)
+    assert own.read_bytes() == before
+    assert meta["tokenizer_sha256"] == load_tokenizer(str(own)).identity["sha256"]
+
+
+def test_prepare_syncs_its_files_before_renaming_them(tmp_path, monkeypatch):
+    """As write_atomically does: renamed before it reaches the disk, a file can be empty after a
+    power cut, beside a meta.json that describes it."""
+    synced, fsync = set(), os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.add(os.fstat(fd).st_ino) or fsync(fd))
+    prepare(str(tmp_path), size_mb=0.02, seed=0, vocab_size=300, prompts_mb=0.01, verbose=False)
+    # ... and a tokenizer given with --tokenizer, copied beside the new corpus
+    prepare(str(tmp_path / "again"), size_mb=0.02, seed=0, tokenizer=str(tmp_path / "tokenizer.tiktoken"),
+            verbose=False)
+    for out in (tmp_path, tmp_path / "again"):
+        for name in ("train.bin", "val.bin", "tokenizer.tiktoken", "meta.json"):   # a rename keeps the inode
+            assert os.stat(out / name).st_ino in synced, out / name
+
+
 def test_generated_corpus_mixes_in_formatted_pieces_without_instructions():
     docs = list(generated_documents(0, 300_000, formatted_share=0.25))
     stories = set(world.generate_corpus(0, 400_000))
@@ -203,6 +234,35 @@ def test_prepare_user_file_splits_on_blank_lines(tmp_path):
     meta = prepare(str(tmp_path / "out"), input=str(path), vocab_size=300, verbose=False)
     check_roundtrip(str(tmp_path / "out"), PARAGRAPHS)
     assert meta["documents"] == 4 and meta["seed"] is None
+
+
+def test_prepare_user_file_with_bom_and_crlf(tmp_path):
+    """Notepad's UTF-8: a byte-order mark, which is not text (it used to start the first
+    document), and CRLF line ends, read as plain line ends."""
+    path = tmp_path / "play.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n\r\n".join(PARAGRAPHS).replace("\n", "\r\n").encode("utf-8"))
+    prepare(str(tmp_path / "out"), input=str(path), vocab_size=300, verbose=False)
+    check_roundtrip(str(tmp_path / "out"), PARAGRAPHS)
+
+
+def test_prepare_names_the_line_that_is_not_utf8(tmp_path):
+    """Past the decoder's first block, whose offsets count from the block, not the file."""
+    path = tmp_path / "book.txt"
+    path.write_bytes(b"An ASCII line of the book.\n" * 3000 + "Le gar\u00e7on.\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"book\.txt line 3001 is not UTF-8 text \(byte 0xe7\)"):
+        prepare(str(tmp_path / "out"), input=str(path), vocab_size=300, verbose=False)
+
+
+def test_tokenizer_is_trained_on_the_training_documents_only(tmp_path):
+    """The val documents (the 2nd, 22nd, ...) stay unseen by the BPE as by the model. Each
+    document repeats a word of its own, so leaving one out, or adding one, changes the merges."""
+    words = ["zebra", "quokka", "narwhal", "axolotl", "wombat", "pangolin", "okapi", "tapir", "dingo", "ibex",
+             "lemur", "gecko", "kiwi", "yak", "vole", "bison", "civet", "dhole", "eland", "fossa", "genet", "hyrax"]
+    docs = [f"The {w} " * (5 + i) + "sat." for i, w in enumerate(words)]
+    (tmp_path / "zoo.txt").write_text("\n\n".join(docs))
+    prepare(str(tmp_path / "out"), input=str(tmp_path / "zoo.txt"), vocab_size=320, verbose=False)
+    train = [d for i, d in enumerate(docs) if i % 20 != 1]
+    assert load_ranks(str(tmp_path / "out" / "tokenizer.tiktoken")) == train_bpe("\n".join(train), 320)
 
 
 def test_prepare_folder_and_endoftext_markers(tmp_path):
@@ -266,6 +326,14 @@ def test_prepare_errors_name_the_path(tmp_path):
     (tmp_path / "blank.txt").write_text("\n\n  \n")
     with pytest.raises(ValueError, match="blank.txt"):
         prepare(str(tmp_path / "out"), input=str(tmp_path / "blank.txt"), verbose=False)
+    # With a tokenizer given, the empty stream is found only after the token files are opened:
+    # nothing is renamed into place, and nothing half-made is left behind
+    (tmp_path / "tok.tiktoken").write_text("".join(f"{base64.b64encode(bytes([i])).decode()} {i}\n"
+                                                   for i in range(256)))
+    with pytest.raises(ValueError, match="no text found in .*blank.txt"):
+        prepare(str(tmp_path / "out2"), input=str(tmp_path / "blank.txt"),
+                tokenizer=str(tmp_path / "tok.tiktoken"), verbose=False)
+    assert os.listdir(tmp_path / "out2") == []
 
 
 def test_script_runs_from_the_repo_root(tmp_path):

@@ -1,10 +1,12 @@
 """Each format loads to the exact internal form; each malformed record gives a precise error."""
 import json
+import os
 
 import pytest
 
 from minift.formats import (DataFormatError, load_ifeval_inputs, load_ifeval_responses, load_preferences,
-                            load_scored_answers, load_sft, read_jsonl, write_ifeval_responses, write_jsonl)
+                            load_scored_answers, load_sft, read_jsonl, write_atomically, write_ifeval_responses,
+                            write_json, write_jsonl)
 
 
 def jsonl(tmp_path, records, name="data.jsonl"):
@@ -88,6 +90,39 @@ def test_json_array_error_names_record_index(tmp_path):
     expect_error(load_sft, path, "record 1", "JSON array", '"output"', "null")
 
 
+def test_bom_and_crlf_keep_line_numbers(tmp_path):
+    """Windows editors save UTF-8 with a byte-order mark and CRLF line ends: both load, and an
+    error still names the line an editor shows."""
+    path = tmp_path / "win.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\r\n\r\n" + b'{"messages": 5}\r\n')
+    expect_error(load_sft, path, "line 3", '"messages"', "5")
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD).encode() + b"\r\n")
+    assert load_sft(path) == [GOOD]
+
+
+@pytest.mark.parametrize("data, fragments", [
+    # Latin-1 on line 3, after a BOM: the offset counts the BOM's 3 bytes
+    (b"\xef\xbb\xbf" + b'{"a": 1}\n' * 2 + '{"a": "gar\u00e7on"}\n'.encode("latin-1"),
+     ["line 3", "not UTF-8", "byte 0xe7 at offset 31", "iconv -f latin1"]),
+    ('{"a": 1}\n'.encode("utf-16"), ["line 1", "not UTF-8", "iconv -f utf-16"]),   # PowerShell's "> file"
+    ('{"a": 1}\n'.encode("utf-16-le"), ["looks binary", "NUL"]),                   # the same without a BOM
+], ids=["latin1-after-bom", "utf16", "utf16-without-bom"])
+def test_text_that_is_not_utf8(tmp_path, data, fragments):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(data)
+    expect_error(load_sft, path, *fragments)
+
+
+@pytest.mark.parametrize("text, line", [("[" + json.dumps(GOOD) + "]", 1),
+                                        ("\n[\n  " + json.dumps(GOOD) + "\n]\n", 2)], ids=["one-line", "indented"])
+def test_json_array_in_a_jsonl_file_says_to_rename_it(tmp_path, text, line):
+    """Only a *.json file is read as one array; a .jsonl one said "invalid JSON" or "the record
+    is an array" without saying why."""
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text(text)
+    expect_error(load_sft, path, f"line {line}", "JSON array", "rename", ".json")
+
+
 @pytest.mark.parametrize("text", ["", "\n  \n", "[]"])
 def test_empty_files(tmp_path, text):
     path = tmp_path / "empty.json"
@@ -127,19 +162,33 @@ PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
     ({"prompt": [U("q")], "chosen": [U("other"), A("a")], "rejected": "b"}, ['"chosen"', "differ"]),
     ({"chosen": [U("q"), A("a")], "rejected": [U("p"), A("b")]}, ['"rejected"', "differ"]),
     ({"chosen": [U("q"), A("a"), U("q2")], "rejected": [U("q"), A("b")]}, ['"chosen"[2]["role"]', "assistant"]),
-    ({"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi\n\nAssistant: b"}, ['"chosen"', "Assistant"]),
-    ({"chosen": "hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}, ['"chosen"', "Human"]),
+    ({"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi\n\nAssistant: b"}, ['"chosen"', "ends with a Human turn"]),
+    ({"chosen": "hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"}, ['"chosen"', "does not start"]),
+    ({"chosen": "Intro\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: hi\n\nAssistant: b"},
+     ['"chosen"', "does not start"]),
     ({"chosen": "\n\nHuman: hi\n\nAssistant: a", "rejected": "\n\nHuman: yo\n\nAssistant: b"},
      ['"rejected"', "differ"]),
     ({"chosen": "\n\nHuman: a\n\nHuman: b\n\nAssistant: c", "rejected": "\n\nHuman: b\n\nAssistant: d"},
      ['"chosen"', "turn 2"]),
     ({**PAIR, "chosen_score": "0.9", "rejected_score": 0.5}, ['"chosen_score"', '"0.9"', "a number"]),
     ({**PAIR, "chosen_score": 0.9}, ['"rejected_score"', "missing"]),
+    ({**PAIR, "chosen_score": True, "rejected_score": 0}, ['"chosen_score"', "true", "a number"]),
+    # json reads NaN and Infinity; NaN < x is False, so a NaN passed the order check below
+    ({**PAIR, "chosen_score": float("nan"), "rejected_score": 0.5}, ['"chosen_score"', "NaN", "finite"]),
+    ({**PAIR, "chosen_score": 0.9, "rejected_score": float("-inf")}, ['"rejected_score"', "-Infinity", "finite"]),
+    ({**PAIR, "chosen_score": 10 ** 400, "rejected_score": 0}, ['"chosen_score"', "finite"]),
     ({**PAIR, "chosen_score": 0.2, "rejected_score": 0.5}, ['"chosen_score"', "below", "at least as high"]),
     ({**PAIR, "instruction_id_list": "punctuation:no_comma"}, ['"instruction_id_list"', "an array"]),
 ])
 def test_preferences_malformed(tmp_path, bad, fragments):
     expect_error(load_preferences, jsonl(tmp_path, [PAIR, PAIR, bad]), "line 3", *fragments)
+
+
+def test_preferences_with_tied_scores_load(tmp_path):
+    """The chosen answer scores *no lower* than the rejected one: a tie (some human-rated sets
+    have them) is not an error."""
+    rec = {**PAIR, "chosen_score": 0.5, "rejected_score": 0.5}
+    assert load_preferences(jsonl(tmp_path, [rec])) == [{**rec, "prompt": [U("q")]}]
 
 
 def test_scored_answers(tmp_path):
@@ -152,6 +201,8 @@ def test_scored_answers(tmp_path):
                  "line 2", '"gold"', "missing", "a number")
     expect_error(load_scored_answers, jsonl(tmp_path, [{"prompt": [U("q"), A("a")], "response": "b", "gold": 1}]),
                  "line 1", '"prompt"[1]["role"]', "user")
+    expect_error(load_scored_answers, jsonl(tmp_path, [{"prompt": "q", "response": "a", "gold": float("nan")}]),
+                 "line 1", '"gold"', "NaN")
 
 
 # ---------------------------------------------------------------- IFEval
@@ -196,3 +247,22 @@ def test_read_write_jsonl(tmp_path):
     path.write_text('{"a": 1}\n\n{"a": \n')
     with pytest.raises(DataFormatError, match=r"x\.jsonl line 3: invalid JSON"):
         read_jsonl(path)
+
+
+def test_write_atomically_syncs_then_renames_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """A write stopped half-way leaves the old file and no temporary one; a finished one is on
+    disk (fsync) before it takes the file's name, or a power cut could leave an empty file."""
+    path = tmp_path / "x.json"
+    write_json(path, {"old": 1})
+
+    def stopped(f):
+        f.write(b'{"new": ')
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, stopped)
+    assert json.loads(path.read_text()) == {"old": 1} and os.listdir(tmp_path) == ["x.json"]
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda src, dst: events.append("replace") or replace(src, dst))
+    write_json(path, {"new": 2})
+    assert events == ["fsync", "replace"] and json.loads(path.read_text()) == {"new": 2}
