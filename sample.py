@@ -96,12 +96,13 @@ def chat(model, tokenizer, cfg, generator):
         raise SystemExit(f"error: --max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the model's "
                          f"context of {model.config.block_size} tokens; pass a smaller one, e.g. "
                          f"--max_new_tokens={model.config.block_size // 2}")
-    print("Chat with the model. Empty line or Ctrl-D to quit, /reset to start over.")
+    print("Chat with the model. Empty line, Ctrl-D or Ctrl-C to quit, /reset to start over.")
     messages = []
     while True:
         try:
             user = input("\nyou> ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):   # quitting a chat is no failure: nothing is left to resume
+            print()
             break
         if not user:
             break
@@ -116,7 +117,11 @@ def chat(model, tokenizer, cfg, generator):
             messages = messages[2:]
         prompt = render_prompts(tokenizer, [messages], room)[0]
         print("bot> ", end="", flush=True)
-        reply = stream(model, tokenizer, prompt, cfg, generator)
+        try:
+            reply = stream(model, tokenizer, prompt, cfg, generator)
+        except KeyboardInterrupt:   # Ctrl-C during a reply quits too
+            print()
+            break
         messages.append({"role": "assistant", "content": reply})
 
 

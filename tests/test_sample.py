@@ -115,6 +115,17 @@ def test_chat_forgets_its_oldest_exchanges_first(ckpts, monkeypatch):
     assert all(len(p) <= room for p in asked)
 
 
+@pytest.mark.parametrize("where", ["at the prompt", "during a reply"])
+def test_ctrl_c_quits_a_chat_cleanly(ckpts, monkeypatch, where):
+    """Ctrl-C ends a chat as Ctrl-D does: no error, and no advice to resume what nothing saved."""
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("builtins.input", ctrl_c if where == "at the prompt" else lambda prompt: "hello")
+    if where == "during a reply":
+        monkeypatch.setattr(sample, "stream", ctrl_c)
+    assert sample.main([f"--ckpt={ckpts['sft']}", "--chat", "--max_new_tokens=20"]) is None
+
+
 def test_a_reward_model_scores_on_the_normalised_scale(ckpts):
     score = sample.main([f"--ckpt={ckpts['reward']}", "--prompt=Describe a cat.", "--response=It purrs."])
     model = build_model(load_checkpoint(ckpts["reward"]), ScalarModel).eval()
