@@ -157,6 +157,9 @@ def main(argv=None):
     model = build_model(ckpt).to(device).eval()
     is_chat_model = ckpt["kind"] != "pretrain" and not cfg.raw   # every stage after pretraining answers in turns
     if cfg.chat:
+        if ckpt["kind"] == "pretrain":   # allowed: seeing why SFT is needed is a lesson in itself
+            print(f"note: {cfg.ckpt} is a pretrained model, which never saw the chat template; expect text "
+                  "that continues, not answers (an SFT checkpoint answers)", file=sys.stderr)
         return chat(model, tokenizer, cfg, generator)
     if is_chat_model:
         prompt_ids = tokenizer.render_prompt([{"role": "user", "content": prompt}])

@@ -126,6 +126,13 @@ def test_ctrl_c_quits_a_chat_cleanly(ckpts, monkeypatch, where):
     assert sample.main([f"--ckpt={ckpts['sft']}", "--chat", "--max_new_tokens=20"]) is None
 
 
+def test_chat_with_a_pretrained_model_says_it_never_saw_the_template(ckpts, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    for kind in ("pretrain", "sft"):
+        sample.main([f"--ckpt={ckpts[kind]}", "--chat", "--max_new_tokens=20"])
+        assert ("never saw the chat template" in capsys.readouterr().err) == (kind == "pretrain")
+
+
 def test_a_reward_model_scores_on_the_normalised_scale(ckpts):
     score = sample.main([f"--ckpt={ckpts['reward']}", "--prompt=Describe a cat.", "--response=It purrs."])
     model = build_model(load_checkpoint(ckpts["reward"]), ScalarModel).eval()
