@@ -66,13 +66,15 @@ def compare_samplers(batch=256, prompt_len=80, new_tokens=96, repeats=3):
     prompts = torch.randint(0, 2000, (batch, prompt_len)).tolist()
     ours = minift.engine.sample_next
     times = {"sample_next": [], "torch.multinomial": []}
-    for _ in range(repeats):
-        for name, sampler in (("sample_next", ours), ("torch.multinomial", multinomial_sampler)):
-            minift.engine.sample_next = sampler   # generate_stream looks the sampler up here
-            t0 = time.perf_counter()
-            generate(model, prompts, new_tokens, temperature=0.7, generator=torch.Generator().manual_seed(0))
-            times[name].append(time.perf_counter() - t0)
-    minift.engine.sample_next = ours
+    try:   # put ours back even if a run fails: the swap is process-wide
+        for _ in range(repeats):
+            for name, sampler in (("sample_next", ours), ("torch.multinomial", multinomial_sampler)):
+                minift.engine.sample_next = sampler   # generate_stream looks the sampler up here
+                t0 = time.perf_counter()
+                generate(model, prompts, new_tokens, temperature=0.7, generator=torch.Generator().manual_seed(0))
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        minift.engine.sample_next = ours
     print(f"tiny model, batch {batch}, prompt {prompt_len}, {new_tokens} sampled tokens, "
           f"{torch.get_num_threads()} threads (best of {repeats})")
     for name, t in times.items():
@@ -96,14 +98,16 @@ def compare_stopped_rows(ckpt="out/tiny/sft/ckpt.pt", data="out/tiny/data/sft", 
     print(f"{ckpt}, {torch.get_num_threads()} threads (best of {repeats})")
     for job, (prompts, batch, temperature) in jobs.items():
         times, answers = {way: [] for way in ways}, {}
-        for _ in range(repeats):
-            for way, share in ways.items():
-                minift.engine.DROP_STOPPED_SHARE = share   # generate_stream looks it up at each step
-                t0 = time.perf_counter()
-                answers[way] = generate_responses(model, tokenizer, prompts, 128, batch, temperature,
-                                                  torch.Generator().manual_seed(0))
-                times[way].append(time.perf_counter() - t0)
-        minift.engine.DROP_STOPPED_SHARE = ways["rows leave"]
+        try:
+            for _ in range(repeats):
+                for way, share in ways.items():
+                    minift.engine.DROP_STOPPED_SHARE = share   # generate_stream looks it up at each step
+                    t0 = time.perf_counter()
+                    answers[way] = generate_responses(model, tokenizer, prompts, 128, batch, temperature,
+                                                      torch.Generator().manual_seed(0))
+                    times[way].append(time.perf_counter() - t0)
+        finally:
+            minift.engine.DROP_STOPPED_SHARE = ways["rows leave"]
         assert answers["rows leave"] == answers["every row to the end"], "the answers differ"
         first, second = (min(t) for t in times.values())
         print(f"{job}: {first:.2f}s with rows leaving, {second:.2f}s without, {second / first:.2f}x; same answers")

@@ -25,6 +25,8 @@ or speeds up mid-run touches both alike, and print the ratio.
 --muon: Muon orthogonalises each block matrix's update with three Newton-Schulz
 iterations, a fixed cost per step that does not shrink with the batch; our batched Muon
 makes one product per shape instead of one per matrix (FINDINGS.md, "Speed and precision").
+Both arms run in fp32 (no autocast), as FINDINGS.md's figure was measured; under bf16
+autocast the step is faster, so Muon's fixed cost is a larger share of it.
 
 --saved: the bytes of activations autograd keeps from one forward pass for the backward pass
 (fp32, eager, parameters not counted), minift's GPT against the plain GPT-2. With the weights
@@ -32,7 +34,8 @@ and the optimizer's state, they are most of a training step's peak memory, and u
 memory they can be counted on any device.
 
 --bf16: a CPU with AMX (Intel Sapphire Rapids and later) or AVX512-BF16 multiplies bf16
-matrices in hardware. The plain figure above is fp32's. The training scripts use bf16 where
+matrices in hardware. --bf16 times minift's GPT with no autocast (fp32) against bf16 autocast;
+the side-by-side's figures are under the training scripts' autocast, which uses bf16 where
 the CPU has either (minift.training.Runtime.autocast), with attention kept in fp32 by the
 model (minift.model.attention); FINDINGS.md, "Speed and precision", has the ratios.
 """
@@ -51,9 +54,9 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from minift.config import run  # noqa: E402
+from minift.config import FALSE_WORDS, TRUE_WORDS, run  # noqa: E402
 from minift.formats import write_json  # noqa: E402
-from minift.model import GPT, GPTConfig  # noqa: E402
+from minift.model import GPT, GPTConfig, attention  # noqa: E402
 from minift.training import (Runtime, flops_per_token, make_optimizer, peak_bf16_flops,  # noqa: E402
                              pick_device)
 
@@ -70,7 +73,10 @@ GPU_CONFIGS = ("gpt2-124m", "small")
 
 class PlainGPT2(nn.Module):
     """GPT-2 as nanoGPT writes it (Radford et al. 2019): learned position embeddings, pre-LayerNorm
-    blocks, tied output layer run on every position, loss over every target that is not -1."""
+    blocks, tied output layer run on every position, loss over every target that is not -1.
+    Attention goes through minift.model.attention, as minift's does: under CPU autocast both keep
+    it in fp32, so the ratio compares the models, not PyTorch's slow bf16 CPU attention backward
+    (on a GPU it is the same fused kernel either way)."""
 
     def __init__(self, config):
         super().__init__()
@@ -99,7 +105,7 @@ class PlainGPT2(nn.Module):
         for b in self.blocks:
             q, k, v = b.c_attn(b.ln_1(x)).split(C, dim=2)
             q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = attention(q, k, v)
             x = x + b.attn_proj(y.transpose(1, 2).contiguous().view(B, T, C))
             x = x + b.mlp_proj(F.gelu(b.c_fc(b.ln_2(x))))
         logits = self.lm_head(self.ln_f(x))
@@ -274,10 +280,16 @@ def main(args):
     for name, least in (("steps", 1), ("warmup", 0)):
         if name in opts and not (opts[name].isdigit() and int(opts[name]) >= least):
             raise SystemExit(f"error: --{name}={opts[name]}; expected a whole number, at least {least}")
+    # the words the training scripts accept (minift.config): --compile=False must not compile
+    for name in ("compile", "bf16", "muon", "saved"):
+        if name in opts and opts[name].lower() not in TRUE_WORDS | FALSE_WORDS:
+            raise SystemExit(f"error: --{name}={opts[name]}; expected one of "
+                             f"{', '.join(sorted(TRUE_WORDS | FALSE_WORDS))}")
+    flags = {name: opts.get(name, "0").lower() in TRUE_WORDS for name in ("bf16", "muon", "saved")}
     device = pick_device(opts.get("device", "auto"))
     gpu = device.startswith("cuda")
     names = [opts["config"]] if "config" in opts else (GPU_CONFIGS if gpu else ["tiny"])
-    compile = opts.get("compile", "1" if gpu else "0") not in ("0", "false")
+    compile = opts.get("compile", "1" if gpu else "0").lower() in TRUE_WORDS
     steps = int(opts.get("steps", 20 if gpu else 10))
     warmup = int(opts.get("warmup", 5 if gpu else 3))
     if gpu:   # TF32 for fp32 products, as the training scripts set it (minift.training.setup_runtime)
@@ -289,13 +301,13 @@ def main(args):
     config, batch_size = CONFIGS[names[-1]]
     plain_fp32 = functools.partial(Bench, GPT, "", config, batch_size, device, compile=compile,
                                    autocast=contextlib.nullcontext)
-    if "bf16" in opts:
+    if flags["bf16"]:
         bf16 = functools.partial(torch.autocast, device.split(":")[0], dtype=torch.bfloat16)
         interleaved("fp32", plain_fp32().warm_up(warmup), "bf16 autocast",
                     Bench(GPT, "", config, batch_size, device, compile=compile, autocast=bf16).warm_up(warmup), steps)
-    if "muon" in opts:
+    if flags["muon"]:
         interleaved("AdamW", plain_fp32().warm_up(warmup), "Muon", plain_fp32(optimizer="muon").warm_up(warmup), steps)
-    if "saved" in opts:
+    if flags["saved"]:
         ours, plain = (saved_activation_bytes(cls, config, batch_size, device) for cls in (GPT, PlainGPT2))
         print(f"activations kept for backward (fp32, eager): minift GPT {ours / 1e6:.1f} MB, "
               f"plain GPT-2 {plain / 1e6:.1f} MB: {ours / plain:.3f}x", flush=True)

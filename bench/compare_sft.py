@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
 import train_sft  # noqa: E402
 from minift.config import cli_config, run  # noqa: E402
-from minift.formats import write_json  # noqa: E402
+from minift.formats import require_file, write_json  # noqa: E402
 from minift.synthetic.scoring import paired_difference  # noqa: E402
 
 SPLITS = ("test", "heldout")
@@ -75,6 +75,13 @@ def run_arm(cfg, name, seed, flags):
                              f"Delete {out} or pick another --out_dir or --name.")
         print(f"{name}, seed {seed}: reusing {path}")
         return saved["scores"]
+    # Checked here, not left to train_sft.py: its hint (train_pretrain.py) writes out/pretrain, not
+    # the pipeline's out/<preset>/pretrain, and the scored splits are read only after training.
+    if not os.path.exists(cfg.init_from):
+        raise SystemExit(f"error: no checkpoint at --init_from={cfg.init_from}; run python pipeline.py first "
+                         f"(it writes out/<preset>/pretrain/ckpt.pt), or pass your pretrained checkpoint")
+    for split in ("train",) + SPLITS:
+        require_file(f"{cfg.data_dir}/{split}.jsonl", "data_dir", "data/make_sft.py")
     train_sft.main([f"--preset={cfg.preset}", f"--device={cfg.device}", f"--seed={seed}",
                     f"--init_from={cfg.init_from}", f"--data={cfg.data_dir}/train.jsonl",
                     "--eval_data=", f"--out_dir={out}", *flags])

@@ -10,8 +10,9 @@ One round, from the current model:
   1. answer every RL prompt greedily, and sample K answers to it at PPO's temperature;
   2. keep, per prompt, the first sample whose gold reward is 1.0 (every instruction passes,
      no flaw);
-  3. fine-tune with train_sft.py for one epoch on the kept answers: each answer to a prompt
-     whose greedy answer fell short `repeat_failed` times, and `others` of the rest;
+  3. fine-tune with train_sft.py for one epoch's worth of steps on the kept answers (train_sft.py
+     draws its batches at random, so an answer may come twice or not at all): each answer to a
+     prompt whose greedy answer fell short `repeat_failed` times, and `others` of the rest;
   4. score the test and heldout prompts, as evaluate.py does.
 Why the weighting: what the model already answers right greedily teaches it little
 (FINDINGS.md, "The alignment lab", has the figures). Most of a round's time goes to sampling

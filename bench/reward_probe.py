@@ -133,13 +133,15 @@ def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64
     """Per habit: n, how often the full reward and the head alone prefer the fix, and the mean
     change (fixed - before) of the full raw reward, of the head, of the weighted likelihood term,
     and of the gold reward. The two terms add up to the full change. After the P.S., the same
-    for its answers that held a postscript under the wrong marker (MARKER_SWAP)."""
+    for its answers that held a postscript under the wrong marker (MARKER_SWAP). Pairs too long for
+    the reward model's context are left out, and counted in a printed line."""
     rows = {}
     for iid in FIXES:
         pairs = fixed_pairs(records, answers, iid)
+        texts = [(rec["prompt"], (answer, fixed)) for rec, answer, fixed in pairs]
+        pairs, seqs = fitting(reward_model, tokenizer, texts, pairs, f"{iid}: answers")
         if not pairs:
             continue
-        seqs = [render(tokenizer, rec["prompt"], text) for rec, answer, fixed in pairs for text in (answer, fixed)]
         full, head = (x.view(-1, 2) for x in full_and_head(reward_model, seqs, tokenizer, device, batch_size))
         full, head = full[:, 1] - full[:, 0], head[:, 1] - head[:, 0]              # (n,) fixed - before
         gold = torch.tensor([gold_reward(r["prompt"], f, r["instruction_id_list"], r["kwargs"])
@@ -155,6 +157,21 @@ def probe(reward_model, tokenizer, records, answers, device="cpu", batch_size=64
                                "head": head[kept].mean().item(), "likelihood": (full - head)[kept].mean().item(),
                                "gold": gold[kept].mean().item()}
     return rows
+
+
+def fitting(reward_model, tokenizer, prompts_and_texts, items, what):
+    """The items whose texts, each rendered after its prompt, fit the reward model's context, and
+    those renderings, flat. An answer cut at max_new_tokens, or lengthened by its fix, can run
+    past it, and the model cannot score it: such items are left out, as train_reward.build_groups
+    leaves out pairs too long, and a line says how many."""
+    block_size = reward_model.gpt.config.block_size
+    rendered = [[render(tokenizer, prompt, text) for text in texts] for prompt, texts in prompts_and_texts]
+    fits = [max(map(len, seqs)) <= block_size for seqs in rendered]
+    if not all(fits):
+        print(f"{what}: {fits.count(False)} of {len(fits)} left out, longer than the reward model's context "
+              f"({block_size} tokens)")
+    return ([item for item, ok in zip(items, fits) if ok],
+            [ids for seqs, ok in zip(rendered, fits) if ok for ids in seqs])
 
 
 def full_and_head(reward_model, seqs, tokenizer, device, batch_size):
@@ -188,8 +205,10 @@ def what_decides(pair):
 @torch.no_grad()
 def held_out_accuracy(reward_model, tokenizer, pairs, device="cpu", batch_size=64):
     """Pair accuracy, in full and of the head alone, by what decides the pair: one checker or
-    flaw by its name, or several, all one way or traded. {label: {"n", "full", "head"}}."""
-    seqs = [render(tokenizer, p["prompt"], p[side]) for p in pairs for side in ("chosen", "rejected")]
+    flaw by its name, or several, all one way or traded. {label: {"n", "full", "head"}}. Pairs
+    too long for the context are left out, as train_reward.py's own accuracy leaves them out."""
+    pairs, seqs = fitting(reward_model, tokenizer, [(p["prompt"], (p["chosen"], p["rejected"])) for p in pairs],
+                          pairs, "held-out pairs")
     full, head = (x.view(-1, 2) for x in full_and_head(reward_model, seqs, tokenizer, device, batch_size))
     rows = {}
     right_full, right_head = (full[:, 0] > full[:, 1]).tolist(), (head[:, 0] > head[:, 1]).tolist()

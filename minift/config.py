@@ -36,8 +36,8 @@ class HelpWithDefaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDe
         return action.help if action.default is None else super()._get_help_string(action)
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
 
 
 def _convert(name, text, default, script):
@@ -46,8 +46,8 @@ def _convert(name, text, default, script):
     try:
         if kind is bool:
             low = text.lower()
-            if low in _TRUE | _FALSE:
-                return low in _TRUE
+            if low in TRUE_WORDS | FALSE_WORDS:
+                return low in TRUE_WORDS
             raise ValueError
         if kind is int:
             return int(text)

@@ -67,3 +67,18 @@ def test_compare_runs_both_arms_per_seed_and_reuses_them(corpus_dir, tmp_path, c
     # scores made with other settings are never mixed in silently
     with pytest.raises(SystemExit, match="Delete"):
         compare_sft.main([a if not a.startswith("--examples") else "--examples=3" for a in args])
+
+
+def test_missing_inputs_stop_before_any_training_and_say_what_makes_them(tmp_path, monkeypatch):
+    """The default --init_from is what pipeline.py writes (train_pretrain.py's own default is
+    elsewhere), and the scored splits are read only after minutes of training: both checked first."""
+    monkeypatch.setattr(compare_sft.train_sft, "main", lambda argv: pytest.fail("trained with an input missing"))
+    data = tmp_path / "sft"
+    data.mkdir()
+    (data / "train.jsonl").write_text("")
+    args = ["--device=cpu", "--seeds=1", f"--data_dir={data}", f"--out_dir={tmp_path / 'cmp'}"]
+    with pytest.raises(SystemExit, match=r"no checkpoint at --init_from=.*nope\.pt; run python pipeline\.py first"):
+        compare_sft.main(args + [f"--init_from={tmp_path / 'nope.pt'}"])
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"--data_dir=.*test\.jsonl; make it with data/make_sft\.py"):
+        compare_sft.main(args + [f"--init_from={tmp_path / 'ckpt.pt'}"])

@@ -1,8 +1,10 @@
 """bench/overoptimisation.py: the study's path through train_ppo.py on the micro pipeline's models."""
 import csv
 import os
+import statistics
 import sys
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -47,3 +49,28 @@ def test_each_preset_runs_twice_ppos_iterations_at_ppos_learning_rate():
         ppo = parse_config(train_ppo.Config, [f"--preset={preset}"], train_ppo.PRESETS)
         assert (ours.iterations, ours.learning_rate, ours.eval_examples) == \
             (2 * ppo.iterations, ppo.learning_rate, ppo.eval_examples), preset
+
+
+def test_curve_rows_put_each_probe_at_its_own_policys_kl_and_measure_changes_from_the_start():
+    """train_ppo.py's line for iteration i holds the KL of the rollout sampled before update i, and
+    the probe after it: a probed policy's KL is the next line's (the last keeps its own). Changes
+    are paired, from the first probe; the fall is from the gold peak to the last probe."""
+    def probe(it, rm, gold, **more):
+        return {"iteration": it, "probe_rm_each": rm, "probe_gold_each": gold, "probe_rm_score": sum(rm) / 3,
+                "probe_gold": sum(gold) / 3, **more}
+    metrics = [probe(0, [0, 0, 0], [0.5, 0.5, 0.5]),
+               {"iteration": 1, "kl": -0.01},    # the SFT policy's own rollout: a batch estimate below 0
+               probe(2, [1, 2, 3], [1.0, 0.5, 1.0], kl=1.0, eval_prompt_strict=0.5),
+               {"iteration": 3, "kl": 4.0},
+               probe(4, [3, 3, 3], [0.0, 0.5, 0.5], kl=9.0, eval_prompt_strict=0.4)]
+    rows = overoptimisation.curve_rows(0.0, metrics, 0.45)
+    assert [(r["iteration"], r["kl"], r["sqrt_kl"], r["test_prompt_strict"]) for r in rows] == [
+        (0, 0.0, 0.0, 0.45), (2, 4.0, 2.0, 0.5), (4, 9.0, 3.0, 0.4)]
+    start, peak, last = rows
+    assert start["rm_change"] == start["gold_change"] == 0
+    assert peak["rm_change"] == pytest.approx(2) and peak["rm_change_se"] == pytest.approx(1 / 3 ** 0.5)
+    assert peak["gold_change"] == pytest.approx(1 / 3)
+    assert peak["gold_change_se"] == pytest.approx(statistics.stdev([0.5, 0, 0.5]) / 3 ** 0.5)
+    best, final, fall, se = overoptimisation.peak_and_fall(rows, metrics)
+    assert (best["iteration"], final["iteration"]) == (2, 4)
+    assert fall == pytest.approx(-0.5) and se == pytest.approx(statistics.stdev([-1, 0, -0.5]) / 3 ** 0.5)

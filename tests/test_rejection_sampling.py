@@ -60,3 +60,29 @@ def test_rounds_fine_tune_on_the_kept_answers_each_from_the_last(corpus_dir, tmp
     monkeypatch.setattr(rejection_sampling, "gold_reward", lambda *a: 0.5)
     with pytest.raises(SystemExit, match="nothing to learn from"):
         rejection_sampling.main(args)
+
+
+def test_one_round_reports_greedy_sample_and_pass_at_k_rates(micro_pipeline, tmp_path, monkeypatch):
+    """Two prompts, three samples each: the shares are of prompts (greedy, pass@k) and of all
+    six samples (sample_perfect), as a judge that knows each answer's score gives them."""
+    out, _ = micro_pipeline
+    prompts = tmp_path / "rl_prompts.jsonl"
+    prompts.write_text("".join(open(os.path.join(out, "data", "sft", "rl_prompts.jsonl")).readlines()[:2]))
+    gold = {"g0": 1.0, "g1": 0.5, "a": 0.0, "b": 1.0, "c": 1.0, "d": 0.2, "e": 0.0, "f": 0.9}
+    monkeypatch.setattr(rejection_sampling, "generate_responses", lambda *a, **kw: ["g0", "g1"])
+    monkeypatch.setattr(rejection_sampling, "sample_answers", lambda *a, **kw: [["a", "b", "c"], ["d", "e", "f"]])
+    monkeypatch.setattr(rejection_sampling, "gold_reward", lambda prompt, answer, *a: gold[answer])
+    cfg = rejection_sampling.Config(prompts=str(prompts), k=3, device="cpu")
+    stats = rejection_sampling.one_round(cfg, os.path.join(out, "sft", "ckpt.pt"), str(tmp_path / "round1"), "cpu")
+    assert stats == {"kept": 1, "failed_kept": 0, "others_kept": 1, "greedy_perfect": 0.5,
+                     "sample_perfect": pytest.approx(2 / 6), "pass_at_k": 0.5, "rows": 1}
+    kept = [json.loads(line) for line in open(tmp_path / "round1" / "data.jsonl")]
+    assert [r["messages"][1]["content"] for r in kept] == ["b"]
+
+
+def test_the_others_are_a_seeded_draw():
+    drawn = {seed: chats(rejection_sampling.select(RECORDS, GREEDY_GOLD, SAMPLES, SAMPLE_GOLD, 1, 1, seed)[0])[-1]
+             for seed in range(20)}
+    assert set(drawn.values()) == {("b", "b1"), ("d", "d3")}   # either greedy pass, as the seed falls
+    assert all(chats(rejection_sampling.select(RECORDS, GREEDY_GOLD, SAMPLES, SAMPLE_GOLD, 1, 1, seed)[0])[-1] == d
+               for seed, d in drawn.items())

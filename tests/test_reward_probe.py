@@ -2,6 +2,7 @@
 into the head and the likelihood term."""
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -177,3 +178,68 @@ def test_marker_odds_tell_a_model_that_copies_the_marker_from_one_that_does_not(
     rows = reward_probe.main([f"--out_dir={out}", "--markers=true"])
     assert [os.path.basename(os.path.dirname(path)) for path in rows] == ["sft", "ppo", "reward"]
     assert all(0 < p < 1 for row in rows.values() for p in row.values())
+
+
+def test_probe_reports_each_change_as_fixed_minus_before(monkeypatch):
+    """Scores planned by hand: the fix gains 2 in full and 0.5 in the head, so the likelihood term
+    gains 1.5; the gold change is the fixed answer's gold reward less the slipped one's."""
+    from minift.synthetic.gold import gold_reward
+    rec = record("detectable_content:postscript")
+    seen = []
+    monkeypatch.setattr(reward_probe, "render", lambda tokenizer, prompt, text: text)   # a character a token
+    monkeypatch.setattr(reward_probe, "full_and_head", lambda model, seqs, *a: seen.extend(seqs) or
+                        (torch.tensor([1.0, 3.0]), torch.tensor([0.5, 1.0])))
+    row = reward_probe.probe(reward_model_of(block_size=1000), None, [rec], [SLIPPED])["detectable_content:postscript"]
+    fixed = seen[1]
+    assert seen == [SLIPPED, fixed] and fixed != SLIPPED
+    assert (row["n"], row["full_prefers_fix"], row["head_prefers_fix"]) == (1, 1, 1)
+    assert (row["full"], row["head"], row["likelihood"]) == pytest.approx((2.0, 0.5, 1.5))
+    ids, kwargs = rec["instruction_id_list"], rec["kwargs"]
+    gold = gold_reward(PROMPT, fixed, ids, kwargs) - gold_reward(PROMPT, SLIPPED, ids, kwargs)
+    assert row["gold"] == pytest.approx(gold)
+    assert row["gold"] > 0
+
+
+def reward_model_of(block_size):
+    return types.SimpleNamespace(gpt=types.SimpleNamespace(config=types.SimpleNamespace(block_size=block_size)))
+
+
+def test_pairs_too_long_for_the_context_are_left_out_and_counted(monkeypatch, capsys):
+    """An answer cut at max_new_tokens, or lengthened by its fix, can run past the reward model's
+    context, which would stop the whole probe: it is left out, as train_reward.py leaves it out."""
+    rec = record("detectable_content:postscript")
+    fixed = reward_probe.write_the_postscript_asked_for(SLIPPED, {"postscript_marker": "P.S."})
+    monkeypatch.setattr(reward_probe, "render", lambda tokenizer, prompt, text: text)   # a character a token
+    scored = []
+    monkeypatch.setattr(reward_probe, "full_and_head", lambda model, seqs, *a: scored.append(seqs) or
+                        (torch.zeros(len(seqs)), torch.zeros(len(seqs))))
+    short = reward_model_of(block_size=len(fixed) - 1)
+    assert reward_probe.probe(short, None, [rec], [SLIPPED]) == {} and scored == []
+    assert capsys.readouterr().out == ("detectable_content:postscript: answers: 1 of 1 left out, longer than the "
+                                       f"reward model's context ({len(fixed) - 1} tokens)\n")
+    pairs = [pair(fixed, SLIPPED), pair(SLIPPED, SLIPPED[:10])]
+    rows = reward_probe.held_out_accuracy(short, None, pairs)
+    assert sum(r["n"] for r in rows.values()) == 1 and scored == [[SLIPPED, SLIPPED[:10]]]
+    assert "held-out pairs: 1 of 2 left out" in capsys.readouterr().out
+
+
+def test_held_out_pairs_are_the_validation_pairs_and_the_judges_the_training_pairs(micro_pipeline, capsys):
+    out, _ = micro_pipeline
+    train, val = (load_preferences(os.path.join(out, "data", "prefs", f"{split}.jsonl")) for split in ("train", "val"))
+    assert len(train) != len(val)
+    rows = reward_probe.main([f"--out_dir={out}", "--held_out_pairs=true"])
+    assert sum(r["n"] for r in rows.values()) == len(val)
+    assert reward_probe.main([f"--out_dir={out}", "--judges=true"]) == reward_probe.judges_vote(train)
+    assert f"training pairs ({os.path.join(out, 'data', 'prefs', 'train.jsonl')})" in capsys.readouterr().out
+
+
+def test_main_probes_the_models_answers_to_the_split_asked(micro_pipeline):
+    out, _ = micro_pipeline
+    path = os.path.join(out, "reward", "ckpt.pt")
+    ckpt = load_checkpoint(path, kinds=("reward",))
+    model = build_model(ckpt, ScalarModel).eval()
+    for name, split in (("ppo", "test"), ("sft", "heldout")):
+        answers = [a["response"] for a in load_ifeval_responses(os.path.join(out, name, f"responses_{split}.jsonl"))]
+        records = load_ifeval_inputs(os.path.join(out, "data", "sft", f"{split}.jsonl"))[:len(answers)]
+        assert reward_probe.main([f"--out_dir={out}", f"--model={name}", f"--split={split}"]) == \
+            reward_probe.probe(model, tokenizer_for(ckpt, path), records, answers)
