@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from minift.model import (GPT, GPTConfig, ScalarModel, answer_positions, attention, last_token_index, pad_left,
-                          padded_length, positions_from_mask)
+from minift.model import (GPT, GPTConfig, ScalarModel, answer_positions, apply_rotary, attention, last_token_index,
+                          pad_left, padded_length, positions_from_mask, rotary_tables)
 
 CFG = GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=2, n_embd=32)
 
@@ -51,10 +51,50 @@ def test_padded_length_rounds_up_to_16_within_the_block():
 
 
 def test_weight_tying_and_residual_init():
+    """Every residual projection (attention's and the MLP's, in every block) starts at
+    std 0.02 / sqrt(2 n_layer), the other matrices at 0.02; the tied weight counts once."""
     model = make_model()
     assert model.lm_head.weight is model.wte.weight
-    std = model.blocks[0].attn.c_proj.weight.std().item()
-    assert abs(std - 0.02 / (2 * CFG.n_layer) ** 0.5) < 0.003
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            std = 0.02 / (2 * CFG.n_layer) ** 0.5 if name.endswith("c_proj.weight") else 0.02
+            assert abs(p.std().item() - std) < 0.003, name
+    V, C, L = CFG.vocab_size, CFG.n_embd, CFG.n_layer
+    assert model.num_params() == V * C + L * (12 * C * C + 2 * C) + C   # no biases: LayerNorm gains only
+
+
+def test_rotary_turns_each_half_pair_by_position_times_its_frequency():
+    """RoPE (Su et al. 2021): position p turns the pair (i, i + D/2) by p * 10000^(-2i/D), a
+    rotation, so norms are kept and q . k depends only on how far apart q and k are."""
+    D = 8
+    cos, sin = rotary_tables(32, D)
+    angles = torch.arange(32, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(0, D, 2) / D)
+    assert torch.allclose(cos.double(), angles.cos(), atol=1e-6)
+    assert torch.allclose(sin.double(), angles.sin(), atol=1e-6)
+
+    def at(x, p):   # x (D,) rotated to position p
+        return apply_rotary(x.view(1, 1, 1, D), cos[p].view(1, 1, 1, -1), sin[p].view(1, 1, 1, -1)).view(D)
+    e1 = torch.eye(D)[1]   # feature 1 pairs with feature 1 + D/2
+    assert torch.allclose(at(e1, 3), cos[3, 1] * e1 + sin[3, 1] * torch.eye(D)[1 + D // 2], atol=1e-6)
+    torch.manual_seed(0)
+    q, k = torch.randn(2, D)
+    assert torch.allclose(at(q, 7).norm(), q.norm(), atol=1e-5)
+    dots = [at(q, m) @ at(k, n) for m, n in ((5, 2), (20, 17), (3, 0))]   # all 3 apart
+    assert torch.allclose(torch.stack(dots), dots[0].expand(3), atol=1e-5)
+
+
+def test_attention_is_softmax_of_scores_over_sqrt_head_dim():
+    """attention() against the textbook formula: plainly causal without a mask, and with a
+    (B, 1, T, S) mask for the last T queries of S positions (a KV cache's)."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 6, 16)
+    allowed = torch.ones(6, 6).tril().bool()
+
+    def by_hand(q, k, v, allowed):
+        return (q @ k.mT / 16 ** 0.5).masked_fill(~allowed, float("-inf")).softmax(-1) @ v
+    assert torch.allclose(attention(q, k, v), by_hand(q, k, v, allowed), atol=1e-6)
+    assert torch.allclose(attention(q[:, :, -2:], k, v, allowed[-2:].expand(2, 1, 2, 6)),
+                          by_hand(q[:, :, -2:], k, v, allowed[-2:]), atol=1e-6)
 
 
 def test_causality():

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ import sample
 import train_pretrain
 from conftest import ROOT, read_metrics, run_main
 from minift.checkpoint import build_model, load_checkpoint
-from minift.training import NonFiniteLoss
+from minift.model import GPT, GPTConfig
+from minift.training import NonFiniteLoss, Runtime
 
 MICRO = ["--preset=micro", "--device=cpu"]
 
@@ -218,3 +220,62 @@ def test_gradient_accumulation_averages_its_micro_batches(corpus_dir, tmp_path, 
         logged.append(next(m for m in read_metrics(tmp_path / f"k{k}") if "grad_norm" in m))
     assert logged[1]["grad_norm"] == pytest.approx(logged[0]["grad_norm"], rel=1e-4)
     assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], abs=1e-5)
+
+
+def test_the_optimizer_steps_on_clipped_gradients(corpus_dir, tmp_path, monkeypatch):
+    """Clipping comes before the update: with a tiny --grad_clip the optimizer sees gradients of
+    norm grad_clip, while the log keeps the norm before clipping."""
+    real_make_optimizer, seen = train_pretrain.make_optimizer, []
+
+    def recording(model, *args, **kwargs):
+        optimizer = real_make_optimizer(model, *args, **kwargs)
+        real_step = optimizer.step
+
+        def step():
+            seen.append(torch.stack([p.grad.norm() for p in model.parameters()]).norm().item())
+            real_step()
+        optimizer.step = step
+        return optimizer
+    monkeypatch.setattr(train_pretrain, "make_optimizer", recording)
+    out = tmp_path / "clip"
+    run_main(train_pretrain, MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--max_steps=2",
+                                      "--eval_batches=1", "--dtype=float32", "--grad_clip=1e-3"])
+    assert len(seen) == 2 and all(norm == pytest.approx(1e-3, rel=1e-3) for norm in seen)
+    assert all(m["grad_norm"] > 0.1 for m in read_metrics(out) if "grad_norm" in m)
+
+
+def test_tokens_per_second_and_mfu_count_every_micro_batch(corpus_dir, tmp_path, monkeypatch):
+    """A clock that ticks one second per micro-batch: tokens/s is then one micro-batch's tokens,
+    whatever --grad_accum, and MFU is tokens/s x (6 N + 12 L H Q T) over the peak."""
+    clock, real_get_batch = [0.0], train_pretrain.get_batch
+
+    def get_batch(*args):
+        clock[0] += 1.0
+        return real_get_batch(*args)
+    monkeypatch.setattr(train_pretrain, "get_batch", get_batch)
+    monkeypatch.setattr(train_pretrain, "time", types.SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(train_pretrain, "peak_bf16_flops", lambda device: 1e12)
+    out = tmp_path / "speed"
+    result = run_main(train_pretrain, MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={out}", "--max_steps=2",
+                                               "--eval_batches=1", "--dtype=float32", "--grad_accum=3"])
+    ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
+    c = ckpt["model_config"]
+    micro_batch = train_pretrain.PRESETS["micro"]["batch_size"] * c["block_size"]
+    flops = 6 * build_model(ckpt).num_params() + 12 * c["n_layer"] * c["n_embd"] * c["block_size"]   # H Q = C
+    logged = [m for m in read_metrics(out) if "tok_per_s" in m]
+    assert len(logged) == 2 and all(m["tok_per_s"] == micro_batch for m in logged)
+    assert all(m["mfu"] == pytest.approx(micro_batch * flops / 1e12) for m in logged)
+    assert result["tokens_per_s"] == micro_batch and result["mfu"] == pytest.approx(micro_batch * flops / 1e12)
+
+
+def test_validation_loss_is_measured_without_dropout_and_training_goes_on_with_it():
+    """estimate_loss scores in eval mode (dropout off: the same windows give the same number
+    every time) and hands the model back in train mode."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.5)).train()
+    data = np.random.default_rng(0).integers(0, 64, 1000).astype(np.uint16)
+    cfg = train_pretrain.Config(batch_size=4, block_size=16, eval_batches=2, dtype="float32")
+    rt = Runtime("cpu", "cpu")
+    first = train_pretrain.estimate_loss(model, data, cfg, rt)
+    assert model.training
+    assert train_pretrain.estimate_loss(model, data, cfg, rt) == first
