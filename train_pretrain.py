@@ -201,7 +201,9 @@ def main(argv=None):
         log.log(step=0, val_loss=val_loss_init)
         if rt.master:
             bar.write(f"step 0: val loss {val_loss_init:.4f} (untrained)")
-    speeds = []  # tokens/s of each log interval: the machine's speed, which sets every stage's time
+    # tokens/s between host reads (logs, evaluations, the last step): the machine's speed, which
+    # sets every stage's time
+    speeds = []
     t_log, step_log = time.time(), step
     step_loss = grad_norm = 0.0   # the last step's, read before a Ctrl-C save
     with StopRequest(rt) as stop:
