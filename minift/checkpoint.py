@@ -42,6 +42,9 @@ GENERATIVE = ("pretrain", "sft", "ppo", "grpo", "dpo")
 RESUMABLE_CHANGES = {"out_dir", "resume", "force", "device", "compile", "log_interval", "eval_interval",
                      "eval_batches", "eval_examples", "eval_batch_size", "max_steps", "decay_steps", "iterations",
                      "epochs", "preset"}
+# ... except where a kind's option of one of those names sets how it trains: GRPO's --epochs are
+# passes over each rollout (as PPO's --ppo_epochs), not the run's length (its --iterations).
+FIXED_BY_KIND = {"grpo": {"epochs"}}
 
 
 def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
@@ -91,8 +94,9 @@ def check_settings(ckpt, cfg, path):
     """A resumed run must be the run the checkpoint started: re-running with another
     --learning_rate (say) in the same --out_dir would otherwise resume the old run silently."""
     saved, wanted = ckpt.get("config", {}), dataclasses.asdict(cfg)
+    free = RESUMABLE_CHANGES - FIXED_BY_KIND.get(ckpt.get("kind"), set())
     diff = [f"--{k}={wanted[k]} (it has {saved[k]})" for k in wanted
-            if k in saved and k not in RESUMABLE_CHANGES and saved[k] != wanted[k]]
+            if k in saved and k not in free and saved[k] != wanted[k]]
     if diff:
         raise ValueError(f"{path} holds a run with other settings: {', '.join(diff)}. To resume it, use its "
                          f"settings; to start over, add --force; or choose another --out_dir.")
@@ -171,6 +175,8 @@ def should_resume(cfg, ckpt_path):
     metrics log and checkpoint go at once, so a log never mixes two runs, and a new run that
     stops before its first save leaves nothing that a plain rerun would take for it. (Under DDP
     every rank gets here; one removes the files, the others find them gone.)"""
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):  # before any work, not at the first save
+        raise ValueError(f"--out_dir={cfg.out_dir} is a file, not a folder; choose another --out_dir")
     if cfg.force or not cfg.resume:
         for old in (os.path.join(cfg.out_dir, "metrics.jsonl"), ckpt_path):
             with contextlib.suppress(FileNotFoundError):

@@ -141,15 +141,17 @@ def parse_config(cls, argv=None, presets=None, script=None):
         pairs.append((key, value))
         i += 1
 
-    # The preset goes first, whatever its position, so explicit overrides always win.
+    # The preset goes first, whatever its position, so explicit overrides always win. Given
+    # twice, the last one wins, as any option does: applying both would mix their settings.
     # (A script without presets, like pipeline.py, may still have a plain `preset` field.)
-    for key, value in pairs:
-        if key == "preset" and presets:
-            if value not in presets:
-                raise ConfigError(f"{script}: unknown preset {value!r}; choose from {', '.join(presets)}")
-            config = dataclasses.replace(config, **presets[value])
-            if "preset" in fields:
-                config.preset = value
+    chosen = [value for key, value in pairs if key == "preset"] if presets else []
+    for value in chosen:
+        if value not in presets:
+            raise ConfigError(f"{script}: unknown preset {value!r}; choose from {', '.join(presets)}")
+    if chosen:
+        config = dataclasses.replace(config, **presets[chosen[-1]])
+        if "preset" in fields:
+            config.preset = chosen[-1]
     for key, value in pairs:
         if key == "preset" and presets:
             continue
@@ -227,14 +229,16 @@ def print_config(config):
 
 
 def run(main):
-    """A script's entry point: an expected failure (a missing file, malformed data, a bad
-    option, a wrong checkpoint, a NaN loss, Ctrl-C) ends with its one-line message, not a
-    traceback. Anything else is a bug, and keeps its traceback. Ctrl-C exits with 130, the
-    shell's code for SIGINT."""
+    """A script's entry point: an expected failure (a missing file, a path that cannot be used
+    as given, such as a file where a folder must be or a folder without write permission,
+    malformed data, a bad option, a wrong checkpoint, a NaN loss, Ctrl-C) ends with its
+    one-line message, not a traceback. Anything else is a bug, and keeps its traceback.
+    Ctrl-C exits with 130, the shell's code for SIGINT."""
     from minift.training import Interrupted, NonFiniteLoss  # DataFormatError is a ValueError
     try:
         main()
-    except (FileNotFoundError, IsADirectoryError, ValueError, NonFiniteLoss) as e:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError, ValueError,
+            NonFiniteLoss) as e:
         sys.exit(f"error: {e}")
     except Interrupted as e:
         print(f"interrupted: {e}", file=sys.stderr)

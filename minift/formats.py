@@ -13,6 +13,7 @@ File detection: a ".json" file (any case) whose content starts with "[" is one J
 records (the Alpaca release); anything else is JSONL (one JSON object per line, blank lines
 skipped), and a JSONL file that starts with "[" is refused with a hint to rename it.
 """
+import errno
 import json
 import math
 import os
@@ -93,8 +94,9 @@ def read_jsonl(path):
 
 
 def write_atomically(path, write):
-    """Call write(f) on a new binary file beside `path`, then os.replace() it over `path`
-    (atomic on POSIX and Windows): a crash or Ctrl-C never leaves half a file, only the old
+    """Call write(f) on a new binary file beside `path` (on its filesystem: os.replace cannot
+    rename across two), fsync it, os.replace() it over `path` (atomic on POSIX and Windows),
+    then fsync the folder: a crash, Ctrl-C or power cut never leaves half a file, only the old
     one or the new one. Checkpoints, data files, stage markers and reports are written this
     way; metrics.jsonl is appended to, a line at a time."""
     path = os.fspath(path)
@@ -106,9 +108,25 @@ def write_atomically(path, write):
             f.flush()
             os.fsync(f.fileno())   # on disk before the rename, or a power cut can leave an empty file
         os.replace(tmp, path)
+        sync_folder(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def sync_folder(folder):
+    """fsync a folder, so that a rename in it survives a power cut (the new name is an entry in
+    the folder, which the file's own fsync does not write). POSIX only: Windows cannot open a folder."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # EINVAL: a filesystem that cannot sync folders (some network ones); the rename stands
+        if e.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_json(path, obj, indent=1):

@@ -199,6 +199,16 @@ def test_pretrain_bad_options(corpus_dir, tmp_path, args, needles):
     assert not os.path.exists(tmp_path / "p" / "ckpt.pt")
 
 
+def test_an_out_dir_that_is_a_file_stops_before_any_work(corpus_dir, tmp_path):
+    """Not a traceback at the first save (or, with --force, at removing the old log)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for start_over in ([], ["--force"]):
+        fails(train_pretrain.main, MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={notes}"] + start_over,
+              f"--out_dir={notes} is a file, not a folder")
+    assert notes.read_text() == "mine"
+
+
 @pytest.mark.parametrize("meta", ["", "{}"])
 def test_pretrain_names_a_broken_meta_json(corpus_dir, tmp_path, meta):
     data = tmp_path / "data"

@@ -2,12 +2,17 @@
 tokenizer each checkpoint carries."""
 import dataclasses
 import os
+import re
+import stat
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from minift.checkpoint import (check_model_config, load_checkpoint, resume_training, save_checkpoint,
+import train_grpo
+import train_pretrain
+import train_reward
+from minift.checkpoint import (check_model_config, check_settings, load_checkpoint, resume_training, save_checkpoint,
                                save_training_checkpoint, should_resume, tokenizer_for)
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
@@ -44,6 +49,35 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
         load_checkpoint(str(tmp_path / "missing.pt"), hint="run this first")
 
 
+def test_a_checkpoint_is_synced_then_renamed_then_its_folder_synced(tmp_path, monkeypatch):
+    """The file reaches the disk before it takes ckpt.pt's name, and the folder after, so that
+    a power cut keeps the rename too (the name is an entry in the folder, not in the file)."""
+    events, fsync, replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        "fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file") or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda src, dst: events.append("replace") or replace(src, dst))
+    path = tmp_path / "new" / "ckpt.pt"   # a folder not made yet
+    save_checkpoint(str(path), {"kind": "sft", "model": {}, "model_config": {}, "tokenizer": {}})
+    assert events == ["fsync file", "replace", "fsync folder"] and os.listdir(path.parent) == ["ckpt.pt"]
+
+
+def test_pickled_code_never_runs_even_where_torch_is_told_to_allow_it(tmp_path, monkeypatch):
+    """weights_only=True must be passed, not left to torch's default: that default was False
+    before torch 2.6 (requirements.txt allows 2.4), and TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns
+    it off today, but never overrides an explicit True."""
+    ran = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.mkdir, (str(ran),))   # what loading would run: makes a folder we can look for
+    path = str(tmp_path / "ckpt.pt")
+    torch.save({"kind": "sft", "model": {"x": Evil()}, "model_config": {}, "tokenizer": {}}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError, match="holds Python objects .* could run code"):
+        load_checkpoint(path)
+    assert not ran.exists()
+
+
 def test_checkpoint_config_mismatch_is_named():
     ckpt = {"model_config": dataclasses.asdict(GPTConfig(n_layer=4))}
     check_model_config(ckpt, GPTConfig(n_layer=4), "c.pt")
@@ -71,6 +105,43 @@ def test_resume_gives_rank_0_the_saved_draws_and_other_ranks_their_own(tmp_path)
 
 
 
+def test_resume_restores_the_global_generator_and_refuses_another_model_or_world_size(tmp_path):
+    """The global generator (dropout's) continues where it was saved; a model of another shape
+    or a run on another number of processes is refused by name, not deep in load_state_dict."""
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16)
+    path = str(tmp_path / "ckpt.pt")
+    torch.manual_seed(3)
+    save_training_checkpoint(path, "pretrain", 3, GPT(config), None, config, {}, torch.Generator(), {})
+    expected = torch.rand(4)
+    torch.manual_seed(4)
+    resume_training(path, GPT(config), None, torch.Generator())
+    assert torch.equal(torch.rand(4), expected)
+    with pytest.raises(ValueError, match="n_embd: checkpoint has 16, config asks for 32"):
+        resume_training(path, GPT(dataclasses.replace(config, n_embd=32)), None, torch.Generator())
+    with pytest.raises(ValueError, match="trained on 1 process.* this run has 2: resume it with as many"):
+        resume_training(path, GPT(config), None, torch.Generator(), world_size=2)
+
+
+@pytest.mark.parametrize("script, change, refused", [
+    (train_pretrain, {"seed": 7}, True),              # ranks > 0 reseed from it; validation windows too
+    (train_pretrain, {"learning_rate": 1e-3}, True),
+    (train_pretrain, {"max_steps": 5000, "device": "cpu", "eval_interval": 7, "compile": True}, False),
+    (train_reward, {"epochs": 3}, False),             # the run's length: a longer run continues
+    (train_grpo, {"iterations": 72}, False),
+    (train_grpo, {"epochs": 4}, True),                # passes over each rollout: how it trains
+])
+def test_a_resume_refuses_only_settings_that_change_the_run(script, change, refused):
+    kind = script.__name__.removeprefix("train_")
+    ckpt = {"kind": kind, "config": dataclasses.asdict(script.Config())}
+    cfg = dataclasses.replace(script.Config(), **change)
+    if refused:
+        name, value = next(iter(change.items()))
+        with pytest.raises(ValueError, match=re.escape(f"other settings: --{name}={value} (it has ")):
+            check_settings(ckpt, cfg, "out/ckpt.pt")
+    else:
+        check_settings(ckpt, cfg, "out/ckpt.pt")
+
+
 def test_starting_over_clears_the_log_and_resuming_keeps_it(tmp_path):
     """--force and --resume=false both start over, so the old run's log and checkpoint go at
     once (a log never mixes two runs, and a new run stopped before its first save leaves no old
@@ -87,6 +158,13 @@ def test_starting_over_clears_the_log_and_resuming_keeps_it(tmp_path):
         assert not log.exists() and not ckpt.exists()
     assert not should_resume(SimpleNamespace(**cfg | {"force": True}), str(ckpt))
     assert not should_resume(SimpleNamespace(**cfg), str(tmp_path / "none.pt"))
+    # an --out_dir that is a file stops the run before any work, naming it, with or without --force
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for start_over in ({}, {"force": True}):
+        with pytest.raises(ValueError, match=re.escape(f"--out_dir={notes} is a file, not a folder")):
+            should_resume(SimpleNamespace(**cfg | start_over | {"out_dir": str(notes)}), str(notes / "ckpt.pt"))
+    assert notes.read_text() == "mine"
 
 
 def test_a_checkpoint_carries_its_tokenizer(tmp_path):

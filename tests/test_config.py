@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from conftest import ROOT
-from minift.config import ConfigError, parse_config
+from minift.config import ConfigError, parse_config, run
+from minift.training import Interrupted
 
 
 @dataclass
@@ -44,6 +45,48 @@ def test_overrides_and_presets():
 def test_config_errors_are_clear(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         parse_config(Cfg, argv, PRESETS, script="t.py")
+
+
+def test_values_are_read_whole_and_the_last_of_an_option_wins():
+    """A value keeps every "=" after the first, a "--key value" value may start with a minus
+    (read as the value, so the range check names it), and an option or a preset given twice
+    takes its last value: two presets are never mixed."""
+    cfg = parse_config(Cfg, ["--out_dir=runs/lr=3e-4", "--learning_rate", "1e-4"], PRESETS)
+    assert (cfg.out_dir, cfg.learning_rate) == ("runs/lr=3e-4", 1e-4)
+    with pytest.raises(ConfigError, match="--max_steps=-5 is out of range"):
+        parse_config(Cfg, ["--max_steps", "-5"], PRESETS)
+    assert parse_config(Cfg, ["--max_steps=5", "--max_steps=7"], PRESETS).max_steps == 7
+    cfg = parse_config(Cfg, ["--preset=big", "--preset=tiny"], PRESETS)
+    assert (cfg.preset, cfg.max_steps, cfg.learning_rate) == ("tiny", 100, 1e-3)
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        parse_config(Cfg, ["--preset=huge", "--preset=big"], PRESETS)
+
+
+@pytest.mark.parametrize("error, code, stderr", [
+    (ValueError("data.jsonl, line 3: no messages"), "error: data.jsonl, line 3: no messages", ""),
+    (NotADirectoryError(20, "Not a directory", "notes.txt/ckpt.pt"), "error: [Errno 20] Not a directory: "
+                                                                      "'notes.txt/ckpt.pt'", ""),
+    (PermissionError(13, "Permission denied", "/srv/out"), "error: [Errno 13] Permission denied: '/srv/out'", ""),
+    (Interrupted("saved out/ckpt.pt at step 3 of 9; run the same command again to resume"), 130,
+     "interrupted: saved out/ckpt.pt at step 3"),
+    (KeyboardInterrupt(), 130, "interrupted by Ctrl-C"),
+])
+def test_run_ends_an_expected_failure_in_one_line(error, code, stderr, capsys):
+    """A bad input or an unusable path ends in its one-line message; Ctrl-C in status 130, so
+    that nothing downstream takes the run as finished."""
+    def main():
+        raise error
+    with pytest.raises(SystemExit) as exit:
+        run(main)
+    assert exit.value.code == code
+    assert capsys.readouterr().err.startswith(stderr)
+
+
+def test_run_keeps_the_traceback_of_a_bug():
+    def main():
+        raise ZeroDivisionError("a bug")
+    with pytest.raises(ZeroDivisionError):
+        run(main)
 
 
 

@@ -251,7 +251,8 @@ def test_read_write_jsonl(tmp_path):
 
 def test_write_atomically_syncs_then_renames_and_keeps_the_old_file(tmp_path, monkeypatch):
     """A write stopped half-way leaves the old file and no temporary one; a finished one is on
-    disk (fsync) before it takes the file's name, or a power cut could leave an empty file."""
+    disk (fsync) before it takes the file's name, or a power cut could leave an empty file, and
+    its folder is synced after, or a power cut could undo the rename."""
     path = tmp_path / "x.json"
     write_json(path, {"old": 1})
 
@@ -265,4 +266,4 @@ def test_write_atomically_syncs_then_renames_and_keeps_the_old_file(tmp_path, mo
     monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or fsync(fd))
     monkeypatch.setattr(os, "replace", lambda src, dst: events.append("replace") or replace(src, dst))
     write_json(path, {"new": 2})
-    assert events == ["fsync", "replace"] and json.loads(path.read_text()) == {"new": 2}
+    assert events == ["fsync", "replace", "fsync"] and json.loads(path.read_text()) == {"new": 2}   # file, folder

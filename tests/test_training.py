@@ -1,5 +1,7 @@
-"""minift.training: the learning-rate schedule, Muon, a Ctrl-C seen by every DDP rank, CPU autocast."""
+"""minift.training: the learning-rate schedule, Muon, Ctrl-C (one press saves, a second quits; seen by every DDP
+rank), the NaN guard, CPU autocast."""
 import os
+import signal
 from dataclasses import dataclass
 
 import pytest
@@ -7,8 +9,9 @@ import torch
 
 from minift.checkpoint import resume_training, save_training_checkpoint
 from minift.model import GPT, GPTConfig
-from minift.training import (MUON_NS_STEPS, Muon, NonFiniteLoss, OptimizerPair, Runtime, check_finite, lr_at,
-                             make_optimizer, multiplies_bf16, orthogonalize, product_dtype, set_lr)
+from minift.training import (MUON_NS_STEPS, Interrupted, Muon, NonFiniteLoss, OptimizerPair, Runtime, StopRequest,
+                             check_finite, lr_at, make_optimizer, multiplies_bf16, orthogonalize, product_dtype,
+                             read_step, set_lr)
 
 
 def test_lr_schedule():
@@ -130,6 +133,29 @@ def _stop_flags_on_rank(rank, init_file, asked, out_dir):
     with open(os.path.join(out_dir, f"rank{rank}"), "w") as f:
         f.write(f"{before} {after} {stop.requested}")
     dist.destroy_process_group()
+
+
+def test_a_first_ctrl_c_asks_for_a_save_and_a_second_quits(capsys):
+    """The first SIGINT only sets the flag the loop checks after its step (which then saves and
+    ends in Interrupted); the second quits at once; leaving the block restores the handler."""
+    before, seen = signal.getsignal(signal.SIGINT), []
+    with pytest.raises(KeyboardInterrupt), StopRequest() as stop:
+        stop.raise_if_requested("not asked yet")            # nothing asked: goes on
+        signal.raise_signal(signal.SIGINT)
+        seen.append(stop.agreed())
+        with pytest.raises(Interrupted, match="saved at step 3; run the same command again to resume"):
+            stop.raise_if_requested("saved at step 3")
+        signal.raise_signal(signal.SIGINT)
+        seen.append("went on")
+    assert seen == [True] and "saving a checkpoint after this step" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_read_step_refuses_a_nan_gradient_norm_and_reads_floats():
+    assert read_step(torch.tensor(2.5), torch.tensor(0.5), 3, "out/ckpt.pt") == (2.5, 0.5)
+    with pytest.raises(NonFiniteLoss, match="gradient norm is nan at step 3; stopping without saving, so "
+                                            "out/ckpt.pt keeps"):
+        read_step(torch.tensor(2.5), torch.tensor(float("nan")), 3, "out/ckpt.pt")
 
 
 def test_ctrl_c_on_one_rank_stops_every_rank(tmp_path):
