@@ -21,7 +21,8 @@ the KV cache, and writes IFEval's response JSONL ({"prompt", "response"}), so th
 answers can be scored by Google's own instruction_following_eval tooling (which stops at our
 task:* ids: drop them from the input file first). It prints:
   * "scored N of M prompts": a prompt whose ids we cannot check is counted, not scored;
-    a warning counts the prompts longer than the model's context, whose start was cut off;
+    a warning counts the prompts longer than the model reads before its answer (its context
+    less --max_new_tokens), whose start was cut off;
     the language checks need `pip install langdetect` (without it, the printout says so);
   * prompt-level accuracy: the share of prompts whose instructions all pass;
   * instruction-level accuracy: passed instructions over all instructions;

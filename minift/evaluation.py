@@ -23,9 +23,12 @@ def check_checker_arguments(records, path):
         for i, (iid, kwargs) in enumerate(zip(rec["instruction_id_list"], rec["kwargs"])):
             lacking = missing_kwargs(iid, kwargs)
             if lacking:
-                has = f"has {', '.join(sorted(kwargs))}" if kwargs else "is empty"
+                # a null counts as lacking, so "has" lists only the names with a value
+                given = sorted(k for k, v in kwargs.items() if v is not None)
+                has = f"has {', '.join(given)}" if given else "has only nulls" if kwargs else "is empty"
+                without = ", ".join(f"{k} (null)" if k in kwargs else k for k in lacking)
                 raise ValueError(f'{path}, record {n} (key {rec["key"]!r}): field "kwargs"[{i}] {has}, without '
-                                 f'{", ".join(lacking)}; expected the arguments of "{iid}": '
+                                 f'{without}; expected the arguments of "{iid}": '
                                  f'{", ".join(KWARG_NAMES[iid])}')
 
 

@@ -1,16 +1,19 @@
-"""evaluate.py's second-turn and sampled evaluation (minift.evaluation), with stand-in models;
+"""evaluate.py's second-turn and sampled evaluation (minift.evaluation), with stand-in models:
+answers in the prompts' order, over-long prompts, the responses file, the samples' seed;
 which file --split reads."""
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import evaluate
 from conftest import ROOT, stand_in_generate
 from minift.config import run
-from minift.model import GPTConfig
-from minift.tokenizer import Tokenizer, train_bpe
+from minift.model import GPT, GPTConfig
+from minift.tokenizer import Tokenizer, save_ranks, train_bpe
 
 
 @pytest.fixture
@@ -77,6 +80,130 @@ def test_an_answer_ends_at_the_end_of_a_reply_or_of_a_text(stand_in_generates):
                     tok.encode("Once upon a time.")][:len(prompts)]
     assert generate_responses(Ending(), tok, ["Name a pet.", "Name a pet!", "Tell a story."],
                               batch_size=3) == ["A cat.", "A dog.", "Once upon a time."]
+
+
+class Echo:
+    """A stand-in model that answers each prompt with the user's message (the ids between
+    <|endoftext|><|user|> and <|end|><|assistant|>), and records the prompts of each batch."""
+    def __init__(self, block_size=256):
+        self.config, self.training, self.batches = GPTConfig(block_size=block_size), False, []
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def generate(self, prompts, max_new_tokens, **kw):
+        self.batches.append(prompts)
+        return [p[2:-2] + [kw["stop_tokens"][0]] for p in prompts]
+
+
+def end_with(word):   # an IFEval record that an answer passes when it ends with `word`
+    return {"instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": word}]}
+
+
+def test_answers_come_back_in_the_order_of_their_prompts(stand_in_generates):
+    """Prompts are batched by length, shortest first, yet each answer lands beside its own
+    prompt and is scored against that prompt's instruction (each passes only its own)."""
+    from minift.evaluation import evaluate_records, generate_responses
+    tok = Tokenizer.from_ranks(train_bpe("Name a pet, a toy and a cup. A cat. " * 50, 300))
+    prompts = ["Name a pet, a toy and a cup, please.", "Hi.", "Name a pet.", "Name a pet and a toy.", "Cat"]
+    model = Echo()
+    assert generate_responses(model, tok, prompts, batch_size=2) == prompts
+    lengths = [len(ids) for batch in model.batches for ids in batch]
+    assert len(model.batches) == 3 and lengths == sorted(lengths)
+    records = [{"prompt": p, **end_with(p.split()[-1])} for p in prompts]
+    metrics, responses = evaluate_records(Echo(), tok, records, batch_size=2)
+    assert responses == prompts and metrics["prompt_strict"] == 1.0
+
+
+def test_a_prompt_too_long_for_the_context_keeps_its_end(stand_in_generates):
+    """The model reads block_size - max_new_tokens ids before its answer. A longer prompt loses
+    its start, never the end of its request nor the <|assistant|> cue, and is counted as cut;
+    a prompt of exactly that many ids is read whole and not counted."""
+    from minift.evaluation import evaluate_records
+    tok = Tokenizer.from_ranks(train_bpe("Name a pet. Name a toy, a cup and a hat. " * 50, 300))
+    short, long = "Name a pet.", "Name a toy, a cup and a hat. Name a pet."
+    fits = len(tok.render_prompt([{"role": "user", "content": short}]))
+    model = Echo(block_size=fits + 8)
+    records = [{"prompt": p, **end_with("pet.")} for p in (long, short)]
+    metrics, _ = evaluate_records(model, tok, records, max_new_tokens=8)
+    whole = tok.render_prompt([{"role": "user", "content": long}])
+    kept = whole[-fits:]
+    assert len(whole) > fits and tok.decode(kept).endswith("Name a pet.<|end|><|assistant|>")
+    asked = sorted(ids for batch in model.batches for ids in batch)
+    assert asked == sorted([tok.render_prompt([{"role": "user", "content": short}]), kept])
+    assert (metrics["prompts_cut"], metrics["prompt_token_limit"]) == (1, fits)
+
+
+def tiny_checkpoint(tmp_path, text):
+    """An untrained one-layer GPT with a BPE tokenizer of `text`: a checkpoint evaluate.py loads."""
+    ranks = train_bpe(text, 300)
+    save_ranks(str(tmp_path / "tok.tiktoken"), ranks)
+    tok = Tokenizer.from_ranks(ranks)
+    config = GPTConfig(vocab_size=tok.n_vocab, block_size=128, n_layer=1, n_head=1, n_embd=16)
+    torch.manual_seed(0)
+    torch.save({"kind": "sft", "model": GPT(config).state_dict(), "model_config": config.__dict__,
+                "tokenizer": {"path": str(tmp_path / "tok.tiktoken"), **tok.identity}}, tmp_path / "ckpt.pt")
+    return str(tmp_path / "ckpt.pt")
+
+
+def test_the_responses_file_is_ifevals_in_the_input_order(tmp_path, monkeypatch):
+    """evaluate.py writes one {"prompt", "response"} object per line, as IFEval's scorer reads
+    them (input_response_data), in the input file's order, each prompt beside its own answer."""
+    ckpt = tiny_checkpoint(tmp_path, "Name a pet, a toy and a cup. A cat. " * 50)
+    prompts = ["Name a pet, a toy and a cup, please.", "Hi.", "Name a pet and a toy.", "Cat"]
+    path = tmp_path / "input.jsonl"
+    path.write_text("".join(json.dumps({"key": i, "prompt": p, **end_with(p.split()[-1])}) + "\n"
+                            for i, p in enumerate(prompts)))
+    monkeypatch.setattr("minift.evaluation.generate", lambda model, prompts, max_new_tokens, **kw: Echo().generate(
+        prompts, max_new_tokens, **kw))
+    out = tmp_path / "responses.jsonl"
+    metrics = evaluate.main([f"--ckpt={ckpt}", f"--input={path}", f"--output={out}", "--batch_size=2",
+                             "--max_new_tokens=8", "--device=cpu", f"--out_dir={tmp_path / 'eval'}"])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"prompt": p, "response": p} for p in prompts]
+    assert metrics["prompt_strict"] == 1.0
+
+
+def test_samples_are_drawn_from_the_seed(tmp_path, monkeypatch):
+    """evaluate.py --samples: the same --seed draws the same answers, another seed others."""
+    ckpt = tiny_checkpoint(tmp_path, "Name a pet, a toy and a cup. A cat. " * 50)
+    path = tmp_path / "input.jsonl"
+    path.write_text("".join(json.dumps({"key": i, "prompt": p, **end_with(".")}) + "\n"
+                            for i, p in enumerate(["Name a pet.", "Name a toy.", "Name a cup."])))
+
+    def coin(model, prompts, max_new_tokens, temperature=0.0, generator=None, **kw):
+        """A stand-in sampler: each sampled answer repeats the request (which passes) or is
+        empty, by a draw from the generator it is given."""
+        answers = Echo().generate(prompts, max_new_tokens, **kw)
+        if temperature == 0:
+            return answers
+        return [a if torch.rand((), generator=generator) < 0.5 else a[-1:] for a in answers]
+    monkeypatch.setattr("minift.evaluation.generate", coin)
+
+    def rate(seed):
+        return evaluate.main([f"--ckpt={ckpt}", f"--input={path}", "--samples=4", f"--seed={seed}",
+                              "--max_new_tokens=8", "--device=cpu", f"--out_dir={tmp_path / 'eval'}"]
+                             )["sample_prompt_strict"]
+    rates = [rate(seed) for seed in range(5)]
+    assert rate(3) == rates[3] and len(set(rates)) > 1
+
+
+def test_a_null_checker_argument_is_named_as_null():
+    """IFEval's HF export writes every argument name, unused ones null: a null that a checker
+    reads is named as such, not listed among the arguments the record has."""
+    from minift.evaluation import check_checker_arguments
+    record = {"key": 7, "prompt": "Describe a cat.", "instruction_id_list": ["length_constraints:number_words"],
+              "kwargs": [{"num_words": None, "relation": "at least", "keywords": None}]}
+    with pytest.raises(ValueError) as e:
+        check_checker_arguments([record], "in.jsonl")
+    assert str(e.value).startswith('in.jsonl, record 1 (key 7): field "kwargs"[0] has relation, without '
+                                   'num_words (null); expected the arguments of "length_constraints:number_words"')
+    record["kwargs"] = [{"num_words": None, "relation": None}]
+    with pytest.raises(ValueError, match=r'has only nulls, without num_words \(null\), relation \(null\);'):
+        check_checker_arguments([record], "in.jsonl")
 
 
 def test_sampled_pass_rates_count_answers_and_prompts(stand_in_generates):

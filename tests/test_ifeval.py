@@ -97,6 +97,8 @@ def test_checkers_the_registry_lacks(iid, kw, good, bad):
 def test_scoring_edges_as_ifeval_judges_them():
     # loose scoring also tries the answer without its first and last lines together
     assert score('Sure:\n"A kite."\nBye!', ["startend:quotation"], [{}]) == {"strict": [False], "loose": [True]}
+    # ... and each cut without its "*" too: 8 variants, not 4 plus the whole text without "*"
+    assert score('Sure:\n*"A kite."*', ["startend:quotation"], [{}]) == {"strict": [False], "loose": [True]}
     assert score('"', ["startend:quotation"], [{}])["strict"] == [False]           # one quote wraps nothing
     assert score("2, 3.", ["change_case:english_lowercase"], [{}])["strict"] == [False]   # no letter to be lower
     assert score("A kite; a ball.", ["punctuation:no_comma"], [{}])["strict"] == [True]  # only commas count

@@ -2,6 +2,7 @@
 (report_card.py), and checkpoints that still work after the output folder moves."""
 import copy
 import json
+import math
 import os
 import shutil
 import statistics
@@ -228,6 +229,23 @@ def test_paired_difference_uses_students_t_for_its_degrees_of_freedom():
             after = [ratio * se + d for d in spread]
             result = paired_difference([0.0] * n, after)
             assert result["se"] == pytest.approx(se) and result["significant"] is significant, (n, ratio)
+
+
+def test_students_t_is_never_below_the_true_cutoff():
+    """A cutoff rounded down would call a difference just inside the noise significant: each
+    table entry lies within 0.001 above Student's t at 97.5%, and past the table each range's
+    value is not below it either. The t distribution's CDF by Simpson's rule."""
+    from minift.synthetic.scoring import T_975, t_975
+
+    def cdf(t, df, n=2000):
+        c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+        f = [c * (1 + (i * t / n) ** 2 / df) ** (-(df + 1) / 2) for i in range(n + 1)]
+        return 0.5 + t / n / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+    assert sorted(T_975) == list(range(1, 31))
+    for df, t in T_975.items():
+        assert cdf(t, df) >= 0.975 > cdf(t - 0.001, df), df
+    for df in (31, 40, 41, 60, 61, 1000):
+        assert cdf(t_975(df), df) >= 0.975, df
 
 
 def test_the_stage_lines_say_no_more_than_their_numbers(micro_pipeline):

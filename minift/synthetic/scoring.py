@@ -69,15 +69,17 @@ def checkable(iid):
     """An id scoring can judge here: it has a checker, and a language check has langdetect."""
     return iid in IFEVAL_CHECKERS and (iid != "language:response_language" or C.language_checked())
 
-# Student's t at 97.5% (two-sided 95%) for 1..30 degrees of freedom (t_975 goes on from there).
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
-         11: 2.20, 12: 2.18, 13: 2.16, 14: 2.14, 15: 2.13, 16: 2.12, 17: 2.11, 18: 2.10, 19: 2.09, 20: 2.09,
-         21: 2.08, 22: 2.07, 23: 2.07, 24: 2.06, 25: 2.06, 26: 2.06, 27: 2.05, 28: 2.05, 29: 2.05, 30: 2.04}
+# Student's t at 97.5% (two-sided 95%) for 1..30 degrees of freedom (t_975 goes on from there),
+# rounded UP at the third decimal: a cutoff below the true one calls some noise significant.
+T_975 = {1: 12.707, 2: 4.303, 3: 3.183, 4: 2.777, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.307, 9: 2.263, 10: 2.229,
+         11: 2.201, 12: 2.179, 13: 2.161, 14: 2.145, 15: 2.132, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.094,
+         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.049,
+         29: 2.046, 30: 2.043}
 
 
 def t_975(df):
-    """Student's t at 97.5% for `df` degrees of freedom: the table to 30, then the value at the
-    start of each range, never below the true one (2.040 at 31, 2.021 at 40, 2.000 at 60, the
+    """Student's t at 97.5% for `df` degrees of freedom, never below the true one: the table to
+    30, then the value at the start of each range (2.040 at 31, 2.021 at 40, 2.000 at 60, the
     normal's 1.96 in the limit)."""
     if df in T_975:
         return T_975[df]
