@@ -76,6 +76,10 @@ def prompt_by_prompt(data_path, sft_responses, ppo_responses):
     split's own order, not picked."""
     sft, ppo = (load_ifeval_responses(path) for path in (sft_responses, ppo_responses))
     records = load_ifeval_inputs(data_path)[:len(ppo)]
+    for path, answers in ((sft_responses, sft), (ppo_responses, ppo)):   # answers pair with prompts by position
+        if len(answers) != len(records) or any(a["prompt"] != r["prompt"] for a, r in zip(answers, records)):
+            raise ValueError(f"{path} does not answer the first {len(records)} prompts of {data_path} in order; "
+                             f"score both models on it with the same --max_examples (python evaluate.py)")
     before, after = (strict_verdicts(records, [a["response"] for a in answers]) for answers in (sft, ppo))
     gained = [i for i, (b, a) in enumerate(zip(before, after)) if not b[1] and a[1]]
     lost = [i for i, (b, a) in enumerate(zip(before, after)) if b[1] and not a[1]]

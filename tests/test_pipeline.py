@@ -348,6 +348,11 @@ def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_wher
     capped = prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))["examples"]
     assert [e["prompt"][-3:] for e in capped] == ["(0)", "(1)"]
     assert "SFT: (empty)" in "\n".join(example_lines([{**examples[0], "sft": ""}]))
+    lines = paths["sft"].read_text().splitlines()   # answers that do not pair with the prompts are refused
+    for wrong in (lines[:-1], lines[1:] + lines[:1]):
+        paths["sft"].write_text("\n".join(wrong) + "\n")
+        with pytest.raises(ValueError, match="sft.jsonl does not answer the first 7 prompts"):
+            prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))
 
 
 def test_force_drops_the_labs_runs_and_every_stage_before_redoing_them(tmp_path, monkeypatch):
