@@ -200,7 +200,9 @@ def compare_markdown(results, preset, seeds):
             lines.append(f"| {method} | {JUDGES[method]} | skipped: {row['runs'][0].get('skipped', '')} "
                          "| | | | | | | |")
             continue
-        lines.append(f"| {method} | {JUDGES[method]} | {cell(row, 'test')} | {cell(row, 'heldout')} | "
+        scored = sum("test" in run for run in row["runs"])   # a skipped seed leaves the mean to the others
+        name = method if method == "sft" or scored == len(seeds) else f"{method} ({scored} of {len(seeds)} seeds)"
+        lines.append(f"| {name} | {JUDGES[method]} | {cell(row, 'test')} | {cell(row, 'heldout')} | "
                      f"{cell(row, 'sampled')} | {cell(row, 'fail_to_pass', 1, 0)} | "
                      f"{cell(row, 'pass_to_fail', 1, 0)} | "
                      f"{cell(row, 'gold', 1, 3)} | {cell(row, 'kl', 1, 2)} | "

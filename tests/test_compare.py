@@ -24,6 +24,15 @@ def test_summarise_gives_the_spread_only_over_two_seeds_or_more():
     assert "kl" not in two
 
 
+def test_a_row_with_a_skipped_seed_says_how_many_seeds_it_averages():
+    runs = [{"test": 0.4}, {"skipped": "error: nothing to learn from: 0 prompts"}, {"test": 0.6}]
+    results = {"sft": {**compare.summarise(runs[:1]), "runs": runs[:1]},
+               "rejection": {**compare.summarise(runs), "runs": runs},
+               "dpo": {**compare.summarise(runs[::2] + runs[:1]), "runs": runs[::2] + runs[:1]}}
+    card = compare.compare_markdown(results, "tiny", ["1337", "2", "3"])
+    assert "| rejection (2 of 3 seeds) |" in card and "| dpo |" in card and "| sft |" in card
+
+
 def test_micro_card(micro_pipeline, tmp_path):
     shared, _ = micro_pipeline
     out = tmp_path / "micro"
