@@ -18,7 +18,7 @@ from collections import Counter
 import evaluate
 import train_ppo
 from minift.config import run
-from minift.formats import load_ifeval_inputs, load_ifeval_responses, write_text
+from minift.formats import load_ifeval_inputs, load_ifeval_responses, require_answers_in_order, write_text
 from minift.synthetic.demonstrators import COMMON_HABITS
 from minift.synthetic.gold import gold_reward
 from minift.synthetic.scoring import NO_LANGDETECT, score
@@ -76,10 +76,8 @@ def prompt_by_prompt(data_path, sft_responses, ppo_responses):
     split's own order, not picked."""
     sft, ppo = (load_ifeval_responses(path) for path in (sft_responses, ppo_responses))
     records = load_ifeval_inputs(data_path)[:len(ppo)]
-    for path, answers in ((sft_responses, sft), (ppo_responses, ppo)):   # answers pair with prompts by position
-        if len(answers) != len(records) or any(a["prompt"] != r["prompt"] for a, r in zip(answers, records)):
-            raise ValueError(f"{path} does not answer the first {len(records)} prompts of {data_path} in order; "
-                             f"score both models on it with the same --max_examples (python evaluate.py)")
+    for path, answers in ((sft_responses, sft), (ppo_responses, ppo)):
+        require_answers_in_order(path, answers, data_path, records)
     before, after = (strict_verdicts(records, [a["response"] for a in answers]) for answers in (sft, ppo))
     gained = [i for i, (b, a) in enumerate(zip(before, after)) if not b[1] and a[1]]
     lost = [i for i, (b, a) in enumerate(zip(before, after)) if b[1] and not a[1]]

@@ -70,7 +70,8 @@ def read_prompt(cfg):
 
 
 def check_options(cfg, kind):
-    """Refuse an option that this checkpoint or mode would silently ignore."""
+    """Refuse an option that this checkpoint or mode would silently ignore: --chat with a reward
+    model, --response without one, and --prompt, --raw or --num_samples with --chat."""
     if kind == "reward":
         if cfg.chat:
             raise SystemExit(f"error: {cfg.ckpt} is a reward model, which scores an answer and cannot --chat; "
@@ -84,7 +85,8 @@ def check_options(cfg, kind):
     if cfg.chat:
         for option, why in ((cfg.prompt and "--prompt", "you type each message at the you> prompt"),
                             (cfg.raw and "--raw", "a chat goes through the chat template, which --raw turns off"),
-                            (cfg.num_samples > 1 and f"--num_samples={cfg.num_samples}", "a chat has one reply a turn")):
+                            (cfg.num_samples > 1 and f"--num_samples={cfg.num_samples}",
+                             "a chat has one reply a turn")):
             if option:
                 raise SystemExit(f"error: {option} does not go with --chat ({why}); drop one of them")
 

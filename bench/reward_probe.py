@@ -53,7 +53,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, run  # noqa: E402
-from minift.formats import load_ifeval_inputs, load_ifeval_responses, load_preferences  # noqa: E402
+from minift.formats import (load_ifeval_inputs, load_ifeval_responses, load_preferences,  # noqa: E402
+                            require_answers_in_order)
 from minift.model import ScalarModel  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 from minift.synthetic.gold import gold_breakdown, gold_reward  # noqa: E402
@@ -357,10 +358,9 @@ def main(argv=None):
         print_held_out(rows)
         return rows
     responses = load_ifeval_responses(answers_path)
-    records = load_ifeval_inputs(os.path.join(cfg.out_dir, "data", "sft", f"{cfg.split}.jsonl"))[:len(responses)]
-    if any(a["prompt"] != r["prompt"] for a, r in zip(responses, records)):   # answers are paired by position
-        raise SystemExit(f"error: {answers_path} does not answer the {cfg.split} prompts in order; "
-                         f"re-run python pipeline.py")
+    data_path = os.path.join(cfg.out_dir, "data", "sft", f"{cfg.split}.jsonl")
+    records = load_ifeval_inputs(data_path)[:len(responses)]
+    require_answers_in_order(answers_path, responses, data_path, records)
     rows = probe(reward_model, tokenizer, records, [a["response"] for a in responses], device, cfg.batch_size)
     print(f"{cfg.model}'s greedy {cfg.split} answers that fail a common habit or a case rule, fixed by hand; "
           f"reward model {reward_ckpt} (likelihood weight {float(reward_model.likelihood_weight):g}). Mean change, fixed - before:")

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from minift.synthetic import splits, world  # noqa: E402
 from minift.config import HelpWithDefaults, run  # noqa: E402
-from minift.formats import write_atomically, write_json  # noqa: E402
+from minift.formats import first_non_utf8, write_atomically, write_json  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
 EOT_MARKER = "<|endoftext|>"
@@ -143,22 +143,9 @@ def file_documents(path: Path):
             by_marker = EOT_MARKER in f.read(1_000_000)
         yield from _split_documents(path, by_marker)
     except UnicodeDecodeError:
-        line, byte = _first_non_utf8(path)
+        line, _, byte, was = first_non_utf8(path)
         raise ValueError(f"{path} line {line} is not UTF-8 text (byte 0x{byte:02x}); convert it, "
-                         f"e.g. iconv -f latin1 -t utf-8") from None
-
-
-def _first_non_utf8(path):
-    """(line number, byte) of the first byte that is not UTF-8. The decoder's own offset counts
-    from the block it was reading; lines can be checked one by one instead, as no multi-byte
-    character holds a "\n" byte."""
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return n, line[e.start]
-    return 0, 0  # not reached: the file failed to decode
+                         f"e.g. iconv -f {was} -t utf-8") from None
 
 
 def _split_documents(path, by_marker):

@@ -64,6 +64,23 @@ def _parse_jsonl(path, text):
                                       "expected one JSON value per line") from None
 
 
+def first_non_utf8(path):
+    """(line, byte offset, byte value, a guess at the encoding) of a file's first byte that is
+    not UTF-8, read line by line so that a big corpus never sits in memory; None if it is all
+    UTF-8. Lines can be checked one at a time because no multi-byte character holds a "\n" byte."""
+    offset = 0
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                f.seek(0)
+                was = "utf-16" if f.read(2) in (b"\xff\xfe", b"\xfe\xff") else "latin1"  # a UTF-16 BOM, or a guess
+                return n, offset + e.start, line[e.start], was
+            offset += len(line)
+    return None
+
+
 def read_text(path):
     """A data file's text; one that is not UTF-8 (Latin-1, a binary file) is refused by name and line."""
     try:
@@ -71,17 +88,9 @@ def read_text(path):
             text = f.read()
     except UnicodeDecodeError:
         # Located in the raw bytes: utf-8-sig's offsets do not count a BOM it has dropped.
-        with open(path, "rb") as f:
-            data = f.read()
-        start = 0
-        try:
-            data.decode("utf-8")  # fails as well: a BOM is valid UTF-8
-        except UnicodeDecodeError as e:
-            start = e.start
-        line = data.count(b"\n", 0, start) + 1
-        was = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"  # a UTF-16 BOM, or a guess
-        raise DataFormatError(f"{os.fspath(path)} line {line}: not UTF-8 text (byte 0x{data[start]:02x} at offset "
-                              f"{start}); expected a UTF-8 JSON or JSONL file (convert it, e.g. iconv -f {was} "
+        line, offset, byte, was = first_non_utf8(path)
+        raise DataFormatError(f"{os.fspath(path)} line {line}: not UTF-8 text (byte 0x{byte:02x} at offset "
+                              f"{offset}); expected a UTF-8 JSON or JSONL file (convert it, e.g. iconv -f {was} "
                               "-t utf-8)") from None
     if "\x00" in text:
         raise DataFormatError(f"{os.fspath(path)}: looks binary (it holds NUL bytes); expected a JSON or JSONL file")
@@ -114,19 +123,30 @@ def write_atomically(path, write):
             os.remove(tmp)
 
 
+# Why a folder cannot be synced where the file in it was written and renamed all the same: a
+# folder we may write but not read (EACCES on opening it), or a filesystem that does not sync
+# folders (EINVAL, EBADF, ENOTSUP: some network and FUSE ones).
+CANNOT_SYNC_FOLDER = {errno.EACCES, errno.EPERM, errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP,
+                      errno.ENOSYS}
+
+
 def sync_folder(folder):
     """fsync a folder, so that a rename in it survives a power cut (the new name is an entry in
-    the folder, which the file's own fsync does not write). POSIX only: Windows cannot open a folder."""
+    the folder, which the file's own fsync does not write). POSIX only: Windows cannot open a
+    folder. Where the folder cannot be synced (CANNOT_SYNC_FOLDER) the rename still stands, so
+    that is no error: the file is whole and in place, only its name's durability is the
+    filesystem's."""
     if not hasattr(os, "O_DIRECTORY"):
         return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
-    except OSError as e:  # EINVAL: a filesystem that cannot sync folders (some network ones); the rename stands
-        if e.errno != errno.EINVAL:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno not in CANNOT_SYNC_FOLDER:
             raise
-    finally:
-        os.close(fd)
 
 
 def write_json(path, obj, indent=1):
@@ -418,6 +438,14 @@ def load_scored_answers(path):
         _number(rec, "gold", where)
         out.append({**rec, "prompt": _prompt(rec.get("prompt", _MISSING), where)})
     return out
+
+
+def require_answers_in_order(answers_path, answers, data_path, records):
+    """Answers pair with their prompts by position: refuse a responses file that does not answer
+    `records` one by one, in order (another split, or scored with another --max_examples)."""
+    if len(answers) != len(records) or any(a["prompt"] != r["prompt"] for a, r in zip(answers, records)):
+        raise DataFormatError(f"{answers_path} does not answer the first {len(records)} prompts of {data_path} in "
+                              f"order; write it again with python evaluate.py --input={data_path}")
 
 
 def load_ifeval_responses(path):

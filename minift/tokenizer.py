@@ -168,14 +168,20 @@ def _bytes_to_ranks(data: bytes) -> dict[bytes, int]:
     return ranks
 
 
+# The bytes UTF-8 text can hold: all but 0xC0, 0xC1 and 0xF5-0xFF, which no character encodes to.
+UTF8_BYTES = [i for i in range(0xF5) if i not in (0xC0, 0xC1)]
+
+
 def _check_ranks(ranks: dict[bytes, int]) -> None:
-    """What tiktoken needs but does not check itself: ids 0..n-1, and every single byte a token
-    (without one, encoding a text that holds that byte panics in tiktoken's Rust code)."""
+    """What tiktoken needs but does not check itself: ids 0..n-1, and every byte that text can
+    hold a token of its own (without one, encoding a text that holds that byte panics in
+    tiktoken's Rust code). The 13 bytes UTF-8 never uses may be left out."""
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"its {len(ranks)} ranks are not the ids 0..{len(ranks) - 1}")
-    missing = [i for i in range(256) if bytes([i]) not in ranks]
+    missing = [i for i in UTF8_BYTES if bytes([i]) not in ranks]
     if missing:
-        raise ValueError(f"{len(missing)} of the 256 single bytes are not tokens (the first: {bytes([missing[0]])!r})")
+        raise ValueError(f"{len(missing)} of the {len(UTF8_BYTES)} single bytes of UTF-8 text are not tokens "
+                         f"(the first: {bytes([missing[0]])!r})")
 
 
 def load_ranks(path: str) -> dict[bytes, int]:

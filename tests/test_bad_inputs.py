@@ -138,8 +138,8 @@ def test_prepare_refuses_files_that_are_not_text(kit, tmp_path, name, needles):
 
 
 def test_prepare_refuses_a_tokenizer_it_cannot_use(tmp_path):
-    """Too many tokens for the uint16 token files was an assert (a traceback; under python -O,
-    wrapped ids); a file that is not a rank file is named too, in one line, and nothing is written."""
+    """Too many tokens for the uint16 token files is a one-line error, not an assert (a traceback;
+    under python -O, wrapped ids); a file that is not a rank file is named too, and nothing is written."""
     big = {bytes([i]): i for i in range(256)}
     big.update((bytes([a, b]), 256 + 256 * a + b) for a in range(256) for b in range(256))
     save_ranks(str(tmp_path / "big.tiktoken"), big)
@@ -497,7 +497,8 @@ def test_sample_without_a_prompt_on_a_terminal(kit, monkeypatch, name):
     ("pretrain", ["--chat", "--num_samples=3"], ["--num_samples=3", "--chat"]),
 ])
 def test_sample_refuses_an_option_it_would_ignore(kit, monkeypatch, name, args, needles):
-    """Each was dropped without a word (a reward model given --chat read a prompt from stdin)."""
+    """Each would otherwise be ignored without a word (a reward model given --chat would read a
+    prompt from stdin)."""
     monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n"))
     fails(sample.main, [f"--ckpt={kit[name]}"] + args, *(n.format(ckpt=kit[name]) for n in needles))
 

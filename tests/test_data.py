@@ -160,10 +160,10 @@ def test_a_prepare_stopped_between_its_renames_leaves_no_meta(tmp_path, monkeypa
 
 
 def test_reusing_the_corpus_own_tokenizer_ignores_an_older_runs_new_file(tmp_path):
-    """A run stopped after training its BPE (killed, or by older code) left tokenizer.tiktoken.new.
-    A later run with --tokenizer naming the corpus's own tokenizer renamed that stale file over
-    it: the ids were the old tokenizer's, the file another's, and train_pretrain.py refused the
-    corpus (meta.json's hash is the ids' tokenizer), whose tokenizer was then lost."""
+    """A run killed after training its BPE leaves tokenizer.tiktoken.new. A later run with
+    --tokenizer naming the corpus's own tokenizer must not rename that stale file over it: the
+    ids would be one tokenizer's and the file another's, train_pretrain.py would refuse the corpus
+    (meta.json's hash is the ids' tokenizer), and that tokenizer would be lost."""
     prepare(str(tmp_path), size_mb=0.02, seed=0, vocab_size=300, prompts_mb=0.01, verbose=False)
     own = tmp_path / "tokenizer.tiktoken"
     before = own.read_bytes()
@@ -237,10 +237,10 @@ def test_prepare_user_file_splits_on_blank_lines(tmp_path):
 
 
 def test_prepare_user_file_with_bom_and_crlf(tmp_path):
-    """Notepad's UTF-8: a byte-order mark, which is not text (it used to start the first
-    document), and CRLF line ends, read as plain line ends."""
+    """Notepad's UTF-8: a byte-order mark, which is not text (read as text, it would start
+    the first document), and CRLF line ends, read as plain line ends."""
     path = tmp_path / "play.txt"
-    path.write_bytes(b"\xef\xbb\xbf" + "\r\n\r\n".join(PARAGRAPHS).replace("\n", "\r\n").encode("utf-8"))
+    path.write_bytes(b"\xef\xbb\xbf" + "\n\n".join(PARAGRAPHS).replace("\n", "\r\n").encode("utf-8"))
     prepare(str(tmp_path / "out"), input=str(path), vocab_size=300, verbose=False)
     check_roundtrip(str(tmp_path / "out"), PARAGRAPHS)
 

@@ -1,6 +1,8 @@
 """Each format loads to the exact internal form; each malformed record gives a precise error."""
+import errno
 import json
 import os
+import stat
 
 import pytest
 
@@ -116,8 +118,8 @@ def test_text_that_is_not_utf8(tmp_path, data, fragments):
 @pytest.mark.parametrize("text, line", [("[" + json.dumps(GOOD) + "]", 1),
                                         ("\n[\n  " + json.dumps(GOOD) + "\n]\n", 2)], ids=["one-line", "indented"])
 def test_json_array_in_a_jsonl_file_says_to_rename_it(tmp_path, text, line):
-    """Only a *.json file is read as one array; a .jsonl one said "invalid JSON" or "the record
-    is an array" without saying why."""
+    """Only a *.json file is read as one array; a .jsonl one that holds an array is told so,
+    with the rename that fixes it, not "invalid JSON" or "the record is an array"."""
     path = tmp_path / "alpaca.jsonl"
     path.write_text(text)
     expect_error(load_sft, path, f"line {line}", "JSON array", "rename", ".json")
@@ -267,3 +269,27 @@ def test_write_atomically_syncs_then_renames_and_keeps_the_old_file(tmp_path, mo
     monkeypatch.setattr(os, "replace", lambda src, dst: events.append("replace") or replace(src, dst))
     write_json(path, {"new": 2})
     assert events == ["fsync", "replace", "fsync"] and json.loads(path.read_text()) == {"new": 2}   # file, folder
+
+
+
+@pytest.mark.parametrize("where, code", [("open", errno.EACCES),   # a folder we may write but not read
+                                         ("fsync", errno.ENOTSUP), ("fsync", errno.EBADF), ("fsync", errno.EINVAL)])
+def test_a_folder_that_cannot_be_synced_does_not_fail_a_finished_write(tmp_path, monkeypatch, where, code):
+    """The file is synced and renamed before its folder is synced: a folder we may not read, or a
+    filesystem that syncs no folders, leaves the new file whole and in place, so no error; a disk
+    error (EIO) still is one."""
+    real = getattr(os, where)
+
+    def refusing(error):
+        def call(target, *args):
+            folder = os.path.isdir(target) if where == "open" else stat.S_ISDIR(os.fstat(target).st_mode)
+            if folder:
+                raise OSError(error, os.strerror(error))
+            return real(target, *args)
+        return call
+    monkeypatch.setattr(os, where, refusing(code))
+    write_json(tmp_path / "x.json", {"new": 2})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"new": 2} and os.listdir(tmp_path) == ["x.json"]
+    monkeypatch.setattr(os, where, refusing(errno.EIO))
+    with pytest.raises(OSError, match=os.strerror(errno.EIO)):
+        write_json(tmp_path / "y.json", {})

@@ -151,5 +151,6 @@ def test_a_prompt_needs_one_token_of_room(ckpts, capsys):
     with pytest.raises(SystemExit, match="--prompt is 64 tokens .* context is 64"):
         sample.main(args + ["--prompt=" + "a" * (BLOCK - 1)])   # with <|endoftext|> before it
     ids = [TOK.eot] + TOK.encode("a" * (BLOCK - 2))
-    assert sample.main(args + ["--prompt=" + "a" * (BLOCK - 2)]) == [engine_answer(ckpts["pretrain"], ids, 1, temperature=0)]
+    expected = engine_answer(ckpts["pretrain"], ids, 1, temperature=0)
+    assert sample.main(args + ["--prompt=" + "a" * (BLOCK - 2)]) == [expected]
     assert "1 tokens of context left" in capsys.readouterr().err

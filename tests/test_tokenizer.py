@@ -181,8 +181,8 @@ def test_load_reads_a_retrained_file_again(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("lines, needle", [
     ([b"# minift", b"A README, not ranks"], "line 1"),
-    ([], "256 single bytes"),
-    ([base64.b64encode(bytes([i])) + b" %d" % i for i in range(200)], "56 of the 256 single bytes"),  # cut short
+    ([], "243 of the 243 single bytes"),
+    ([base64.b64encode(bytes([i])) + b" %d" % i for i in range(200)], "45 of the 243 single bytes"),  # cut short
     ([base64.b64encode(bytes([i])) + b" %d" % (i + (i >= 100)) for i in range(256)], "not the ids 0..255"),
 ])
 def test_broken_tokenizer_file_is_refused_naming_it(tmp_path, lines, needle):
@@ -193,6 +193,16 @@ def test_broken_tokenizer_file_is_refused_naming_it(tmp_path, lines, needle):
     with pytest.raises(ValueError, match=needle) as e:
         load_tokenizer(str(path))
     assert str(path) in str(e.value) and "data/prepare.py" in str(e.value)
+
+
+def test_a_tokenizer_without_the_bytes_utf8_never_uses_loads_and_encodes_any_text(tmp_path):
+    """0xC0, 0xC1 and 0xF5-0xFF never occur in UTF-8, so tiktoken never looks them up."""
+    singles = [bytes([i]) for i in range(256) if i < 0xF5 and i not in (0xC0, 0xC1)]
+    path = str(tmp_path / "tok.tiktoken")
+    save_ranks(path, {b: i for i, b in enumerate(singles)})
+    tok = load_tokenizer(path)
+    text = "Caf\u00e9 \u2014 \U0001F600 \u0000\u007f\u0800\uffff\U0010FFFF"
+    assert tok.n_vocab == 243 + 5 and tok.decode(tok.encode(text)) == text
 
 
 def test_identity_covers_specials_and_split_pattern(tok):

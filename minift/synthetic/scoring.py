@@ -79,8 +79,8 @@ T_975 = {1: 12.707, 2: 4.303, 3: 3.183, 4: 2.777, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 def t_975(df):
     """Student's t at 97.5% for `df` degrees of freedom, never below the true one: the table to
-    30, then the value at the start of each range (2.040 at 31, 2.021 at 40, 2.000 at 60, the
-    normal's 1.96 in the limit)."""
+    30, then for each range the true value at its start, rounded up (2.04 for 31-40: 2.0395 at
+    31; 2.02 for 41-60: 2.0195 at 41; 2.00 beyond: 1.9996 at 61, the normal's 1.96 in the limit)."""
     if df in T_975:
         return T_975[df]
     return 2.04 if df <= 40 else 2.02 if df <= 60 else 2.0
