@@ -291,7 +291,7 @@ def test_stream_decoder(tok, byte_tok):
 def test_gpt2_without_cache_fails_fast_and_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty: nothing cached
     monkeypatch.setenv("DATA_GYM_CACHE_DIR", str(tmp_path / "other"))  # tiktoken reads this one second
-    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: pytest.fail("reached tiktoken's loader, which downloads"))
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: pytest.fail("reached tiktoken's loader: it downloads"))
     with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR") as e:
         load_tokenizer("gpt2")
     assert f"({tmp_path};" in str(e.value)  # the folder tiktoken itself would look in
