@@ -75,6 +75,11 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
     if missing:  # every script rebuilds the model and its tokenizer from these two entries
         raise ValueError(f"{path} is a {ckpt['kind']} checkpoint without {' and '.join(missing)}, which minift "
                          "needs to rebuild the model; load only checkpoints that minift wrote")
+    # An edited or foreign file fails here with its own name, not as a TypeError in GPTConfig(**...).
+    fields = [f.name for f in dataclasses.fields(GPTConfig)]
+    if not isinstance(ckpt["model_config"], dict) or not set(ckpt["model_config"]) <= set(fields):
+        raise ValueError(f"{path}: its model_config is not a dict of GPTConfig's fields ({', '.join(fields)}); "
+                         "load only checkpoints that minift wrote")
     if kinds is not None and ckpt["kind"] not in kinds:
         raise ValueError(f"{path} is a {ckpt['kind']} checkpoint; expected {' or '.join(kinds)}")
     return ckpt
@@ -90,13 +95,20 @@ def check_tokenizer(ckpt, path, expected, source):
                          f"{expected['sha256'][:12]}). Use checkpoints and data made from one data/prepare.py run.")
 
 
+def same_setting(saved, wanted):
+    """Equal values, or two spellings of one path (--data=./data/x.bin and --data=data/x.bin)."""
+    if isinstance(saved, str) and isinstance(wanted, str):
+        return os.path.normpath(saved) == os.path.normpath(wanted) if saved and wanted else saved == wanted
+    return saved == wanted
+
+
 def check_settings(ckpt, cfg, path):
     """A resumed run must be the run the checkpoint started: re-running with another
     --learning_rate (say) in the same --out_dir would otherwise resume the old run silently."""
     saved, wanted = ckpt.get("config", {}), dataclasses.asdict(cfg)
     free = RESUMABLE_CHANGES - FIXED_BY_KIND.get(ckpt.get("kind"), set())
     diff = [f"--{k}={wanted[k]} (it has {saved[k]})" for k in wanted
-            if k in saved and k not in free and saved[k] != wanted[k]]
+            if k in saved and k not in free and not same_setting(saved[k], wanted[k])]
     if diff:
         raise ValueError(f"{path} holds a run with other settings: {', '.join(diff)}. To resume it, use its "
                          f"settings; to start over, add --force; or choose another --out_dir.")
@@ -131,7 +143,12 @@ def tokenizer_for(ckpt, path):
     with another --vocab_size). A checkpoint carries its tokenizer (Tokenizer.to_record), so
     it works wherever it is copied; older ones name a tokenizer file, read from its path."""
     from minift.tokenizer import Tokenizer, load_tokenizer
-    info = ckpt["tokenizer"]
+    info = ckpt["tokenizer"] if isinstance(ckpt["tokenizer"], dict) else {}
+    # A record carries the tokenizer whole (ranks), or, in older checkpoints, names its file (path).
+    needed = {"sha256"} | ({"name", "pat_str", "specials", "ranks"} if "ranks" in info else {"path"})
+    if not needed <= set(info):
+        raise ValueError(f"{path}: its tokenizer record lacks {', '.join(sorted(needed - set(info)))} (needed to "
+                         "rebuild the tokenizer); load only checkpoints that minift wrote")
     tokenizer = Tokenizer.from_record(info) if "ranks" in info else load_tokenizer(info["path"])
     if tokenizer.identity["sha256"] != info["sha256"]:
         raise ValueError(f"{info.get('path', 'this tokenizer')} is not the tokenizer checkpoint {path} was "

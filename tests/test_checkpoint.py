@@ -12,6 +12,7 @@ import torch
 import train_grpo
 import train_pretrain
 import train_reward
+import train_sft
 from minift.checkpoint import (check_model_config, check_settings, load_checkpoint, resume_training, save_checkpoint,
                                save_training_checkpoint, should_resume, tokenizer_for)
 from minift.model import GPT, GPTConfig
@@ -43,6 +44,10 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
     save_checkpoint(path, {"kind": "sft", "model": {}})  # another program's layout: say what it lacks
     with pytest.raises(ValueError, match="sft checkpoint without model_config and tokenizer"):
         load_checkpoint(path)
+    for model_config in ({"n_layers": 4}, [4, 4, 128]):   # edited by hand: named, not a TypeError later
+        save_checkpoint(path, {**payload, "model_config": model_config})
+        with pytest.raises(ValueError, match="its model_config is not a dict of GPTConfig's fields"):
+            load_checkpoint(path)
     with pytest.raises(ValueError, match="is a folder; pass the checkpoint file in it"):
         load_checkpoint(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="run this first"):
@@ -142,6 +147,14 @@ def test_a_resume_refuses_only_settings_that_change_the_run(script, change, refu
         check_settings(ckpt, cfg, "out/ckpt.pt")
 
 
+def test_a_resume_reads_two_spellings_of_one_path_as_one_setting():
+    ckpt = {"kind": "sft", "config": dataclasses.asdict(train_sft.Config())}
+    for spelling in ("./" + train_sft.Config().data, train_sft.Config().data.replace("/", "//")):
+        check_settings(ckpt, dataclasses.replace(train_sft.Config(), data=spelling), "out/ckpt.pt")
+    with pytest.raises(ValueError, match=re.escape("--data=data/other.jsonl (it has ")):
+        check_settings(ckpt, dataclasses.replace(train_sft.Config(), data="data/other.jsonl"), "out/ckpt.pt")
+
+
 def test_starting_over_clears_the_log_and_resuming_keeps_it(tmp_path):
     """--force and --resume=false both start over, so the old run's log and checkpoint go at
     once (a log never mixes two runs, and a new run stopped before its first save leaves no old
@@ -191,6 +204,11 @@ def test_a_checkpoint_carries_its_tokenizer(tmp_path):
         tokenizer_for(naming, "naming.pt")
     os.replace(tok_path + ".moved", tok_path)
     assert tokenizer_for(naming, "naming.pt").encode(text) == tok.encode(text)
+    without_specials = {k: v for k, v in carrying["tokenizer"].items() if k != "specials"}
+    broken = ((without_specials, "specials"), ({"sha256": "0" * 64}, "path"), ("tok.tiktoken", "path, sha256"))
+    for info, lacking in broken:
+        with pytest.raises(ValueError, match=re.escape(path) + f": its tokenizer record lacks {lacking} \\(needed"):
+            tokenizer_for({"tokenizer": info}, path)
     other = Tokenizer.from_ranks(train_bpe("Name a toy. A ball. " * 50, 300)).to_record()
     with pytest.raises(ValueError, match="hash differs"):
         tokenizer_for({"tokenizer": {"path": tok_path, **other, "sha256": tok.identity["sha256"]}}, path)
