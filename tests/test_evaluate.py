@@ -13,6 +13,7 @@ import evaluate
 from conftest import ROOT, stand_in_generate
 from minift.config import run
 from minift.model import GPT, GPTConfig
+from minift.synthetic import checkers
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
 
 
@@ -206,7 +207,7 @@ def test_a_null_checker_argument_is_named_as_null():
         check_checker_arguments([record], "in.jsonl")
 
 
-def test_sampled_pass_rates_count_answers_and_prompts(stand_in_generates):
+def test_sampled_pass_rates_count_answers_and_prompts(stand_in_generates, monkeypatch):
     """evaluate.py --samples: a sample's pass rate is over all sampled answers, pass@k over
     prompts (any of its k answers passes), best-of-k over each prompt's highest-judged answer;
     prompts with no checkable instruction are skipped."""
@@ -219,6 +220,7 @@ def test_sampled_pass_rates_count_answers_and_prompts(stand_in_generates):
             "Name a hat.": [titled, titled]}
     records = [{"prompt": p, "instruction_id_list": ["detectable_format:title"], "kwargs": [{}]} for p in plan]
     records[-1]["instruction_id_list"] = ["language:response_language"]   # no checker: skipped
+    monkeypatch.setattr(checkers, "langdetect", None)                       # (as where langdetect is missing)
 
     class Planned:  # a stand-in model: the planned answers of each prompt, in turn
         config = GPTConfig(block_size=256)
