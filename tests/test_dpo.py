@@ -66,8 +66,18 @@ def test_implicit_reward_follows_the_policy_against_the_reference():
     stats = train_dpo.pair_stats(losses, r_c, r_r)
     assert (r_c > 0).all() and (r_r == 0).all() and stats["accuracy"] == 1.0
     assert stats["margin"] == pytest.approx(0.1)
+    assert not r_c.requires_grad and not r_r.requires_grad      # for reading only
     losses.mean().backward()
     assert (pol_c.grad < 0).all() and (pol_r.grad > 0).all()   # descent raises chosen, lowers rejected
+
+
+def test_pair_stats_on_hand_values():
+    """A pair is ranked right when its chosen answer's reward is strictly higher: a tie (as
+    every pair is at step 0, when the policy is the reference) is not."""
+    stats = train_dpo.pair_stats(T([0.1, 0.2, 0.3]), T([0.5, -0.2, 0.0]), T([0.3, 0.1, 0.0]))
+    assert stats["loss"] == pytest.approx(0.2) and stats["accuracy"] == pytest.approx(1 / 3)
+    assert stats["margin"] == pytest.approx((0.2 - 0.3 + 0.0) / 3)
+    assert stats["chosen_reward"] == pytest.approx(0.1) and stats["rejected_reward"] == pytest.approx(0.4 / 3)
 
 
 def naive_answer_logprob(model, tok, prompt, answer):
@@ -115,6 +125,12 @@ def test_group_batch_loss_forwards_each_answer_once(tok, monkeypatch):
     want, r_c, r_r = train_dpo.dpo_loss(lp[c], lp[r], ref[c], ref[r], 0.5)
     assert loss.item() == pytest.approx(want.mean().item(), abs=1e-5)
     assert stats["accuracy"] == pytest.approx(((r_c > r_r).float().mean()).item())
+    # the loss options reach the loss
+    for options in (dict(label_smoothing=0.2), dict(loss_type="ipo")):
+        cfg = train_dpo.Config(beta=0.5, **options)
+        loss, _ = train_dpo.group_batch_loss(model, seqs, groups, ref, tok, "cpu", cfg)
+        want, _, _ = train_dpo.dpo_loss(lp[c], lp[r], ref[c], ref[r], 0.5, **options)
+        assert loss.item() == pytest.approx(want.mean().item(), abs=1e-5)
 
 
 def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys):
