@@ -133,6 +133,32 @@ def test_group_batch_loss_forwards_each_answer_once(tok, monkeypatch):
         assert loss.item() == pytest.approx(want.mean().item(), abs=1e-5)
 
 
+def test_evaluate_scores_held_out_pairs_against_their_own_reference(tok):
+    """The held-out figures come from the policy's log-probabilities less the reference's, per
+    pair: with a reference below the policy by known amounts, each implicit reward is beta times
+    that amount, whatever the model, and every figure can be worked out by hand."""
+    model = tiny_gpt(tok)
+    pairs = [{"prompt": "Tell me.", "chosen": a, "rejected": b, "instruction_id_list": ["x:a"]}
+             for a, b in (("the cat", "a big red cat"), ("the cat", "sad"), ("a big red cat", "sad"))]
+    pairs.append({"prompt": "Tell me about the sun.", "chosen": "the sun", "rejected": "a hat",
+                  "instruction_id_list": ["x:a", "x:b"]})
+    seqs, groups, _, _ = train_reward.build_groups(pairs, tok, 64)
+    assert len(seqs) == 5 and len(groups) == 2
+    above = [1.0, -0.5, 2.0, 0.7, 0.0]         # log pi - log pi_ref of each answer, in nats
+    h = [above[c] - above[r] for c, r in ((0, 1), (0, 2), (1, 2), (3, 4))]   # 1.5, -1, -2.5, 0.7
+    for loss_type, pair_loss in (("sigmoid", lambda x: math.log1p(math.exp(-0.5 * x))),
+                                 ("ipo", lambda x: (x - 1 / (2 * 0.5)) ** 2)):
+        cfg = train_dpo.Config(beta=0.5, loss_type=loss_type, eval_batch_size=2)
+        policy = train_dpo.logprobs_all(model, seqs, tok, "cpu", cfg.eval_batch_size)
+        m = train_dpo.evaluate(model, (seqs, groups), policy - T(above), tok, "cpu", cfg)
+        assert m["val_loss"] == pytest.approx(sum(map(pair_loss, h)) / 4, abs=1e-4)
+        assert m["val_accuracy"] == 0.5 and m["val_margin"] == pytest.approx(0.5 * sum(h) / 4, abs=1e-4)
+        assert m["val_chosen_reward"] == pytest.approx(0.5 * (1.0 + 1.0 - 0.5 + 0.7) / 4, abs=1e-4)
+        assert m["val_rejected_reward"] == pytest.approx(0.5 * (-0.5 + 2.0 + 2.0 + 0.0) / 4, abs=1e-4)
+        assert m["val_accuracy_by_type"] == {"x:a": 0.5, "x:b": 1.0}
+    assert train_dpo.evaluate(model, ([], []), T([]), tok, "cpu", cfg) == {}   # no held-out pairs
+
+
 def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys):
     pipeline_out, _ = micro_pipeline
     prefs = os.path.join(pipeline_out, "data", "prefs")
