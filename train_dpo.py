@@ -164,6 +164,18 @@ def pair_rows(groups):
     return torch.tensor([c for c, _ in pairs]), torch.tensor([r for _, r in pairs])
 
 
+def step_batch(n_groups, step, micro, cfg, rank=0, world_size=1):
+    """Indices of the prompt groups of micro-batch `micro` on rank `rank` at optimizer step
+    `step`. Each epoch walks its own shuffle of the groups (epoch_order); a step takes the next
+    batch_groups * grad_accum * world_size of them, each micro-batch of each rank its own
+    slice, so no group is seen twice in an epoch (the last partial step's are left out)."""
+    per_step = cfg.batch_groups * cfg.grad_accum * world_size
+    steps_per_epoch = n_groups // per_step
+    order = epoch_order(n_groups, cfg.seed, step // steps_per_epoch)
+    first = (step % steps_per_epoch) * per_step + (micro * world_size + rank) * cfg.batch_groups
+    return order[first:first + cfg.batch_groups]
+
+
 def group_batch_loss(model, seqs, groups, ref_logps, tokenizer, device, cfg):
     """Mean DPO loss of a batch of whole prompt groups, and its pair_stats. Each distinct
     answer is forwarded once and its log-probability reused in all its pairs (step 5)."""
@@ -260,12 +272,9 @@ def main(argv=None):
         while step < max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, max_steps)
             set_lr(optimizer, lr)
-            order = epoch_order(len(groups), cfg.seed, step // steps_per_epoch)
-            start = (step % steps_per_epoch) * per_step
             stats = {}
             for micro in range(cfg.grad_accum):
-                first = start + (micro * rt.world_size + rt.rank) * cfg.batch_groups
-                batch = [groups[i] for i in order[first:first + cfg.batch_groups]]
+                batch = [groups[i] for i in step_batch(len(groups), step, micro, cfg, rt.rank, rt.world_size)]
                 last = micro == cfg.grad_accum - 1
                 with (model.no_sync() if rt.ddp and not last else nullcontext()), rt.autocast(cfg.dtype):
                     loss, batch_stats = group_batch_loss(model, seqs, batch, ref_logps, tokenizer, rt.device, cfg)
