@@ -12,9 +12,10 @@ import evaluate
 import sample
 import train_dpo
 import train_reward
-from conftest import read_metrics
+from conftest import read_metrics, run_main
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.engine import generate
+from minift.formats import load_preferences
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import Tokenizer, train_bpe
 from minift.training import lr_at
@@ -221,6 +222,52 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys)
     assert steps_logged == list(range(1, 2 * steps + 1))
 
 
+def sft_gradient_norm(pipeline_out):
+    """(grad_norm, groups) of the micro pipeline's training pairs: grad_norm(batches) is the
+    norm of the gradient, at the SFT model's weights, of the mean of the micro-batches' DPO
+    losses (each batch a list of indices into groups), as a step taken from there sees it."""
+    ckpt = load_checkpoint(f"{pipeline_out}/sft/ckpt.pt")
+    tok, model = tokenizer_for(ckpt, pipeline_out), build_model(ckpt).eval()
+    pairs = load_preferences(f"{pipeline_out}/data/prefs/train.jsonl")
+    seqs, groups, _, _ = train_reward.build_groups(pairs, tok, model.config.block_size)
+    cfg = train_dpo.Config()
+    ref = train_dpo.logprobs_all(model, seqs, tok, "cpu", cfg.eval_batch_size)
+
+    def norm(batches):
+        model.zero_grad()
+        for batch in batches:
+            loss, _ = train_dpo.group_batch_loss(model, seqs, [groups[i] for i in batch], ref, tok, "cpu", cfg)
+            (loss / len(batches)).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm().item()
+    return norm, groups
+
+
+def test_a_run_at_learning_rate_zero_keeps_the_reference(micro_pipeline, tmp_path):
+    """With the policy held at the SFT model (learning rate 0, float32) every pair's h is 0:
+    each training and held-out loss is log 2 and the held-out margin 0 (so the held-out pairs
+    meet their own reference's log-probabilities). Each step's logged gradient norm is worked
+    out here from the groups epoch_order gives the step: the mean of its micro-batches'
+    losses (scaled by grad_accum), and no gradient left over from the step before."""
+    pipeline_out, _ = micro_pipeline
+    prefs = os.path.join(pipeline_out, "data", "prefs")
+    out = str(tmp_path / "dpo")
+    result = run_main(train_dpo, [
+        "--preset=micro", "--device=cpu", f"--init_from={pipeline_out}/sft/ckpt.pt", f"--out_dir={out}",
+        f"--data={prefs}/train.jsonl", f"--val_data={prefs}/val.jsonl", "--learning_rate=0", "--min_lr=0",
+        "--dtype=float32", "--batch_groups=1", "--grad_accum=2", "--epochs=2"])
+    assert result["val_loss"] == pytest.approx(math.log(2), abs=1e-6) and result["val_margin"] == pytest.approx(0)
+    rows = [m for m in read_metrics(out) if "loss" in m]
+    assert all(m["loss"] == pytest.approx(math.log(2), abs=1e-5) for m in rows)
+
+    grad_norm, groups = sft_gradient_norm(pipeline_out)
+    steps_per_epoch = len(groups) // 2
+    assert len(rows) == 2 * steps_per_epoch
+    for step, logged in enumerate(rows):
+        order = train_reward.epoch_order(len(groups), train_dpo.Config.seed, step // steps_per_epoch)
+        at = 2 * (step % steps_per_epoch)
+        assert logged["grad_norm"] == pytest.approx(grad_norm([[order[at]], [order[at + 1]]]), rel=1e-4)
+
+
 def test_ddp_two_cpu_processes_with_gloo(micro_pipeline, tmp_path):
     """Two ranks train on different prompt groups: both finish (every collective, the loss
     averaged for the NaN check included, is reached by both), DDP keeps their models
@@ -245,5 +292,10 @@ def test_ddp_two_cpu_processes_with_gloo(micro_pipeline, tmp_path):
     steps = load_checkpoint(str(out / "ckpt.pt"))["step"]
     assert steps >= 2 and [m["step"] for m in train_rows] == list(range(1, steps + 1))   # rank 0 alone logs
     assert train_rows[0]["loss"] == pytest.approx(math.log(2), abs=0.02)   # step 1: the policy is the reference
+    # step 1's gradient is the mean of the two ranks' own groups' (rel: bf16's rounding)
+    grad_norm, groups = sft_gradient_norm(pipeline_out)
+    cfg = train_dpo.Config(batch_groups=1)
+    ranks = [train_dpo.step_batch(len(groups), 0, 0, cfg, rank, world_size=2) for rank in (0, 1)]
+    assert train_rows[0]["grad_norm"] == pytest.approx(grad_norm(ranks), rel=0.01)
     with pytest.raises(ValueError, match="trained on 2 process"):
         train_dpo.main(args + ["--epochs=2"])
