@@ -208,6 +208,9 @@ def evaluate(model, val, ref_logps, tokenizer, device, cfg):
 # ---------------------------------------------------------------------- training
 def main(argv=None):
     cfg = cli_config(Config, PRESETS, argv)
+    if cfg.loss_type == "ipo" and cfg.label_smoothing:   # IPO's squared loss has no flipped labels
+        raise SystemExit(f"error: --label_smoothing={cfg.label_smoothing} is conservative DPO's, for "
+                         "--loss_type=sigmoid; IPO would ignore it. Drop it, or use --loss_type=sigmoid")
     rt = setup_runtime(cfg.device, cfg.seed)
     if rt.master:
         print_config(cfg)

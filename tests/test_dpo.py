@@ -57,6 +57,13 @@ def test_dpo_loss_on_hand_values():
         train_dpo.dpo_loss(T([0.0]), T([0.0]), T([0.0]), T([0.0]), 0.1, loss_type="hinge")
 
 
+def test_label_smoothing_is_refused_with_ipo(tmp_path):
+    """dpo_loss smooths only the sigmoid loss: with IPO the option would be dropped silently."""
+    with pytest.raises(SystemExit, match="--label_smoothing=0.1.*--loss_type=sigmoid"):
+        train_dpo.main(["--loss_type=ipo", "--label_smoothing=0.1", f"--out_dir={tmp_path}"])
+    assert not os.listdir(tmp_path)
+
+
 def test_implicit_reward_follows_the_policy_against_the_reference():
     """Raising the chosen answer's likelihood relative to the reference gives it a positive
     reward, and the pair is ranked right; the gradient pushes chosen up, rejected down."""
