@@ -18,7 +18,7 @@ from minift.engine import generate
 from minift.formats import load_preferences
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import Tokenizer, train_bpe
-from minift.training import lr_at
+from minift.training import Interrupted, lr_at
 
 WORDS = "the cat dog sun ran sat big red hat mat saw a on in and was happy sad tree ball".split()
 T = torch.tensor
@@ -184,7 +184,7 @@ def test_step_batch_gives_every_rank_and_micro_batch_its_own_groups():
     assert train_dpo.step_batch(19, 3, 1, cfg, 1, world_size=2) == epochs[1][-2:]
 
 
-def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys):
+def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys, monkeypatch):
     pipeline_out, _ = micro_pipeline
     prefs = os.path.join(pipeline_out, "data", "prefs")
     out = str(tmp_path / "dpo")
@@ -221,6 +221,23 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys)
     scores = evaluate.evaluate(f"{out}/ckpt.pt", f"{pipeline_out}/data/sft/test.jsonl", max_examples=4,
                                max_new_tokens=8, device="cpu")
     assert scores["n_prompts"] == 4 and scores["prompt_strict"] * 4 == round(scores["prompt_strict"] * 4)
+
+    # Ctrl-C during step 3 (as tests/test_bad_inputs.py's stop_after): the loop saves step 2 and
+    # stops; the rerun resumes there and ends on the uninterrupted run's weights, bit for bit
+    class StopDuringStep3(train_dpo.StopRequest):
+        def agreed(self):
+            self.checks = getattr(self, "checks", 0) + 1
+            self.requested = self.requested or self.checks > 2
+            return super().agreed()
+    stopped = str(tmp_path / "stopped")
+    with monkeypatch.context() as m:
+        m.setattr(train_dpo, "StopRequest", StopDuringStep3)
+        with pytest.raises(Interrupted, match="at step 2 of"):
+            train_dpo.main(args + [f"--out_dir={stopped}"])
+    assert load_checkpoint(os.path.join(stopped, "ckpt.pt"))["step"] == 2
+    assert train_dpo.main(args + [f"--out_dir={stopped}"])["step"] == steps
+    a, b = (load_checkpoint(os.path.join(d, "ckpt.pt"))["model"] for d in (out, stopped))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
     # resume: a second call with more epochs continues from the saved step
     second = train_dpo.main(args + ["--epochs=2"])
