@@ -4,6 +4,7 @@ and train_dpo.py end to end on the micro pipeline's SFT model and pairs, with re
 import math
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -244,6 +245,16 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys,
     assert second["step"] == 2 * steps
     steps_logged = [m["step"] for m in read_metrics(out) if "loss" in m]
     assert steps_logged == list(range(1, 2 * steps + 1))
+
+
+def test_fewer_groups_than_one_step_are_refused(micro_pipeline, tmp_path):
+    """Else the run would take 0 steps an epoch, and end at once with nothing trained."""
+    pipeline_out, _ = micro_pipeline
+    prefs = os.path.join(pipeline_out, "data", "prefs")
+    with pytest.raises(ValueError, match=re.escape(f"prompt groups in {prefs}/train.jsonl") + ".* lower --batch_groups"):
+        run_main(train_dpo, ["--preset=micro", "--device=cpu", f"--init_from={pipeline_out}/sft/ckpt.pt",
+                             f"--out_dir={tmp_path}", f"--data={prefs}/train.jsonl", f"--val_data={prefs}/val.jsonl",
+                             "--batch_groups=1000"])
 
 
 def sft_gradient_norm(pipeline_out):
