@@ -1,6 +1,8 @@
-"""DPO: the loss on hand values (sigmoid, conservative, IPO), the implicit reward's sign, the
-summed answer log-probability against a naive computation, the one-forward-per-answer batch,
-and train_dpo.py end to end on the micro pipeline's SFT model and pairs, with resume."""
+"""DPO: the loss on hand values (sigmoid, conservative, IPO), the implicit reward's sign and
+the logged figures, the summed answer log-probability against a naive computation, the
+one-forward-per-answer batch, the held-out evaluation, the walk over the groups by epoch, rank
+and micro-batch, and train_dpo.py end to end on the micro pipeline's SFT model and pairs: with
+Ctrl-C and resume, at learning rate 0 against hand-made gradients, and under DDP."""
 import math
 import os
 import random
