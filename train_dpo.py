@@ -44,7 +44,7 @@ from minift.formats import load_preferences, require_file
 from minift.model import answer_positions, pad_left, padded_length
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, check_finite, cleanup_runtime,
                              compile_and_wrap, lr_at, make_optimizer, set_lr, setup_runtime)
-from train_reward import accuracy_by_type, answers_used, build_groups, epoch_order, held_out_pairs
+from train_reward import accuracy_by_type, answers_used, build_groups, held_out_pairs, step_batch
 
 
 @dataclass
@@ -162,18 +162,6 @@ def pair_rows(groups):
     """(chosen seq indices, rejected seq indices) of every pair of the groups, as tensors."""
     pairs = [(c, r) for g in groups for c, r, _ in g]
     return torch.tensor([c for c, _ in pairs]), torch.tensor([r for _, r in pairs])
-
-
-def step_batch(n_groups, step, micro, cfg, rank=0, world_size=1):
-    """Indices of the prompt groups of micro-batch `micro` on rank `rank` at optimizer step
-    `step`. Each epoch walks its own shuffle of the groups (epoch_order); a step takes the next
-    batch_groups * grad_accum * world_size of them, each micro-batch of each rank its own
-    slice, so no group is seen twice in an epoch (the last partial step's are left out)."""
-    per_step = cfg.batch_groups * cfg.grad_accum * world_size
-    steps_per_epoch = n_groups // per_step
-    order = epoch_order(n_groups, cfg.seed, step // steps_per_epoch)
-    first = (step % steps_per_epoch) * per_step + (micro * world_size + rank) * cfg.batch_groups
-    return order[first:first + cfg.batch_groups]
 
 
 def group_batch_loss(model, seqs, groups, ref_logps, tokenizer, device, cfg):

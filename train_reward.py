@@ -173,6 +173,18 @@ def epoch_order(n_groups, seed, epoch):
     return torch.randperm(n_groups, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
 
 
+def step_batch(n_groups, step, micro, cfg, rank=0, world_size=1):
+    """Indices of the prompt groups of micro-batch `micro` on rank `rank` at optimizer step
+    `step`. Each epoch walks its own shuffle of the groups (epoch_order); a step takes the next
+    batch_groups * grad_accum * world_size of them, each micro-batch of each rank its own
+    slice, so no group is seen twice in an epoch (the last partial step's are left out)."""
+    per_step = cfg.batch_groups * cfg.grad_accum * world_size
+    steps_per_epoch = n_groups // per_step
+    order = epoch_order(n_groups, cfg.seed, step // steps_per_epoch)
+    first = (step % steps_per_epoch) * per_step + (micro * world_size + rank) * cfg.batch_groups
+    return order[first:first + cfg.batch_groups]
+
+
 def last_token_scores(model, seqs, tokenizer, device):
     """Lists of ids -> (B,) raw scores: the head at each one's last real token (plus the
     answer's mean log-probability, weighted; ScalarModel). Left padding puts that token in
@@ -399,12 +411,9 @@ def main(argv=None):
         while step < max_steps and not stop.agreed():
             lr = lr_at(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, max_steps)
             set_lr(optimizer, lr)
-            order = epoch_order(len(groups), cfg.seed, step // steps_per_epoch)
-            start = (step % steps_per_epoch) * per_step
             step_loss = step_accuracy = 0.0
             for micro in range(cfg.grad_accum):
-                first = start + (micro * rt.world_size + rt.rank) * cfg.batch_groups
-                batch = [groups[i] for i in order[first:first + cfg.batch_groups]]
+                batch = [groups[i] for i in step_batch(len(groups), step, micro, cfg, rt.rank, rt.world_size)]
                 last = micro == cfg.grad_accum - 1
                 with (model.no_sync() if rt.ddp and not last else nullcontext()), rt.autocast(cfg.dtype):
                     loss, acc = group_batch_loss(model, seqs, batch, tokenizer, rt.device, gold,

@@ -320,3 +320,21 @@ def test_make_preferences_script(tok, tmp_path, monkeypatch):
 
 def read(path):
     return [json.loads(line) for line in open(path)]
+
+
+def test_step_batch_gives_every_rank_and_micro_batch_its_own_groups():
+    """The walk the reward model and DPO share. Two ranks, two micro-batches each, two groups
+    a micro-batch: 8 groups a step, so 2 steps an epoch of 19 groups (3 left out). Within an
+    epoch no group comes twice; the next epoch walks another order; and a step's batches
+    depend on the step alone (a resumed run)."""
+    cfg = train_reward.Config(batch_groups=2, grad_accum=2, seed=3)
+    epochs = []
+    for epoch in range(2):
+        batches = [train_reward.step_batch(19, step, micro, cfg, rank, world_size=2)
+                   for step in (2 * epoch, 2 * epoch + 1) for micro in range(2) for rank in range(2)]
+        assert all(len(b) == 2 for b in batches)
+        seen = [i for b in batches for i in b]
+        assert len(set(seen)) == 16 and set(seen) <= set(range(19))
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]
+    assert train_reward.step_batch(19, 3, 1, cfg, 1, world_size=2) == epochs[1][-2:]
