@@ -257,7 +257,7 @@ def main(argv=None):
                                  metrics, init_from=cfg.init_from, world_size=rt.world_size)
 
     # ---- the training loop
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master, step=step)
     bar = tqdm(total=max_steps, initial=step, desc="dpo", disable=not rt.master, dynamic_ncols=True)
     with StopRequest(rt) as stop:
         while step < max_steps and not stop.agreed():

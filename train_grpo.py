@@ -196,7 +196,7 @@ def main(argv=None):
     def save():
         save_training_checkpoint(ckpt_path, "grpo", it, policy, optimizer, cfg, sft["tokenizer"], generator, metrics)
 
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"))
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), step=it)
     bar = tqdm(total=cfg.iterations, initial=it, desc="grpo", dynamic_ncols=True)
     if eval_records and it == 0:  # the probe before any update: the "start" figures
         log.log(iteration=0, **probe(policy, reward_model, tokenizer, eval_records, cfg, rt))

@@ -427,7 +427,7 @@ def main(argv=None):
             print(f"resuming from {ckpt_path} at iteration {it}")
 
     # Only rank 0 logs, evaluates and saves; the statistics it logs are averaged over ranks.
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master, step=it)
     bar = tqdm(total=cfg.iterations, initial=it, desc="ppo", disable=not rt.master, dynamic_ncols=True)
     if rt.master and eval_records and it == 0:  # the probe before any update: the "start" figures
         log.log(iteration=0, **probe(policy, reward_model, tokenizer, eval_records, cfg, rt))

@@ -187,7 +187,7 @@ def main(argv=None):
                                  {"val_loss": val_loss, "val_loss_init": val_loss_init})
 
     # ---- the training loop
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master, step=step)
     decay_steps = cfg.decay_steps or cfg.max_steps
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * rt.world_size
     # Model FLOPs utilisation, on a GPU whose bf16 peak we know: the share of the peak that the

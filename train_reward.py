@@ -405,7 +405,7 @@ def main(argv=None):
         return metrics
 
     # ---- the training loop
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master, step=step)
     bar = tqdm(total=max_steps, initial=step, desc="reward", disable=not rt.master, dynamic_ncols=True)
     with StopRequest(rt) as stop:
         while step < max_steps and not stop.agreed():

@@ -185,7 +185,7 @@ def main(argv=None):
                                  metrics, init_from=cfg.init_from)
 
     # ---- the training loop
-    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master)
+    log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master, step=step)
     bar = tqdm(total=cfg.max_steps, initial=step, desc="sft", disable=not rt.master, dynamic_ncols=True)
     step_loss = grad_norm = 0.0   # the last step's, read before a Ctrl-C save
     with StopRequest(rt) as stop:

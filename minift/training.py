@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from minift.formats import write_text
+
 
 # ---------------------------------------------------------------------- devices and DDP
 @dataclass
@@ -374,16 +376,33 @@ class MetricsLog:
     """Appends one JSON object per line to <out_dir>/metrics.jsonl: easy to tail, to
     load with pandas, and safe to append to across resumed runs."""
 
-    def __init__(self, path, enabled=True):
+    def __init__(self, path, enabled=True, step=0):
+        """`step`: where the run starts (PPO's and GRPO's iteration). A run resumed at step s keeps
+        the records up to s and drops later ones: a run that died after its last save had logged
+        them, and this run logs those steps again. A run from step 0 starts a new log."""
         self.path, self.enabled = path, enabled
         if enabled:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    kept = [line for line in f if step > 0 and logged_by(line, step)]
+                write_text(path, "".join(kept))
 
     def log(self, **record):
         if self.enabled:
             record = {"time": round(time.time(), 3), **record}
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def logged_by(line, step):
+    """Whether a metrics.jsonl line is a whole record of a step at or before `step` (a process
+    killed mid-write can leave half a line, which no reader could parse)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return line.endswith("\n") and isinstance(record, dict) and record.get("step", record.get("iteration", 0)) <= step
 
 
 class Interrupted(Exception):

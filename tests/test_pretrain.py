@@ -42,9 +42,15 @@ def test_resume_continues_exactly(corpus_dir, tmp_path):
     assert load_checkpoint(os.path.join(split, "ckpt.pt"))["step"] == 4
     with pytest.raises(ValueError, match=r"--seed=2 \(it has 1337\)"):   # another seed is another run
         train_pretrain.main(common + [f"--out_dir={split}", "--seed=2"])
+    with open(os.path.join(split, "metrics.jsonl"), "a") as log:   # as if it had died after its save
+        log.write('{"step": 5, "loss": 9.9}\n')
     resumed = train_pretrain.main(common + [f"--out_dir={split}"])
     a, b = losses(full), losses(split)
     assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]  # bit-for-bit identical
+    # one log of the whole run: the untrained loss, then each step once (the dead run's step 5 gone)
+    trained, evaluated = [(s, "loss") for s in range(1, 9)], [(s, "val_loss") for s in (0, 4, 8)]
+    assert [(m["step"], "loss" if "loss" in m else "val_loss") for m in read_metrics(split)] == \
+        evaluated[:1] + trained[:4] + evaluated[1:2] + trained[4:] + evaluated[2:]
     assert resumed["val_loss_init"] == whole["val_loss_init"]          # carried by the checkpoint
     # a finished run, started again, reports what it saved (a pipeline re-run after a Ctrl-C)
     again = train_pretrain.main(common + [f"--out_dir={full}"])

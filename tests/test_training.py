@@ -1,5 +1,6 @@
 """minift.training: the learning-rate schedule, Muon, Ctrl-C (one press saves, a second quits; seen by every DDP
 rank), the NaN guard, CPU autocast."""
+import json
 import os
 import signal
 from dataclasses import dataclass
@@ -9,9 +10,9 @@ import torch
 
 from minift.checkpoint import resume_training, save_training_checkpoint
 from minift.model import GPT, GPTConfig
-from minift.training import (MUON_NS_STEPS, Interrupted, Muon, NonFiniteLoss, OptimizerPair, Runtime, StopRequest,
-                             check_finite, lr_at, make_optimizer, multiplies_bf16, orthogonalize, product_dtype,
-                             read_step, set_lr)
+from minift.training import (MUON_NS_STEPS, Interrupted, MetricsLog, Muon, NonFiniteLoss, OptimizerPair, Runtime,
+                             StopRequest, check_finite, lr_at, make_optimizer, multiplies_bf16, orthogonalize,
+                             product_dtype, read_step, set_lr)
 
 
 def test_lr_schedule():
@@ -210,3 +211,19 @@ def test_the_nan_guard_refuses_infinities_too():
         with pytest.raises(NonFiniteLoss, match="at step 7"):
             check_finite(bad, 7, "out/ckpt.pt")
     check_finite(1e30, 7, "out/ckpt.pt")
+
+
+def test_a_resumed_log_keeps_the_saved_steps_and_a_new_run_a_new_log(tmp_path):
+    """A run that died after its last save (step 2) had logged steps 3 and 4, and half a line;
+    resumed at step 2 it logs 3 and 4 again, so those go, and the log holds each step once."""
+    path = tmp_path / "metrics.jsonl"
+    lines = ['{"step": 0, "val_loss": 7.6}\n', '{"step": 2, "loss": 2.0}\n', '{"step": 2, "val_loss": 2.1}\n',
+             '{"step": 4, "loss": 1.0}\n', '{"iteration": 3, "kl": 0.1}\n', '{"step": 5, "lo']
+    path.write_text("".join(lines))
+    MetricsLog(str(path), step=2).log(step=3, loss=1.5)
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r.get("step", r.get("iteration")) for r in kept] == [0, 2, 2, 3] and kept[-1]["loss"] == 1.5
+    MetricsLog(str(path), enabled=False, step=0)     # another rank's: it leaves the file to rank 0
+    assert len(path.read_text().splitlines()) == 4
+    MetricsLog(str(path), step=0)                    # a run from step 0: nothing of an old run stays
+    assert path.read_text() == ""
