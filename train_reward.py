@@ -365,7 +365,8 @@ def main(argv=None):
     per_step = cfg.batch_groups * cfg.grad_accum * rt.world_size  # whole prompt groups per optimizer step
     if len(groups) < per_step:
         raise ValueError(f"{len(groups)} prompt groups in {cfg.data} ({dropped} pairs longer than {block_size} "
-                         f"tokens dropped), fewer than one step's {per_step}; lower --batch_groups")
+                         f"tokens dropped), fewer than one step's {per_step}: lower --batch_groups or --grad_accum, "
+                         "or run on fewer processes")
     if rt.master:
         n_val, n_samples = sum(len(g) for g in val[1]), len(samples[0]) if samples else 0
         print(f"{n_pairs} pairs over {len(groups)} prompts from {cfg.data} ({dropped} too long, dropped); "
