@@ -1,8 +1,10 @@
 """plot.py: every stage's held-out curves, drawn from the names its script really logs; without
 matplotlib, a table of each curve's first and last values."""
 import json
+import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -99,3 +101,68 @@ def test_a_file_not_named_metrics_jsonl_is_refused_and_out_dir_is_understood(tmp
     (tmp_path / "ppo" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOGGED["ppo"]))
     plot.main([f"--out_dir={tmp_path}"])
     assert f"{tmp_path}/ppo/metrics.jsonl" in capsys.readouterr().out
+
+
+def test_what_plot_says_with_nothing_to_draw(tmp_path, monkeypatch, capsys):
+    """No path: its usage. A folder without metrics: what to pass. A log without a curve it
+    knows: that line, and no picture or table."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit, match="plot.py takes one path; usage: python plot.py OUT_DIR"):
+        plot.main([])
+    with pytest.raises(SystemExit, match=f"no metrics.jsonl under {tmp_path}; pass a run's out_dir"):
+        plot.main([str(tmp_path)])
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 10, "lr": 1e-3}) + "\n")
+    plot.main([str(tmp_path)])
+    assert capsys.readouterr().out.splitlines()[0] == f"{tmp_path}/metrics.jsonl: no curves to draw"
+    with pytest.raises(SystemExit) as stopped:
+        plot.main(["--help"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.startswith("Training curves from metrics.jsonl files.")
+
+
+def test_with_matplotlib_each_metrics_jsonl_gets_its_curves_png_beside_it(tmp_path, monkeypatch, capsys):
+    """Through a stand-in matplotlib (CI installs none) that records each panel's title and
+    points and writes each figure saved: one panel per curve, and no advice to install it."""
+    drawn = {}   # png -> {panel title: (xs, ys)}
+
+    class Axes:
+        def plot(self, xs, ys, *style, **kwargs):
+            self.points = (list(xs), list(ys))
+
+        def set_title(self, title):
+            self.title = title
+
+        def set_xlabel(self, label):
+            pass
+
+    class Figure:
+        def __init__(self, panels):
+            self.axes = [Axes() for _ in range(panels)]
+
+        def suptitle(self, title):
+            pass
+
+        def tight_layout(self):
+            pass
+
+        def savefig(self, png, dpi):
+            drawn[png] = {ax.title: ax.points for ax in self.axes}
+            open(png, "wb").close()
+
+    def subplots(rows, panels, **kwargs):
+        fig = Figure(panels)
+        return fig, [fig.axes]
+    pyplot = types.SimpleNamespace(subplots=subplots, close=lambda fig: None)
+    monkeypatch.setitem(sys.modules, "matplotlib", types.SimpleNamespace(use=lambda backend: None, pyplot=pyplot))
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", pyplot)
+    monkeypatch.chdir(tmp_path)   # a picture written anywhere but beside its log lands here, not in the repo
+    for stage in ("pretrain", "ppo"):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOGGED[stage]))
+    plot.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert sorted(drawn) == [f"{tmp_path}/{stage}/curves.png" for stage in ("ppo", "pretrain")]
+    for stage in ("pretrain", "ppo"):
+        png = f"{tmp_path}/{stage}/curves.png"
+        assert drawn[png] == {name: tuple(map(list, zip(*points))) for name, points in plot.curves(LOGGED[stage]).items()}
+        assert f"wrote {png}" in out and os.path.exists(png)
+    assert "pip install matplotlib" not in out and not (tmp_path / "curves.png").exists()
