@@ -6,6 +6,7 @@ import math
 import os
 import shutil
 import statistics
+import time
 
 import pytest
 
@@ -27,6 +28,13 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     assert "seconds" in report["stages"]["sft"]
     assert set(report["stages"]["reward"]) >= {"seconds", "pair_accuracy", "spearman_gold"}
     assert report["stages"]["reward"]["likelihood_weight"] == 2.0  # train_reward.py's default, reported
+    reward = report["stages"]["reward"]   # the held-out figures under the report's names
+    assert (reward["pair_accuracy"], reward["spearman_gold"]) == (reward["val_accuracy"], reward["spearman"])
+    seconds = []   # the total is the stages' own times, the evaluation's included
+    for stage in ("data", "pretrain", "sft", "prefs", "reward", "ppo", "eval"):
+        with open(os.path.join(out, stage, "stage.json")) as f:
+            seconds.append(json.load(f)["seconds"])
+    assert report["total_seconds"] == pytest.approx(sum(seconds), abs=0.05)
     assert set(report["stages"]["ppo"]) >= {"seconds", "kl", "reward_start", "reward_end", "gold_start", "gold_end"}
     assert report["stages"]["ppo"]["kl_max"] >= report["stages"]["ppo"]["kl"]  # the largest batch KL of the run
     # the probe's change, paired prompt by prompt (per-prompt scores are rounded to 4 decimals)
@@ -109,7 +117,9 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     # IFEval-format responses were written for external scoring
     with open(os.path.join(out, "sft", "responses_test.jsonl")) as f:
         assert set(json.loads(f.readline())) == {"prompt", "response"}
-    # a second run skips every finished stage
+    # a second run skips every finished stage, and links the curves plot.py has drawn since
+    for stage in ("sft", "ppo"):
+        open(os.path.join(out, stage, "curves.png"), "wb").close()
     argv = ["--preset=micro", f"--out_dir={out}", "--device=cpu"]
     capsys.readouterr()
     run_main(pipeline, argv)
@@ -119,6 +129,9 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     with open(os.path.join(out, "report.json")) as f:
         again = json.load(f)
     assert again["total_seconds"] == report["total_seconds"] > again["run_seconds"]
+    assert again["curves"] == ["sft/curves.png", "ppo/curves.png"]   # relative: the card's links survive a move
+    with open(os.path.join(out, "report.md")) as f:
+        assert "[sft](sft/curves.png), [ppo](ppo/curves.png)" in f.read()
     # the reference run adds SFT on perfect demonstrations of the same prompts, and nothing else
     run_main(pipeline, argv + ["--reference_sft"])
     printed = capsys.readouterr().out
@@ -137,6 +150,13 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     assert (f"The slips cost SFT {gap:.1f} points" if gap > 0 else f"nothing here ({gap:+.1f} points)") in card
     with open(os.path.join(out, "data", "sft_perfect", "train.jsonl")) as f:
         assert all(json.loads(line)["slips"] == [] for line in f)
+    from minift.checkpoint import load_checkpoint as load
+    config = load(os.path.join(out, "sft_perfect", "ckpt.pt"))["config"]
+    assert (config["init_from"], config["data"], config["eval_data"]) == (
+        os.path.join(out, "pretrain", "ckpt.pt"), os.path.join(out, "data", "sft_perfect", "train.jsonl"),
+        os.path.join(out, "data", "sft", "test.jsonl"))
+    assert [r["prompt"] for r in load_ifeval_inputs(config["data"])] == \
+           [r["prompt"] for r in load_ifeval_inputs(os.path.join(out, "data", "sft", "train.jsonl"))]
     # SFT from the untrained model: the same demonstrations and recipe, without pretraining
     run_main(pipeline, argv + ["--sft_from_scratch"])
     printed = capsys.readouterr().out
@@ -148,7 +168,6 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     # its start is the weights pretraining started from: those of a pretraining run that never moves
     import torch
     import train_pretrain
-    from minift.checkpoint import load_checkpoint as load
     train_pretrain.main(["--preset=micro", "--device=cpu", f"--data_dir={out}/data/corpus",
                          f"--out_dir={tmp_path}/init", "--max_steps=1", "--learning_rate=0", "--min_lr=0",
                          "--warmup_steps=0"])
@@ -355,22 +374,142 @@ def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_wher
             prompt_by_prompt(*(str(paths[n]) for n in ("data", "sft", "ppo")))
 
 
+class Stop(Exception):
+    """Raised by a stand-in to end pipeline.main() where a test has seen enough."""
+
+
+def stop(*args, **kwargs):
+    raise Stop
+
+
 def test_force_drops_the_labs_runs_and_every_stage_before_redoing_them(tmp_path, monkeypatch):
     """Every stage, compare.py's runs and the cards were made from the models --force replaces:
     all go before the first stage starts, so that a --force run stopped early leaves no old
     stage marked done (the next run would skip it) and none resumes from an old checkpoint."""
     out = tmp_path / "micro"
-    for path in ("compare/dpo/ckpt.pt", "compare.json", "compare.md", "data/corpus/train.bin", "sft/ckpt.pt",
-                 "sft/stage.json", "ppo/stage.json", "report.json"):
+    stages = ("data", "pretrain", "sft", "prefs", "reward", "ppo", "eval", "sft_perfect", "sft_scratch")
+    for path in ("compare/dpo/ckpt.pt", "compare.json", "compare.md", "report.json", "report.md", "data/corpus/train.bin",
+                 "sft/ckpt.pt", *(f"{stage}/stage.json" for stage in stages)):
         (out / path).parent.mkdir(parents=True, exist_ok=True)
         (out / path).write_text("from the old models")
-
-    class Stop(Exception):
-        pass
-
-    def stop_at_the_first_stage(*args, **kwargs):
-        raise Stop
-    monkeypatch.setattr(pipeline, "prepare", stop_at_the_first_stage)
+    monkeypatch.setattr(pipeline, "prepare", stop)   # at the first stage
     with pytest.raises(Stop):
         pipeline.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--force"])
     assert sorted(p.name for p in out.iterdir()) == ["pipeline.json"]
+
+
+def test_run_stage_skips_a_finished_stage_resumes_an_unfinished_one_and_redoes_either_when_forced(tmp_path):
+    """An exception leaves no marker, and the next run finds the stage's checkpoint where it
+    was; a marker skips the stage and returns its record; force starts it on an empty folder."""
+    found = []   # what each run of the stage found in its folder
+
+    def stage(interrupted=False):
+        def fn():
+            found.append(sorted(os.listdir(tmp_path / "sft")) if (tmp_path / "sft").exists() else [])
+            (tmp_path / "sft").mkdir(exist_ok=True)
+            (tmp_path / "sft" / "ckpt.pt").write_text("weights")
+            if interrupted:
+                raise Stop
+            time.sleep(0.1)
+            return {"step": 3}
+        return fn
+    with pytest.raises(Stop):
+        pipeline.run_stage("sft", str(tmp_path), False, stage(interrupted=True))
+    assert not (tmp_path / "sft" / "stage.json").exists()
+    done = pipeline.run_stage("sft", str(tmp_path), False, stage())
+    assert found == [[], ["ckpt.pt"]] and done["step"] == 3 and done["seconds"] >= 0.1
+    with open(tmp_path / "sft" / "stage.json") as f:
+        assert json.load(f) == done
+    assert pipeline.run_stage("sft", str(tmp_path), False, stage(interrupted=True)) == done and len(found) == 2
+    pipeline.run_stage("sft", str(tmp_path), True, stage())
+    assert found[-1] == []
+
+
+def test_ppo_summary_reads_the_probe_before_and_after_and_the_first_and_last_batches(tmp_path):
+    """Start and end are the probe's, at iteration 0 and at the last evaluation; kl is the last
+    batch's and kl_max the largest batch's; each change is paired prompt by prompt, and a log
+    from before the per-prompt lists has none."""
+    def probe(gold, rm):
+        return {"probe_gold": sum(gold) / 2, "probe_gold_each": gold, "probe_rm_score": sum(rm) / 2, "probe_rm_each": rm}
+
+    def batch(it, kl, length):
+        return {"iteration": it, "rm_score": 0.1 * it, "gold": 0.2 * it, "kl": kl, "length": length,
+                "end_rate": 0.25 * it, "approx_kl": 0.01 * it, "clipfrac": 0.1 * it}
+    log = [{"iteration": 0, **probe([0.5, 0.5], [-1.0, 1.0])}, batch(1, 0.0, 20.0),
+           {**batch(2, 2.0, 25.0), **probe([0.4, 0.4], [0.0, 0.0])}, {**batch(3, 1.5, 30.0), **probe([0.6, 0.9], [-0.5, 1.5])}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    summary = pipeline.ppo_summary({}, str(tmp_path))
+    assert summary.pop("gold_change")["mean"] == pytest.approx(0.25)
+    assert summary.pop("reward_change")["mean"] == pytest.approx(0.5)
+    assert summary == pytest.approx({
+        "reward_start": 0.0, "reward_end": 0.5, "gold_start": 0.5, "gold_end": 0.75, "kl": 1.5, "kl_max": 2.0,
+        "batch_reward_first": 0.1, "batch_reward_last": 0.3, "batch_gold_first": 0.2, "batch_gold_last": 0.6,
+        "iterations": 3, "end_rate": 0.75, "length_start": 20.0, "length_end": 30.0, "approx_kl": 0.03, "clipfrac": 0.3})
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({k: v for k, v in r.items() if not k.endswith("_each")}) + "\n" for r in log))
+    assert not any(k.endswith("_change") for k in pipeline.ppo_summary({}, str(tmp_path)))
+
+
+def test_every_stage_gets_the_runs_options_and_the_files_the_stage_before_it_wrote(tmp_path, monkeypatch):
+    """The scripts' command lines, the scripts stood in for (the end-to-end test runs them, on
+    the default --seed and --slip_scale): --preset, --device and --seed reach every stage, each
+    reads what the one before it wrote, under out/<preset> by default. The data stage runs, at
+    the preset's sizes, and --slip_scale=0 makes its demonstrators perfect. The settings it
+    recorded then refuse another --seed, unless --force starts over."""
+    argv = {}   # stage -> {option: value}
+
+    def script(stage, result):
+        def main(args):
+            argv[stage] = dict(a.removeprefix("--").split("=", 1) for a in args)
+            return result
+        return main
+    for module, stage, result in ((pipeline.train_pretrain, "pretrain", {}), (pipeline.train_sft, "sft", {}),
+                                  (pipeline.make_preferences, "prefs", {}), (pipeline.train_ppo, "ppo", {}),
+                                  (pipeline.train_reward, "reward", {"val_accuracy": 0.5, "spearman": 0.5})):
+        monkeypatch.setattr(module, "main", script(stage, result))
+    monkeypatch.setattr(pipeline, "ppo_summary", lambda metrics, out_dir: {})
+    evaluated = []
+    monkeypatch.setattr(pipeline, "evaluate_for_card", lambda *args: evaluated.append(args) or {})
+    monkeypatch.setattr(pipeline, "prompt_by_prompt", stop)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Stop):
+        pipeline.main(["--preset=micro", "--device=cpu", "--seed=7", "--slip_scale=0"])
+
+    out, data = os.path.join("out", "micro"), pipeline.DATA["micro"]
+    sft_data, prefs = f"{out}/data/sft", argv["prefs"]["out_dir"]
+
+    def ckpt(stage):
+        return os.path.join(argv[stage]["out_dir"], "ckpt.pt")
+    assert [{k: a[k] for k in ("preset", "device", "seed")} for a in argv.values()] == \
+           [{"preset": "micro", "device": "cpu", "seed": "7"}] * 5
+    assert [ckpt(stage) for stage in ("pretrain", "sft", "reward", "ppo")] == \
+           [f"{out}/{stage}/ckpt.pt" for stage in ("pretrain", "sft", "reward", "ppo")]
+    assert argv["pretrain"]["data_dir"] == f"{out}/data/corpus"
+    assert (argv["sft"]["init_from"], argv["sft"]["data"], argv["sft"]["eval_data"]) == \
+           (ckpt("pretrain"), f"{sft_data}/train.jsonl", f"{sft_data}/test.jsonl")
+    assert (argv["prefs"]["sft_ckpt"], argv["prefs"]["prompts"]) == (ckpt("sft"), f"{sft_data}/rl_prompts.jsonl")
+    assert [argv["reward"][k] for k in ("init_from", "data", "val_data", "val_samples")] == \
+           [ckpt("sft"), f"{prefs}/train.jsonl", f"{prefs}/val.jsonl", f"{prefs}/val_samples.jsonl"]
+    assert [argv["ppo"][k] for k in ("sft_ckpt", "reward_ckpt", "prompts", "eval_data")] == \
+           [ckpt("sft"), ckpt("reward"), f"{sft_data}/rl_prompts.jsonl", f"{sft_data}/test.jsonl"]
+    assert evaluated == [(ckpt(model), f"{sft_data}/{split}.jsonl", data["eval_examples"], "cpu",
+                          f"{out}/{model}/responses_{split}.jsonl")
+                         for model in ("pretrain", "sft", "ppo") for split in ("test", "heldout")]
+    with open(f"{out}/data/stage.json") as f:
+        made = json.load(f)
+    assert made["slip_scale"] == 0.0 and made["demo_pass_rates"] == {"train": 1.0, "test": 1.0, "heldout": 1.0}
+    with open(f"{out}/data/corpus/meta.json") as f:
+        assert json.load(f)["tokenizer_name"] == f"minift-bpe-{data['vocab_size']}"
+    for split, n in (("train", "n_train"), ("test", "n_test"), ("heldout", "n_heldout"), ("rl_prompts", "n_rl")):
+        with open(f"{sft_data}/{split}.jsonl") as f:
+            assert sum(1 for _ in f) == data[n], split
+
+    argv.clear()
+    with pytest.raises(SystemExit, match=f"{out} holds a run with --seed=7; "):
+        pipeline.main(["--preset=micro", "--device=cpu", "--seed=8", "--slip_scale=0"])
+    assert argv == {}
+    monkeypatch.setattr(pipeline, "prepare", stop)
+    with pytest.raises(Stop):
+        pipeline.main(["--preset=micro", "--device=cpu", "--seed=8", "--slip_scale=0", "--force"])
+    with open(f"{out}/pipeline.json") as f:
+        assert json.load(f)["seed"] == 8
