@@ -470,7 +470,12 @@ def test_every_stage_gets_the_runs_options_and_the_files_the_stage_before_it_wro
     monkeypatch.setattr(pipeline, "ppo_summary", lambda metrics, out_dir: {})
     evaluated = []
     monkeypatch.setattr(pipeline, "evaluate_for_card", lambda *args: evaluated.append(args) or {})
-    monkeypatch.setattr(pipeline, "prompt_by_prompt", stop)
+    compared = []
+
+    def prompt_by_prompt(*paths):
+        compared.append(paths)
+        raise Stop
+    monkeypatch.setattr(pipeline, "prompt_by_prompt", prompt_by_prompt)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(Stop):
         pipeline.main(["--preset=micro", "--device=cpu", "--seed=7", "--slip_scale=0"])
@@ -495,6 +500,7 @@ def test_every_stage_gets_the_runs_options_and_the_files_the_stage_before_it_wro
     assert evaluated == [(ckpt(model), f"{sft_data}/{split}.jsonl", data["eval_examples"], "cpu",
                           f"{out}/{model}/responses_{split}.jsonl")
                          for model in ("pretrain", "sft", "ppo") for split in ("test", "heldout")]
+    assert compared == [(f"{sft_data}/test.jsonl", f"{out}/sft/responses_test.jsonl", f"{out}/ppo/responses_test.jsonl")]
     with open(f"{out}/data/stage.json") as f:
         made = json.load(f)
     assert made["slip_scale"] == 0.0 and made["demo_pass_rates"] == {"train": 1.0, "test": 1.0, "heldout": 1.0}
