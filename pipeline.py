@@ -157,10 +157,13 @@ def main(argv=None):
     stages["reward"] = run_stage("reward", out, cfg.force, lambda: reward_summary(train_reward.main(
         common + [f"--init_from={ckpt['sft']}", f"--data={prefs}/train.jsonl", f"--val_data={prefs}/val.jsonl",
                   f"--val_samples={prefs}/val_samples.jsonl", f"--out_dir={os.path.dirname(ckpt['reward'])}"])))
-    stages["ppo"] = run_stage("ppo", out, cfg.force, lambda: ppo_summary(train_ppo.main(
-        common + [f"--sft_ckpt={ckpt['sft']}", f"--reward_ckpt={ckpt['reward']}",
-                  f"--prompts={sft_data}/rl_prompts.jsonl", f"--eval_data={sft_data}/test.jsonl",
-                  f"--out_dir={os.path.dirname(ckpt['ppo'])}"]), os.path.dirname(ckpt["ppo"])))
+
+    def ppo_stage():
+        train_ppo.main(common + [f"--sft_ckpt={ckpt['sft']}", f"--reward_ckpt={ckpt['reward']}",
+                                 f"--prompts={sft_data}/rl_prompts.jsonl", f"--eval_data={sft_data}/test.jsonl",
+                                 f"--out_dir={os.path.dirname(ckpt['ppo'])}"])
+        return ppo_summary(os.path.dirname(ckpt["ppo"]))
+    stages["ppo"] = run_stage("ppo", out, cfg.force, ppo_stage)
 
     def card_figures(model):   # greedy and sampled, on both splits
         return {split: evaluate_for_card(ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"],
@@ -240,8 +243,8 @@ def reward_summary(metrics):
     return {"pair_accuracy": metrics["val_accuracy"], "spearman_gold": metrics["spearman"], **metrics}
 
 
-def ppo_summary(metrics, out_dir):
-    """The PPO stage's headline numbers. Reward-model score and gold reward, start and end, are
+def ppo_summary(out_dir):
+    """The PPO stage's headline numbers, from its metrics.jsonl. Reward-model score and gold reward, start and end, are
     the fixed probe's (train_ppo.py's probe(): same prompts, same random draws) before the first
     update and after the last; the rollout batches' first and last means are kept beside them."""
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:

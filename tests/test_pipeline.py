@@ -388,8 +388,8 @@ def test_force_drops_the_labs_runs_and_every_stage_before_redoing_them(tmp_path,
     stage marked done (the next run would skip it) and none resumes from an old checkpoint."""
     out = tmp_path / "micro"
     stages = ("data", "pretrain", "sft", "prefs", "reward", "ppo", "eval", "sft_perfect", "sft_scratch")
-    for path in ("compare/dpo/ckpt.pt", "compare.json", "compare.md", "report.json", "report.md", "data/corpus/train.bin",
-                 "sft/ckpt.pt", *(f"{stage}/stage.json" for stage in stages)):
+    for path in ("compare/dpo/ckpt.pt", "compare.json", "compare.md", "report.json", "report.md",
+                 "data/corpus/train.bin", "sft/ckpt.pt", *(f"{stage}/stage.json" for stage in stages)):
         (out / path).parent.mkdir(parents=True, exist_ok=True)
         (out / path).write_text("from the old models")
     monkeypatch.setattr(pipeline, "prepare", stop)   # at the first stage
@@ -430,24 +430,27 @@ def test_ppo_summary_reads_the_probe_before_and_after_and_the_first_and_last_bat
     batch's and kl_max the largest batch's; each change is paired prompt by prompt, and a log
     from before the per-prompt lists has none."""
     def probe(gold, rm):
-        return {"probe_gold": sum(gold) / 2, "probe_gold_each": gold, "probe_rm_score": sum(rm) / 2, "probe_rm_each": rm}
+        return {"probe_gold": sum(gold) / 2, "probe_gold_each": gold,
+                "probe_rm_score": sum(rm) / 2, "probe_rm_each": rm}
 
     def batch(it, kl, length):
         return {"iteration": it, "rm_score": 0.1 * it, "gold": 0.2 * it, "kl": kl, "length": length,
                 "end_rate": 0.25 * it, "approx_kl": 0.01 * it, "clipfrac": 0.1 * it}
     log = [{"iteration": 0, **probe([0.5, 0.5], [-1.0, 1.0])}, batch(1, 0.0, 20.0),
-           {**batch(2, 2.0, 25.0), **probe([0.4, 0.4], [0.0, 0.0])}, {**batch(3, 1.5, 30.0), **probe([0.6, 0.9], [-0.5, 1.5])}]
+           {**batch(2, 2.0, 25.0), **probe([0.4, 0.4], [0.0, 0.0])},
+           {**batch(3, 1.5, 30.0), **probe([0.6, 0.9], [-0.5, 1.5])}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    summary = pipeline.ppo_summary({}, str(tmp_path))
+    summary = pipeline.ppo_summary(str(tmp_path))
     assert summary.pop("gold_change")["mean"] == pytest.approx(0.25)
     assert summary.pop("reward_change")["mean"] == pytest.approx(0.5)
     assert summary == pytest.approx({
         "reward_start": 0.0, "reward_end": 0.5, "gold_start": 0.5, "gold_end": 0.75, "kl": 1.5, "kl_max": 2.0,
         "batch_reward_first": 0.1, "batch_reward_last": 0.3, "batch_gold_first": 0.2, "batch_gold_last": 0.6,
-        "iterations": 3, "end_rate": 0.75, "length_start": 20.0, "length_end": 30.0, "approx_kl": 0.03, "clipfrac": 0.3})
+        "iterations": 3, "end_rate": 0.75, "length_start": 20.0, "length_end": 30.0, "approx_kl": 0.03,
+        "clipfrac": 0.3})
     (tmp_path / "metrics.jsonl").write_text("".join(
         json.dumps({k: v for k, v in r.items() if not k.endswith("_each")}) + "\n" for r in log))
-    assert not any(k.endswith("_change") for k in pipeline.ppo_summary({}, str(tmp_path)))
+    assert not any(k.endswith("_change") for k in pipeline.ppo_summary(str(tmp_path)))
 
 
 def test_every_stage_gets_the_runs_options_and_the_files_the_stage_before_it_wrote(tmp_path, monkeypatch):
@@ -467,7 +470,7 @@ def test_every_stage_gets_the_runs_options_and_the_files_the_stage_before_it_wro
                                   (pipeline.make_preferences, "prefs", {}), (pipeline.train_ppo, "ppo", {}),
                                   (pipeline.train_reward, "reward", {"val_accuracy": 0.5, "spearman": 0.5})):
         monkeypatch.setattr(module, "main", script(stage, result))
-    monkeypatch.setattr(pipeline, "ppo_summary", lambda metrics, out_dir: {})
+    monkeypatch.setattr(pipeline, "ppo_summary", lambda out_dir: {})
     evaluated = []
     monkeypatch.setattr(pipeline, "evaluate_for_card", lambda *args: evaluated.append(args) or {})
     compared = []
@@ -500,7 +503,8 @@ def test_every_stage_gets_the_runs_options_and_the_files_the_stage_before_it_wro
     assert evaluated == [(ckpt(model), f"{sft_data}/{split}.jsonl", data["eval_examples"], "cpu",
                           f"{out}/{model}/responses_{split}.jsonl")
                          for model in ("pretrain", "sft", "ppo") for split in ("test", "heldout")]
-    assert compared == [(f"{sft_data}/test.jsonl", f"{out}/sft/responses_test.jsonl", f"{out}/ppo/responses_test.jsonl")]
+    assert compared == [(f"{sft_data}/test.jsonl", f"{out}/sft/responses_test.jsonl",
+                         f"{out}/ppo/responses_test.jsonl")]
     with open(f"{out}/data/stage.json") as f:
         made = json.load(f)
     assert made["slip_scale"] == 0.0 and made["demo_pass_rates"] == {"train": 1.0, "test": 1.0, "heldout": 1.0}

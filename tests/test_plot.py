@@ -163,6 +163,7 @@ def test_with_matplotlib_each_metrics_jsonl_gets_its_curves_png_beside_it(tmp_pa
     assert sorted(drawn) == [f"{tmp_path}/{stage}/curves.png" for stage in ("ppo", "pretrain")]
     for stage in ("pretrain", "ppo"):
         png = f"{tmp_path}/{stage}/curves.png"
-        assert drawn[png] == {name: tuple(map(list, zip(*points))) for name, points in plot.curves(LOGGED[stage]).items()}
+        found = plot.curves(LOGGED[stage])
+        assert drawn[png] == {name: tuple(map(list, zip(*points))) for name, points in found.items()}
         assert f"wrote {png}" in out and os.path.exists(png)
     assert "pip install matplotlib" not in out and not (tmp_path / "curves.png").exists()
