@@ -119,6 +119,11 @@ def main(argv=None):
     if cfg.preset not in DATA:
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
+    if cfg.force and os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "pipeline.json")):
+        # --force deletes folders named data, sft, ...: only where a pipeline made them (--out_dir=. in
+        # the repository would take the data/ package with it)
+        raise SystemExit(f"error: --force deletes the stage folders of a pipeline's --out_dir, and {out} holds no "
+                         "pipeline.json, so no pipeline made it; choose another --out_dir")
     if cfg.force:
         # Every stage, compare.py's runs and both cards came from the run being replaced. All
         # go before the first stage starts: a --force run stopped early must leave no old stage
@@ -219,7 +224,8 @@ def main(argv=None):
               "per_type": {m: evals[m]["test"]["per_type"] for m in ("sft", "ppo", "sft_perfect") if m in evals},
               "sft_to_ppo": evals.get("sft_to_ppo", {}),   # an eval stage from before it existed has none
               # the training curves, when plot.py has drawn them (a re-run of the pipeline links them)
-              "curves": [f"{stage}/curves.png" for stage in ("pretrain", "sft", "reward", "ppo")
+              "curves": [f"{stage}/curves.png" for stage in ("pretrain", "sft", "reward", "ppo", "sft_perfect",
+                                                             "sft_scratch")
                          if os.path.exists(os.path.join(out, stage, "curves.png"))]}
     write_json(os.path.join(out, "report.json"), report)
     write_text(os.path.join(out, "report.md"), report_markdown(report))

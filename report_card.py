@@ -170,7 +170,8 @@ def report_markdown(r):
                          + " | ".join(pct(m[k]) for k in METRIC_KEYS[1:]) + f" | {gold} |")
     lines += story_lines(r)
     lines += ["", "Training curves: " + (", ".join(f"[{c.split('/')[0]}]({c})" for c in r["curves"]) if r.get("curves")
-                                       else "`python plot.py <out_dir>` draws them (matplotlib), then re-run the pipeline to link them here.")]
+                                       else "`python plot.py <out_dir>` draws them (matplotlib); the pipeline, run again "
+                                            "with the same options, links them here.")]
     demos = d.get("demo_per_type", {})
     # with the reference run, its column shows how far PPO came toward perfect demonstrations, rule by rule
     models = [m for m in ("sft", "ppo", "sft_perfect") if m in r["per_type"]]
