@@ -250,9 +250,10 @@ def reward_summary(metrics):
 
 
 def ppo_summary(out_dir):
-    """The PPO stage's headline numbers, from its metrics.jsonl. Reward-model score and gold reward, start and end, are
-    the fixed probe's (train_ppo.py's probe(): same prompts, same random draws) before the first
-    update and after the last; the rollout batches' first and last means are kept beside them."""
+    """The PPO stage's headline numbers, from its metrics.jsonl. Reward-model score and gold
+    reward, start and end, are the fixed probe's (train_ppo.py's probe(): same prompts, same
+    random draws) before the first update and after the last; the rollout batches' first and
+    last means are kept beside them."""
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         log = [json.loads(line) for line in f]
     steps, probes = [m for m in log if m["iteration"] > 0], [m for m in log if "probe_gold" in m]
