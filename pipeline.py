@@ -80,6 +80,13 @@ DATA = {
 }
 
 
+# What the pipeline writes in its --out_dir (each stage's folder, the card, the run's settings), and
+# what compare.py and bench/overoptimisation.py add from its models.
+PIPELINE_OUTPUTS = {"data", "pretrain", "sft", "prefs", "reward", "ppo", "eval", "sft_perfect", "sft_scratch",
+                    "report.json", "report.md", "pipeline.json", "compare", "compare.json", "compare.md",
+                    "overoptimisation", "overoptimisation.csv", "overoptimisation.png"}
+
+
 def run_stage(name, out_dir, force, fn):
     """Run fn() unless <out_dir>/<name>/stage.json says it already finished. The marker is
     written only when fn returns: an exception (Interrupted by Ctrl-C, or an error) leaves none."""
@@ -119,21 +126,22 @@ def main(argv=None):
     if cfg.preset not in DATA:
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
-    if cfg.force and os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "pipeline.json")):
-        # --force deletes folders named data, sft, ...: only where a pipeline made them (--out_dir=. in
-        # the repository would take the data/ package with it)
-        raise SystemExit(f"error: --force deletes the stage folders of a pipeline's --out_dir, and {out} holds no "
-                         "pipeline.json, so no pipeline made it; choose another --out_dir")
     if cfg.force:
-        # Every stage, compare.py's runs and both cards came from the run being replaced. All
-        # go before the first stage starts: a --force run stopped early must leave no old stage
-        # marked done for the next run to skip.
-        for folder in ("data", "pretrain", "sft", "prefs", "reward", "ppo", "eval", "sft_perfect", "sft_scratch",
-                       "compare"):
-            shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
-        for card in ("compare.json", "compare.md", "report.json", "report.md"):
-            if os.path.exists(os.path.join(out, card)):
-                os.remove(os.path.join(out, card))
+        # Every stage, the lab's runs and the cards came from the run being replaced. All go
+        # before the first stage starts: a --force run stopped early must leave no old stage
+        # marked done for the next run to skip. Only in a folder that holds nothing else: in the
+        # repository itself (--out_dir=.) the data/ package would go with them.
+        entries = os.listdir(out) if os.path.isdir(out) else []
+        foreign = sorted(n for n in entries if n.split(".tmp")[0] not in PIPELINE_OUTPUTS)  # .tmp: a cut write
+        if foreign:
+            raise SystemExit(f"error: --force deletes a pipeline's outputs in --out_dir={out}, which also holds "
+                             f"{', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}, not written by a "
+                             "pipeline; choose another --out_dir, or move those out of it")
+        for name in entries:
+            if os.path.isdir(os.path.join(out, name)):
+                shutil.rmtree(os.path.join(out, name))
+            else:
+                os.remove(os.path.join(out, name))
     check_preset(out, cfg)
     data = DATA[cfg.preset]
     corpus, sft_data, prefs = (os.path.join(out, "data", d) for d in ("corpus", "sft", "prefs"))

@@ -393,11 +393,14 @@ def test_force_drops_the_labs_runs_and_every_stage_before_redoing_them(tmp_path,
         (out / path).parent.mkdir(parents=True, exist_ok=True)
         (out / path).write_text("from the old models")
     monkeypatch.setattr(pipeline, "prepare", stop)   # at the first stage
-    # a folder no pipeline made (the repository itself, with its data/ package) is left whole
-    with pytest.raises(SystemExit, match=f"{out} holds no pipeline.json, so no pipeline made it"):
+    # a folder that holds more than a pipeline's outputs (the repository itself, with its data/
+    # package) is left whole
+    (out / "prepare.py").write_text("not the pipeline's")
+    with pytest.raises(SystemExit, match=f"--out_dir={out}, which also holds prepare.py, not written by a pipeline"):
         pipeline.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--force"])
     assert (out / "data/corpus/train.bin").exists()
-    (out / "pipeline.json").write_text('{"preset": "micro"}')
+    (out / "prepare.py").unlink()
+    (out / "report.json.tmp123").write_text("a write cut short")
     with pytest.raises(Stop):
         pipeline.main(["--preset=micro", f"--out_dir={out}", "--device=cpu", "--force"])
     assert sorted(p.name for p in out.iterdir()) == ["pipeline.json"]
