@@ -88,10 +88,11 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
 def check_tokenizer(ckpt, path, expected, source):
     """Two models that meet (a policy and its reward model; a resumed run and its data) must
     share one id mapping: the same tokenizer hash."""
-    have = ckpt.get("tokenizer", {}).get("sha256")
+    record = ckpt.get("tokenizer") if isinstance(ckpt.get("tokenizer"), dict) else {}
+    have = record.get("sha256")
     if have != expected["sha256"]:
         raise ValueError(f"{path} was trained with another tokenizer than {source} "
-                         f"({ckpt.get('tokenizer', {}).get('path', '?')}, hash {str(have)[:12]} against "
+                         f"({record.get('path', '?')}, hash {str(have)[:12]} against "
                          f"{expected['sha256'][:12]}). Use checkpoints and data made from one data/prepare.py run.")
 
 

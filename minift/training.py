@@ -402,7 +402,8 @@ def logged_by(line, step):
         record = json.loads(line)
     except json.JSONDecodeError:
         return False
-    return line.endswith("\n") and isinstance(record, dict) and record.get("step", record.get("iteration", 0)) <= step
+    at = record.get("step", record.get("iteration", 0)) if isinstance(record, dict) else None
+    return line.endswith("\n") and isinstance(at, (int, float)) and at <= step
 
 
 class Interrupted(Exception):

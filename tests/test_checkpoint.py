@@ -44,7 +44,7 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
     save_checkpoint(path, {"kind": "sft", "model": {}})  # another program's layout: say what it lacks
     with pytest.raises(ValueError, match="sft checkpoint without model_config and tokenizer"):
         load_checkpoint(path)
-    for model_config in ({"n_layers": 4}, [4, 4, 128]):   # edited by hand: named, not a TypeError later
+    for model_config in ({"n_layers": 4}, [4, 4, 128], 4):   # edited by hand: named, not a TypeError later
         save_checkpoint(path, {**payload, "model_config": model_config})
         with pytest.raises(ValueError, match="its model_config is not a dict of GPTConfig's fields"):
             load_checkpoint(path)
@@ -151,6 +151,9 @@ def test_a_resume_reads_two_spellings_of_one_path_as_one_setting():
     ckpt = {"kind": "sft", "config": dataclasses.asdict(train_sft.Config())}
     for spelling in ("./" + train_sft.Config().data, train_sft.Config().data.replace("/", "//")):
         check_settings(ckpt, dataclasses.replace(train_sft.Config(), data=spelling), "out/ckpt.pt")
+    with pytest.raises(ValueError, match=re.escape("--eval_data=. (it has )")):   # "" skips it: not the folder .
+        check_settings({**ckpt, "config": {**ckpt["config"], "eval_data": ""}},
+                       dataclasses.replace(train_sft.Config(), eval_data="."), "out/ckpt.pt")
     with pytest.raises(ValueError, match=re.escape("--data=data/other.jsonl (it has ")):
         check_settings(ckpt, dataclasses.replace(train_sft.Config(), data="data/other.jsonl"), "out/ckpt.pt")
 
@@ -205,7 +208,7 @@ def test_a_checkpoint_carries_its_tokenizer(tmp_path):
     os.replace(tok_path + ".moved", tok_path)
     assert tokenizer_for(naming, "naming.pt").encode(text) == tok.encode(text)
     without_specials = {k: v for k, v in carrying["tokenizer"].items() if k != "specials"}
-    broken = ((without_specials, "specials"), ({"sha256": "0" * 64}, "path"), ("tok.tiktoken", "path, sha256"))
+    broken = ((without_specials, "specials"), ({"sha256": "0" * 64}, "path"), (None, "path, sha256"))
     for info, lacking in broken:
         with pytest.raises(ValueError, match=re.escape(path) + f": its tokenizer record lacks {lacking} \\(needed"):
             tokenizer_for({"tokenizer": info}, path)

@@ -338,3 +338,7 @@ def test_step_batch_gives_every_rank_and_micro_batch_its_own_groups():
         epochs.append(seen)
     assert epochs[0] != epochs[1]
     assert train_reward.step_batch(19, 3, 1, cfg, 1, world_size=2) == epochs[1][-2:]
+    # within a step, micro-batch by micro-batch, each split over the ranks: the layout recorded runs drew
+    order = train_reward.epoch_order(19, 3, 1)
+    assert train_reward.step_batch(19, 3, 1, cfg, 0, world_size=2) == order[8 + 4:8 + 6]
+    assert train_reward.step_batch(19, 2, 0, cfg, 1, world_size=2) == order[2:4]

@@ -214,11 +214,12 @@ def test_the_nan_guard_refuses_infinities_too():
 
 
 def test_a_resumed_log_keeps_the_saved_steps_and_a_new_run_a_new_log(tmp_path):
-    """A run that died after its last save (step 2) had logged steps 3 and 4, and half a line;
-    resumed at step 2 it logs 3 and 4 again, so those go, and the log holds each step once."""
+    """A run that died after its last save (step 2) had logged steps 3 and 4, and a line cut
+    before its newline; resumed at step 2 it logs 3 and 4 again, so those go, and the log holds
+    each step once. A step that is not a number (a hand edit) goes too."""
     path = tmp_path / "metrics.jsonl"
     lines = ['{"step": 0, "val_loss": 7.6}\n', '{"step": 2, "loss": 2.0}\n', '{"step": 2, "val_loss": 2.1}\n',
-             '{"step": 4, "loss": 1.0}\n', '{"iteration": 3, "kl": 0.1}\n', '{"step": 5, "lo']
+             '{"step": 4, "loss": 1.0}\n', '{"iteration": 3, "kl": 0.1}\n', '{"step": "1"}\n', '{"step": 1}']
     path.write_text("".join(lines))
     MetricsLog(str(path), step=2).log(step=3, loss=1.5)
     kept = [json.loads(line) for line in path.read_text().splitlines()]
