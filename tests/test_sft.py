@@ -90,7 +90,8 @@ def test_the_length_window_wraps_so_every_example_is_drawn_as_often():
 
 
 def test_gradient_accumulation_averages_its_micro_batches(corpus_dir, tmp_path, monkeypatch):
-    """As in pretraining: k micro-batches of the same conversations give one's gradient."""
+    """As in pretraining: k micro-batches of the same conversations give one's gradient. And a
+    run resumed from the first holds each step once in its log."""
     run_main(train_pretrain, ["--preset=micro", "--device=cpu", f"--data_dir={corpus_dir}",
                               f"--out_dir={tmp_path}/pre", "--max_steps=1", "--eval_batches=1"])
     write_jsonl(tmp_path / "sft.jsonl", [{"messages": [{"role": "user", "content": f"Say {w}."},
@@ -109,3 +110,11 @@ def test_gradient_accumulation_averages_its_micro_batches(corpus_dir, tmp_path, 
         logged.append(next(m for m in read_metrics(tmp_path / f"k{k}") if "grad_norm" in m))
     assert logged[1]["grad_norm"] == pytest.approx(logged[0]["grad_norm"], rel=1e-4)
     assert logged[1]["loss"] == pytest.approx(logged[0]["loss"], abs=1e-5)
+    # resumed after a run that died past its save: its log keeps the saved step, and the new one once
+    with open(tmp_path / "k1" / "metrics.jsonl", "a") as log:
+        log.write('{"step": 2, "loss": 9.9}\n')
+    run_main(train_sft, ["--preset=micro", "--device=cpu", "--dtype=float32", f"--init_from={tmp_path}/pre/ckpt.pt",
+                         f"--data={tmp_path}/sft.jsonl", "--eval_data=", f"--out_dir={tmp_path}/k1",
+                         "--max_steps=2", "--log_interval=1"])
+    losses = [(m["step"], m["loss"]) for m in read_metrics(tmp_path / "k1") if "loss" in m]
+    assert losses[0] == (1, logged[0]["loss"]) and [s for s, _ in losses] == [1, 2] and losses[1][1] != 9.9
