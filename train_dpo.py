@@ -290,8 +290,9 @@ def main(argv=None):
                     with rt.autocast(cfg.dtype):
                         metrics = evaluate(raw_model, val, val_ref_logps, tokenizer, rt.device, cfg)
                     metrics = {"train_loss": stats["loss"], "train_accuracy": stats["accuracy"], **metrics}
-                    save(metrics)
+                    # logged, then saved: a resumed run never loses a saved step's record
                     log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
+                    save(metrics)
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                                                             if isinstance(v, float)))
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}", lr=f"{lr:.2e}",

@@ -234,13 +234,14 @@ def main(argv=None):
                        "dropped_groups": 1 - kept.float().mean().item(),
                        **{k: sum(s[k] for s in stats) / len(stats) for k in (stats[0] if stats else {})},
                        **({"first_ratio": stats[0]["ratio"]} if stats else {})}
-            if it % cfg.eval_interval == 0 or it == cfg.iterations:
-                if eval_records:
-                    ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
-                    metrics["eval_prompt_strict"] = ev["prompt_strict"]
-                    metrics.update(probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
+            evaluating = it % cfg.eval_interval == 0 or it == cfg.iterations
+            if evaluating and eval_records:
+                ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
+                metrics["eval_prompt_strict"] = ev["prompt_strict"]
+                metrics.update(probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
+            log.log(**metrics)   # logged, then saved: a resumed run never loses a saved iteration's record
+            if evaluating:
                 save()
-            log.log(**metrics)
             bar.update(1)
             bar.set_postfix(**({"rm": f"{metrics['rm_score']:.2f}"} if "rm_score" in metrics else {}),
                             gold=f"{metrics['gold']:.2f}", kl=f"{metrics['kl']:.2f}",

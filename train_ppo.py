@@ -476,14 +476,14 @@ def main(argv=None):
             if cfg.adaptive_kl:  # on the averaged KL, so every rank keeps the same beta
                 kl_ctl.update(metrics["kl"], seq.size(0) * rt.world_size)
             metrics["kl_coef"] = kl_ctl.value
-            if rt.master and (it % cfg.eval_interval == 0 or it == cfg.iterations):
-                if eval_records:
-                    ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
-                    metrics["eval_prompt_strict"] = ev["prompt_strict"]
-                    metrics.update(probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
-                save(ckpt_path, it, metrics, policy, value_model, optimizer, cfg, sft["tokenizer"], generator,
-                     kl_ctl)
-            log.log(**metrics)
+            evaluating = rt.master and (it % cfg.eval_interval == 0 or it == cfg.iterations)
+            if evaluating and eval_records:
+                ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
+                metrics["eval_prompt_strict"] = ev["prompt_strict"]
+                metrics.update(probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
+            log.log(**metrics)   # logged, then saved: a resumed run never loses a saved iteration's record
+            if evaluating:
+                save(ckpt_path, it, metrics, policy, value_model, optimizer, cfg, sft["tokenizer"], generator, kl_ctl)
             bar.update(1)
             bar.set_postfix(**({"rm": f"{metrics['rm_score']:.2f}"} if "rm_score" in metrics else {}),
                             gold=f"{metrics['gold']:.2f}", kl=f"{metrics['kl']:.2f}", clip=f"{metrics['clipfrac']:.3f}")
