@@ -399,11 +399,9 @@ def main(argv=None):
         raw_model.bias.fill_(-raw.mean().item() / std.item())
         return {"norm_mean": raw.mean().item(), "norm_std": std.item()}
 
-    def save(metrics):
-        metrics = {**metrics, **normalise()}  # every checkpoint on disk is ready for PPO
+    def save(metrics):   # after normalise(), so that every checkpoint on disk is ready for PPO
         save_training_checkpoint(ckpt_path, "reward", step, model, optimizer, cfg, init["tokenizer"], batch_rng,
                                  metrics, init_from=cfg.init_from, world_size=rt.world_size)
-        return metrics
 
     # ---- the training loop
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master, step=step)
@@ -437,14 +435,16 @@ def main(argv=None):
             if step % cfg.eval_interval == 0 or step == max_steps:
                 if rt.master:
                     metrics = evaluate(raw_model, val, samples, tokenizer, rt.device, cfg.eval_batch_size)
-                    metrics = save({"train_loss": step_loss, "train_accuracy": step_accuracy, **metrics})
+                    metrics = {"train_loss": step_loss, "train_accuracy": step_accuracy, **metrics, **normalise()}
+                    # logged, then saved: a resumed run never loses a saved step's record
                     log.log(step=step, **{f"eval_{k}": v for k, v in metrics.items()})
+                    save(metrics)
                     bar.write(f"step {step}: loss {step_loss:.4f}, " + ", ".join(
                         f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float)))
             bar.set_postfix(loss=f"{step_loss:.3f}", acc=f"{step_accuracy:.2f}", lr=f"{lr:.2e}",
                             **{k: f"{metrics[k]:.2f}" for k in ("val_accuracy", "spearman") if k in metrics})
         if stop.requested and rt.master:
-            save(metrics)
+            save({**metrics, **normalise()})
     bar.close()
     if rt.master and metrics.get("val_accuracy_by_type"):
         print("held-out pair accuracy by instruction type:")

@@ -66,3 +66,19 @@ def run_main(script, args):
         return script.main([str(a) for a in args])
     finally:
         torch.set_num_threads(threads)
+
+
+def stop_after(steps):
+    """A StopRequest that acts as if Ctrl-C came during step `steps` + 1: the loop then saves
+    and raises Interrupted, exactly as after a real SIGINT (StopRequest._handle sets the flag)."""
+    from minift.training import StopRequest
+
+    class Stop(StopRequest):
+        calls = 0
+
+        def agreed(self):
+            self.calls += 1
+            if self.calls > steps:
+                self.requested = True
+            return super().agreed()
+    return Stop

@@ -22,14 +22,14 @@ import train_ppo
 import train_pretrain
 import train_reward
 import train_sft
-from conftest import ROOT, read_metrics
+from conftest import ROOT, read_metrics, stop_after
 from data import make_preferences, make_sft, prepare
 from minift.checkpoint import build_model, load_checkpoint, save_checkpoint, save_training_checkpoint, tokenizer_for
 from minift.config import run
 from minift.formats import write_jsonl
 from minift.model import GPTConfig, ScalarModel, answer_positions
 from minift.tokenizer import load_ranks, load_tokenizer, save_ranks
-from minift.training import Interrupted, StopRequest
+from minift.training import Interrupted
 
 MICRO = ["--preset=micro", "--device=cpu"]
 
@@ -536,20 +536,6 @@ def test_sample_reward_of_a_conversation_longer_than_the_context(kit, capsys):
 
 # ---------------------------------------------------------------------------- Ctrl-C
 # (A real SIGINT to train_pretrain.py: tests/test_pretrain.py's test_ctrl_c_saves_a_checkpoint.)
-def stop_after(steps):
-    """A StopRequest that acts as if Ctrl-C came during step `steps` + 1: the loop then saves
-    and raises Interrupted, exactly as after a real SIGINT (StopRequest._handle sets the flag)."""
-    class Stop(StopRequest):
-        calls = 0
-
-        def agreed(self):
-            self.calls += 1
-            if self.calls > steps:
-                self.requested = True
-            return super().agreed()
-    return Stop
-
-
 TIMINGS = {"seconds", "tokens_per_s", "total_seconds", "run_seconds"}
 
 

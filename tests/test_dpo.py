@@ -15,7 +15,7 @@ import evaluate
 import sample
 import train_dpo
 import train_reward
-from conftest import read_metrics, run_main
+from conftest import read_metrics, run_main, stop_after
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.engine import generate
 from minift.formats import load_preferences
@@ -208,16 +208,11 @@ def test_train_dpo_micro_end_to_end_and_resume(micro_pipeline, tmp_path, capsys,
                                max_new_tokens=8, device="cpu")
     assert scores["n_prompts"] == 4 and scores["prompt_strict"] * 4 == round(scores["prompt_strict"] * 4)
 
-    # Ctrl-C during step 3 (as tests/test_bad_inputs.py's stop_after): the loop saves step 2 and
-    # stops; the rerun resumes there and ends on the uninterrupted run's weights, bit for bit
-    class StopDuringStep3(train_dpo.StopRequest):
-        def agreed(self):
-            self.checks = getattr(self, "checks", 0) + 1
-            self.requested = self.requested or self.checks > 2
-            return super().agreed()
+    # Ctrl-C during step 3: the loop saves step 2 and stops; the rerun resumes there and ends on
+    # the uninterrupted run's weights, bit for bit
     stopped = str(tmp_path / "stopped")
     with monkeypatch.context() as m:
-        m.setattr(train_dpo, "StopRequest", StopDuringStep3)
+        m.setattr(train_dpo, "StopRequest", stop_after(2))
         with pytest.raises(Interrupted, match="at step 2 of"):
             train_dpo.main(args + [f"--out_dir={stopped}"])
     assert load_checkpoint(os.path.join(stopped, "ckpt.pt"))["step"] == 2

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import train_reward
-from conftest import read_metrics, run_main
+from conftest import read_metrics, run_main, stop_after
 from minift.checkpoint import build_model, load_checkpoint, save_training_checkpoint
-from minift.training import lr_at
+from minift.training import Interrupted, lr_at
 from minift.formats import write_jsonl
 from minift.model import GPT, GPTConfig, ScalarModel, answer_positions
 from minift.tokenizer import Tokenizer, save_ranks, train_bpe
@@ -247,7 +247,7 @@ def synthetic_prefs(path, n_groups, k, seed, flipped=0):
     return samples
 
 
-def test_train_reward_script_learns_a_marker(tok, tmp_path):
+def test_train_reward_script_learns_a_marker(tok, tmp_path, monkeypatch):
     sft = tiny_sft_checkpoint(tok, tmp_path)
     synthetic_prefs(str(tmp_path / "train.jsonl"), 200, 3, seed=1)
     val_samples = synthetic_prefs(str(tmp_path / "val.jsonl"), 40, 3, seed=2, flipped=4)
@@ -274,12 +274,19 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path):
     cfg = ckpt["config"]
     last_lr = lr_at(49, cfg["learning_rate"], cfg["min_lr"], cfg["warmup_steps"], 50)
     assert {g["lr"] for g in ckpt["optimizer"]["param_groups"]} == {last_lr} and last_lr < 0.5 * cfg["learning_rate"]
-    model = build_model(ckpt, ScalarModel).eval()
     seqs, groups, _, _ = train_reward.build_groups(
         [json.loads(line) for line in open(tmp_path / "train.jsonl")], tok, 64)
-    raw = train_reward.score_all(model, seqs, tok, "cpu", 256)
-    normalised = model.normalize(raw)
-    assert abs(normalised.mean().item()) < 1e-3 and normalised.std().item() == pytest.approx(1.0, abs=1e-3)
+
+    def assert_normalised(ckpt):
+        model = build_model(ckpt, ScalarModel).eval()
+        normalised = model.normalize(train_reward.score_all(model, seqs, tok, "cpu", 256))
+        assert abs(normalised.mean().item()) < 1e-3 and normalised.std().item() == pytest.approx(1.0, abs=1e-3)
+    assert_normalised(ckpt)
+    with monkeypatch.context() as m:   # so is the one a Ctrl-C (during step 3) saves before any evaluation
+        m.setattr(train_reward, "StopRequest", stop_after(2))
+        with pytest.raises(Interrupted, match="at step 2 of"):
+            train_reward.main(args + [f"--out_dir={tmp_path / 'stopped'}"])
+    assert_normalised(load_checkpoint(os.path.join(tmp_path, "stopped", "ckpt.pt")))
     import sample
     marked = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Tell me about the cat.", "--response=the zebra sat."])
     plain = sample.main([f"--ckpt={out}/ckpt.pt", "--prompt=Tell me about the cat.", "--response=the dog sat."])
