@@ -8,8 +8,8 @@ import pytest
 
 from minift.synthetic import world
 from minift.synthetic.builders import Unsatisfiable, build_response
-from minift.synthetic.gold import (WORLD_NOUNS, _stem, garbled_words, gold_breakdown, gold_reward, repeated_3gram_share,
-                                  world_words)
+from minift.synthetic.gold import (WORLD_NOUNS, _stem, garbled_words, gold_breakdown, gold_reward, on_topic_share,
+                                  repeated_3gram_share, spammed_words, word_budget, world_words)
 from minift.synthetic.instructions import split_sentences
 from minift.synthetic.splits import sample
 from minift.synthetic.tasks import verify
@@ -50,6 +50,60 @@ def test_formula_by_hand():
     assert gold_reward("Describe a kite.", "  ", ids, kwargs) == 0.0
     assert repeated_3gram_share("a b c a b c") == pytest.approx(1 / 4)
 
+
+
+def test_each_threshold_sits_where_the_docstring_puts_it():
+    """A flaw starts just past its limit: at the limit an answer is clean."""
+    ids, kwargs, prompt = ["task:describe"], [{"topic": "kite"}], "Describe a kite."
+
+    def flaws(response):
+        return gold_breakdown(prompt, response, ids, kwargs)["flaws"]
+    words = "the kite is red and it can fly up high in the sky ".split()
+    assert "rambling" not in flaws(" ".join((words * 6)[:60])) and "rambling" in flaws(" ".join((words * 6)[:61]))
+    assert repeated_3gram_share("kite red kite red kite red") == 0.5 and "repetition" not in flaws("kite red " * 3)
+    assert "repetition" in flaws("kite red " * 3 + "kite")                   # 3 of 5 3-grams repeat
+    assert repeated_3gram_share("a kite") == 0.0 and flaws("A kite.") == []   # under 3 words: nothing repeats
+    assert spammed_words("kite " * 6, ids, kwargs) == [] and spammed_words("kite " * 7, ids, kwargs) == ["kite"]
+    assert spammed_words("the " * 9 + "it is " * 9, ids, kwargs) == []          # function words never spam
+    assert on_topic_share(prompt, "The kite is red. The pig is pink. The cow is big.", ids, kwargs) == 1 / 3
+    assert flaws("The kite is red. The pig is pink. The cow is big.") == []
+    assert flaws("The kite is red. The pig is pink. The cow is big. The hen is small.") == ["off_topic"]
+
+
+def test_instructions_raise_the_limits():
+    """A copied request, an "at least N words" instruction and two answers raise the word
+    budget; two answers and a keyword asked for N times raise how often a word may occur."""
+    repeat = {"prompt_to_repeat": "Describe a kite."}
+    assert word_budget(["task:describe", "combination:repeat_prompt"], [{"topic": "kite"}, repeat]) == 60 + 3
+    at_least = {"relation": "at least", "num_words": 80}
+    ids = ["task:describe", "length_constraints:number_words"]
+    assert word_budget(ids, [{}, at_least]) == 60 + 80
+    assert word_budget(ids, [{}, {**at_least, "relation": "less than"}]) == 60
+    two = (["task:describe", "combination:two_responses"], [{"topic": "kite"}, {}])
+    assert word_budget(*two) == 2 * 60
+    assert spammed_words("kite " * 12, *two) == [] and spammed_words("kite " * 13, *two) == ["kite"]
+    freq = {"keyword": "Kites", "frequency": 3, "relation": "at least"}
+    ids = ["task:describe", "keywords:frequency"]
+    assert spammed_words("kite " * 9, ids, [{}, freq]) == []
+    assert spammed_words("kite " * 10, ids, [{}, freq]) == ["kite"]
+    assert spammed_words("kite " * 7, ids, [{}, {**freq, "relation": "less than"}]) == ["kite"]
+
+
+def test_a_keyword_that_is_the_topic_still_counts_as_on_topic():
+    """A keyword asked for is neutral, unless the base task is about it: then it is the topic."""
+    ids = ["task:describe", "keywords:existence"]
+    prompt, answer = "Describe a kite. Include the word kite.", "The kite is red. The pig is pink. The cow is big."
+    assert on_topic_share(prompt, answer, ids, [{"topic": "kite"}, {"keywords": ["kite"]}]) == 1 / 3
+    assert on_topic_share("Describe a hat. Include the word kite.", answer, ids,
+                          [{"topic": "hat"}, {"keywords": ["kite"]}]) == 0.0   # kite neutral, pig and cow off topic
+
+
+def test_ids_without_a_checker_are_skipped():
+    ids, kwargs = ["task:describe", "language:response_language"], [{"topic": "kite"}, {"language": "fr"}]
+    b = gold_breakdown("Describe a kite.", "A kite is red.", ids, kwargs)
+    assert b["checks"] == {"task:describe": True} and b["reward"] == 1.0
+    b = gold_breakdown("Say hi.", "Hi.", ["language:response_language"], [{"language": "fr"}])
+    assert b["checks"] == {} and b["passed"] == 1.0 and b["reward"] == 1.0   # nothing to check: a clean answer scores 1
 
 def test_honest_answers_are_perfect(samples):
     for s in samples:
@@ -128,6 +182,7 @@ def test_garbled_words_are_found():
     assert garbled_words("Describe a deer.", answer) == ["OWba", "areAMP", "user", "oiders", "bunnys"]
     assert garbled_words("Describe a Zorp.", "The Zorp has 3 legs. Max's kite is red.") == []  # prompt words, digits
     assert {"kite", "kites", "mice", "turtle"} <= world_words() and "owba" not in world_words()
+    assert not {"kwargs", "checkers", "docstring"} & world_words()   # the modules' docstrings are not story text
 
 
 def test_a_garbled_word_loses(samples):
