@@ -58,16 +58,23 @@ def test_spearman_with_ties():
 def test_pair_construction_drops_ties_and_keeps_groups():
     from data.make_preferences import make_pairs, val_groups
     samples = [{"group": g, "prompt": f"p{g}", "response": f"r{g}{i}", "gold": gold, "instruction_id_list": ["x"],
-                "kwargs": [{}]} for g, golds in enumerate([[1.0, 0.5, 0.5, 0.0], [0.3, 0.3, 0.3], [0.9, 0.1]])
+                "kwargs": [{}]} for g, golds in enumerate([[1.0, 0.5, 0.5, 0.0], [0.3, 0.3, 0.3], [0.1, 0.9]])
                for i, gold in enumerate(golds)]
+    samples = [{**s, "key": f"k{s['group']}", "instruction_id_list": [f"id{s['group']}"]} for s in samples]
     pairs, ties = make_pairs(samples)
     assert ties == 1 + 3  # one tie in group 0 (0.5, 0.5), all three pairs of group 1
     assert len(pairs) == 5 + 1
     assert all(p["chosen_score"] > p["rejected_score"] for p in pairs)
     assert {p["group"] for p in pairs} == {0, 2}
     assert all(p["prompt"] == f"p{p['group']}" and p["chosen"].startswith(f"r{p['group']}") for p in pairs)
+    # each side's text is the answer that earned its score, and the prompt's fields come along
+    score = {s["response"]: s["gold"] for s in samples}
+    assert all(score[p["chosen"]] == p["chosen_score"] and score[p["rejected"]] == p["rejected_score"] for p in pairs)
+    assert all(p["key"] == f"k{p['group']}" and p["instruction_id_list"] == [f"id{p['group']}"] for p in pairs)
     held = val_groups(100, 0.1, seed=0)
-    assert len(held) == 10 and held == val_groups(100, 0.1, seed=0)
+    assert len(held) == 10 and held == val_groups(100, 0.1, seed=0) != val_groups(100, 0.1, seed=1)
+    assert len(val_groups(7, 0.25, seed=0)) == 2 and len(val_groups(5, 0.1, seed=0)) == 1   # nearest, at least one
+    assert val_groups(5, 0.0, seed=0) == set()
     # two samples of one answer tie: never a pair whose two sides are the same text
     same = [{**samples[0], "response": r, "gold": g} for r, g in (("same", 0.5), ("same", 0.5), ("other", 0.2))]
     pairs, ties = make_pairs(same)
@@ -307,26 +314,60 @@ def test_make_preferences_script(tok, tmp_path, monkeypatch):
                         lambda model, *a, **kw: stops.add(kw["stop_tokens"]) or generate(model, *a, **kw))
     sft = tiny_sft_checkpoint(tok, tmp_path, block_size=128, n_layer=1)
     rng = R(0)
-    write_jsonl(str(tmp_path / "rl.jsonl"), [sample(rng, "rl_prompts").record(f"rl-{i}") for i in range(16)])
+    write_jsonl(str(tmp_path / "rl.jsonl"), [sample(rng, "rl_prompts").record(f"rl-{i}") for i in range(20)])
     out = str(tmp_path / "prefs")
-    stats = make_preferences.main(["--preset=micro", "--k=3", "--val_fraction=0.25", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}",
-                                   f"--prompts={tmp_path / 'rl.jsonl'}"])
+    stats = make_preferences.main(["--preset=micro", "--k=3", "--val_fraction=0.25", "--num_prompts=16", "--device=cpu",
+                                   f"--sft_ckpt={sft}", f"--out_dir={out}", f"--prompts={tmp_path / 'rl.jsonl'}"])
     train, val = (read(os.path.join(out, f"{n}.jsonl")) for n in ("train", "val"))
     samples = read(os.path.join(out, "val_samples.jsonl"))
-    assert stats["samples"] == 16 * 3 and len(samples) == 4 * 3   # micro: k=3, a quarter held out
+    assert stats["samples"] == 16 * 3 and len(samples) == 4 * 3   # the first 16 prompts, a quarter held out
     assert {s["group"] for s in samples}.isdisjoint({p["group"] for p in train})
     assert {p["group"] for p in val} <= {s["group"] for s in samples}
     assert all(p["chosen_score"] > p["rejected_score"] for p in train + val)
     assert len(train) + len(val) == stats["train_pairs"] + stats["val_pairs"]
     assert stats["train_pairs"] + stats["val_pairs"] + round(stats["tie_rate"] * 48) == 48  # 16 x C(3, 2)
     assert stops == {(tok.end,)}
-    again = make_preferences.main(["--preset=micro", "--k=3", "--val_fraction=0.25", "--device=cpu", f"--sft_ckpt={sft}", f"--out_dir={out}2",
-                                   f"--prompts={tmp_path / 'rl.jsonl'}"])
+    again = make_preferences.main(["--preset=micro", "--k=3", "--val_fraction=0.25", "--num_prompts=16", "--device=cpu",
+                                   f"--sft_ckpt={sft}", f"--out_dir={out}2", f"--prompts={tmp_path / 'rl.jsonl'}"])
     assert again == {**stats, "seconds": again["seconds"]}                 # deterministic
 
 
 def read(path):
     return [json.loads(line) for line in open(path)]
+
+
+def test_make_preferences_scores_each_answer_against_its_own_prompt(monkeypatch):
+    """make_preferences with a stand-in sampler that answers each prompt with its reference
+    answer twice, once with a garbled word and once not at all: gold 0.5, 1, 0, 1. The answers
+    stay with their prompt, the pairs and ties follow, and the statistics count every answer."""
+    from random import Random as R
+    from types import SimpleNamespace
+
+    from data import make_preferences
+    from minift.synthetic.gold import gold_reward
+    from minift.synthetic.splits import sample
+    rng, drawn = R(0), []
+    while len(drawn) < 10:   # prompts whose instructions still hold with a word added at the end
+        s = sample(rng, "rl_prompts")
+        if gold_reward(s.prompt, s.response + " OWba", s.ids, s.kwargs) == 0.5:
+            drawn.append(s)
+    records = [s.record(f"rl-{i}") for i, s in enumerate(drawn)]
+    reference = {r["key"]: s.response for r, s in zip(records, drawn)}
+
+    def stand_in(model, tokenizer, recs, k, temperature, max_new_tokens, batch_size, generator, stop_tokens):
+        assert generator.initial_seed() == 5 and k == 4
+        return [[reference[r["key"]] + " OWba", reference[r["key"]], "", reference[r["key"]]] for r in recs]
+    monkeypatch.setattr(make_preferences, "sample_answers", stand_in)
+    train, val, val_samples, stats = make_preferences.make_preferences(
+        None, SimpleNamespace(end=0), records, k=4, val_fraction=0.2, seed=5)
+    assert len(train) == 8 * 5 and len(val) == 2 * 5 and len(val_samples) == 2 * 4   # C(4, 2) = 6 less a tie
+    assert {s["group"] for s in val_samples} == make_preferences.val_groups(10, 0.2, seed=5)
+    for p in train + val:
+        gold = {reference[p["key"]]: 1.0, reference[p["key"]] + " OWba": 0.5, "": 0.0}
+        assert gold[p["chosen"]] == p["chosen_score"] > p["rejected_score"] == gold[p["rejected"]], p
+    assert sorted(s["gold"] for s in val_samples) == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert stats == {"prompts": 10, "samples": 40, "train_pairs": 40, "val_pairs": 10, "tie_rate": 1 / 6,
+                     "mean_gold": 0.625, "perfect_share": 0.5, "flaw_rate": {"garbled": 0.25}}
 
 
 def test_step_batch_gives_every_rank_and_micro_batch_its_own_groups():
