@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from minift.checkpoint import GENERATIVE, build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import check_checker_arguments, sample_answers  # noqa: E402
-from minift.formats import load_ifeval_inputs, write_jsonl  # noqa: E402
+from minift.formats import load_ifeval_option, write_jsonl  # noqa: E402
 from minift.synthetic.gold import gold_breakdown  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 from train_ppo import Config as PPOConfig  # noqa: E402
@@ -130,14 +130,19 @@ def make_preferences(model, tokenizer, records, k=8, temperature=0.7, max_new_to
 def main(argv=None):
     cfg = cli_config(Config, PRESETS, argv)
     print_config(cfg)
+    if cfg.k < 2:
+        raise ValueError(f"--k={cfg.k} gives no pairs: a pair compares two answers to one prompt; use --k=2 or more")
     device = pick_device(cfg.device)
     ckpt = load_checkpoint(cfg.sft_ckpt, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
     model = build_model(ckpt).to(device).eval()
-    records = load_ifeval_inputs(cfg.prompts)
+    records = load_ifeval_option(cfg.prompts, "prompts")
     check_checker_arguments(records, cfg.prompts)   # the gold judge reads them after all the sampling
     if cfg.num_prompts:
         records = records[:cfg.num_prompts]
+    if len(val_groups(len(records), cfg.val_fraction, cfg.seed)) == len(records):
+        raise ValueError(f"--val_fraction={cfg.val_fraction} holds out all {len(records)} prompts of {cfg.prompts}, "
+                         f"leaving none for train.jsonl; lower it or use more prompts (--num_prompts)")
     t0 = time.time()
     train, val, val_samples, stats = make_preferences(
         model, tokenizer, records, cfg.k, cfg.temperature, cfg.max_new_tokens, cfg.batch_size,

@@ -363,6 +363,25 @@ def test_rl_scripts_check_their_prompt_files(kit, tmp_path, main, option, bad, n
     assert not os.path.exists(tmp_path / "rl" / "metrics.jsonl")
 
 
+
+@pytest.mark.parametrize("option, value, needles", [
+    ("prompts", "/nonexistent/rl_prompts.jsonl", ["--prompts=/nonexistent/rl_prompts.jsonl", "make_sft.py"]),
+    ("prompts", "alpaca", ["alpaca.json", '"key"', "--prompts takes IFEval records"]),
+    ("prompts", "bad_kwargs", ["bad_kwargs.jsonl", "length_constraints:number_words"]),
+    ("k", 1, ["--k=1", "no pairs"]),
+    ("num_prompts", 1, ["--val_fraction=0.4", "all 1 prompts", "train.jsonl"]),
+])
+def test_make_preferences_refuses_what_would_give_no_pairs(kit, tmp_path, option, value, needles):
+    """Each is named before any answer is sampled, not met as an empty file by train_reward.py."""
+    bad = str(tmp_path / "bad_kwargs.jsonl")
+    write_jsonl(bad, [{"key": 1, "prompt": "Describe a cat.", "instruction_id_list": ["length_constraints:number_words"],
+                       "kwargs": [{"relation": "at least"}]}])
+    files = {"alpaca": kit["alpaca"], "bad_kwargs": bad}
+    args = {"sft_ckpt": kit["sft"], "prompts": kit["sft_data"], "out_dir": tmp_path / "prefs",
+            option: files.get(value, value)}
+    fails(make_preferences.main, MICRO + [f"--{k}={v}" for k, v in args.items()], *needles)
+    assert not os.path.exists(tmp_path / "prefs")
+
 @pytest.mark.parametrize("main, args, needles", [
     (train_sft.main, ["--learning_rate=-0.1"], ["--learning_rate=-0.1"]),
     (train_reward.main, ["--batch_groups=0"], ["--batch_groups=0"]),
