@@ -105,13 +105,16 @@ def make_preferences(model, tokenizer, records, k=8, temperature=0.7, max_new_to
     # max_new_tokens (rare) it reads closed, where PPO scores it open, less missing_eos_penalty.
     answers = sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator,
                              stop_tokens=(tokenizer.end,))
-    held_out = val_groups(len(records), val_fraction, seed)
+    # Whole prompts go to val, drawn among the distinct prompts: one that a file repeats never
+    # lands in both splits (without repeats, this is val_groups' draw by position).
+    distinct = list(dict.fromkeys(rec["prompt"] for rec in records))
+    held_out = {distinct[i] for i in val_groups(len(distinct), val_fraction, seed)}
     train, val, flaws = [], [], Counter()
     for g, (rec, group) in enumerate(zip(records, answers)):
         for response in group:
             gold = gold_breakdown(rec["prompt"], response, rec["instruction_id_list"], rec["kwargs"])
             flaws.update(gold["flaws"])
-            (val if g in held_out else train).append(
+            (val if rec["prompt"] in held_out else train).append(
                 {"prompt": rec["prompt"], "response": response, "gold": gold["reward"], "group": g,
                  "key": rec.get("key"), "instruction_id_list": rec["instruction_id_list"], "kwargs": rec["kwargs"]})
     train_pairs, train_ties = make_pairs(train)
@@ -140,8 +143,9 @@ def main(argv=None):
     check_checker_arguments(records, cfg.prompts)   # the gold judge reads them after all the sampling
     if cfg.num_prompts:
         records = records[:cfg.num_prompts]
-    if len(val_groups(len(records), cfg.val_fraction, cfg.seed)) == len(records):
-        raise ValueError(f"--val_fraction={cfg.val_fraction} holds out all {len(records)} prompts of {cfg.prompts}, "
+    n_distinct = len({rec["prompt"] for rec in records})
+    if len(val_groups(n_distinct, cfg.val_fraction, cfg.seed)) == n_distinct:
+        raise ValueError(f"--val_fraction={cfg.val_fraction} holds out all {n_distinct} prompts of {cfg.prompts}, "
                          f"leaving none for train.jsonl; lower it or use more prompts (--num_prompts)")
     t0 = time.time()
     train, val, val_samples, stats = make_preferences(

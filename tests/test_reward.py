@@ -368,6 +368,13 @@ def test_make_preferences_scores_each_answer_against_its_own_prompt(monkeypatch)
     assert sorted(s["gold"] for s in val_samples) == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0]
     assert stats == {"prompts": 10, "samples": 40, "train_pairs": 40, "val_pairs": 10, "tie_rate": 1 / 6,
                      "mean_gold": 0.625, "perfect_share": 0.5, "flaw_rate": {"garbled": 0.25}}
+    # a prompt that the file repeats goes to one split with all its copies
+    repeated = [records[i % 3] | {"key": f"copy-{i}"} for i in range(9)]
+    reference.update({r["key"]: reference[records[i % 3]["key"]] for i, r in enumerate(repeated)})
+    train, val, _, _ = make_preferences.make_preferences(None, SimpleNamespace(end=0), repeated, k=4,
+                                                         val_fraction=0.2, seed=5)
+    held = {p["prompt"] for p in val}
+    assert len(held) == 1 and held.isdisjoint(p["prompt"] for p in train) and len(val) == 3 * 5
 
 
 def test_step_batch_gives_every_rank_and_micro_batch_its_own_groups():
