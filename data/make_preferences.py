@@ -96,6 +96,13 @@ def val_groups(n_prompts, val_fraction, seed):
     return set(random.Random(seed).sample(range(n_prompts), n_val))
 
 
+def held_out_prompts(records, val_fraction, seed):
+    """(the distinct prompts, those whose answers go to val). Drawn among distinct prompts, so one
+    that a file repeats never lands in both splits (without repeats, val_groups' draw by position)."""
+    distinct = list(dict.fromkeys(rec["prompt"] for rec in records))
+    return distinct, {distinct[i] for i in val_groups(len(distinct), val_fraction, seed)}
+
+
 def make_preferences(model, tokenizer, records, k=8, temperature=0.7, max_new_tokens=96, batch_size=256,
                      val_fraction=0.1, seed=1337, device="cpu"):
     """Sample, score and pair. Returns (train pairs, val pairs, val samples, stats)."""
@@ -105,10 +112,7 @@ def make_preferences(model, tokenizer, records, k=8, temperature=0.7, max_new_to
     # max_new_tokens (rare) it reads closed, where PPO scores it open, less missing_eos_penalty.
     answers = sample_answers(model, tokenizer, records, k, temperature, max_new_tokens, batch_size, generator,
                              stop_tokens=(tokenizer.end,))
-    # Whole prompts go to val, drawn among the distinct prompts: one that a file repeats never
-    # lands in both splits (without repeats, this is val_groups' draw by position).
-    distinct = list(dict.fromkeys(rec["prompt"] for rec in records))
-    held_out = {distinct[i] for i in val_groups(len(distinct), val_fraction, seed)}
+    _, held_out = held_out_prompts(records, val_fraction, seed)
     train, val, flaws = [], [], Counter()
     for g, (rec, group) in enumerate(zip(records, answers)):
         for response in group:
@@ -143,9 +147,9 @@ def main(argv=None):
     check_checker_arguments(records, cfg.prompts)   # the gold judge reads them after all the sampling
     if cfg.num_prompts:
         records = records[:cfg.num_prompts]
-    n_distinct = len({rec["prompt"] for rec in records})
-    if len(val_groups(n_distinct, cfg.val_fraction, cfg.seed)) == n_distinct:
-        raise ValueError(f"--val_fraction={cfg.val_fraction} holds out all {n_distinct} prompts of {cfg.prompts}, "
+    distinct, held_out = held_out_prompts(records, cfg.val_fraction, cfg.seed)
+    if len(held_out) == len(distinct):
+        raise ValueError(f"--val_fraction={cfg.val_fraction} holds out all {len(distinct)} prompts of {cfg.prompts}, "
                          f"leaving none for train.jsonl; lower it or use more prompts (--num_prompts)")
     t0 = time.time()
     train, val, val_samples, stats = make_preferences(
