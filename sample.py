@@ -20,7 +20,7 @@ import torch
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
 from minift.engine import generate_stream
-from minift.evaluation import render_prompts
+from minift.evaluation import prompt_room, render_prompts
 from minift.model import ScalarModel
 from minift.tokenizer import StreamDecoder
 from minift.training import pick_device
@@ -93,11 +93,7 @@ def check_options(cfg, kind):
 
 def chat(model, tokenizer, cfg, generator):
     """A REPL: the whole conversation is re-rendered with the chat template each turn."""
-    room = model.config.block_size - cfg.max_new_tokens   # the prompt's share: the reply gets max_new_tokens
-    if room < 1:
-        raise SystemExit(f"error: --max_new_tokens={cfg.max_new_tokens} leaves no room for a prompt in the model's "
-                         f"context of {model.config.block_size} tokens; pass a smaller one, e.g. "
-                         f"--max_new_tokens={model.config.block_size // 2}")
+    room = prompt_room(model.config.block_size, cfg.max_new_tokens)   # the reply gets max_new_tokens
     print("Chat with the model. Empty line, Ctrl-D or Ctrl-C to quit, /reset to start over.")
     messages = []
     while True:

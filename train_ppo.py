@@ -34,7 +34,7 @@ from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_ch
                                save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.engine import generate
-from minift.evaluation import check_checker_arguments, decode_answer, evaluate_records, render_prompts
+from minift.evaluation import check_checker_arguments, decode_answer, evaluate_records, prompt_room, render_prompts
 from minift.formats import load_eval_data, load_ifeval_option
 from minift.synthetic.gold import gold_reward
 from minift.model import ScalarModel, pad_left
@@ -261,7 +261,8 @@ def rollout(policy, tokenizer, records, cfg, generator, device):
     """One answer per record (a prompt's record comes K times for K answers). Returns the
     left-padded prompt + right-padded answer batch and its masks, used again in training."""
     # As in evaluation, an over-long prompt keeps its end, so the answer has room to be written.
-    prompts = render_prompts(tokenizer, [r["prompt"] for r in records], policy.config.block_size - cfg.max_new_tokens)
+    room = prompt_room(policy.config.block_size, cfg.max_new_tokens)
+    prompts = render_prompts(tokenizer, [r["prompt"] for r in records], room)
     prompt_ids, prompt_mask = pad_left(prompts, tokenizer.pad, device)             # (B, P)
     answers = generate(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
                        stop_tokens=(tokenizer.end,), pad_token=tokenizer.pad, generator=generator)

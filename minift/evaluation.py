@@ -32,14 +32,21 @@ def check_checker_arguments(records, path):
                                  f'{", ".join(KWARG_NAMES[iid])}')
 
 
+def prompt_room(block_size, max_new_tokens):
+    """How many of the context's `block_size` tokens a prompt may fill: the answer needs
+    `max_new_tokens` after it."""
+    room = block_size - max_new_tokens
+    if room < 1:   # ids[-0:] would keep the whole prompt
+        raise ValueError(f"--max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
+                         f"{block_size} tokens; pass a smaller one, e.g. --max_new_tokens={block_size // 2}")
+    return room
+
+
 def render_prompts(tokenizer, prompts, max_tokens=None):
     """Token ids of each prompt through the chat template: a user message (a string), or a
-    whole conversation (a list of messages that ends with the user's). With `max_tokens`, an
-    over-long prompt keeps only its last `max_tokens` ids: the end holds the request and the
-    assistant's turn, and the answer needs room in the context after it."""
-    if max_tokens is not None and max_tokens < 1:   # ids[-0:] would keep the whole prompt
-        raise ValueError(f"--max_new_tokens leaves {max_tokens} of the model's context for the prompt; "
-                         f"lower --max_new_tokens below the context length (block_size)")
+    whole conversation (a list of messages that ends with the user's). With `max_tokens` (see
+    prompt_room), an over-long prompt keeps only its last `max_tokens` ids: the end holds the
+    request and the assistant's turn, and the answer needs room in the context after it."""
     rendered = [tokenizer.render_prompt(p if isinstance(p, list) else [{"role": "user", "content": p}])
                 for p in prompts]
     return rendered if max_tokens is None else [ids[-max_tokens:] for ids in rendered]
@@ -63,7 +70,7 @@ def generate_responses(model, tokenizer, prompts, max_new_tokens=128, batch_size
     stop_tokens = stop_tokens or tokenizer.stops
     was_training = model.training
     model.eval()
-    rendered = render_prompts(tokenizer, prompts, model.config.block_size - max_new_tokens)
+    rendered = render_prompts(tokenizer, prompts, prompt_room(model.config.block_size, max_new_tokens))
     order = sorted(range(len(prompts)), key=lambda i: len(rendered[i]))
     responses = [None] * len(prompts)
     for start in range(0, len(order), batch_size):

@@ -429,6 +429,9 @@ def test_evaluate_checks_kinds(kit, tmp_path):
     fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}",
                           "--samples=2", f"--reward_ckpt={kit['sft']}", "--max_new_tokens=2"],
           kit["sft"], "is a sft checkpoint; expected reward")
+    # an answer as long as the context leaves no room for the prompt: the context is named
+    fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}",
+                          "--max_new_tokens=256"], "--max_new_tokens=256", "context of 256 tokens")
 
 
 def test_a_misspelt_checker_argument_stops_before_any_answer(kit, tmp_path, monkeypatch):

@@ -252,7 +252,7 @@ def test_the_reward_models_likelihood_term_reads_the_answer_only(tok):
 
 
 def test_rollout_refuses_a_context_with_no_room_for_the_prompt(tok):
-    with pytest.raises(ValueError, match="--max_new_tokens leaves 0 of the model's context"):
+    with pytest.raises(ValueError, match="--max_new_tokens=4 leaves no room for a prompt in the model.s context of 4 tokens"):
         stub_rollout(tok, [[tok.end]], ("Go.",), block_size=4)   # max_new_tokens is 4
 
 
