@@ -175,9 +175,9 @@ AT_LEAST_ZERO = ("max_examples", "samples", "eval_examples", "num_prompts", "top
                  "learning_rate", "min_lr", "weight_decay", "temperature", "missing_eos_penalty", "kl_coef",
                  "likelihood_weight", "across_prompt_weight", "vf_coef")
 ABOVE_ZERO = ("grad_clip", "clip_range", "value_clip", "kl_target", "adam_eps", "beta")
-FRACTIONS = {"dropout": (0, 1, False), "val_fraction": (0, 1, False), "gamma": (0, 1, True), "lam": (0, 1, True),
-             "top_p": (0, 1, True), "label_smoothing": (0, 0.5, False)}
-# FRACTIONS: name: (low, high, high included); low is included except for top_p
+# FRACTIONS: name: (low, high, low included, high included)
+FRACTIONS = {"dropout": (0, 1, True, False), "val_fraction": (0, 1, True, False), "gamma": (0, 1, True, True),
+             "lam": (0, 1, True, True), "top_p": (0, 1, False, True), "label_smoothing": (0, 0.5, True, False)}
 CHOICES = {"dtype": ("bfloat16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold"),
            "loss_type": ("sigmoid", "ipo")}
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -197,10 +197,11 @@ def check_ranges(config, script):
         if name in ABOVE_ZERO and not value > 0:
             bad(name, "more than 0")
         if name in FRACTIONS:
-            low, high, closed = FRACTIONS[name]
-            above_low = low < value if name == "top_p" else low <= value
-            if not above_low or not (value <= high if closed else value < high):
-                bad(name, f"a number from {low} to {high}" + ("" if closed else f" (not {high} itself)"))
+            low, high, with_low, with_high = FRACTIONS[name]
+            if not (low <= value if with_low else low < value) or not (value <= high if with_high else value < high):
+                left_out = [str(end) for end, included in ((low, with_low), (high, with_high)) if not included]
+                bad(name, f"a number from {low} to {high}" + (f" (not {' or '.join(left_out)} itself)"
+                                                              if left_out else ""))
         if name in CHOICES and value not in CHOICES[name]:
             bad(name, f"one of {', '.join(CHOICES[name])}")
         if name == "device" and not DEVICE.fullmatch(value):

@@ -385,7 +385,7 @@ def test_make_preferences_refuses_what_would_give_no_pairs(kit, tmp_path, option
 @pytest.mark.parametrize("main, args, needles", [
     (train_sft.main, ["--learning_rate=-0.1"], ["--learning_rate=-0.1"]),
     (train_reward.main, ["--batch_groups=0"], ["--batch_groups=0"]),
-    (train_reward.main, ["--val_fraction=1"], ["--val_fraction=1"]),
+    (train_reward.main, ["--val_fraction=1"], ["--val_fraction=1", "(not 1 itself)"]),
     (train_ppo.main, ["--temperature=0"], ["--temperature=0"]),
     (train_sft.main, ["--dtype=float16"], ["--dtype=float16", "bfloat16, float32"]),   # no loss scaler
     (train_ppo.main, ["--rollout_batch=6", "--samples_per_prompt=4"], ["--rollout_batch=6"]),
@@ -397,7 +397,7 @@ def test_make_preferences_refuses_what_would_give_no_pairs(kit, tmp_path, option
     (evaluate.main, ["--max_examples=-495"], ["--max_examples=-495"]),
     (evaluate.main, ["--samples=-1"], ["--samples=-1"]),
     (sample.main, ["--temperature=-1"], ["--temperature=-1"]),
-    (sample.main, ["--top_p=0"], ["--top_p=0"]),
+    (sample.main, ["--top_p=0"], ["--top_p=0", "(not 0 itself)"]),
     (pipeline.main, ["--preset=huge"], ["huge"]),
 ])
 def test_option_ranges(tmp_path, main, args, needles):
