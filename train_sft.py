@@ -27,7 +27,7 @@ from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_
                                should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records
-from minift.formats import load_eval_data, load_sft
+from minift.formats import load_eval_data, load_sft, require_file
 from minift.model import padded_length
 from minift.training import (MetricsLog, StopRequest, cleanup_runtime, compile_and_wrap, host_reads, lr_at,
                              make_optimizer, read_step, set_lr, setup_runtime)
@@ -149,6 +149,7 @@ def main(argv=None):
     block_size = model.config.block_size
 
     # ---- data: conversations (any supported format), rendered with the chat template
+    require_file(cfg.data, "data", "data/make_sft.py")
     examples, dropped = render_dataset(load_sft(cfg.data), tokenizer, block_size)
     if not examples:
         raise SystemExit(f"error: all {dropped} conversations of {cfg.data} are longer than the model's context "

@@ -329,6 +329,7 @@ def test_missing_checkpoint_says_what_to_run_first(tmp_path):
 @pytest.mark.parametrize("data, eval_data, needles", [
     ("sft_data", "alpaca", ["alpaca.json", '"key"', "--eval_data="]),
     ("sft_data", "/nonexistent/test.jsonl", ["--eval_data=/nonexistent/test.jsonl", "make_sft.py"]),
+    ("/nonexistent/train.jsonl", "", ["--data=/nonexistent/train.jsonl", "make_sft.py"]),
     ("long_sft", "", ["all 3 conversations", "long.jsonl", "longer than the model's context"]),
     ("latin1", "", ["latin1.txt", "not UTF-8"]),
     ("binary", "", ["binary.bin.txt"]),
