@@ -39,8 +39,7 @@ from tqdm import tqdm
 
 from minift.checkpoint import resume_training, save_training_checkpoint, should_resume
 from minift.config import cli_config, print_config, run
-from minift.evaluation import check_checker_arguments, evaluate_records
-from minift.formats import load_eval_data, load_ifeval_option
+from minift.evaluation import evaluate_records, load_eval_data, load_scorable_option
 from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
 from train_ppo import (answer_logprobs, iteration_lr, load_models, masked_mean, mean_entropy, penalise_unfinished,
                        probe, ratio_stats, rollout, score_answers)
@@ -179,10 +178,8 @@ def main(argv=None):
     print_config(cfg)
     device = rt.device
     sft, tokenizer, policy, reference, reward_model, _ = load_models(cfg, device, critic=False)
-    records = load_ifeval_option(cfg.prompts, "prompts")
+    records = load_scorable_option(cfg.prompts, "prompts")
     eval_records = load_eval_data(cfg.eval_data, cfg.eval_examples)
-    check_checker_arguments(records, cfg.prompts)
-    check_checker_arguments(eval_records, cfg.eval_data)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")

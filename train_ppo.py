@@ -34,8 +34,8 @@ from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_ch
                                save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.engine import generate
-from minift.evaluation import check_checker_arguments, decode_answer, evaluate_records, prompt_room, render_prompts
-from minift.formats import load_eval_data, load_ifeval_option
+from minift.evaluation import (decode_answer, evaluate_records, load_eval_data, load_scorable_option, prompt_room,
+                               render_prompts)
 from minift.synthetic.gold import gold_reward
 from minift.model import ScalarModel, pad_left
 from minift.training import (MetricsLog, StopRequest, all_reduce_mean, average_gradients, check_finite,
@@ -406,10 +406,8 @@ def main(argv=None):
         print_config(cfg)
     device = rt.device
     sft, tokenizer, policy, reference, reward_model, value_model = load_models(cfg, device)
-    records = load_ifeval_option(cfg.prompts, "prompts")
+    records = load_scorable_option(cfg.prompts, "prompts")
     eval_records = load_eval_data(cfg.eval_data, cfg.eval_examples)
-    check_checker_arguments(records, cfg.prompts)
-    check_checker_arguments(eval_records, cfg.eval_data)
     # One Adam over both networks: Adam adapts per parameter, so this equals two optimizers
     # with one learning rate. eps 1e-5 as N+ (TensorFlow's placement differs from PyTorch's).
     optimizer = torch.optim.Adam(list(policy.parameters()) + list(value_model.parameters()),

@@ -26,8 +26,8 @@ from tqdm import tqdm
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
                                should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
-from minift.evaluation import evaluate_records
-from minift.formats import load_eval_data, load_sft, require_file
+from minift.evaluation import evaluate_records, load_eval_data
+from minift.formats import load_sft, require_file
 from minift.model import padded_length
 from minift.training import (MetricsLog, StopRequest, cleanup_runtime, compile_and_wrap, host_reads, lr_at,
                              make_optimizer, read_step, set_lr, setup_runtime)

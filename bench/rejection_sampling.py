@@ -32,8 +32,8 @@ import evaluate  # noqa: E402
 import train_sft  # noqa: E402
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
-from minift.evaluation import generate_responses, sample_answers  # noqa: E402
-from minift.formats import load_ifeval_option, require_file, write_json, write_jsonl  # noqa: E402
+from minift.evaluation import generate_responses, load_scorable_option, sample_answers  # noqa: E402
+from minift.formats import require_file, write_json, write_jsonl  # noqa: E402
 from minift.synthetic.gold import gold_reward  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 
@@ -84,7 +84,7 @@ def one_round(cfg, ckpt_path, out, device):
     ckpt = load_checkpoint(ckpt_path, hint="Train the SFT model first: python pipeline.py")
     tokenizer = tokenizer_for(ckpt, ckpt_path)
     model = build_model(ckpt).to(device).eval()
-    records = load_ifeval_option(cfg.prompts, "prompts")
+    records = load_scorable_option(cfg.prompts, "prompts")
 
     def gold(rec, answer):
         return gold_reward(rec["prompt"], answer, rec["instruction_id_list"], rec["kwargs"])

@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from minift.checkpoint import GENERATIVE, build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
-from minift.evaluation import check_checker_arguments, sample_answers  # noqa: E402
-from minift.formats import load_ifeval_option, write_jsonl  # noqa: E402
+from minift.evaluation import load_scorable_option, sample_answers  # noqa: E402
+from minift.formats import write_jsonl  # noqa: E402
 from minift.synthetic.gold import gold_breakdown  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 from train_ppo import Config as PPOConfig  # noqa: E402
@@ -143,8 +143,7 @@ def main(argv=None):
     ckpt = load_checkpoint(cfg.sft_ckpt, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
     model = build_model(ckpt).to(device).eval()
-    records = load_ifeval_option(cfg.prompts, "prompts")
-    check_checker_arguments(records, cfg.prompts)   # the gold judge reads them after all the sampling
+    records = load_scorable_option(cfg.prompts, "prompts")   # the gold judge reads them after all the sampling
     if cfg.num_prompts:
         records = records[:cfg.num_prompts]
     distinct, held_out = held_out_prompts(records, cfg.val_fraction, cfg.seed)

@@ -11,25 +11,47 @@ from random import Random
 import torch
 
 from minift.engine import generate
-from minift.synthetic.scoring import KWARG_NAMES, aggregate, missing_kwargs, score
+from minift.formats import described, load_ifeval_option
+from minift.synthetic.scoring import KWARG_NAMES, aggregate, kwarg_expected, missing_kwargs, score
 
 
 def check_checker_arguments(records, path):
     """Refuse records whose kwargs lack an argument that their instruction's checker reads (a
-    misspelt name, or null), before any answer is generated: scoring would otherwise fail
-    only after all of them were. The file's loader (minift.formats) knows no checkers, so
-    this check lives here, beside the scoring."""
+    misspelt name, or null), or give one of the wrong type ("2" for 2), before any answer is
+    generated: scoring would otherwise fail only after all of them were. The file's loader
+    (minift.formats) knows no checkers, so this check lives here, beside the scoring."""
     for n, rec in enumerate(records, start=1):
         for i, (iid, kwargs) in enumerate(zip(rec["instruction_id_list"], rec["kwargs"])):
+            where = f'{path}, record {n} (key {rec["key"]!r}): field "kwargs"[{i}]'
             lacking = missing_kwargs(iid, kwargs)
             if lacking:
                 # a null counts as lacking, so "has" lists only the names with a value
                 given = sorted(k for k, v in kwargs.items() if v is not None)
                 has = f"has {', '.join(given)}" if given else "has only nulls" if kwargs else "is empty"
                 without = ", ".join(f"{k} (null)" if k in kwargs else k for k in lacking)
-                raise ValueError(f'{path}, record {n} (key {rec["key"]!r}): field "kwargs"[{i}] {has}, without '
-                                 f'{without}; expected the arguments of "{iid}": '
+                raise ValueError(f'{where} {has}, without {without}; expected the arguments of "{iid}": '
                                  f'{", ".join(KWARG_NAMES[iid])}')
+            for name in KWARG_NAMES.get(iid, ()):
+                expected = kwargs.get(name) is not None and kwarg_expected(name, kwargs[name])
+                if expected:
+                    raise ValueError(f'{where}["{name}"] {described(kwargs[name])}; expected {expected}, '
+                                     f'as "{iid}" reads it')
+
+
+def load_scorable_option(path, option, hint=""):
+    """IFEval records named by a script's --option (minift.formats.load_ifeval_option), their
+    checker arguments checked too: everything the checkers will read, before any work."""
+    records = load_ifeval_option(path, option, hint)
+    check_checker_arguments(records, path)
+    return records
+
+
+def load_eval_data(path, limit):
+    """A training script's --eval_data: its first `limit` IFEval records, checked before any
+    training, or none when the option is empty."""
+    if not path:
+        return []
+    return load_scorable_option(path, "eval_data", "--eval_data= trains without evaluating")[:limit]
 
 
 def prompt_room(block_size, max_new_tokens):

@@ -26,7 +26,7 @@ class DataFormatError(ValueError):
     """A record in a data file is not in the expected format."""
 
 
-def _got(v):
+def described(v):
     """Describe a bad value briefly: 'is missing', 'is "bot"', 'is an array of 3 items'."""
     if v is _MISSING:
         return "is missing"
@@ -46,7 +46,7 @@ def _str_field(obj, key, where, prefix=""):
     """obj[key], which must be a string; `prefix` locates obj inside the record for the message."""
     v = obj.get(key, _MISSING)
     if not isinstance(v, str):
-        _bad(where, f'{prefix}["{key}"]' if prefix else f'"{key}"', _got(v), "a string")
+        _bad(where, f'{prefix}["{key}"]' if prefix else f'"{key}"', described(v), "a string")
     return v
 
 
@@ -187,7 +187,7 @@ def _records(path):
                               "expected at least one record")
     for where, r in items:
         if not isinstance(r, dict):
-            raise DataFormatError(f"{where}: the record {_got(r)}; expected a JSON object")
+            raise DataFormatError(f"{where}: the record {described(r)}; expected a JSON object")
     return items
 
 
@@ -202,23 +202,23 @@ SHAREGPT = ("from", "value", {"human": "user", "user": "user", "gpt": "assistant
 def _message(m, where, field, keys=CHAT):
     role_key, text_key, role_map = keys
     if not isinstance(m, dict):
-        _bad(where, field, _got(m), f'an object with "{role_key}" and "{text_key}"')
+        _bad(where, field, described(m), f'an object with "{role_key}" and "{text_key}"')
     role = m.get(role_key, _MISSING)
     if not isinstance(role, str) or role not in role_map:  # (a list is unhashable: test type first)
-        _bad(where, f'{field}["{role_key}"]', _got(role), "one of " + ", ".join(role_map))
+        _bad(where, f'{field}["{role_key}"]', described(role), "one of " + ", ".join(role_map))
     return {"role": role_map[role], "content": _str_field(m, text_key, where, field)}
 
 
 def _conversation(items, where, field, keys=CHAT):
     """Validate a message list and return it in our form (role/content only)."""
     if not isinstance(items, list) or not items:
-        _bad(where, field, _got(items), "a non-empty array of messages")
+        _bad(where, field, described(items), "a non-empty array of messages")
     msgs = [_message(m, where, f"{field}[{i}]", keys) for i, m in enumerate(items)]
     start = 1 if msgs[0]["role"] == "system" else 0
     for i in range(start, len(msgs)):
         want = ("user", "assistant")[(i - start) % 2]
         if msgs[i]["role"] != want:
-            _bad(where, f'{field}[{i}]["{keys[0]}"]', _got(items[i][keys[0]]),
+            _bad(where, f'{field}[{i}]["{keys[0]}"]', described(items[i][keys[0]]),
                  f'"{want}" here (after an optional leading system message, roles alternate '
                  'user/assistant starting with user)')
     return msgs
@@ -238,7 +238,7 @@ def load_sft(path):
             user = _str_field(rec, "instruction", where)
             extra = rec.get("input", "")  # optional; Alpaca leaves it "" for most records
             if not isinstance(extra, str):
-                _bad(where, '"input"', _got(extra), "a string (or the field left out)")
+                _bad(where, '"input"', described(extra), "a string (or the field left out)")
             if extra:
                 user += "\n\n" + extra
             msgs = [{"role": "user", "content": user},
@@ -263,7 +263,7 @@ def _reply(v, where, key, prompt):
     if isinstance(v, str):
         return v
     if not isinstance(v, list) or not v:
-        _bad(where, f'"{key}"', _got(v), "a string or an array of messages ending with the assistant reply")
+        _bad(where, f'"{key}"', described(v), "a string or an array of messages ending with the assistant reply")
     if len(v) == 1:
         msg = _message(v[0], where, f'"{key}"[0]')
     else:  # a full conversation: its turns before the reply must be exactly the prompt
@@ -273,7 +273,7 @@ def _reply(v, where, key, prompt):
                  "the prompt's messages, then one assistant reply")
         msg = msgs[-1]
     if msg["role"] != "assistant":
-        _bad(where, f'"{key}"[{len(v) - 1}]["role"]', _got(msg["role"]), '"assistant" (the final reply)')
+        _bad(where, f'"{key}"[{len(v) - 1}]["role"]', described(msg["role"]), '"assistant" (the final reply)')
     return msg["content"]
 
 
@@ -301,7 +301,7 @@ def _prompt(p, where):
     """A record's "prompt": a string (one user message) or a conversation ending with a user message."""
     prompt = [{"role": "user", "content": p}] if isinstance(p, str) else _conversation(p, where, '"prompt"')
     if prompt[-1]["role"] != "user":
-        _bad(where, f'"prompt"[{len(prompt) - 1}]["role"]', _got(prompt[-1]["role"]),
+        _bad(where, f'"prompt"[{len(prompt) - 1}]["role"]', described(prompt[-1]["role"]),
              '"user" (the prompt must end with a user message)')
     return prompt
 
@@ -315,7 +315,7 @@ def _number(rec, key, where):
     except OverflowError:  # an integer too large for a float
         finite = False
     if not finite:
-        _bad(where, f'"{key}"', _got(v), "a number (a finite one: not NaN or Infinity)")
+        _bad(where, f'"{key}"', described(v), "a number (a finite one: not NaN or Infinity)")
     return v
 
 
@@ -333,10 +333,10 @@ def _id_list(rec, where):
     """rec["instruction_id_list"]: an array of instruction ids, as IFEval writes it."""
     ids = rec.get("instruction_id_list", _MISSING)
     if not isinstance(ids, list):
-        _bad(where, '"instruction_id_list"', _got(ids), 'an array of instruction ids like "keywords:existence"')
+        _bad(where, '"instruction_id_list"', described(ids), 'an array of instruction ids like "keywords:existence"')
     for i, x in enumerate(ids):
         if not isinstance(x, str):
-            _bad(where, f'"instruction_id_list"[{i}]', _got(x), "a string")
+            _bad(where, f'"instruction_id_list"[{i}]', described(x), "a string")
     return ids
 
 
@@ -351,12 +351,12 @@ def load_preferences(path):
         rejected = rec.get("rejected", _MISSING)
         for key, v in (("chosen", chosen), ("rejected", rejected)):
             if not isinstance(v, (str, list)):
-                _bad(where, f'"{key}"', _got(v), "a string or an array of messages")
+                _bad(where, f'"{key}"', described(v), "a string or an array of messages")
         if "prompt" in rec:
             prompt = _prompt(rec["prompt"], where)
         elif isinstance(chosen, str):
             if not isinstance(rejected, str):
-                _bad(where, '"rejected"', _got(rejected), 'an HH transcript string, like "chosen"')
+                _bad(where, '"rejected"', described(rejected), 'an HH transcript string, like "chosen"')
             prompt, chosen = _hh_transcript(chosen, where, "chosen")
             prompt_r, rejected = _hh_transcript(rejected, where, "rejected")
             if prompt_r != prompt:
@@ -381,15 +381,15 @@ def load_ifeval_inputs(path):
     for where, rec in _records(path):
         key = rec.get("key", _MISSING)
         if isinstance(key, bool) or not isinstance(key, (int, str)):
-            _bad(where, '"key"', _got(key), "an integer or a string")
+            _bad(where, '"key"', described(key), "an integer or a string")
         _str_field(rec, "prompt", where)
         ids, kwargs = _id_list(rec, where), rec.get("kwargs", _MISSING)
         if not isinstance(kwargs, list) or len(kwargs) != len(ids):
-            _bad(where, '"kwargs"', _got(kwargs),
+            _bad(where, '"kwargs"', described(kwargs),
                  f'an array of {len(ids)} objects, one per entry of "instruction_id_list"')
         for i, x in enumerate(kwargs):
             if not isinstance(x, dict):
-                _bad(where, f'"kwargs"[{i}]', _got(x), "an object of keyword arguments")
+                _bad(where, f'"kwargs"[{i}]', described(x), "an object of keyword arguments")
         out.append(rec)
     return out
 
@@ -414,14 +414,6 @@ def load_ifeval_option(path, option, hint=""):
     except DataFormatError as e:
         raise DataFormatError(f"{e}. --{option} takes IFEval records (prompt, instruction_id_list, kwargs), "
                               f"as data/make_sft.py writes{hint}") from None
-
-
-def load_eval_data(path, limit):
-    """A training script's --eval_data: its first `limit` IFEval records, checked before any
-    training (load_ifeval_option), or none when the option is empty."""
-    if not path:
-        return []
-    return load_ifeval_option(path, "eval_data", "--eval_data= trains without evaluating")[:limit]
 
 
 def write_ifeval_responses(path, records):

@@ -342,6 +342,18 @@ def test_sft_checks_its_data_before_training(kit, tmp_path, data, eval_data, nee
     assert not os.path.exists(tmp_path / "sft" / "metrics.jsonl")
 
 
+def test_sft_checks_its_eval_data_checker_arguments_before_training(kit, tmp_path):
+    """A count given as a string stops SFT before its first step, not at its first evaluation
+    with a TypeError."""
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text(json.dumps({"key": 1, "prompt": "Describe a cat.", "kwargs": [{"num_highlights": "2"}],
+                               "instruction_id_list": ["detectable_format:number_highlighted_sections"]}) + "\n")
+    fails(train_sft.main, MICRO + [f"--init_from={kit['pretrain']}", f"--data={kit['sft_data']}",
+                                   f"--eval_data={bad}", f"--out_dir={tmp_path}/sft"],
+          str(bad), '"kwargs"[0]["num_highlights"] is "2"', "a whole number")
+    assert not os.path.exists(tmp_path / "sft" / "metrics.jsonl")
+
+
 @pytest.mark.parametrize("main, option", [(train_reward.main, "data"), (train_reward.main, "val_data"),
                                           (train_dpo.main, "data"), (train_dpo.main, "val_data")])
 def test_pair_trainers_name_a_missing_pairs_file(kit, tmp_path, main, option):

@@ -207,6 +207,36 @@ def test_a_null_checker_argument_is_named_as_null():
         check_checker_arguments([record], "in.jsonl")
 
 
+def test_a_checker_argument_of_the_wrong_type_is_named_with_what_it_takes():
+    """A string where a count belongs, a relation misspelt, a word where a list belongs: each
+    stops before generation with its record, field and the type its checker reads."""
+    from minift.evaluation import check_checker_arguments
+
+    def refusal(iid, kwargs):
+        record = {"key": 3, "prompt": "Describe a cat.", "instruction_id_list": [iid], "kwargs": [kwargs]}
+        with pytest.raises(ValueError) as e:
+            check_checker_arguments([record], "in.jsonl")
+        return str(e.value)
+    assert refusal("startend:end_checker", {"end_phrase": 5}) == (
+        'in.jsonl, record 1 (key 3): field "kwargs"[0]["end_phrase"] is 5; expected a string, '
+        'as "startend:end_checker" reads it')
+    assert 'is "2"; expected a whole number' in refusal("detectable_format:number_highlighted_sections",
+                                                        {"num_highlights": "2"})
+    assert 'is true; expected a whole number' in refusal("detectable_format:number_bullet_lists",
+                                                         {"num_bullets": True})
+    assert '["relation"] is "atleast"; expected "less than" or "at least"' in refusal(
+        "length_constraints:number_words", {"num_words": 5, "relation": "atleast"})
+    assert '["forbidden_words"] is "cat"; expected an array of strings' in refusal(
+        "keywords:forbidden_words", {"forbidden_words": "cat"})
+    assert 'is an array of 2 items; expected an array of strings' in refusal(
+        "keywords:existence", {"keywords": ["cat", 3]})
+    # the right types pass, IFEval's own ids too, and an argument no checker reads is not judged
+    check_checker_arguments([{"key": 4, "prompt": "Describe a cat.", "kwargs": [
+        {"num_words": 5, "relation": "at least", "num_highlights": "unused"},
+        {"letter": "a", "let_frequency": 3, "let_relation": "less than"}],
+        "instruction_id_list": ["length_constraints:number_words", "keywords:letter_frequency"]}], "in.jsonl")
+
+
 def test_sampled_pass_rates_count_answers_and_prompts(stand_in_generates, monkeypatch):
     """evaluate.py --samples: a sample's pass rate is over all sampled answers, pass@k over
     prompts (any of its k answers passes), best-of-k over each prompt's highest-judged answer;

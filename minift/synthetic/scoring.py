@@ -58,6 +58,28 @@ KWARG_NAMES = {**{iid: ins.kwargs for iid, ins in REGISTRY.items()}, **{t.id: t.
                **{iid: names for iid, (_, names) in _IFEVAL_OWN.items()}}
 
 
+# The type of each checker argument, as IFEval's own files give them; every other name takes a
+# string. A wrong one is refused before any answer is generated (evaluation.check_checker_arguments),
+# where the checker would raise a TypeError after all of them.
+COUNT_KWARGS = ("capital_frequency", "frequency", "let_frequency", "nth_paragraph", "num_bullets", "num_highlights",
+                "num_items", "num_paragraphs", "num_placeholders", "num_sections", "num_sentences", "num_words")
+RELATION_KWARGS = ("relation", "capital_relation", "let_relation")
+WORD_LIST_KWARGS = ("forbidden_words", "keywords", "words")
+
+
+def kwarg_expected(name, value):
+    """What the checker argument `name` takes, if `value` is not that; None if it is."""
+    if name in COUNT_KWARGS:
+        fits = isinstance(value, int) and not isinstance(value, bool)   # True is an int to Python
+        return None if fits else "a whole number"
+    if name in RELATION_KWARGS:
+        return None if value in C.RELATIONS else " or ".join(f'"{r}"' for r in C.RELATIONS)
+    if name in WORD_LIST_KWARGS:
+        fits = isinstance(value, list) and all(isinstance(w, str) for w in value)
+        return None if fits else "an array of strings"
+    return None if isinstance(value, str) else "a string"
+
+
 def missing_kwargs(iid, kwargs):
     """The names that id `iid`'s checker reads and `kwargs` lacks (None counts as lacking, as
     IFEval's HF export writes every name, unused ones null); [] for an id we cannot check."""
