@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               should_resume, tokenizer_for, unwrap)
+from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, note_if_pretrained, resume_training,
+                               save_training_checkpoint, should_resume, tokenizer_for, unwrap)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, require_file
 from minift.model import answer_positions, pad_left, padded_length
@@ -207,6 +207,7 @@ def main(argv=None):
     # train_ppo.load_models), or the two log-probabilities would differ by noise alone
     init = load_checkpoint(cfg.init_from, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(init, cfg.init_from)
+    note_if_pretrained(init, cfg.init_from, "init_from", rt.master)
     init["model_config"]["dropout"] = 0.0
     model = build_model(init).to(rt.device).eval()    # eval mode = no dropout; gradients still flow
     reference = build_model(init).to(rt.device).eval().requires_grad_(False)

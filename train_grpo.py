@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from minift.checkpoint import resume_training, save_training_checkpoint, should_resume
+from minift.checkpoint import note_if_pretrained, resume_training, save_training_checkpoint, should_resume
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records, load_eval_data, load_scorable_option
 from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
@@ -178,6 +178,7 @@ def main(argv=None):
     print_config(cfg)
     device = rt.device
     sft, tokenizer, policy, reference, reward_model, _ = load_models(cfg, device, critic=False)
+    note_if_pretrained(sft, cfg.sft_ckpt, "sft_ckpt")
     records = load_scorable_option(cfg.prompts, "prompts")
     eval_records = load_eval_data(cfg.eval_data, cfg.eval_examples)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)

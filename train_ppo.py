@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_checkpoint, resume_training,
-                               save_training_checkpoint, should_resume, tokenizer_for)
+from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_checkpoint, note_if_pretrained,
+                               resume_training, save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.engine import generate
 from minift.evaluation import (decode_answer, evaluate_records, load_eval_data, load_scorable_option, prompt_room,
@@ -406,6 +406,7 @@ def main(argv=None):
         print_config(cfg)
     device = rt.device
     sft, tokenizer, policy, reference, reward_model, value_model = load_models(cfg, device)
+    note_if_pretrained(sft, cfg.sft_ckpt, "sft_ckpt", rt.master)
     records = load_scorable_option(cfg.prompts, "prompts")
     eval_records = load_eval_data(cfg.eval_data, cfg.eval_examples)
     # One Adam over both networks: Adam adapts per parameter, so this equals two optimizers

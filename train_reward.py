@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               should_resume, tokenizer_for, unwrap)
+from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, note_if_pretrained, resume_training,
+                               save_training_checkpoint, should_resume, tokenizer_for, unwrap)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, load_scored_answers, require_file
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
@@ -338,6 +338,7 @@ def main(argv=None):
     # ---- the reward model: the SFT transformer plus a fresh scalar head
     init = load_checkpoint(cfg.init_from, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(init, cfg.init_from)
+    note_if_pretrained(init, cfg.init_from, "init_from", rt.master)
     init["model_config"]["dropout"] = cfg.dropout
     model = build_model(init, ScalarModel).to(rt.device)
     model.likelihood_weight.fill_(cfg.likelihood_weight)  # a buffer: saved with the model

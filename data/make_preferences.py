@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
-from minift.checkpoint import GENERATIVE, build_model, load_checkpoint, tokenizer_for  # noqa: E402
+from minift.checkpoint import GENERATIVE, build_model, load_checkpoint, note_if_pretrained, tokenizer_for  # noqa: E402
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import load_scorable_option, sample_answers  # noqa: E402
 from minift.formats import write_jsonl  # noqa: E402
@@ -142,6 +142,7 @@ def main(argv=None):
     device = pick_device(cfg.device)
     ckpt = load_checkpoint(cfg.sft_ckpt, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
     tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
+    note_if_pretrained(ckpt, cfg.sft_ckpt, "sft_ckpt")
     model = build_model(ckpt).to(device).eval()
     records = load_scorable_option(cfg.prompts, "prompts")   # the gold judge reads them after all the sampling
     if cfg.num_prompts:

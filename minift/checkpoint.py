@@ -85,6 +85,15 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
     return ckpt
 
 
+def note_if_pretrained(ckpt, path, option, master=True):
+    """A stage that starts from the SFT model runs from a pretrained one too (RL or a reward
+    model from the base model is an experiment in itself), with a note on the main process:
+    such a model never saw the chat template, which is easy to miss."""
+    if master and ckpt["kind"] == "pretrain":
+        print(f"note: --{option}={path} is a pretrained model, which never saw the chat template; this stage "
+              f"usually starts from an SFT model (InstructGPT), such as out/tiny/sft/ckpt.pt")
+
+
 def check_tokenizer(ckpt, path, expected, source):
     """Two models that meet (a policy and its reward model; a resumed run and its data) must
     share one id mapping: the same tokenizer hash."""

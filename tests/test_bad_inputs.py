@@ -313,6 +313,21 @@ def test_scripts_check_the_kind_of_checkpoint(kit, tmp_path, main, option, name,
     assert not os.path.exists(tmp_path / "out" / "ckpt.pt")
 
 
+@pytest.mark.parametrize("main, option, stop_at", [
+    (train_ppo.main, "sft_ckpt", "prompts"), (train_grpo.main, "sft_ckpt", "prompts"),
+    (train_reward.main, "init_from", "data"), (train_dpo.main, "init_from", "data"),
+    (make_preferences.main, "sft_ckpt", "prompts")])
+def test_a_pretrained_model_where_sft_belongs_runs_with_a_note(kit, tmp_path, capsys, main, option, stop_at):
+    """Allowed (RL from the base model is an experiment), but named: the model never saw the
+    chat template. A missing data file stops each script right after the note."""
+    reward = [f"--reward_ckpt={kit['reward']}"] if main is train_ppo.main else []
+    for start, noted in (("pretrain", True), ("sft", False)):
+        fails(main, MICRO + reward + [f"--{option}={kit[start]}", f"--{stop_at}={tmp_path}/none.jsonl",
+                                      f"--out_dir={tmp_path}/out"], "none.jsonl")
+        out = capsys.readouterr().out
+        assert (f"note: --{option}={kit[start]} is a pretrained model" in out) == noted and out.count("note:") == noted
+
+
 def test_missing_checkpoint_says_what_to_run_first(tmp_path):
     fails(train_sft.main, MICRO + [f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"],
           f"{tmp_path}/none.pt", "python train_pretrain.py")
