@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from minift.checkpoint import note_if_pretrained, resume_training, save_training_checkpoint, should_resume
+from minift.checkpoint import (note_if_pretrained, resume_training, resuming_line, save_training_checkpoint,
+                               should_resume)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records, load_eval_data, load_scorable_option
 from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
@@ -189,7 +190,7 @@ def main(argv=None):
         ckpt = resume_training(ckpt_path, policy, optimizer, generator, device, 0, cfg.seed, "grpo", cfg,
                                sft["tokenizer"])
         it, metrics = ckpt["step"], ckpt["metrics"]   # a finished run just reports its metrics again
-        print(f"resuming from {ckpt_path} at iteration {it}")
+        print(resuming_line(ckpt_path, it, cfg.iterations, "iteration", "iterations"))
 
     def save():
         save_training_checkpoint(ckpt_path, "grpo", it, policy, optimizer, cfg, sft["tokenizer"], generator, metrics)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, check_tokenizer, load_checkpoint, note_if_pretrained,
-                               resume_training, save_training_checkpoint, should_resume, tokenizer_for)
+                               resume_training, resuming_line, save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.engine import generate
 from minift.evaluation import (decode_answer, evaluate_records, load_eval_data, load_scorable_option, prompt_room,
@@ -424,7 +424,7 @@ def main(argv=None):
         value_model.load_state_dict(ckpt["value_model"])
         it, kl_ctl.value, metrics = ckpt["step"], ckpt["kl_coef"], ckpt["metrics"]   # metrics: the latest saved
         if rt.master:
-            print(f"resuming from {ckpt_path} at iteration {it}")
+            print(resuming_line(ckpt_path, it, cfg.iterations, "iteration", "iterations"))
 
     # Only rank 0 logs, evaluates and saves; the statistics it logs are averaged over ranks.
     log = MetricsLog(os.path.join(cfg.out_dir, "metrics.jsonl"), enabled=rt.master, step=it)

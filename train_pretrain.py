@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from minift.checkpoint import resume_training, save_training_checkpoint, should_resume
+from minift.checkpoint import resume_training, resuming_line, save_training_checkpoint, should_resume
 from minift.config import cli_config, print_config, run
 from minift.model import GPT, GPTConfig
 from minift.tokenizer import load_tokenizer
@@ -177,7 +177,7 @@ def main(argv=None):
         step, val_loss, val_loss_init = (resumed["step"], resumed["metrics"].get("val_loss"),
                                          resumed["metrics"].get("val_loss_init"))
         if rt.master:
-            print(f"resuming from {ckpt_path} at step {step}")
+            print(resuming_line(ckpt_path, step, cfg.max_steps))
     raw_model = model
     model = compile_and_wrap(model, rt, cfg.compile)   # torch.compile if asked, then DDP under torchrun
 

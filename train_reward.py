@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, note_if_pretrained, resume_training,
-                               save_training_checkpoint, should_resume, tokenizer_for, unwrap)
+                               resuming_line, save_training_checkpoint, should_resume, tokenizer_for, unwrap)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, load_scored_answers, require_file
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
@@ -385,7 +385,7 @@ def main(argv=None):
                                tokenizer=init["tokenizer"], world_size=rt.world_size)
         step, metrics = ckpt["step"], ckpt["metrics"]  # a finished run just reports its metrics again
         if rt.master:
-            print(f"resuming from {ckpt_path} at step {step}")
+            print(resuming_line(ckpt_path, step, max_steps, option="epochs"))
     raw_model = model
     model = compile_and_wrap(model, rt, cfg.compile)   # torch.compile if asked, then DDP under torchrun
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, save_training_checkpoint,
-                               should_resume, tokenizer_for)
+from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, resuming_line,
+                               save_training_checkpoint, should_resume, tokenizer_for)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records, load_eval_data
 from minift.formats import load_sft, require_file
@@ -172,7 +172,7 @@ def main(argv=None):
                                   cfg, init["tokenizer"])
         step, metrics = resumed["step"], resumed["metrics"]   # they stand until the next evaluation
         if rt.master:
-            print(f"resuming from {ckpt_path} at step {step}")
+            print(resuming_line(ckpt_path, step, cfg.max_steps))
     raw_model = model
     model = compile_and_wrap(model, rt, cfg.compile)   # torch.compile if asked, then DDP under torchrun
 

@@ -85,6 +85,14 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
     return ckpt
 
 
+def resuming_line(path, done, total, unit="step", option="max_steps"):
+    """What a resumed run prints: where it stands, and, when it is already finished, how to go
+    on (a finished run only reports its figures again)."""
+    line = f"resuming from {path} at {unit} {done} of {total}"
+    return line + (f"; that run is finished: raise --{option} to train on, or --force to start over"
+                   if done >= total else "")
+
+
 def note_if_pretrained(ckpt, path, option, master=True):
     """A stage that starts from the SFT model runs from a pretrained one too (RL or a reward
     model from the base model is an experiment in itself), with a note on the main process:

@@ -221,10 +221,10 @@ def test_report_card_writes_a_finished_runs_card_again(micro_pipeline, tmp_path,
         report_card.main([str(tmp_path)])
 
 
-def test_a_finished_sft_run_started_again_reports_what_it_saved(micro_pipeline, tmp_path):
+def test_a_finished_sft_run_started_again_reports_what_it_saved(micro_pipeline, tmp_path, capsys):
     """What pipeline.py does when SFT's stage marker is missing (a Ctrl-C during its last
     evaluation): the script resumes at its last step, trains no more, and returns the figures
-    its checkpoint saved, not an empty record."""
+    its checkpoint saved, not an empty record; it says how to train on."""
     shared, report = micro_pipeline
     out = str(tmp_path / "sft")
     shutil.copytree(os.path.join(shared, "sft"), out)
@@ -234,6 +234,9 @@ def test_a_finished_sft_run_started_again_reports_what_it_saved(micro_pipeline, 
                                  f"--eval_data={data}/test.jsonl", f"--out_dir={out}"])
     saved = {k: v for k, v in report["stages"]["sft"].items() if k != "seconds"}
     assert again == saved and saved["eval_prompts"] > 0 and "prompt_strict" in saved
+    steps = saved["step"]
+    assert (f"at step {steps} of {steps}; that run is finished: raise --max_steps to train on, or --force"
+            in capsys.readouterr().out)
 
 
 def test_paired_difference_uses_students_t_for_its_degrees_of_freedom():
