@@ -260,6 +260,9 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         if input is None:
             sample += instruction_prompts(seed, int(prompts_mb * 1e6))
         ranks = train_bpe("\n".join(sample or head), vocab_size)
+        if len(ranks) < vocab_size:   # no pair of neighbours is left within a word to merge
+            log(f"note: the text gives only {len(ranks)} of --vocab_size={vocab_size} tokens: each of its "
+                f"words is already one token; more text gives more")
         tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
         staged = tok_spec + ".new"
         save_ranks(staged, ranks)
@@ -364,6 +367,9 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         f"({meta['train_documents']} train / {meta['val_documents']} val)")
     log(f"tokens:     {meta['train_tokens']:,} train / {meta['val_tokens']:,} val "
         f"({meta['bytes_per_token']} bytes/token, vocab {tok.n_vocab})")
+    if not meta["val_documents"]:   # train_pretrain.py refuses an empty val.bin; say so now
+        log(f"note: val.bin is empty: the 2nd, 22nd, ... document goes to it, and the text has {n_docs}; "
+            f"blank lines separate documents")
     log(f"distinct 3-gram ratio: {ratio:.3f} (on the first {meta['distinct_3gram_sample_bytes'] / 1e6:.2f} MB; "
         "1.0 = no word triple repeats)")
     log(f"seconds:    text {s['generate_or_read']}, tokenizer training {s['tokenizer']}, "

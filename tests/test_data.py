@@ -236,6 +236,21 @@ def test_prepare_user_file_splits_on_blank_lines(tmp_path):
     assert meta["documents"] == 4 and meta["seed"] is None
 
 
+def test_prepare_notes_a_text_too_small_for_its_vocabulary_or_its_validation_split(tmp_path, capsys):
+    """Both would surprise later: a first loss far below ln(--vocab_size), and train_pretrain.py
+    refusing an empty val.bin."""
+    path = tmp_path / "one.txt"
+    path.write_text("The cat sat on the mat. The dog ran.\n", encoding="utf-8")
+    meta = prepare(str(tmp_path / "out"), input=str(path), vocab_size=1024)
+    out = capsys.readouterr().out
+    assert meta["vocab_size"] < 300 and meta["val_documents"] == 0
+    assert f"note: the text gives only {meta['vocab_size'] - 5} of --vocab_size=1024 tokens" in out
+    assert "note: val.bin is empty" in out and "has 1;" in out
+    path.write_text("\n\n".join(PARAGRAPHS * 5), encoding="utf-8")   # 2 of 20 documents to val
+    prepare(str(tmp_path / "out2"), input=str(path), vocab_size=257)
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_prepare_user_file_with_bom_and_crlf(tmp_path):
     """Notepad's UTF-8: a byte-order mark, which is not text (read as text, it would start
     the first document), and CRLF line ends, read as plain line ends."""
