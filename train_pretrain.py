@@ -137,6 +137,11 @@ def main(argv=None):
 
     # ---- data and tokenizer
     train_path = os.path.join(cfg.data_dir, "train.bin")
+    if os.path.isfile(cfg.data_dir):   # a text file given where its prepared folder belongs
+        name = os.path.splitext(os.path.basename(cfg.data_dir))[0]
+        raise SystemExit(f"error: --data_dir={cfg.data_dir} is a file; it takes the folder data/prepare.py writes. "
+                         f"Run: python data/prepare.py --input {cfg.data_dir} --out_dir data/generated/{name}, "
+                         f"then --data_dir=data/generated/{name}")
     if not os.path.exists(train_path):
         raise SystemExit(f"error: no training data at {train_path}. Run: python data/prepare.py "
                          f"(or python data/prepare.py --input your_text.txt --out_dir {cfg.data_dir})")

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from minift.synthetic import splits, world  # noqa: E402
 from minift.config import HelpWithDefaults, run  # noqa: E402
-from minift.formats import first_non_utf8, write_atomically, write_json  # noqa: E402
+from minift.formats import first_non_utf8, require_folder, write_atomically, write_json  # noqa: E402
 from minift.tokenizer import load_tokenizer, save_ranks, train_bpe  # noqa: E402
 
 EOT_MARKER = "<|endoftext|>"
@@ -232,6 +232,7 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     check_options(size_mb=size_mb, vocab_size=vocab_size, bpe_mb=bpe_mb, formatted_share=formatted_share,
                   prompts_mb=prompts_mb)
     t_start = time.perf_counter()
+    require_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     if input is None:
         source = f"generated (minift.synthetic.world, seed {seed})"

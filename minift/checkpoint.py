@@ -25,7 +25,7 @@ import zipfile
 
 import torch
 
-from minift.formats import write_atomically
+from minift.formats import require_folder, write_atomically
 from minift.model import GPT, GPTConfig, ScalarModel
 
 
@@ -210,8 +210,7 @@ def should_resume(cfg, ckpt_path):
     metrics log and checkpoint go at once, so a log never mixes two runs, and a new run that
     stops before its first save leaves nothing that a plain rerun would take for it. (Under DDP
     every rank gets here; one removes the files, the others find them gone.)"""
-    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):  # before any work, not at the first save
-        raise ValueError(f"--out_dir={cfg.out_dir} is a file, not a folder; choose another --out_dir")
+    require_folder(cfg.out_dir)
     if cfg.force or not cfg.resume:
         for old in (os.path.join(cfg.out_dir, "metrics.jsonl"), ckpt_path):
             with contextlib.suppress(FileNotFoundError):

@@ -102,6 +102,13 @@ def read_jsonl(path):
     return [v for _, v in _parse_jsonl(os.fspath(path), read_text(path))]
 
 
+def require_folder(path, option="out_dir"):
+    """Refuse a file where the --option folder belongs, before any work is done, not at the
+    first write."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--{option}={path} is a file, not a folder; choose another --{option}")
+
+
 def write_atomically(path, write):
     """Call write(f) on a new binary file beside `path` (on its filesystem: os.replace cannot
     rename across two), fsync it, os.replace() it over `path` (atomic on POSIX and Windows),

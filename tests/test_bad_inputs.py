@@ -206,7 +206,11 @@ def test_an_out_dir_that_is_a_file_stops_before_any_work(corpus_dir, tmp_path):
     for start_over in ([], ["--force"]):
         fails(train_pretrain.main, MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={notes}"] + start_over,
               f"--out_dir={notes} is a file, not a folder")
+    fails(prepare.main, [f"--input={notes}", f"--out_dir={notes}"], f"--out_dir={notes} is a file, not a folder")
     assert notes.read_text() == "mine"
+    # the text file where its prepared folder belongs: the command that prepares it
+    fails(train_pretrain.main, MICRO + [f"--data_dir={notes}", f"--out_dir={tmp_path}/p"],
+          f"--data_dir={notes} is a file", f"python data/prepare.py --input {notes} --out_dir data/generated/notes")
 
 
 @pytest.mark.parametrize("meta", ["", "{}"])
