@@ -41,7 +41,7 @@ so a prompt with no extra instruction is still scored on doing the task.
 import os
 from dataclasses import dataclass
 
-from minift.checkpoint import GENERATIVE, build_model, check_tokenizer, load_checkpoint, tokenizer_for
+from minift.checkpoint import GENERATIVE, TRAIN_ONE_FIRST, build_model, check_tokenizer, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
 from minift.evaluation import check_checker_arguments, earlier_exchanges, evaluate_records, sampled_pass_rates
 from minift.formats import load_ifeval_inputs, write_ifeval_responses, write_json
@@ -99,7 +99,7 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
     and with reward_ckpt best-of-that-many by the reward model."""
     if samples and earlier_turn:
         raise SystemExit("error: --samples and --earlier_turn do not combine; run them one at a time")
-    ckpt = load_checkpoint(ckpt_path, hint="Train one first, e.g. python pipeline.py", kinds=GENERATIVE)
+    ckpt = load_checkpoint(ckpt_path, hint=TRAIN_ONE_FIRST, kinds=GENERATIVE)
     tokenizer = tokenizer_for(ckpt, ckpt_path)
     device = pick_device(device)
     model = build_model(ckpt).to(device).eval()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minift.checkpoint import build_model, load_checkpoint, tokenizer_for
+from minift.checkpoint import TRAIN_ONE_FIRST, build_model, load_checkpoint, tokenizer_for
 from minift.config import cli_config, run
 from minift.engine import generate_stream
 from minift.evaluation import prompt_room, render_prompts
@@ -125,7 +125,7 @@ def chat(model, tokenizer, cfg, generator):
 
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
-    ckpt = load_checkpoint(cfg.ckpt, hint="Train one first, e.g. python pipeline.py")
+    ckpt = load_checkpoint(cfg.ckpt, hint=TRAIN_ONE_FIRST)
     check_options(cfg, ckpt["kind"])
     tokenizer = tokenizer_for(ckpt, cfg.ckpt)
     device = pick_device(cfg.device)

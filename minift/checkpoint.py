@@ -47,6 +47,10 @@ RESUMABLE_CHANGES = {"out_dir", "resume", "force", "device", "compile", "log_int
 FIXED_BY_KIND = {"grpo": {"epochs"}}
 
 
+# What to run when a script that reads any stage's checkpoint (sample.py, evaluate.py) finds none.
+TRAIN_ONE_FIRST = "Train one first: python pipeline.py writes out/tiny/<stage>/ckpt.pt, one for each stage"
+
+
 def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
     """Read a checkpoint; with `kinds`, refuse one of any other kind (a pretraining checkpoint
     given as the reward model would otherwise load, with its head left at its random init).
