@@ -18,6 +18,7 @@ import gc
 import inspect
 import io
 import math
+import os
 import re
 import sys
 import textwrap
@@ -234,23 +235,25 @@ def run(main):
     as given, such as a file where a folder must be or a folder without write permission,
     malformed data, a bad option, a wrong checkpoint, a NaN loss, Ctrl-C) ends with its
     one-line message, not a traceback. Anything else is a bug, and keeps its traceback.
-    Ctrl-C exits with 130, the shell's code for SIGINT."""
+    Ctrl-C exits with 130, the shell's code for SIGINT; under torchrun, every process stops
+    and the first (rank 0, which saved) says so."""
     from minift.training import Interrupted, NonFiniteLoss  # DataFormatError is a ValueError
     try:
         main()
+        # A DistributedDataParallel wrapper sits in a reference cycle, so it outlives main() until
+        # the garbage collector runs, which may be only while the interpreter shuts down. Its
+        # gloo process group torn down then can abort the process after a finished run
+        # ("terminate called without an active exception", seen once in CI's DDP test). Collect
+        # it now, while everything is still alive (and inside the try: a Ctrl-C may land here).
+        gc.collect()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError, ValueError,
             NonFiniteLoss) as e:
         sys.exit(f"error: {e}")
     except Interrupted as e:
-        print(f"interrupted: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
         print("interrupted by Ctrl-C: nothing unfinished was marked done; run the same command again to "
               "continue", file=sys.stderr)
         sys.exit(130)
-    # A DistributedDataParallel wrapper sits in a reference cycle, so it outlives main() until
-    # the garbage collector runs, which may be only while the interpreter shuts down. Its
-    # gloo process group torn down then can abort the process after a finished run
-    # ("terminate called without an active exception", seen once in CI's DDP test). Collect
-    # it now, while everything is still alive.
-    gc.collect()

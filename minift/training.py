@@ -439,7 +439,8 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: saving a checkpoint after this step (press again to quit now)", flush=True)
+        if self.rt is None or self.rt.master:   # every process gets Ctrl-C; one says so
+            print("\nCtrl-C: saving a checkpoint after this step (press again to quit now)", flush=True)
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self._previous)

@@ -82,6 +82,25 @@ def test_run_ends_an_expected_failure_in_one_line(error, code, stderr, capsys):
     assert capsys.readouterr().err.startswith(stderr)
 
 
+def test_run_lets_rank_0_alone_say_a_run_was_interrupted_and_catches_a_late_ctrl_c(capsys, monkeypatch):
+    """Under torchrun every process stops; the others' lines would repeat rank 0's. A Ctrl-C
+    that lands after main() returns, during run()'s own clean-up, ends the same way."""
+    def stopped():
+        raise Interrupted("saved out/ckpt.pt at step 3 of 9")
+    for rank, said in (("1", ""), ("0", "interrupted: saved out/ckpt.pt")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exit:
+            run(stopped)
+        assert exit.value.code == 130 and capsys.readouterr().err.startswith(said)
+
+    def late_ctrl_c():
+        raise KeyboardInterrupt
+    monkeypatch.setattr("minift.config.gc.collect", late_ctrl_c)
+    with pytest.raises(SystemExit) as exit:
+        run(lambda: None)
+    assert exit.value.code == 130 and capsys.readouterr().err.startswith("interrupted by Ctrl-C")
+
+
 def test_run_keeps_the_traceback_of_a_bug():
     def main():
         raise ZeroDivisionError("a bug")

@@ -150,6 +150,11 @@ def test_a_first_ctrl_c_asks_for_a_save_and_a_second_quits(capsys):
         seen.append("went on")
     assert seen == [True] and "saving a checkpoint after this step" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGINT) is before
+    # under torchrun every process gets the signal, and only rank 0 says so
+    for rank, said in ((1, False), (0, True)):
+        with StopRequest(Runtime("cpu", "cpu", rank, rank, 2)) as stop:
+            signal.raise_signal(signal.SIGINT)
+        assert stop.requested and ("saving a checkpoint" in capsys.readouterr().out) == said
 
 
 def test_read_step_refuses_a_nan_gradient_norm_and_reads_floats():
