@@ -9,8 +9,9 @@ Stage 1 of 4: pretraining. The GPT learns to predict the next token of plain tex
 Everything the loop does is below, top to bottom: random windows of the token stream,
 AdamW with warmup + cosine decay, gradient accumulation and clipping, periodic
 validation loss, atomic checkpoints, and exact resume (`--resume=True`, the default,
-continues from <out_dir>/ckpt.pt if it exists). A checkpoint is written at every evaluation
-and on Ctrl-C, so a crash loses at most the steps since the last evaluation.
+continues from <out_dir>/ckpt.pt if it exists; under torchrun, exact on rank 0, while the
+other ranks draw fresh batches: minift.checkpoint.resume_training). A checkpoint is written
+at every evaluation and on Ctrl-C, so a crash loses at most the steps since the last evaluation.
 """
 
 import json
