@@ -4,7 +4,7 @@ instructions from example conversations.
 
     python data/make_sft.py          # instruction data with verifiable instructions (once)
     python train_sft.py              # tiny preset, starts from out/pretrain/ckpt.pt
-    python train_sft.py --data=alpaca_data.json --init_from=out/pretrain/ckpt.pt   # your own data
+    python train_sft.py --data=alpaca_data.json --eval_data= --init_from=out/pretrain/ckpt.pt   # your own data
 
 The loop is the pretraining loop with two changes:
   1. A batch is a set of whole conversations rendered with the chat template, instead of
