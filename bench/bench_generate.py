@@ -114,12 +114,11 @@ def compare_stopped_rows(ckpt="out/tiny/sft/ckpt.pt", data="out/tiny/data/sft", 
 
 
 if __name__ == "__main__":
-    if {"-h", "--help"} & set(sys.argv[1:]):
+    jobs = {"--sampler": compare_samplers, "--stopped_rows": compare_stopped_rows}
+    args = sys.argv[1:]
+    if {"-h", "--help"} & set(args):
         print(__doc__)
         sys.exit(0)
-    if "--sampler" in sys.argv[1:]:
-        compare_samplers()
-    elif "--stopped_rows" in sys.argv[1:]:
-        compare_stopped_rows()
-    else:
-        main()
+    if len(args) > 1 or (args and args[0] not in jobs):   # a typo would otherwise run the default bench
+        sys.exit(f"error: unknown option {' '.join(args)}; expected nothing, or one of {', '.join(jobs)}")
+    (jobs[args[0]] if args else main)()
