@@ -224,7 +224,8 @@ def main(argv=None):
                                                  ref_logp[keep], advantages[keep]), cfg, rt, generator, it, ckpt_path)
             it += 1
 
-            # ---- logging: kl is log pi - log pi_ref summed over an answer's tokens, as PPO's
+            # ---- logging: kl is log pi - log pi_ref summed over an answer's tokens, as PPO's: an
+            # estimate from samples, so a batch's can dip below 0; the loss's k3 (kl_to_ref) cannot
             metrics = {"iteration": it, "lr": optimizer.param_groups[0]["lr"],
                        **({} if rm_score is None else {"rm_score": rm_score.mean().item()}),
                        "gold": gold.mean().item(),
