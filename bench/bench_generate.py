@@ -113,12 +113,15 @@ def compare_stopped_rows(ckpt="out/tiny/sft/ckpt.pt", data="out/tiny/data/sft", 
         print(f"{job}: {first:.2f}s with rows leaving, {second:.2f}s without, {second / first:.2f}x; same answers")
 
 
+# The other benches, by option (without one: main)
+JOBS = {"--sampler": compare_samplers, "--stopped_rows": compare_stopped_rows}
+
+
 if __name__ == "__main__":
-    jobs = {"--sampler": compare_samplers, "--stopped_rows": compare_stopped_rows}
     args = sys.argv[1:]
     if {"-h", "--help"} & set(args):
         print(__doc__)
         sys.exit(0)
-    if len(args) > 1 or (args and args[0] not in jobs):   # a typo would otherwise run the default bench
-        sys.exit(f"error: unknown option {' '.join(args)}; expected nothing, or one of {', '.join(jobs)}")
-    (jobs[args[0]] if args else main)()
+    if len(args) > 1 or (args and args[0] not in JOBS):   # a typo would otherwise run the default bench
+        sys.exit(f"error: unknown option {' '.join(args)}; expected nothing, or one of {', '.join(JOBS)}")
+    (JOBS[args[0]] if args else main)()

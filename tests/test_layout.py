@@ -45,7 +45,7 @@ def test_the_modules_are_found():
     graph = import_graph()
     assert {"minift.model", "minift.evaluation", "minift.synthetic.world", "minift.synthetic.gold"} <= set(graph)
     assert graph["minift.synthetic.gold"] >= {"minift.synthetic.world", "minift.synthetic.tasks"}
-    assert graph["minift.evaluation"] == {"minift.engine", "minift.synthetic.scoring"}
+    assert graph["minift.evaluation"] == {"minift.engine", "minift.formats", "minift.synthetic.scoring"}
 
 
 def test_method_imports_synthetic_only_in_evaluation():
