@@ -48,6 +48,7 @@ from minift.config import cli_config, run
 from minift.formats import write_json, write_text
 from minift.model import GPT, GPTConfig
 from minift.synthetic.scoring import paired_difference
+from minift.training import pick_device
 from report_card import METRIC_KEYS, evaluate_for_card, prompt_by_prompt, report_markdown
 
 
@@ -126,6 +127,7 @@ def main(argv=None):
     if cfg.preset not in DATA:
         raise SystemExit(f"error: unknown preset {cfg.preset!r}; choose from {', '.join(DATA)}")
     out = cfg.out_dir or os.path.join("out", cfg.preset)
+    pick_device(cfg.device)   # a device this machine lacks stops the run now, not after the data stage
     if cfg.force:
         # Every stage, the lab's runs and the cards came from the run being replaced. All go
         # before the first stage starts: a --force run stopped early must leave no old stage

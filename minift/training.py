@@ -80,10 +80,22 @@ def multiplies_bf16(device_type):
 
 
 def pick_device(device="auto"):
-    """The device for "auto": cuda if this machine has one, else mps (Apple), else cpu."""
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    """The device for "auto": cuda if this machine has one, else mps (Apple), else cpu. One
+    that this machine lacks is refused here, in one line, not at the first tensor moved to it."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            if not count:
+                have = "this PyTorch sees no CUDA GPU" + ("" if torch.version.cuda else " (a CPU build)")
+            else:
+                have = "this machine's one GPU is cuda:0" if count == 1 else f"its GPUs are cuda:0 to cuda:{count - 1}"
+            raise ValueError(f"--device={device}: {have}; use --device=auto or --device=cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device=mps: this PyTorch sees no Apple GPU (MPS); use --device=auto or --device=cpu")
+    return device
 
 
 def setup_runtime(device="auto", seed=1337):

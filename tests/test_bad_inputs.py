@@ -436,6 +436,12 @@ def test_option_ranges(tmp_path, main, args, needles):
     fails(main, args + [f"--out_dir={tmp_path}"] if main is not sample.main else args, *needles)
 
 
+def test_pipeline_refuses_a_missing_device_before_its_data_stage(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    fails(pipeline.main, ["--preset=micro", "--device=mps", f"--out_dir={tmp_path}/run"], "--device=mps", "--device=cpu")
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_pipeline_refuses_another_preset_in_its_out_dir(tmp_path):
     """Its finished stages would be skipped, and their numbers reported as the new preset's."""
     os.makedirs(tmp_path / "data")

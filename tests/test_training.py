@@ -2,6 +2,7 @@
 rank), the NaN guard, CPU autocast."""
 import json
 import os
+import re
 import signal
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from minift.checkpoint import resume_training, save_training_checkpoint
 from minift.model import GPT, GPTConfig
 from minift.training import (MUON_NS_STEPS, Interrupted, MetricsLog, Muon, NonFiniteLoss, OptimizerPair, Runtime,
                              StopRequest, check_finite, lr_at, make_optimizer, multiplies_bf16, orthogonalize,
-                             product_dtype, read_step, set_lr)
+                             pick_device, product_dtype, read_step, set_lr)
 
 
 def test_lr_schedule():
@@ -233,3 +234,18 @@ def test_a_resumed_log_keeps_the_saved_steps_and_a_new_run_a_new_log(tmp_path):
     assert len(path.read_text().splitlines()) == 4
     MetricsLog(str(path), step=0)                    # a run from step 0: nothing of an old run stays
     assert path.read_text() == ""
+
+
+def test_a_device_this_machine_lacks_is_refused_in_one_line(monkeypatch):
+    """Not a traceback from the first tensor moved there (or, in pipeline.py, after the data stage)."""
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for gpus, device, said in ((0, "cuda", "--device=cuda: this PyTorch sees no CUDA GPU"),
+                               (0, "mps", "--device=mps: this PyTorch sees no Apple GPU (MPS)"),
+                               (1, "cuda:1", "--device=cuda:1: this machine's one GPU is cuda:0"),
+                               (2, "cuda:2", "--device=cuda:2: its GPUs are cuda:0 to cuda:1")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        with pytest.raises(ValueError, match=re.escape(said) + ".*use --device=auto or --device=cpu"):
+            pick_device(device)
+        assert pick_device("cpu") == "cpu" and pick_device("auto") == ("cuda" if gpus else "cpu")
+    assert pick_device("cuda:1") == "cuda:1"   # two GPUs: the second exists
