@@ -188,8 +188,8 @@ def check_ranges(config, script):
     """Raise ConfigError naming the first option whose value is out of its range."""
     values = dataclasses.asdict(config)
 
-    def bad(name, expected):
-        raise ConfigError(f"{script}: --{name}={values[name]} is out of range; expected {expected}")
+    def bad(name, expected, problem="is out of range"):
+        raise ConfigError(f"{script}: --{name}={values[name]} {problem}; expected {expected}")
     for name, value in values.items():
         if name in AT_LEAST_ONE and value < 1:
             bad(name, "at least 1")
@@ -204,9 +204,9 @@ def check_ranges(config, script):
                 bad(name, f"a number from {low} to {high}" + (f" (not {' or '.join(left_out)} itself)"
                                                               if left_out else ""))
         if name in CHOICES and value not in CHOICES[name]:
-            bad(name, f"one of {', '.join(CHOICES[name])}")
+            bad(name, f"one of {', '.join(CHOICES[name])}", "is not a choice")
         if name == "device" and not DEVICE.fullmatch(value):
-            bad(name, "auto, cpu, mps, cuda or cuda:N")
+            bad(name, "auto, cpu, mps, cuda or cuda:N", "is not a device")
     if "n_head" in values and "n_embd" in values and values["n_embd"] % values["n_head"]:
         raise ConfigError(f"{script}: --n_head={values['n_head']} does not divide --n_embd={values['n_embd']}; "
                           f"each head takes n_embd / n_head channels")
