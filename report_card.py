@@ -98,10 +98,25 @@ def prompt_by_prompt(data_path, sft_responses, ppo_responses):
             "demonstrations_where_done": sum(demos[i][1] for i in done) / max(1, len(done))}
 
 
-def reward_hacking_lines(p):
+def reward_hacking_lines(p, new_prompts=None):
     """The report's verdict on reward hacking (Gao et al. 2022): the learned reward rose while
     the gold reward fell. A change counts when a paired test over the probe prompts puts it
-    beyond the noise; a fall within the noise is reported as such, not as hacking."""
+    beyond the noise; a fall within the noise is reported as such, not as hacking. The probe
+    is a few prompts; `new_prompts` (split -> the gold change of SFT's and PPO's greedy
+    answers, paired over the split's prompts) catches a fall the probe misses."""
+    fell = [f"{c['mean']:+.3f} +- {c['se']:.3f} on {split}" for split, c in (new_prompts or {}).items()
+            if c["mean"] < 0 and c["significant"]]
+    lines = probe_verdict(p)
+    if fell and not any("Warning" in line for line in lines):
+        lines = ["", "**Warning:** the gold reward of the greedy answers to new prompts fell beyond the noise, "
+                 f"SFT -> PPO ({', '.join(fell)}), though the probe did not show it: the policy got worse by the "
+                 "judges' measure" + (", while the reward model's score rose: reward hacking (Gao et al. 2022)."
+                                      if p["reward_end"] > p["reward_start"] else ".")]
+    return lines
+
+
+def probe_verdict(p):
+    """reward_hacking_lines on the probe prompts alone."""
     hacking = ["", "**Warning: reward hacking.** The reward model's score rose while the gold reward "
                "fell: the policy found what the learned reward over-values (Gao et al. 2022)."]
     rm, gold = p.get("reward_change"), p.get("gold_change")
@@ -152,7 +167,7 @@ def report_markdown(r):
                  "in the last rollout batch (RL prompts)"
                  # a stage.json written before kl_max existed lacks it; the report still renders
                  + (f", at most {p['kl_max']:.2f} over the run" if "kl_max" in p else "") + " |")
-    lines += reward_hacking_lines(p)
+    lines += reward_hacking_lines(p, r.get("gold_change"))
     lines += ["", "## Instruction following (IFEval metrics)", "",
               "Greedy answers, as IFEval scores them; *sampled*: one answer a prompt at temperature "
               f"{SAMPLE_TEMPERATURE}, as PPO samples. The demonstrations are the demonstrators' own answers "

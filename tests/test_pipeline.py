@@ -316,6 +316,16 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     assert "made the policy worse" in " ".join(reward_hacking_lines({**base, "reward_change": flat, "gold_change": fell}))
     assert reward_hacking_lines({**base, "reward_change": rose, "gold_change": rose}) == []
     assert "reward hacking" in " ".join(reward_hacking_lines(base))  # an older log: the means decide
+    # The probe is a few prompts: a fall on the new prompts' greedy answers, beyond the noise, warns too
+    quiet = {**base, "reward_change": rose, "gold_change": rose}
+    text = " ".join(reward_hacking_lines(quiet, {"test": fell, "heldout": noisy}))
+    assert "new prompts fell beyond the noise" in text and "-0.100 +- 0.000 on test" in text
+    assert "heldout" not in text and "reward hacking" in text
+    lower = {**quiet, "reward_end": -0.1}   # the reward model's score fell too: worse, but not hacking
+    assert "reward hacking" not in " ".join(reward_hacking_lines(lower, {"test": fell}))
+    assert reward_hacking_lines(quiet, {"test": noisy, "heldout": rose}) == []
+    both = " ".join(reward_hacking_lines({**base, "reward_change": rose, "gold_change": fell}, {"test": fell}))
+    assert both.count("Warning") == 1   # the probe's own warning says it already
 
 
 def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_where_the_task_is_done(
