@@ -181,6 +181,7 @@ def main(argv=None):
     stages["ppo"] = run_stage("ppo", out, cfg.force, ppo_stage)
 
     def card_figures(model):   # greedy and sampled, on both splits
+        print(f"evaluating {model}: greedy and sampled answers to the test and heldout prompts", flush=True)
         return {split: evaluate_for_card(ckpt[model], f"{sft_data}/{split}.jsonl", data["eval_examples"],
                                          cfg.device, os.path.join(out, model, f"responses_{split}.jsonl"))
                 for split in ("test", "heldout")}
@@ -224,7 +225,8 @@ def main(argv=None):
     report = {"preset": cfg.preset, "total_seconds": round(sum(v["seconds"] for v in stages.values())
                                                            + evals["seconds"], 1),
               "run_seconds": round(time.time() - t_start, 1),
-              "stages": {k: {key: x for key, x in v.items() if key != "eval"} for k, v in stages.items()},
+              "stages": {**{k: {key: x for key, x in v.items() if key != "eval"} for k, v in stages.items()},
+                         "eval": {"seconds": evals["seconds"]}},
               "eval": {m: {s: {k: v for k, v in evals[m][s].items() if k in METRIC_KEYS + ("sampled_strict", "gold")}
                            for s in ("test", "heldout")} for m in evals if m not in ("seconds", "sft_to_ppo")},
               # PPO's change of the gold reward of greedy answers to new prompts, paired prompt by

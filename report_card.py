@@ -167,6 +167,9 @@ def report_markdown(r):
                  "in the last rollout batch (RL prompts)"
                  # a stage.json written before kl_max existed lacks it; the report still renders
                  + (f", at most {p['kl_max']:.2f} over the run" if "kl_max" in p else "") + " |")
+    if "eval" in s:   # a report from before the evaluation's time was kept has none
+        lines.append(f"| eval | {s['eval']['seconds']:.0f} | base, SFT and PPO answer the test and heldout "
+                     "prompts, greedy and sampled: the tables below |")
     lines += reward_hacking_lines(p, r.get("gold_change"))
     lines += ["", "## Instruction following (IFEval metrics)", "",
               "Greedy answers, as IFEval scores them; *sampled*: one answer a prompt at temperature "
