@@ -56,7 +56,7 @@ def strict_verdicts(records, answers):
 
 
 EXAMPLES = 3   # the card shows this many answers PPO fixed, and one it broke
-RULES_NAMED = 3   # and names the rules it fixed and broke most often, this many of each
+RULES_NAMED = 3   # and names the rules it fixed and broke most often, this many of each (and any tied with the last)
 
 
 def rules_failed(verdicts):
@@ -246,7 +246,9 @@ def moves_line(moves):
             f"{moves['pass_to_fail']} from pass to fail.")
     for key, verb in (("rules_fixed", "fixed"), ("rules_broken", "broke")):
         if moves.get(key):   # a report from before these counts existed has none
-            named = list(moves[key].items())[:RULES_NAMED]
+            counts = list(moves[key].items())   # most often first
+            cut = counts[min(RULES_NAMED, len(counts)) - 1][1]
+            named = [(iid, n) for iid, n in counts if n >= cut]
             line += f" The rules it {verb} most often: " + ", ".join(f"`{iid}` {n}" for iid, n in named) + "."
     if moves.get("base_task_done"):   # none done: no rate to give
         line += (f" On the {moves['base_task_done']} prompts where it does the base task itself, it passes "

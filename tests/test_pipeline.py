@@ -370,6 +370,10 @@ def test_prompt_by_prompt_counts_moves_and_compares_with_the_demonstrations_wher
     assert "On the 6 prompts where it does the base task itself, it passes 66.7%, the demonstrations 50.0%" in line
     assert "The rules it fixed most often: `detectable_format:title` 2, `task:reverse_list` 1." in line
     assert "The rules it broke most often: `task:reverse_list` 1, `detectable_format:title` 1." in line
+    # three named, and any tied with the third: a cut through a tie would pick among equals
+    tied = {"a": 9, "b": 9, "c": 4, "d": 4, "e": 3}
+    assert "most often: `a` 9, `b` 9, `c` 4, `d` 4." in moves_line({**moves, "rules_fixed": tied})
+    assert "most often: `a` 9, `b` 9, `c` 4." in moves_line({**moves, "rules_fixed": {**tied, "d": 3}})
     assert [(e["prompt"][-3:], e["sft_fails"], e["ppo_fails"]) for e in examples] == [
         ("(0)", ["detectable_format:title"], []), ("(5)", ["task:reverse_list"], []), ("(1)", [], ["task:reverse_list"])]
     assert (examples[0]["sft"], examples[0]["ppo"]) == (untitled, full)
