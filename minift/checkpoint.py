@@ -48,7 +48,8 @@ FIXED_BY_KIND = {"grpo": {"epochs"}}
 
 
 # What to run when a script that reads any stage's checkpoint (sample.py, evaluate.py) finds none.
-TRAIN_ONE_FIRST = "Train one first: python pipeline.py writes out/tiny/<stage>/ckpt.pt, one for each stage"
+TRAIN_ONE_FIRST = ("Train one first: python pipeline.py writes out/tiny/<stage>/ckpt.pt, one for each stage, "
+                   "and each train_*.py script <its --out_dir>/ckpt.pt")
 
 
 def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
