@@ -42,8 +42,8 @@ from minift.checkpoint import (note_if_pretrained, resume_training, resuming_lin
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records, load_eval_data, load_scorable_option
 from minift.training import MetricsLog, StopRequest, check_finite, cleanup_runtime, set_lr, setup_runtime
-from train_ppo import (answer_logprobs, iteration_lr, load_models, masked_mean, mean_entropy, penalise_unfinished,
-                       probe, ratio_stats, rollout, score_answers)
+from train_ppo import (answer_logprobs, evaluation_line, iteration_lr, load_models, masked_mean, mean_entropy,
+                       penalise_unfinished, probe, ratio_stats, rollout, score_answers)
 
 
 @dataclass
@@ -239,6 +239,7 @@ def main(argv=None):
                 ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
                 metrics["eval_prompt_strict"] = ev["prompt_strict"]
                 metrics.update(probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
+                bar.write(evaluation_line(it, metrics))
             log.log(**metrics)   # logged, then saved: a resumed run never loses a saved iteration's record
             if evaluating:
                 save()

@@ -341,6 +341,13 @@ def probe(policy, reward_model, tokenizer, eval_records, cfg, rt):
     return {"probe_gold": gold.mean().item(), "probe_gold_each": [round(x, 4) for x in gold.tolist()], **rm_figures}
 
 
+def evaluation_line(it, metrics):
+    """What an evaluation prints: the greedy test pass rate, and the probe's scores."""
+    return (f"iteration {it}: test prompt-strict {metrics['eval_prompt_strict']:.3f}, probe gold "
+            f"{metrics['probe_gold']:.3f}" + (f", reward model {metrics['probe_rm_score']:+.2f}"
+                                              if "probe_rm_score" in metrics else ""))
+
+
 @torch.no_grad()
 def mean_entropy(logits, mask):
     """Mean entropy (nats) of the sampling distribution at the answer tokens: how much the
@@ -481,6 +488,7 @@ def main(argv=None):
                 ev, _ = evaluate_records(policy, tokenizer, eval_records, cfg.max_new_tokens)
                 metrics["eval_prompt_strict"] = ev["prompt_strict"]
                 metrics.update(probe(policy, reward_model, tokenizer, eval_records, cfg, rt))
+                bar.write(evaluation_line(it, metrics))
             log.log(**metrics)   # logged, then saved: a resumed run never loses a saved iteration's record
             if evaluating:
                 save(ckpt_path, it, metrics, policy, value_model, optimizer, cfg, sft["tokenizer"], generator, kl_ctl)

@@ -131,6 +131,9 @@ def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipel
     run_grpo(shared, out, iterations=3, eval_interval=2, reward="model")
     printed = capsys.readouterr().out
     assert "resuming from" in printed and "at iteration 2 of 3" in printed and "finished" not in printed
+    evaluated = [line for line in printed.splitlines() if line.startswith("iteration ")]   # its evaluation only
+    assert len(evaluated) == 1 and evaluated[0].startswith("iteration 3: test prompt-strict ")
+    assert ", probe gold " in evaluated[0] and ", reward model " in evaluated[0]
     metrics = read_metrics(out)
     assert [m["iteration"] for m in metrics] == [0, 1, 2, 3]   # the probe, then one line per iteration
     assert load_checkpoint(str(out / "ckpt.pt"))["step"] == 3

@@ -409,7 +409,7 @@ def test_the_loop_hands_each_step_what_the_algorithm_says(micro_sft, tmp_path):
     assert whitened >= 2
 
 
-def test_probe_changes_only_when_the_policy_does(micro_sft, tmp_path):
+def test_probe_changes_only_when_the_policy_does(micro_sft, tmp_path, capsys):
     """The start and end figures of the report come from a probe: the same prompts sampled from
     the same seed. With a learning rate of 0 the policy never changes, so neither may the probe
     (a different random draw each time would make it differ); with learning it must move."""
@@ -423,6 +423,10 @@ def test_probe_changes_only_when_the_policy_does(micro_sft, tmp_path):
     assert len({m["probe_gold"] for m in probes[frozen]}) == 1
     assert probes[learning][0]["probe_gold"] == probes[frozen][0]["probe_gold"]
     assert probes[learning][-1]["probe_gold"] != probes[learning][0]["probe_gold"]
+    # each evaluation prints its figures (the log's, as the card reads them)
+    last = probes[learning][-1]
+    line = f"iteration 4: test prompt-strict {last['eval_prompt_strict']:.3f}, probe gold {last['probe_gold']:.3f}\n"
+    assert line in capsys.readouterr().out   # with --reward=gold: no reward model to name
 
 
 def test_ddp_two_cpu_processes_with_gloo(micro_sft, tmp_path):
