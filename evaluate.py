@@ -41,7 +41,8 @@ so a prompt with no extra instruction is still scored on doing the task.
 import os
 from dataclasses import dataclass
 
-from minift.checkpoint import GENERATIVE, TRAIN_ONE_FIRST, build_model, check_tokenizer, load_checkpoint, tokenizer_for
+from minift.checkpoint import (GENERATIVE, TRAIN_ONE_FIRST, build_model, check_tokenizer, load_checkpoint, tokenizer_for,
+                               train_first)
 from minift.config import cli_config, run
 from minift.evaluation import check_checker_arguments, earlier_exchanges, evaluate_records, sampled_pass_rates
 from minift.formats import load_ifeval_inputs, write_ifeval_responses, write_json
@@ -77,7 +78,7 @@ def reward_model_judge(reward_ckpt, device, batch_size=64, tokenizer_info=None, 
     """A judge for best-of-K: (records, K answers each) -> the reward model's K scores each
     (raw; the normalisation does not change which answer is highest). Every answer is scored
     as a finished turn: unlike PPO's reward, no penalty for an answer cut off unfinished."""
-    ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python train_reward.py", kinds=("reward",))
+    ckpt = load_checkpoint(reward_ckpt, hint=train_first("reward", "train_reward.py"), kinds=("reward",))
     if tokenizer_info is not None:  # it must read the answers with the policy's id mapping
         check_tokenizer(ckpt, reward_ckpt, tokenizer_info, policy_ckpt)
     tokenizer = tokenizer_for(ckpt, reward_ckpt)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, note_if_pretrained, resume_training,
-                               resuming_line, save_training_checkpoint, should_resume, tokenizer_for, unwrap)
+                               resuming_line, save_training_checkpoint, should_resume, tokenizer_for, train_first, unwrap)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, require_file
 from minift.model import answer_positions, pad_left, padded_length
@@ -205,7 +205,7 @@ def main(argv=None):
 
     # ---- policy and frozen reference, both the SFT model; dropout off in both (as in
     # train_ppo.load_models), or the two log-probabilities would differ by noise alone
-    init = load_checkpoint(cfg.init_from, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
+    init = load_checkpoint(cfg.init_from, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE)
     tokenizer = tokenizer_for(init, cfg.init_from)
     note_if_pretrained(init, cfg.init_from, "init_from", rt.master)
     init["model_config"]["dropout"] = 0.0

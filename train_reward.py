@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, note_if_pretrained, resume_training,
-                               resuming_line, save_training_checkpoint, should_resume, tokenizer_for, unwrap)
+                               resuming_line, save_training_checkpoint, should_resume, tokenizer_for, train_first, unwrap)
 from minift.config import cli_config, print_config, run
 from minift.formats import load_preferences, load_scored_answers, require_file
 from minift.model import ScalarModel, answer_positions, pad_left, padded_length
@@ -336,7 +336,7 @@ def main(argv=None):
         print_config(cfg)
 
     # ---- the reward model: the SFT transformer plus a fresh scalar head
-    init = load_checkpoint(cfg.init_from, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
+    init = load_checkpoint(cfg.init_from, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE)
     tokenizer = tokenizer_for(init, cfg.init_from)
     note_if_pretrained(init, cfg.init_from, "init_from", rt.master)
     init["model_config"]["dropout"] = cfg.dropout

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, resume_training, resuming_line,
-                               save_training_checkpoint, should_resume, tokenizer_for)
+                               save_training_checkpoint, should_resume, tokenizer_for, train_first)
 from minift.config import cli_config, print_config, run
 from minift.evaluation import evaluate_records, load_eval_data
 from minift.formats import load_sft, require_file
@@ -142,7 +142,7 @@ def main(argv=None):
         print_config(cfg)
 
     # ---- the pretrained model and its tokenizer
-    init = load_checkpoint(cfg.init_from, hint="Pretrain first: python train_pretrain.py", kinds=GENERATIVE)
+    init = load_checkpoint(cfg.init_from, hint=train_first("pretrain", "train_pretrain.py"), kinds=GENERATIVE)
     tokenizer = tokenizer_for(init, cfg.init_from)
     init["model_config"]["dropout"] = cfg.dropout
     model = build_model(init).to(rt.device)

@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
 
-from minift.checkpoint import GENERATIVE, build_model, load_checkpoint, note_if_pretrained, tokenizer_for  # noqa: E402
+from minift.checkpoint import (GENERATIVE, build_model, load_checkpoint, note_if_pretrained, tokenizer_for,  # noqa: E402
+                               train_first)
 from minift.config import cli_config, print_config, run  # noqa: E402
 from minift.evaluation import load_scorable_option, sample_answers  # noqa: E402
 from minift.formats import write_jsonl  # noqa: E402
@@ -140,7 +141,7 @@ def main(argv=None):
     if cfg.k < 2:
         raise ValueError(f"--k={cfg.k} gives no pairs: a pair compares two answers to one prompt; use --k=2 or more")
     device = pick_device(cfg.device)
-    ckpt = load_checkpoint(cfg.sft_ckpt, hint="Train the SFT model first: python train_sft.py", kinds=GENERATIVE)
+    ckpt = load_checkpoint(cfg.sft_ckpt, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE)
     tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
     note_if_pretrained(ckpt, cfg.sft_ckpt, "sft_ckpt")
     model = build_model(ckpt).to(device).eval()

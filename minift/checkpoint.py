@@ -52,6 +52,11 @@ TRAIN_ONE_FIRST = ("Train one first: python pipeline.py writes out/tiny/<stage>/
                    "and each train_*.py script <its --out_dir>/ckpt.pt")
 
 
+def train_first(stage, script):
+    """The hint for a missing checkpoint of `stage`: the script that trains it, or the pipeline's."""
+    return f"Train it first: python {script}, or pass the one python pipeline.py writes, out/tiny/{stage}/ckpt.pt"
+
+
 def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
     """Read a checkpoint; with `kinds`, refuse one of any other kind (a pretraining checkpoint
     given as the reward model would otherwise load, with its head left at its random init).

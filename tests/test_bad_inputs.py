@@ -336,7 +336,7 @@ def test_missing_checkpoint_says_what_to_run_first(tmp_path):
     fails(train_sft.main, MICRO + [f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"],
           f"{tmp_path}/none.pt", "python train_pretrain.py")
     fails(train_dpo.main, MICRO + [f"--init_from={tmp_path}/none.pt", f"--out_dir={tmp_path}"],
-          f"{tmp_path}/none.pt", "python train_sft.py")
+          f"{tmp_path}/none.pt", "python train_sft.py", "python pipeline.py writes, out/tiny/sft/ckpt.pt")
     # evaluate.py looks for --split's data beside the checkpoint: the checkpoint's own fault first
     (tmp_path / "run" / "sft").mkdir(parents=True)
     (tmp_path / "run" / "pipeline.json").write_text("{}")
