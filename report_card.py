@@ -107,11 +107,13 @@ def reward_hacking_lines(p, new_prompts=None):
     fell = [f"{c['mean']:+.3f} +- {c['se']:.3f} on {split}" for split, c in (new_prompts or {}).items()
             if c["mean"] < 0 and c["significant"]]
     lines = probe_verdict(p)
+    rm = p.get("reward_change")   # an older log has only the means
+    rose = rm["mean"] > 0 and rm["significant"] if rm else p["reward_end"] > p["reward_start"]
     if fell and not any("Warning" in line for line in lines):
         lines = ["", "**Warning:** the gold reward of the greedy answers to new prompts fell beyond the noise, "
                  f"SFT -> PPO ({', '.join(fell)}), though the probe did not show it: the policy got worse by the "
                  "judges' measure" + (", while the reward model's score rose: reward hacking (Gao et al. 2022)."
-                                      if p["reward_end"] > p["reward_start"] else ".")]
+                                      if rose else ".")]
     return lines
 
 

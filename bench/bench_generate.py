@@ -122,6 +122,8 @@ if __name__ == "__main__":
     if {"-h", "--help"} & set(args):
         print(__doc__)
         sys.exit(0)
-    if len(args) > 1 or (args and args[0] not in JOBS):   # a typo would otherwise run the default bench
-        sys.exit(f"error: unknown option {' '.join(args)}; expected nothing, or one of {', '.join(JOBS)}")
+    if len(args) > 1:
+        sys.exit(f"error: one option at a time, not {' '.join(args)}; expected one of {', '.join(JOBS)}")
+    if args and args[0] not in JOBS:   # a typo would otherwise run the default bench
+        sys.exit(f"error: unknown option {args[0]}; expected nothing, or one of {', '.join(JOBS)}")
     (JOBS[args[0]] if args else main)()

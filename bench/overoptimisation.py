@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_ppo  # noqa: E402
 from minift.checkpoint import build_model, load_checkpoint, tokenizer_for  # noqa: E402
 from minift.config import cli_config, parse_config, print_config, run  # noqa: E402
-from minift.evaluation import evaluate_records  # noqa: E402
-from minift.formats import load_ifeval_inputs, read_jsonl, write_text  # noqa: E402
+from minift.evaluation import evaluate_records, load_eval_data  # noqa: E402
+from minift.formats import read_jsonl, write_text  # noqa: E402
 from minift.synthetic.scoring import paired_difference  # noqa: E402
 from minift.training import pick_device  # noqa: E402
 
@@ -140,7 +140,7 @@ def start_prompt_strict(sft_ckpt, eval_data, ppo_cfg, device):
     the curve's point at KL 0."""
     ckpt = load_checkpoint(sft_ckpt, hint="Run the pipeline first: python pipeline.py", kinds=("sft",))
     model = build_model(ckpt).to(device).eval()
-    records = load_ifeval_inputs(eval_data)[:ppo_cfg.eval_examples]
+    records = load_eval_data(eval_data, ppo_cfg.eval_examples)
     metrics, _ = evaluate_records(model, tokenizer_for(ckpt, sft_ckpt), records, ppo_cfg.max_new_tokens)
     return metrics["prompt_strict"]
 

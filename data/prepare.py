@@ -262,8 +262,9 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
             sample += instruction_prompts(seed, int(prompts_mb * 1e6))
         ranks = train_bpe("\n".join(sample or head), vocab_size)
         if len(ranks) < vocab_size:   # no pair of neighbours is left within a word to merge
-            log(f"note: the text gives only {len(ranks)} of --vocab_size={vocab_size} tokens: each of its "
-                f"words is already one token; more text gives more")
+            log(f"note: the BPE sample gives only {len(ranks)} of --vocab_size={vocab_size} tokens: each of its "
+                f"words is one token already, so a larger --vocab_size adds nothing; only text with more "
+                f"distinct words would")
         tok_spec = os.path.join(out_dir, "tokenizer.tiktoken")
         staged = tok_spec + ".new"
         save_ranks(staged, ranks)

@@ -96,11 +96,11 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
 
 
 def resuming_line(path, done, total, unit="step", option="max_steps"):
-    """What a resumed run prints: where it stands, and, when it is already finished, how to go
-    on (a finished run only reports its figures again)."""
+    """What a resumed run prints: where it stands, and, when it is already finished, that it
+    only reports its figures again."""
     line = f"resuming from {path} at {unit} {done} of {total}"
-    return line + (f"; that run is finished: raise --{option} to train on, or --force to start over"
-                   if done >= total else "")
+    return line + (f"; that run is finished and only reports its figures again (a higher --{option} would "
+                   "train it on)" if done >= total else "")
 
 
 def note_if_pretrained(ckpt, path, option, master=True):

@@ -181,7 +181,7 @@ FRACTIONS = {"dropout": (0, 1, True, False), "val_fraction": (0, 1, True, False)
              "lam": (0, 1, True, True), "top_p": (0, 1, False, True), "label_smoothing": (0, 0.5, True, False)}
 CHOICES = {"dtype": ("bfloat16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold"),
            "loss_type": ("sigmoid", "ipo")}
-DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICE, DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?"), "auto, cpu, mps, cuda or cuda:N"
 
 
 def check_ranges(config, script):
@@ -206,7 +206,7 @@ def check_ranges(config, script):
         if name in CHOICES and value not in CHOICES[name]:
             bad(name, f"one of {', '.join(CHOICES[name])}", "is not a choice")
         if name == "device" and not DEVICE.fullmatch(value):
-            bad(name, "auto, cpu, mps, cuda or cuda:N", "is not a device")
+            bad(name, DEVICES, "is not a device")
     if "n_head" in values and "n_embd" in values and values["n_embd"] % values["n_head"]:
         raise ConfigError(f"{script}: --n_head={values['n_head']} does not divide --n_embd={values['n_embd']}; "
                           f"each head takes n_embd / n_head channels")
@@ -254,6 +254,7 @@ def run(main):
             print(f"interrupted: {e}", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
-        print("interrupted by Ctrl-C: nothing unfinished was marked done; run the same command again to "
-              "continue", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print("interrupted by Ctrl-C: nothing unfinished was marked done; run the same command again to "
+                  "continue", file=sys.stderr)
         sys.exit(130)

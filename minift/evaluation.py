@@ -51,7 +51,9 @@ def load_eval_data(path, limit):
     training, or none when the option is empty."""
     if not path:
         return []
-    return load_scorable_option(path, "eval_data", "--eval_data= trains without evaluating")[:limit]
+    records = load_ifeval_option(path, "eval_data", "--eval_data= trains without evaluating")[:limit]
+    check_checker_arguments(records, path)   # the ones it will score
+    return records
 
 
 def prompt_room(block_size, max_new_tokens):

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from minift.config import DEVICE, DEVICES
 from minift.formats import write_text
 
 
@@ -84,12 +85,15 @@ def pick_device(device="auto"):
     that this machine lacks is refused here, in one line, not at the first tensor moved to it."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    if not DEVICE.fullmatch(device):   # the scripts' configs check it too; the benches' options do not
+        raise ValueError(f"--device={device} is not a device; expected {DEVICES}")
     if device.startswith("cuda"):
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.partition(":")[2] or 0)
         if index >= count:
             if not count:
-                have = "this PyTorch sees no CUDA GPU" + ("" if torch.version.cuda else " (a CPU build)")
+                cpu_build = not (torch.version.cuda or torch.version.hip)   # ROCm's GPUs are cuda here too
+                have = "this PyTorch sees no CUDA GPU" + (" (a CPU build)" if cpu_build else "")
             else:
                 have = "this machine's one GPU is cuda:0" if count == 1 else f"its GPUs are cuda:0 to cuda:{count - 1}"
             raise ValueError(f"--device={device}: {have}; use --device=auto or --device=cpu")

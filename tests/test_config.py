@@ -87,15 +87,19 @@ def test_run_lets_rank_0_alone_say_a_run_was_interrupted_and_catches_a_late_ctrl
     that lands after main() returns, during run()'s own clean-up, ends the same way."""
     def stopped():
         raise Interrupted("saved out/ckpt.pt at step 3 of 9")
-    for rank, said in (("1", ""), ("0", "interrupted: saved out/ckpt.pt")):
-        monkeypatch.setenv("RANK", rank)
-        with pytest.raises(SystemExit) as exit:
-            run(stopped)
-        assert exit.value.code == 130 and capsys.readouterr().err.startswith(said)
 
-    def late_ctrl_c():
+    def ctrl_c():   # outside the training loop: loading, compiling
         raise KeyboardInterrupt
-    monkeypatch.setattr("minift.config.gc.collect", late_ctrl_c)
+    for main in (stopped, ctrl_c):
+        for rank, said in (("1", ""), ("0", "interrupted")):
+            monkeypatch.setenv("RANK", rank)
+            with pytest.raises(SystemExit) as exit:
+                run(main)
+            err = capsys.readouterr().err
+            assert exit.value.code == 130 and (err.startswith(said) if said else err == "")
+    monkeypatch.delenv("RANK")
+
+    monkeypatch.setattr("minift.config.gc.collect", ctrl_c)
     with pytest.raises(SystemExit) as exit:
         run(lambda: None)
     assert exit.value.code == 130 and capsys.readouterr().err.startswith("interrupted by Ctrl-C")

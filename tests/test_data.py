@@ -244,7 +244,7 @@ def test_prepare_notes_a_text_too_small_for_its_vocabulary_or_its_validation_spl
     meta = prepare(str(tmp_path / "out"), input=str(path), vocab_size=1024)
     out = capsys.readouterr().out
     assert meta["vocab_size"] < 300 and meta["val_documents"] == 0
-    assert f"note: the text gives only {meta['vocab_size'] - 5} of --vocab_size=1024 tokens" in out
+    assert f"note: the BPE sample gives only {meta['vocab_size'] - 5} of --vocab_size=1024 tokens" in out
     assert "note: val.bin is empty" in out and "has 1;" in out
     path.write_text("\n\n".join(PARAGRAPHS * 5), encoding="utf-8")   # 2 of 20 documents to val
     prepare(str(tmp_path / "out2"), input=str(path), vocab_size=257)

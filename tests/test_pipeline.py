@@ -236,8 +236,8 @@ def test_a_finished_sft_run_started_again_reports_what_it_saved(micro_pipeline, 
     saved = {k: v for k, v in report["stages"]["sft"].items() if k != "seconds"}
     assert again == saved and saved["eval_prompts"] > 0 and "prompt_strict" in saved
     steps = saved["step"]
-    assert (f"at step {steps} of {steps}; that run is finished: raise --max_steps to train on, or --force"
-            in capsys.readouterr().out)
+    assert (f"at step {steps} of {steps}; that run is finished and only reports its figures again (a higher "
+            "--max_steps would train it on)" in capsys.readouterr().out)
 
 
 def test_paired_difference_uses_students_t_for_its_degrees_of_freedom():
@@ -322,8 +322,9 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     text = " ".join(reward_hacking_lines(quiet, {"test": fell, "heldout": noisy}))
     assert "new prompts fell beyond the noise" in text and "-0.100 +- 0.000 on test" in text
     assert "heldout" not in text and "reward hacking" in text
-    lower = {**quiet, "reward_end": -0.1}   # the reward model's score fell too: worse, but not hacking
-    assert "reward hacking" not in " ".join(reward_hacking_lines(lower, {"test": fell}))
+    for steady in (flat, noisy):   # the reward model's score did not rise beyond the noise: worse, not hacking
+        text = " ".join(reward_hacking_lines({**quiet, "reward_change": steady}, {"test": fell}))
+        assert "new prompts fell" in text and "reward hacking" not in text
     assert reward_hacking_lines(quiet, {"test": noisy, "heldout": rose}) == []
     both = " ".join(reward_hacking_lines({**base, "reward_change": rose, "gold_change": fell}, {"test": fell}))
     assert both.count("Warning") == 1   # the probe's own warning says it already

@@ -249,3 +249,6 @@ def test_a_device_this_machine_lacks_is_refused_in_one_line(monkeypatch):
             pick_device(device)
         assert pick_device("cpu") == "cpu" and pick_device("auto") == ("cuda" if gpus else "cpu")
     assert pick_device("cuda:1") == "cuda:1"   # two GPUs: the second exists
+    for typo in ("cuda:x", "cuda:-1", "gpu"):   # the benches pass --device without the configs' check
+        with pytest.raises(ValueError, match=f"--device={typo} is not a device; expected auto, cpu"):
+            pick_device(typo)
