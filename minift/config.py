@@ -181,11 +181,11 @@ FRACTIONS = {"dropout": (0, 1, True, False), "val_fraction": (0, 1, True, False)
              "lam": (0, 1, True, True), "top_p": (0, 1, False, True), "label_smoothing": (0, 0.5, True, False)}
 CHOICES = {"dtype": ("bfloat16", "float32"), "optimizer": ("adamw", "muon"), "reward": ("model", "gold"),
            "loss_type": ("sigmoid", "ipo")}
-DEVICE, DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?"), "auto, cpu, mps, cuda or cuda:N"
 
 
 def check_ranges(config, script):
     """Raise ConfigError naming the first option whose value is out of its range."""
+    from minift.training import DEVICE, DEVICES   # here, as in run(): minift.training imports torch
     values = dataclasses.asdict(config)
 
     def bad(name, expected, problem="is out of range"):

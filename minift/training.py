@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from minift.config import DEVICE, DEVICES
 from minift.formats import write_text
 
 
@@ -78,6 +78,10 @@ def multiplies_bf16(device_type):
         return any(getattr(torch.cpu, check, lambda: False)()
                    for check in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
     return False
+
+
+# The devices --device takes (every script's config checks it; pick_device again, for the benches)
+DEVICE, DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?"), "auto, cpu, mps, cuda or cuda:N"
 
 
 def pick_device(device="auto"):
