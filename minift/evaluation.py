@@ -38,10 +38,11 @@ def check_checker_arguments(records, path):
                                      f'as "{iid}" reads it')
 
 
-def load_scorable_option(path, option, hint=""):
-    """IFEval records named by a script's --option (minift.formats.load_ifeval_option), their
-    checker arguments checked too: everything the checkers will read, before any work."""
-    records = load_ifeval_option(path, option, hint)
+def load_scorable_option(path, option, hint="", limit=None):
+    """IFEval records named by a script's --option (minift.formats.load_ifeval_option), the
+    first `limit` of them, their checker arguments checked too: everything the checkers will
+    read, before any work."""
+    records = load_ifeval_option(path, option, hint)[:limit]
     check_checker_arguments(records, path)
     return records
 
@@ -49,11 +50,7 @@ def load_scorable_option(path, option, hint=""):
 def load_eval_data(path, limit):
     """A training script's --eval_data: its first `limit` IFEval records, checked before any
     training, or none when the option is empty."""
-    if not path:
-        return []
-    records = load_ifeval_option(path, "eval_data", "--eval_data= trains without evaluating")[:limit]
-    check_checker_arguments(records, path)   # the ones it will score
-    return records
+    return load_scorable_option(path, "eval_data", "--eval_data= trains without evaluating", limit) if path else []
 
 
 def prompt_room(block_size, max_new_tokens):
