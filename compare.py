@@ -221,6 +221,8 @@ def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     methods, seeds = cfg.methods.split(","), [s.strip() for s in cfg.seeds.split(",")]
     unknown = [m for m in methods if m not in METHODS]
+    if not cfg.methods.strip():
+        raise SystemExit(f"error: --methods is empty; choose from {', '.join(METHODS)}")
     if unknown:
         raise SystemExit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not all(s.isdigit() for s in seeds):

@@ -134,7 +134,7 @@ def main(argv=None):
         prompt = read_prompt(cfg)
         if not cfg.response.strip():   # else the reward of an empty answer, which nobody asked for
             raise SystemExit(f"error: {cfg.ckpt} is a reward model, which scores a response to the prompt; "
-                             f'pass it as --response="..."')
+                             f'pass it, not empty, as --response="..."')
         model = build_model(ckpt, ScalarModel).to(device).eval()
         block_size = model.gpt.config.block_size
         seq = render(tokenizer, prompt, cfg.response)
@@ -165,8 +165,8 @@ def main(argv=None):
         prompt_ids = [tokenizer.eot] + tokenizer.encode(prompt)
     room = model.config.block_size - len(prompt_ids)
     if room < 1:
-        raise SystemExit(f"error: --prompt is {len(prompt_ids)} tokens with the template, and the model's context "
-                         f"is {model.config.block_size}: shorten it")
+        raise SystemExit(f"error: --prompt is {len(prompt_ids)} tokens" + (" with the template" if is_chat_model else "")
+                         + f", and the model's context is {model.config.block_size}: shorten it")
     if room < cfg.max_new_tokens:
         print(f"note: {room} tokens of context left after the prompt; the sample stops there", file=sys.stderr)
     samples = []

@@ -345,12 +345,12 @@ def main(argv=None):
     needed = pairs_path if cfg.held_out_pairs or cfg.judges else answers_path
     if not os.path.exists(needed):
         what = "pairs" if cfg.held_out_pairs or cfg.judges else "answers"
-        raise SystemExit(f"error: no {what} at {needed}. Run: python pipeline.py")
+        raise SystemExit(f"error: no {what} at {needed}. Run: python pipeline.py --out_dir={cfg.out_dir}")
     if cfg.judges:
         rows = judges_vote(load_preferences(pairs_path))
         print_judges(rows, pairs_path)
         return rows
-    ckpt = load_checkpoint(reward_ckpt, hint="Train the reward model first: python pipeline.py", kinds=("reward",))
+    ckpt = load_checkpoint(reward_ckpt, hint=f"Run: python pipeline.py --out_dir={cfg.out_dir}", kinds=("reward",))
     tokenizer = tokenizer_for(ckpt, reward_ckpt)
     device = pick_device(cfg.device)
     reward_model = build_model(ckpt, ScalarModel).to(device).eval()

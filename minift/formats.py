@@ -83,6 +83,8 @@ def first_non_utf8(path):
 
 def read_text(path):
     """A data file's text; one that is not UTF-8 (Latin-1, a binary file) is refused by name and line."""
+    if os.path.isdir(path):
+        raise DataFormatError(f"{os.fspath(path)} is a folder; expected a JSON or JSONL file")
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a UTF-8 byte-order mark
             text = f.read()

@@ -119,6 +119,8 @@ def test_every_method_gets_the_seed_asked_for(micro_pipeline, tmp_path, monkeypa
 def test_an_unknown_method_is_named():
     with pytest.raises(SystemExit, match="unknown method.*dpoo"):
         compare.main(["--methods=sft,dpoo"])
+    with pytest.raises(SystemExit, match="--methods is empty; choose from sft"):
+        compare.main(["--methods="])
 
 
 def test_without_the_pipeline_it_says_what_to_run(tmp_path):

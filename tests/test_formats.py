@@ -115,6 +115,10 @@ def test_text_that_is_not_utf8(tmp_path, data, fragments):
     expect_error(load_sft, path, *fragments)
 
 
+def test_a_folder_given_as_a_data_file_says_so(tmp_path):
+    expect_error(load_sft, tmp_path, str(tmp_path), "is a folder; expected a JSON or JSONL file")
+
+
 @pytest.mark.parametrize("text, line", [("[" + json.dumps(GOOD) + "]", 1),
                                         ("\n[\n  " + json.dumps(GOOD) + "\n]\n", 2)], ids=["one-line", "indented"])
 def test_json_array_in_a_jsonl_file_says_to_rename_it(tmp_path, text, line):

@@ -233,7 +233,7 @@ def test_held_out_pairs_are_the_validation_pairs_and_the_judges_the_training_pai
     assert f"training pairs ({os.path.join(out, 'data', 'prefs', 'train.jsonl')})" in capsys.readouterr().out
 
 
-def test_main_probes_the_models_answers_to_the_split_asked(micro_pipeline):
+def test_main_probes_the_models_answers_to_the_split_asked(micro_pipeline, tmp_path):
     out, _ = micro_pipeline
     path = os.path.join(out, "reward", "ckpt.pt")
     ckpt = load_checkpoint(path, kinds=("reward",))
@@ -243,3 +243,7 @@ def test_main_probes_the_models_answers_to_the_split_asked(micro_pipeline):
         records = load_ifeval_inputs(os.path.join(out, "data", "sft", f"{split}.jsonl"))[:len(answers)]
         assert reward_probe.main([f"--out_dir={out}", f"--model={name}", f"--split={split}"]) == \
             reward_probe.probe(model, tokenizer_for(ckpt, path), records, answers)
+    # a run without those answers: the command that makes them for this --out_dir, not for out/tiny
+    with pytest.raises(SystemExit, match=f"no answers at {tmp_path}/ppo/responses_test.jsonl. Run: python pipeline.py "
+                                         f"--out_dir={tmp_path}"):
+        reward_probe.main([f"--out_dir={tmp_path}"])
