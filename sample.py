@@ -165,8 +165,9 @@ def main(argv=None):
         prompt_ids = [tokenizer.eot] + tokenizer.encode(prompt)
     room = model.config.block_size - len(prompt_ids)
     if room < 1:
-        raise SystemExit(f"error: --prompt is {len(prompt_ids)} tokens" + (" with the template" if is_chat_model else "")
-                         + f", and the model's context is {model.config.block_size}: shorten it")
+        template = " with the template" if is_chat_model else ""
+        raise SystemExit(f"error: --prompt is {len(prompt_ids)} tokens{template}, and the model's context is "
+                         f"{model.config.block_size}: shorten it")
     if room < cfg.max_new_tokens:
         print(f"note: {room} tokens of context left after the prompt; the sample stops there", file=sys.stderr)
     samples = []

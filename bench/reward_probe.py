@@ -325,8 +325,8 @@ def print_markers(cfg):
     print("scores near 0 under P.S. and near 1 under P.P.S):")
     rows = {}
     for path in paths:
-        ckpt = load_checkpoint(path, hint="Run: python pipeline.py (it writes sft, ppo and reward), or python compare.py "
-                                          "(compare/<method>-<seed>/ckpt.pt)")
+        ckpt = load_checkpoint(path, hint="Run: python pipeline.py (it writes sft, ppo and reward), or python "
+                                          "compare.py (compare/<method>-<seed>/ckpt.pt)")
         reward = ckpt.get("kind") == "reward"   # its LM head: the reward's likelihood term
         model = build_model(ckpt, ScalarModel).gpt if reward else build_model(ckpt)
         rows[path], counts = marker_odds(model.to(device).eval(), tokenizer_for(ckpt, path),

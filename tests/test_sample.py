@@ -148,7 +148,7 @@ def test_a_prompt_needs_one_token_of_room(ckpts, capsys):
     """A prompt that fills the whole context gets an error, not an empty sample; one token
     shorter, it gets one token."""
     args = [f"--ckpt={ckpts['pretrain']}", "--max_new_tokens=5", "--temperature=0"]
-    with pytest.raises(SystemExit, match="--prompt is 64 tokens, and the model.s context is 64"):   # no template: raw text
+    with pytest.raises(SystemExit, match="--prompt is 64 tokens, and the model.s context is 64"):   # raw text
         sample.main(args + ["--prompt=" + "a" * (BLOCK - 1)])   # with <|endoftext|> before it
     ids = [TOK.eot] + TOK.encode("a" * (BLOCK - 2))
     expected = engine_answer(ckpts["pretrain"], ids, 1, temperature=0)
