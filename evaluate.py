@@ -163,7 +163,7 @@ def results_dir(out_dir, ckpt):
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
     if os.path.isdir(cfg.ckpt):   # before --split is looked for beside it
-        load_checkpoint(cfg.ckpt)   # raises: a folder, with the file to pass
+        load_checkpoint(cfg.ckpt, option="ckpt")   # raises: a folder, with the file to pass
     input_path = input_file(cfg)
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     out_dir = results_dir(cfg.out_dir, cfg.ckpt)

@@ -125,7 +125,7 @@ def chat(model, tokenizer, cfg, generator):
 
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
-    ckpt = load_checkpoint(cfg.ckpt, hint=TRAIN_ONE_FIRST)
+    ckpt = load_checkpoint(cfg.ckpt, hint=TRAIN_ONE_FIRST, option="ckpt")
     check_options(cfg, ckpt["kind"])
     tokenizer = tokenizer_for(ckpt, cfg.ckpt)
     device = pick_device(cfg.device)

@@ -205,7 +205,8 @@ def main(argv=None):
 
     # ---- policy and frozen reference, both the SFT model; dropout off in both (as in
     # train_ppo.load_models), or the two log-probabilities would differ by noise alone
-    init = load_checkpoint(cfg.init_from, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE)
+    init = load_checkpoint(cfg.init_from, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE,
+                           option="init_from")
     tokenizer = tokenizer_for(init, cfg.init_from)
     note_if_pretrained(init, cfg.init_from, "init_from", rt.master)
     init["model_config"]["dropout"] = 0.0

@@ -289,14 +289,16 @@ def load_models(cfg, device, critic=True):
     (the reward model is None with --reward=gold, the value model with critic=False, as in
     GRPO). Dropout is off in all of them (Ziegler, N+): with dropout, the log-probabilities
     of the rollout and of the update would differ by noise alone."""
-    sft = load_checkpoint(cfg.sft_ckpt, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE)
+    sft = load_checkpoint(cfg.sft_ckpt, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE,
+                          option="sft_ckpt")
     sft["model_config"]["dropout"] = 0.0
     tokenizer = tokenizer_for(sft, cfg.sft_ckpt)
     policy = build_model(sft).to(device)          # trained; starts as the SFT model
     reference = build_model(sft).to(device)       # frozen SFT copy, anchor of the KL penalty
     rm_ckpt = None   # --reward=gold: the checkers score, no reward model
     if cfg.reward == "model":
-        rm_ckpt = load_checkpoint(cfg.reward_ckpt, hint=train_first("reward", "train_reward.py"), kinds=("reward",))
+        rm_ckpt = load_checkpoint(cfg.reward_ckpt, hint=train_first("reward", "train_reward.py"),
+                                  kinds=("reward",), option="reward_ckpt")
         check_tokenizer(rm_ckpt, cfg.reward_ckpt, sft["tokenizer"], cfg.sft_ckpt)
         rm_ckpt["model_config"]["dropout"] = 0.0
     reward_model = build_model(rm_ckpt, ScalarModel).to(device) if rm_ckpt else None

@@ -336,7 +336,8 @@ def main(argv=None):
         print_config(cfg)
 
     # ---- the reward model: the SFT transformer plus a fresh scalar head
-    init = load_checkpoint(cfg.init_from, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE)
+    init = load_checkpoint(cfg.init_from, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE,
+                           option="init_from")
     tokenizer = tokenizer_for(init, cfg.init_from)
     note_if_pretrained(init, cfg.init_from, "init_from", rt.master)
     init["model_config"]["dropout"] = cfg.dropout

@@ -142,7 +142,8 @@ def main(argv=None):
         print_config(cfg)
 
     # ---- the pretrained model and its tokenizer
-    init = load_checkpoint(cfg.init_from, hint=train_first("pretrain", "train_pretrain.py"), kinds=GENERATIVE)
+    init = load_checkpoint(cfg.init_from, hint=train_first("pretrain", "train_pretrain.py"), kinds=GENERATIVE,
+                           option="init_from")
     tokenizer = tokenizer_for(init, cfg.init_from)
     init["model_config"]["dropout"] = cfg.dropout
     model = build_model(init).to(rt.device)

@@ -141,7 +141,8 @@ def main(argv=None):
     if cfg.k < 2:
         raise ValueError(f"--k={cfg.k} gives no pairs: a pair compares two answers to one prompt; use --k=2 or more")
     device = pick_device(cfg.device)
-    ckpt = load_checkpoint(cfg.sft_ckpt, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE)
+    ckpt = load_checkpoint(cfg.sft_ckpt, hint=train_first("sft", "train_sft.py"), kinds=GENERATIVE,
+                           option="sft_ckpt")
     tokenizer = tokenizer_for(ckpt, cfg.sft_ckpt)
     note_if_pretrained(ckpt, cfg.sft_ckpt, "sft_ckpt")
     model = build_model(ckpt).to(device).eval()

@@ -57,41 +57,43 @@ def train_first(stage, script):
     return f"Train it first: python {script}, or pass the one python pipeline.py writes, out/tiny/{stage}/ckpt.pt"
 
 
-def load_checkpoint(path, hint="", map_location="cpu", kinds=None):
+def load_checkpoint(path, hint="", map_location="cpu", kinds=None, option=None):
     """Read a checkpoint; with `kinds`, refuse one of any other kind (a pretraining checkpoint
     given as the reward model would otherwise load, with its head left at its random init).
-    `hint` says what to run when there is no file at `path`."""
+    `hint` says what to run when there is no file at `path`; `option`, the command-line option
+    that gave it, is named in every refusal, so a script with several checkpoints says which."""
+    name = f"{path} (--{option})" if option else path
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}." + (f" {hint}" if hint else ""))
+        raise FileNotFoundError(f"no checkpoint at {name}." + (f" {hint}" if hint else ""))
     if os.path.isdir(path):
-        raise ValueError(f"{path} is a folder; pass the checkpoint file in it, such as {os.path.join(path, 'ckpt.pt')}")
+        raise ValueError(f"{name} is a folder; pass the checkpoint file in it, such as {os.path.join(path, 'ckpt.pt')}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a damaged file can fail anywhere in the unpickler (a KeyError, even)
         # torch says "Weights only load failed" for any file its safe unpickler cannot read; only
         # an "Unsupported global" is an object that loading would have to construct, running code.
         if isinstance(e, pickle.UnpicklingError) and "unsupported global" in str(e).lower():
-            raise ValueError(f"{path} holds Python objects besides tensors and plain containers; refused, since "
+            raise ValueError(f"{name} holds Python objects besides tensors and plain containers; refused, since "
                              "loading them could run code. Load only checkpoints that minift wrote.") from None
         if not zipfile.is_zipfile(path):   # torch.save has written zip archives since PyTorch 1.6
             reason = "not a zip archive, as torch.save writes"
         else:
             reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable checkpoint ({reason}). It may be truncated or another "
+        raise ValueError(f"{name} is not a readable checkpoint ({reason}). It may be truncated or another "
                          "kind of file: restore it, or make it again.") from None
     if not isinstance(ckpt, dict) or not {"kind", "model"} <= set(ckpt):
-        raise ValueError(f"{path} is not a minift checkpoint (it has no kind and model)")
+        raise ValueError(f"{name} is not a minift checkpoint (it has no kind and model)")
     missing = [key for key in ("model_config", "tokenizer") if key not in ckpt]
     if missing:  # every script rebuilds the model and its tokenizer from these two entries
-        raise ValueError(f"{path} is a {ckpt['kind']} checkpoint without {' and '.join(missing)}, which minift "
+        raise ValueError(f"{name} is a {ckpt['kind']} checkpoint without {' and '.join(missing)}, which minift "
                          "needs to rebuild the model; load only checkpoints that minift wrote")
     # An edited or foreign file fails here with its own name, not as a TypeError in GPTConfig(**...).
     fields = [f.name for f in dataclasses.fields(GPTConfig)]
     if not isinstance(ckpt["model_config"], dict) or not set(ckpt["model_config"]) <= set(fields):
-        raise ValueError(f"{path}: its model_config is not a dict of GPTConfig's fields ({', '.join(fields)}); "
+        raise ValueError(f"{name}: its model_config is not a dict of GPTConfig's fields ({', '.join(fields)}); "
                          "load only checkpoints that minift wrote")
     if kinds is not None and ckpt["kind"] not in kinds:
-        raise ValueError(f"{path} is a {ckpt['kind']} checkpoint; expected {' or '.join(kinds)}")
+        raise ValueError(f"{name} is a {ckpt['kind']} checkpoint; expected {' or '.join(kinds)}")
     return ckpt
 
 
