@@ -20,8 +20,9 @@ One iteration, top to bottom in `main`:
   4. optimise: E epochs over M minibatches of the kept answers, minimising minus eq. 3:
      per token min(ratio * A, clip(ratio, 1-eps, 1+eps) * A) - beta * KL_t, with
      KL_t = pi_ref/pi - log(pi_ref/pi) - 1 (eq. 4, the k3 estimator of KL(pi || pi_ref) from
-     samples of pi: unbiased and never negative), averaged over each answer's tokens, then over
-     the answers.
+     samples of pi: never negative, and unbiased while pi is the policy that sampled, i.e. in
+     the first minibatch; later ones reuse its samples, as DeepSeekMath's do), averaged over
+     each answer's tokens, then over the answers.
 The KL sits in the loss, not in the reward as in PPO: the advantage stays the group's pure
 comparison of scores, and the penalty acts on each token directly instead of through a critic.
 Its gradient, taken with the sampled tokens held fixed, is on average that of KL(pi_ref || pi),
@@ -142,9 +143,9 @@ def grpo_loss(new_logp, old_logp, ref_logp, advantages, mask, cfg):
 
 # ---------------------------------------------------------------------------- the loop
 def optimise(policy, optimizer, experience, cfg, rt, generator, it, ckpt_path):
-    """E epochs over the kept answers in shuffled minibatches of ceil(kept / M): M of them, or
-    fewer when M does not divide the number kept, which varies. Returns each minibatch's
-    stats (none when every group was dropped)."""
+    """E epochs over the kept answers in shuffled minibatches of ceil(kept / M): at most M of
+    them, the last possibly smaller (the number kept varies). Returns each minibatch's stats
+    (none when every group was dropped)."""
     seq, attn, mask, P, old_logp, ref_logp, advantages = experience
     B = seq.size(0)
     mb_size = -(-B // cfg.num_minibatches)

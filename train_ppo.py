@@ -209,7 +209,8 @@ def gae(rewards, values, mask, gamma, lam):
 def ratio_stats(ratio, log_ratio, mask, clip_range):
     """How far an update moved the policy from the one that sampled: the mean ratio, the k3
     estimator of KL(old || new) (Schulman, "Approximating KL divergence") and the share of
-    tokens whose ratio the clip cut off."""
+    tokens whose ratio lies outside [1 - eps, 1 + eps] (CleanRL's clipfrac; the clip changes
+    the loss only for those of them whose advantage pushes the ratio further out)."""
     return {"ratio": masked_mean(ratio, mask).item(),
             "approx_kl": masked_mean(ratio - 1 - log_ratio, mask).item(),
             "clipfrac": masked_mean(((ratio - 1).abs() > clip_range).float(), mask).item()}
@@ -371,8 +372,8 @@ def optimise(policy, value_model, optimizer, experience, cfg, rt, generator, it,
     seq, attn, mask, P, old_logp, old_values, advantages, returns = experience
     params = list(policy.parameters()) + list(value_model.parameters())
     B = seq.size(0)
-    # ceil(B / M) answers a minibatch: M minibatches when M divides B (the presets), else
-    # fewer, the last one smaller; no answer is dropped
+    # ceil(B / M) answers a minibatch: M equal minibatches when M divides B (the presets),
+    # else at most M, the last one possibly smaller; no answer is dropped
     mb_size = -(-B // cfg.num_minibatches)
     stats = []
     for epoch in range(cfg.ppo_epochs):

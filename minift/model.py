@@ -14,7 +14,11 @@ Padding convention, shared by every stage of minift:
     The mask keeps padding out of attention, and position ids come from it
     (`positions_from_mask`), so a sequence gets the same positions whatever padding sits
     beside it. RoPE would give the same attention for shifted positions in exact arithmetic;
-    the same positions give the same floats, to the last bit (PPO's first ratio is exactly 1).
+    the same positions give the same floats up to rounding, since the attention kernel sums
+    over the padded keys too. On the CPU they are the same to the last bit when the two
+    batches' widths match (PPO's minibatches keep the rollout's, so its first ratio is
+    exactly 1) or differ by a multiple of 16, as PAD_MULTIPLE's lengths do (FINDINGS.md,
+    "Speed and precision").
 """
 
 import math
@@ -338,7 +342,8 @@ class ScalarModel(nn.Module):
     def mean_logprob(self, h, idx, answer_mask):
         """(B,) mean log p(token | tokens before it) over each row's answer tokens, from the
         hidden states h (B, S, C). Position t-1 predicts token t, and the LM head runs only
-        at the positions that predict an answer token (as in GPT.forward)."""
+        at the positions that predict an answer token, on every device (GPT.forward does so
+        on the CPU only): the picked rows are summed per answer anyway."""
         predicts = answer_mask[:, 1:].bool()                                # (B, S-1)
         logits = self.gpt.lm_head_rows(h[:, :-1][predicts]).float()         # (N, V)
         logp = logits.log_softmax(-1).gather(1, idx[:, 1:][predicts].unsqueeze(1)).squeeze(1)  # (N,)
