@@ -101,10 +101,11 @@ def summed_answer_logprobs(model, seqs, tokenizer, device):
     """Lists of ids (prompt, then answer ending in <|end|>) -> (B,) summed log p(answer tokens |
     all before them): step 2. Left padding and positions from the mask (as
     train_reward.last_token_scores does), so a sequence's figure does not depend on the
-    batch (tested to 1e-4; on the CPU to the last bit, minift/model.py's docstring says why). The input is ids[:, :-1] and the targets ids[:, 1:], kept only where
-    they are answer tokens; its length is a multiple of minift.model.PAD_MULTIPLE. We call
-    model(...) so that DDP syncs the gradients; it returns the scored rows' logits on the CPU
-    and every row's elsewhere (GPT.forward)."""
+    batch (tested to 1e-4; on the CPU to the last bit, minift/model.py's docstring says
+    why). The input is ids[:, :-1] and the targets ids[:, 1:], kept only where they are
+    answer tokens; its length is a multiple of minift.model.PAD_MULTIPLE. We call model(...)
+    so that DDP syncs the gradients; it returns the scored rows' logits on the CPU and every
+    row's elsewhere (GPT.forward)."""
     block_size = unwrap(model).config.block_size
     length = padded_length(max(map(len, seqs)) - 1, block_size) + 1
     ids, mask = pad_left(seqs, tokenizer.pad, device, length)

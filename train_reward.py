@@ -190,8 +190,9 @@ def last_token_scores(model, seqs, tokenizer, device):
     answer's mean log-probability, weighted; ScalarModel). Left padding puts that token in
     the last column; positions come from the mask, so a score does not depend on what else
     is in the batch, nor on the extra padding up to a multiple of minift.model.PAD_MULTIPLE
-    (tested to 1e-5; on the CPU to the last bit, minift/model.py's docstring says why). We call model(...), not model.reward(...), so that DDP sees
-    its forward and syncs the gradients."""
+    (tested to 1e-5; on the CPU to the last bit, minift/model.py's docstring says why). We
+    call model(...), not model.reward(...), so that DDP sees its forward and syncs the
+    gradients."""
     block_size = unwrap(model).gpt.config.block_size
     ids, mask = pad_left(seqs, tokenizer.pad, device, padded_length(max(map(len, seqs)), block_size))
     return model(ids, attention_mask=mask, answer_mask=answer_positions(ids, tokenizer.assistant, mask)).float()
