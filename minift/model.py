@@ -343,7 +343,7 @@ class ScalarModel(nn.Module):
         """(B,) mean log p(token | tokens before it) over each row's answer tokens, from the
         hidden states h (B, S, C). Position t-1 predicts token t, and the LM head runs only
         at the positions that predict an answer token, on every device (GPT.forward does so
-        on the CPU only): the picked rows are summed per answer anyway."""
+        on the CPU only; here a GPU waits for the count of rows once a batch)."""
         predicts = answer_mask[:, 1:].bool()                                # (B, S-1)
         logits = self.gpt.lm_head_rows(h[:, :-1][predicts]).float()         # (N, V)
         logp = logits.log_softmax(-1).gather(1, idx[:, 1:][predicts].unsqueeze(1)).squeeze(1)  # (N,)
