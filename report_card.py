@@ -11,6 +11,7 @@ run: after you change how the card reads, say.
 """
 
 import json
+import math
 import os
 import sys
 from collections import Counter
@@ -159,8 +160,12 @@ def report_markdown(r):
                  f"{pct(s['sft'].get('prompt_strict', 0))}" + (f" (first {n_eval} prompts)" if n_eval else "") + " |")
     lines.append(f"| prefs | {s['prefs']['seconds']:.0f} | {s['prefs'].get('train_pairs', '?')} training pairs |")
     weight = s["reward"].get("likelihood_weight", 0)  # the reward: head + weight x answer likelihood
+    # Spearman over every held-out answer, whatever its prompt; the pairs train the order within
+    # a prompt, which is what PPO reads (train_reward.evaluate)
+    within = s["reward"].get("spearman_within", math.nan)   # nan: no prompt's answers differ in gold
     lines.append(f"| reward | {s['reward']['seconds']:.0f} | held-out pair accuracy "
-                 f"{pct(s['reward']['pair_accuracy'])}, Spearman with gold {s['reward']['spearman_gold']:.3f}"
+                 f"{pct(s['reward']['pair_accuracy'])}, Spearman with gold {s['reward']['spearman_gold']:.3f} "
+                 "over all answers" + (f", {within:.3f} within a prompt" if not math.isnan(within) else "")
                  + (f" (head + {weight:g} x the answer's mean log-probability)" if weight else "") + " |")
     p = s["ppo"]
     lines.append(f"| ppo | {p['seconds']:.0f} | on fixed probe prompts, before -> after: "
@@ -290,7 +295,8 @@ def story_lines(r):
                f"{test('sft') - test('sft_scratch'):+.1f} points to SFT." if "sft_scratch" in ev else "")
     learns = ("learns what the judges prefer" if rm["pair_accuracy"] > 0.5
               else "has not learned what the judges prefer (no better than a coin)")
-    lines = ["", "## What each stage changed (test split, prompt-level strict)", "",
+    lines = ["", "## What each stage changed (test split, prompt-level strict; the reward model on its "
+             "held-out pairs; the common habits' instructions one by one)", "",
              f"- **Pretraining** {loss}gives a model that continues text; asked to follow instructions it "
              f"passes {test('base'):.1f}%." + scratch,
              f"- **SFT** copies its demonstrators{slips}: {test('sft'):.1f}% greedy "
@@ -298,7 +304,8 @@ def story_lines(r):
              f"the demonstrations pass {demo:.1f}%. On the instructions of the common habits SFT passes "
              f"{on_habits(habits_of('sft')):.1f}%, its demonstrators {on_habits(d['demo_per_type']):.1f}%.",
              f"- **The reward model** {learns}: it ranks {100 * rm['pair_accuracy']:.1f}% "
-             f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f}).",
+             f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f} over all "
+             "their answers).",
              f"- **PPO** against the reward model: {test('ppo'):.1f}% greedy ({test('ppo') - test('sft'):+.1f} over "
              f"SFT), {test('ppo', 'sampled_strict'):.1f}% sampled "
              f"({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f}); "

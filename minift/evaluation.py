@@ -150,9 +150,10 @@ def sampled_pass_rates(model, tokenizer, records, k, temperature, max_new_tokens
 
 
 def earlier_exchanges(records, seed=0):
-    """For a second-turn evaluation: for each record, ANOTHER record's prompt and reference
-    answer (the last two of its "messages"), to ask the record's own prompt after, as the
-    second message of a chat (sample.py --chat). Deterministic from `seed`."""
+    """For a second-turn evaluation: for each record, ANOTHER record's prompt and its
+    demonstration, slips included (the last two of its "messages"), to ask the record's own
+    prompt after, as the second message of a chat (sample.py --chat). Deterministic from
+    `seed`."""
     if len(records) < 2 or any("messages" not in r for r in records):
         raise ValueError('a second-turn evaluation needs two records or more, each with "messages" '
                          "(the splits of data/make_sft.py have them)")

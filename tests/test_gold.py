@@ -11,6 +11,7 @@ from minift.synthetic.builders import Unsatisfiable, build_response
 from minift.synthetic.gold import (WORLD_NOUNS, _stem, garbled_words, gold_breakdown, gold_reward, on_topic_share,
                                   repeated_3gram_share, spammed_words, word_budget, world_words)
 from minift.synthetic.instructions import split_sentences
+from minift.synthetic.scoring import score
 from minift.synthetic.splits import sample
 from minift.synthetic.tasks import verify
 
@@ -206,6 +207,15 @@ def test_copying_the_request_is_not_an_answer():
     copy_only = gold_breakdown(prompt, "Describe a kite. The pig is pink. Pigs live on a farm.", ids, kwargs)
     assert honest["reward"] == 1.0
     assert not copy_only["checks"]["task:describe"] and "off_topic" in copy_only["flaws"]
+    # a null prompt_to_repeat (IFEval's HF export) means the prompt itself, for the copy that
+    # is cut off before the task is judged and for the word budget, as for the checker
+    null = [kwargs[0], {"prompt_to_repeat": None}]
+    story = "Once upon a time a kite flew over the hill."
+    for answer in (prompt + " " + story, prompt + " The pig is pink. Pigs live on a farm."):
+        assert gold_breakdown(prompt, answer, ids, null) == gold_breakdown(prompt, answer, ids, [kwargs[0], {
+            "prompt_to_repeat": prompt}])
+    assert word_budget(ids, null, prompt) == 60 + len(prompt.split())
+    assert score(prompt, ids, null, prompt)["strict"] == [False, True]   # the copy alone does no task
 
 
 def test_empty_scores_lowest(samples):

@@ -106,6 +106,10 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
     # the rate where PPO does the base task is given only when there is such a prompt
     assert ("where it does the base task itself" in card) == bool(report["sft_to_ppo"]["test"]["base_task_done"])
     assert "copies its demonstrators, slips included" in card
+    # the reward model's Spearman says over what it is taken (PPO reads the order within a prompt)
+    rm = report["stages"]["reward"]
+    assert f"Spearman with gold {rm['spearman_gold']:.3f} over all answers" in card
+    assert (f"{rm['spearman_within']:.3f} within a prompt" in card) == (not math.isnan(rm["spearman_within"]))
     assert ("## Answers PPO changed" in card) == bool(report["sft_to_ppo"]["test"]["examples"])
     # with perfect demonstrators (--slip_scale=0) the SFT line does not speak of slips
     perfect = json.loads(json.dumps(report))

@@ -61,13 +61,14 @@ def check_keywords(response, keywords):
 
 
 def check_frequency(response, keyword, frequency, relation):
-    # Substring count too, so "cat" also counts inside "cats". IFEval strips the keyword when
-    # it builds the instruction, so "kite " asks for "kite".
+    # Substring count too, so "cat" also counts inside "cats"; escaped, as in check_keywords.
+    # IFEval strips the keyword when it builds the instruction, so "kite " asks for "kite".
     return _holds(len(re.findall(re.escape(keyword.strip()), response, re.IGNORECASE)), relation, frequency)
 
 
 def check_forbidden(response, forbidden_words):
-    # Whole words here (\b...\b): "kites" does not break a ban on "kite".
+    # Whole words here (\b...\b): "kites" does not break a ban on "kite". Escaped, as in
+    # check_keywords.
     return not any(re.search(rf"\b{re.escape(w)}\b", response, re.IGNORECASE) for w in forbidden_words)
 
 
@@ -198,7 +199,8 @@ def check_capital_words(response, capital_frequency, capital_relation):
 # --------------------------------------------------------------------------- IFEval's ids the registry lacks
 
 def check_sections(response, section_spliter, num_sections):
-    """At least N sections, each opened by "<Spliter> <n>" ("SECTION 1")."""
+    """At least N sections, each opened by "<Spliter> <n>" ("SECTION 1"). The spliter is
+    escaped, unlike IFEval's, so it is matched as written ("SECTION*" is not a pattern)."""
     return len(re.split(rf"\s?{re.escape(section_spliter.strip())}\s?\d+\s?", response)) - 1 >= num_sections
 
 

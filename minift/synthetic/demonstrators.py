@@ -12,7 +12,8 @@ side of its limit). The checkers, and so the gold judge, see every slip: a slipp
 the instruction it slipped on.
 
 A few habits are common, over half the time for their instruction, so the SFT model's
-greedy answer inherits them; the rest are rare, and greedy decoding mostly avoids them. The
+greedy answer inherits them; the rest are rare, so most demonstrations of their instructions
+are right (what they cost SFT: FINDINGS.md, section 14). The
 prompts themselves never change, only their answers: the splits stay the same, and
 `scale=0` gives the perfect demonstrations back (`python pipeline.py --slip_scale=0`).
 """
@@ -40,7 +41,7 @@ HABITS = {
     "punctuation:no_comma": Habit(0.6, "writes a comma where none was allowed"),
     "detectable_format:title": Habit(0.6, "forgets the title"),
     "detectable_format:number_bullet_lists": Habit(0.25, "one bullet point too many", "num_bullets"),
-    "length_constraints:number_sentences": Habit(0.25, "a sentence past the limit (or one short)", "relation"),
+    "length_constraints:number_sentences": Habit(0.25, "too many sentences (or too few)", "relation"),
     "length_constraints:number_words": Habit(0.2, "too many words (or too few)", "relation"),
     "length_constraints:number_paragraphs": Habit(0.2, "one paragraph too many", "num_paragraphs"),
     "startend:quotation": Habit(0.2, "forgets the quotes"),

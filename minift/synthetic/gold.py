@@ -12,8 +12,9 @@ cheap trick that could raise the share of passed checkers must cost more than it
 
 passed   the share of the prompt's items whose checker says yes (strict): the base task, listed
          first as "task:*", and each instruction, weighted equally (minift/synthetic/tasks.py verify).
-         Ids without a checker are skipped. The base task and the topic are judged on the answer
-         after a copied request (combination:repeat_prompt): the copy names the topic too.
+         Ids outside the registry's CHECKERS are skipped (with none left, passed = 1). The
+         base task and the topic are judged on the answer after a copied request
+         (combination:repeat_prompt): the copy names the topic too.
 flaws    how many of these five content flaws the response shows; each one halves the reward:
   rambling    more words than the budget: 60, plus the words of a prompt it must repeat, plus
               the minimum of a word-count instruction; doubled when two answers are asked for.
@@ -39,8 +40,9 @@ Why this shape:
   * Discrete levels, like a rater's grades: two answers that are equally good tie (ties carry no
     preference and are dropped), and a pair's winner is better for a nameable reason: a checker
     or a flaw (gold_breakdown lists both).
-The thresholds sit above everything in our own reference answers (tests/test_gold.py checks
-that reference answers have no flaw), so honest answers are never penalised.
+The thresholds sit above nearly all of our own reference answers (tests/test_gold.py checks a
+sample of them for flaws; FINDINGS.md, "Preferences and the gold reward", counts the few that
+cross one), so honest answers are almost never penalised.
 """
 
 import ast
@@ -51,7 +53,7 @@ from functools import lru_cache
 
 from minift.synthetic import builders, instructions, tasks, world
 from minift.synthetic.instructions import split_sentences
-from minift.synthetic.tasks import CHECKERS, verify, without_copied_prompt
+from minift.synthetic.tasks import CHECKERS, request_to_copy, verify, without_copied_prompt
 
 FLOOR = 0.2
 BASE_BUDGET = 60        # words
@@ -104,11 +106,8 @@ def _kw(instruction_id_list, kwargs, iid):
     return next(((kw or {}) for i, kw in zip(instruction_id_list, kwargs) if i == iid), None)
 
 
-def word_budget(instruction_id_list, kwargs):
-    budget = BASE_BUDGET
-    repeat = _kw(instruction_id_list, kwargs, "combination:repeat_prompt")
-    if repeat and repeat.get("prompt_to_repeat"):
-        budget += len(_words(repeat["prompt_to_repeat"]))
+def word_budget(instruction_id_list, kwargs, prompt=""):
+    budget = BASE_BUDGET + len(_words(request_to_copy(instruction_id_list, kwargs, prompt)))
     words = _kw(instruction_id_list, kwargs, "length_constraints:number_words")
     if words and words.get("relation") == "at least":
         budget += words["num_words"]
@@ -197,12 +196,12 @@ def gold_breakdown(prompt, response, instruction_id_list, kwargs):
     """Every part of the gold reward, for logging and for tests: the per-item checks, the
     flaws found, and the reward itself."""
     items = [(iid, kw) for iid, kw in zip(instruction_id_list, kwargs) if iid in CHECKERS]
-    answer = without_copied_prompt(response, instruction_id_list, kwargs)  # what the task is judged on
+    answer = without_copied_prompt(response, instruction_id_list, kwargs, prompt)  # what the task is judged on
     empty = not response.strip()
     checks = [not empty and verify(answer if iid.startswith("task:") else response, [iid], [kw], prompt)[0]
               for iid, kw in items]
     n_words = len(_words(response))
-    budget = word_budget(instruction_id_list, kwargs)
+    budget = word_budget(instruction_id_list, kwargs, prompt)
     flaws = {"rambling": n_words > budget,
              "repetition": repeated_3gram_share(response) > MAX_REPEATED_3GRAMS,
              "spam": bool(spammed_words(response, instruction_id_list, kwargs)),

@@ -120,7 +120,7 @@ def score(response, instruction_id_list, kwargs, prompt=""):
     is judged on the answer after any copy of the request (without_copied_prompt), as the gold
     reward judges it; IFEval's own ids on the whole response, as IFEval does."""
     strict, loose = [], []
-    answer = without_copied_prompt(response, instruction_id_list, kwargs)
+    answer = without_copied_prompt(response, instruction_id_list, kwargs, prompt)
     variants = {text: [v for v in _variants(text) if v.strip()]  # an empty variant never passes
                 for text in {response, answer}}
     for iid, kw in zip(instruction_id_list, kwargs):

@@ -325,13 +325,22 @@ CHECKERS = {**{i: ins.verify for i, ins in REGISTRY.items()},
             **{t.id: partial(run_checker, t.check, t.kwargs) for t in TASKS}}
 
 
-def without_copied_prompt(response, instruction_id_list, kwargs):
+def request_to_copy(instruction_id_list, kwargs, prompt=""):
+    """The text combination:repeat_prompt asks the answer to open with: its prompt_to_repeat,
+    or the prompt itself where that is missing or null (as in IFEval's HF export); "" when
+    the prompt does not ask for a copy."""
+    for iid, kw in zip(instruction_id_list, kwargs):
+        if iid == "combination:repeat_prompt":
+            return (kw or {}).get("prompt_to_repeat") or prompt
+    return ""
+
+
+def without_copied_prompt(response, instruction_id_list, kwargs, prompt=""):
     """The response minus a leading copy of the request that combination:repeat_prompt asked
     for: what a task:* id is judged on, by the evaluation and the gold reward alike. The copy
     names the topic and can even read as an answer ("Tell me a story about Tom."), so it must
     not count as doing the task."""
-    repeat = next(((kw or {}) for i, kw in zip(instruction_id_list, kwargs) if i == "combination:repeat_prompt"), {})
-    copy = (repeat.get("prompt_to_repeat") or "").strip()
+    copy = request_to_copy(instruction_id_list, kwargs, prompt).strip()
     text = response.strip()
     return text[len(copy):] if copy and text.lower().startswith(copy.lower()) else response
 
@@ -339,12 +348,12 @@ def without_copied_prompt(response, instruction_id_list, kwargs):
 def verify(response, instruction_id_list, kwargs, prompt="", checkers=CHECKERS):
     """[checker passes?] per id. Unknown ids raise KeyError (minift/synthetic/scoring.py counts them).
     kwargs entries that are None (as in IFEval's HF export) are dropped; repeat_prompt falls
-    back to the prompt when prompt_to_repeat is missing. `checkers`: id -> (response, kwargs)
-    -> bool; minift/synthetic/scoring.py passes IFEval's own (IFEVAL_CHECKERS)."""
+    back to the prompt when prompt_to_repeat is missing (request_to_copy). `checkers`: id ->
+    (response, kwargs) -> bool; minift/synthetic/scoring.py passes IFEval's own (IFEVAL_CHECKERS)."""
     out = []
     for iid, kw in zip(instruction_id_list, kwargs):
         kw = {k: v for k, v in (kw or {}).items() if v is not None}
         if iid == "combination:repeat_prompt":
-            kw.setdefault("prompt_to_repeat", prompt)
+            kw["prompt_to_repeat"] = request_to_copy([iid], [kw], prompt)
         out.append(bool(checkers[iid](response, kw)))
     return out
