@@ -12,11 +12,12 @@ Writes into --out_dir (default data/generated/corpus):
     meta.json            sizes, token counts, tokenizer spec and hash, timings, distinct-3-gram ratio
 
 Documents. The default corpus is minift/synthetic/world.py's stories. A user text file (UTF-8; a
-byte-order mark is dropped) is split into documents on `<|endoftext|>` markers if its first MB
-has one (TinyStories uses them), otherwise on blank lines (paragraphs; a Shakespeare speech). A
-document longer than 64 KB is cut at the next line end, so even a file without blank lines gives
-many documents. Every 20th document (the 2nd, 22nd, ...) goes to val.bin: ~5%, deterministic, and
-spread over the whole text.
+byte-order mark is dropped) is split into documents on `<|endoftext|>` markers if its first
+million characters hold one (TinyStories uses them), otherwise on blank lines (paragraphs; a
+Shakespeare speech). A document longer than 64,000 characters is cut at the next line end, so
+even a file without blank lines gives many documents. Every 20th document (the 2nd, 22nd, ...)
+goes to val.bin: ~5%, deterministic, and spread over the whole text. The sample sizes below
+(--bpe_mb, --prompts_mb) count characters, a byte each in the generated stories.
 
 Streaming. Documents are produced, tokenized and appended to the .bin files in chunks of ~1 MB,
 so a corpus of hundreds of millions of tokens never sits in memory as Python ints. Only the
@@ -52,7 +53,7 @@ EOT_MARKER = "<|endoftext|>"
 VAL_EVERY = 20  # document i goes to val when i % VAL_EVERY == 1
 MAX_DOC_CHARS = 64_000
 CHUNK_BYTES = 1_000_000  # tokenize and write this much text at a time
-NGRAM_SAMPLE_BYTES = 1_000_000  # the distinct-3-gram ratio depends on sample size: fix it
+NGRAM_SAMPLE_CHARS = 1_000_000  # the distinct-3-gram ratio depends on sample size: fix it
 SHARD_BYTES = 8_000_000  # generated text is made in shards of this size, in parallel (generated_documents)
 
 
@@ -288,7 +289,7 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     # 2) Tokenize everything in chunks and append to the .bin files. Each document becomes
     # [eot] + tokens: <|endoftext|> *before* a document tells the model "a new text starts here".
     counts = {"train": [0, 0, 0], "val": [0, 0, 0]}  # documents, tokens, bytes
-    ngram_sample, ngram_bytes = [], 0
+    ngram_sample, ngram_chars = [], 0
     paths = {s: os.path.join(out_dir, f"{s}.bin") for s in counts}
     files = {s: open(p + ".tmp", "wb") for s, p in paths.items()}
     t_enc, n_docs, next_report = 0.0, 0, 50e6
@@ -307,9 +308,9 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
                 c = counts[split]
                 c[0], c[1], c[2] = c[0] + 1, c[1] + len(doc_ids) + 1, c[2] + len(doc.encode("utf-8"))
                 n_docs += 1
-                if ngram_bytes < NGRAM_SAMPLE_BYTES:
+                if ngram_chars < NGRAM_SAMPLE_CHARS:
                     ngram_sample.append(doc)
-                    ngram_bytes += len(doc)
+                    ngram_chars += len(doc)
             for split, p in parts.items():
                 if p:
                     np.fromiter(chain.from_iterable(p), dtype=np.uint16).tofile(files[split])
@@ -357,7 +358,7 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
         "train_tokens": counts["train"][1], "val_tokens": counts["val"][1],
         "bytes": total_bytes, "bytes_per_token": round(total_bytes / max(1, counts["train"][1] + counts["val"][1]), 3),
         "distinct_3gram_ratio": round(ratio, 4),
-        "distinct_3gram_sample_bytes": ngram_bytes,
+        "distinct_3gram_sample_chars": ngram_chars,
         "seconds": {"generate_or_read": round(docs.seconds, 2), "tokenizer": round(tokenizer_seconds, 2),
                     "tokenize": round(t_enc, 2), "total": round(time.perf_counter() - t_start, 2)},
     }
@@ -372,8 +373,8 @@ def prepare(out_dir: str, input: str | None = None, size_mb: float = 4.0, seed: 
     if not meta["val_documents"]:   # train_pretrain.py refuses an empty val.bin; say so now
         log(f"note: val.bin is empty: the 2nd, 22nd, ... document goes to it, and the text has {n_docs}; "
             f"blank lines separate documents")
-    log(f"distinct 3-gram ratio: {ratio:.3f} (on the first {meta['distinct_3gram_sample_bytes'] / 1e6:.2f} MB; "
-        "1.0 = no word triple repeats)")
+    log(f"distinct 3-gram ratio: {ratio:.3f} (on the first {meta['distinct_3gram_sample_chars'] / 1e6:.2f}M "
+        "characters; 1.0 = no word triple repeats)")
     log(f"seconds:    text {s['generate_or_read']}, tokenizer training {s['tokenizer']}, "
         f"tokenizing {s['tokenize']}, total {s['total']}")
     log(f"wrote {out_dir}/: train.bin val.bin meta.json" + ("" if tok_spec == "gpt2" else " tokenizer.tiktoken"))
@@ -402,7 +403,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1337, help="seed of the generated corpus")
     ap.add_argument("--vocab_size", type=int, default=2048, help="BPE tokens incl. the 256 bytes (+5 specials)")
     ap.add_argument("--tokenizer", default=None, help="'gpt2' or a .tiktoken file to reuse (default: train one)")
-    ap.add_argument("--bpe_mb", type=float, default=8.0, help="train the BPE on at most this many MB of text")
+    ap.add_argument("--bpe_mb", type=float, default=8.0,
+                    help="train the BPE on about this many MB of training text (whole documents; "
+                         "the generated corpus adds --prompts_mb of prompts)")
     ap.add_argument("--formatted_share", type=float, default=0.25,
                     help="share of generated documents that are formatted pieces (lists, titles, capitals...)")
     ap.add_argument("--prompts_mb", type=float, default=0.5,

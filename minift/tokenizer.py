@@ -41,8 +41,9 @@ SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++
 #   \p{L}              -> [^\W\d_]      "word character, but not a digit or underscore"
 #   \p{N}              -> \d            (decimal digits)
 #   [^\s\p{L}\p{N}]    -> [^\s\w]|_     "not space, not word character" (underscore is punctuation)
-# It splits ASCII / English text exactly like tiktoken (tested). On rare characters it can differ
-# (e.g. Python counts "²" or "Ⅻ" as letters, not numbers). That only changes which merges get
+# It splits printable ASCII / English text exactly like tiktoken (tested). On rare characters it
+# can differ (Python counts "²" or "Ⅻ" as letters, not numbers, and the control characters
+# 0x1C-0x1F as spaces). That only changes which merges get
 # learned, never correctness: tiktoken does its own split at encode time and any byte string
 # can be encoded, because all 256 single bytes are tokens.
 _SPLIT_RE = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]++| ?\d++| ?(?:[^\s\w]|_)++|\s++$|\s+(?!\S)|\s""")
@@ -173,9 +174,10 @@ UTF8_BYTES = [i for i in range(0xF5) if i not in (0xC0, 0xC1)]
 
 
 def _check_ranks(ranks: dict[bytes, int]) -> None:
-    """What tiktoken needs but does not check itself: ids 0..n-1, and every byte that text can
-    hold a token of its own (without one, encoding a text that holds that byte panics in
-    tiktoken's Rust code). The 13 bytes UTF-8 never uses may be left out."""
+    """What we need and tiktoken does not check: ids 0..n-1 (the special tokens take the ids
+    after them), and every byte that text can hold a token of its own (without one, encoding a
+    text that holds that byte panics in tiktoken's Rust code). The 13 bytes UTF-8 never uses
+    may be left out."""
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"its {len(ranks)} ranks are not the ids 0..{len(ranks) - 1}")
     missing = [i for i in UTF8_BYTES if bytes([i]) not in ranks]

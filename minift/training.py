@@ -192,8 +192,8 @@ def lr_at(step, max_lr, min_lr, warmup_steps, decay_steps):
 
 # Newton-Schulz coefficients (a, b, c) of the quintic x -> a x + b x^3 + c x^5, chosen by
 # Jordan et al. to push small singular values up fast (the slope at 0 is a = 3.4); they
-# leave singular values spread around 1 (roughly 0.7 to 1.2 after 5 iterations) instead of
-# exactly 1, which does not hurt training. After our 3, the smallest stay smaller (one at 1% of
+# leave singular values between about 0.7 and 1.2, most of them below 1, instead of exactly
+# 1, which does not hurt training. After our 3, the smallest stay smaller (one at 1% of
 # the Frobenius norm reaches about 0.4). PyTorch's torch.optim.Muon uses the same ones.
 MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 MUON_NS_STEPS = 3  # iterations per update (PyTorch's default is 5; see make_optimizer)
@@ -244,9 +244,10 @@ class Muon(torch.optim.Optimizer):
     The factor 0.2 sqrt(max(rows, cols)) (Liu et al. 2025, "Muon is Scalable for LLM
     Training") gives the update the root-mean-square size of a typical AdamW update, so the
     learning rate tuned for AdamW serves Muon too. This is PyTorch's torch.optim.Muon with
-    adjust_lr_fn="match_rms_adamw"; ours orthogonalizes all matrices of one shape in a single
-    batched product (tests/test_training.py checks the two agree). `ns_dtype`, the precision
-    of the products, is product_dtype(the parameters' device) unless given."""
+    adjust_lr_fn="match_rms_adamw" and ns_steps=MUON_NS_STEPS; ours orthogonalizes all
+    matrices of one shape in a single batched product (tests/test_training.py checks the two
+    agree). `ns_dtype`, the precision of the products, is product_dtype(the parameters'
+    device) unless given."""
 
     def __init__(self, params, lr, weight_decay=0.0, momentum=0.95, ns_steps=MUON_NS_STEPS, ns_dtype=None):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, ns_steps=ns_steps))
