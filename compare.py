@@ -15,8 +15,8 @@ The methods, each with its judge (what tells it a good answer from a bad one):
   grpo       train_grpo.py against the reward model: PPO's judge, no critic               reward model
   ppo_gold   train_ppo.py --reward=gold                                                   gold
   grpo_gold  train_grpo.py --reward=gold (Shao et al. 2024)                               gold
-The learned judges (reward model, pairs) saw the gold judge only through the pairs of 1,800
-prompts (200 more held out); the gold judge scores every answer exactly. That does not make it
+The learned judges (reward model, pairs) saw the gold judge only through the pairs (tiny
+preset: of 1,800 RL prompts, about 1,400 of which give a pair; 200 more held out); the gold judge scores every answer exactly. That does not make it
 the better teacher: its scores tie more and spread less (FINDINGS.md, section 10).
 
 Columns: greedy prompt-strict on test and heldout (best_of_8: its favourite's), one sampled
@@ -219,7 +219,7 @@ def compare_markdown(results, preset, seeds):
 
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
-    methods, seeds = cfg.methods.split(","), [s.strip() for s in cfg.seeds.split(",")]
+    methods, seeds = [m.strip() for m in cfg.methods.split(",")], [s.strip() for s in cfg.seeds.split(",")]
     unknown = [m for m in methods if m not in METHODS]
     if not cfg.methods.strip():
         raise SystemExit(f"error: --methods is empty; choose from {', '.join(METHODS)}")

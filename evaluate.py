@@ -4,7 +4,7 @@ instruction is verified by code, not by a judge model.
 
     python evaluate.py                                              # after pipeline.py: its SFT model on its test split
     python evaluate.py --ckpt=out/sft/ckpt.pt --split=heldout    # after data/make_sft.py and train_sft.py
-    python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl
+    python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl  # IFEval's file
     T=out/tiny/data/sft/test.jsonl                                  # after pipeline.py: its test split
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --earlier_turn  # each prompt as a chat's 2nd message
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --samples=8     # and 8 sampled answers a prompt
@@ -167,6 +167,15 @@ def main(argv=None):
     input_path = input_file(cfg)
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     out_dir = results_dir(cfg.out_dir, cfg.ckpt)
+    if os.path.abspath(out_dir) == os.path.abspath(os.path.dirname(cfg.ckpt)):
+        raise SystemExit(f"error: --out_dir={cfg.out_dir} puts the files beside the checkpoint ({out_dir}), where "
+                         "the pipeline keeps its own responses; choose another --out_dir, such as out/eval")
+    # Both checkpoints are checked before any work, so that a refusal names the option that
+    # gave it; evaluate() loads them again, a second or two.
+    load_checkpoint(cfg.ckpt, hint=TRAIN_ONE_FIRST, kinds=GENERATIVE, option="ckpt")
+    if cfg.reward_ckpt:
+        load_checkpoint(cfg.reward_ckpt, hint=train_first("reward", "train_reward.py"), kinds=("reward",),
+                        option="reward_ckpt")
     output = cfg.output or os.path.join(out_dir, f"responses_{name}.jsonl")
     if cfg.reward_ckpt and not cfg.samples:
         raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")

@@ -10,7 +10,8 @@ The whole InstructGPT pipeline in one command, ending in a report card.
     python pipeline.py --seed=2 --out_dir=out/tiny_seed2           # another draw of every training stage
 
 The SFT demonstrations are written by simulated demonstrators who slip at documented rates
-(minift/synthetic/demonstrators.py); the preference pairs are judged by the checkers, which never slip.
+(minift/synthetic/demonstrators.py); the preference pairs are judged by the gold reward (the
+checkers, with penalties for content flaws; minift/synthetic/gold.py), which never slips.
 
 Stages, each a script you can also run on its own:
     data      data/prepare.py + data/make_sft.py   corpus, tokenizer, instruction data (demonstrators' answers)
@@ -23,7 +24,8 @@ Stages, each a script you can also run on its own:
 
 Every stage writes <out_dir>/<stage>/stage.json when its script ran to the end (Ctrl-C makes a
 script save and raise Interrupted instead of returning); a re-run skips finished stages (unless
---force), and an interrupted stage resumes from its own checkpoint. Each training stage's record
+--force), an interrupted training stage resumes from its own checkpoint, and an interrupted
+data, prefs or eval stage starts over. Each training stage's record
 holds the steps it completed ("step", or PPO's "iterations").
 The report card (report_card.py) is <out_dir>/report.md, with the same numbers in <out_dir>/report.json.
 """
@@ -56,7 +58,7 @@ from report_card import METRIC_KEYS, evaluate_for_card, prompt_by_prompt, report
 class Config:
     preset: str = "tiny"      # micro (tests) | tiny (CPU) | small (one GPU)
     out_dir: str = ""         # default: out/<preset>
-    force: bool = False       # re-run stages that already finished
+    force: bool = False       # delete what the pipeline wrote in out_dir (compare.py's runs too), redo every stage
     device: str = "auto"
     slip_scale: float = 1.0   # scales the demonstrators' slip rates (minift/synthetic/demonstrators.py); 0 = perfect
     reference_sft: bool = False  # also train SFT on perfect demonstrations: the line PPO's gain is read against
@@ -102,7 +104,7 @@ def run_stage(name, out_dir, force, fn):
         shutil.rmtree(os.path.join(out_dir, name))  # start the stage afresh, not from its checkpoint
     t0 = time.time()
     result = fn() or {}
-    result = {"seconds": round(time.time() - t0, 1), **result}
+    result = {"seconds": round(time.time() - t0, 1), **result}   # unless fn says what its time was (compare.py)
     write_json(marker, result)
     return result
 
@@ -200,9 +202,9 @@ def main(argv=None):
     # Two optional SFT runs, each changing one thing and evaluated as the card's models are.
     def extra_sft(name, init_from, train_data):
         ckpt[name] = os.path.join(out, name, "ckpt.pt")
-        train_sft.main(common + [f"--init_from={init_from}", f"--data={train_data}",
-                                 f"--eval_data={sft_data}/test.jsonl", f"--out_dir={os.path.join(out, name)}"])
-        return {"eval": card_figures(name)}
+        trained = train_sft.main(common + [f"--init_from={init_from}", f"--data={train_data}",
+                                           f"--eval_data={sft_data}/test.jsonl", f"--out_dir={os.path.join(out, name)}"])
+        return {**trained, "eval": card_figures(name)}
 
     if cfg.reference_sft:  # perfect demonstrations of the same prompts
         perfect_data = os.path.join(out, "data", "sft_perfect")

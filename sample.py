@@ -70,13 +70,18 @@ def read_prompt(cfg):
 
 
 def check_options(cfg, kind):
-    """Refuse an option that this checkpoint or mode would silently ignore: --chat with a reward
-    model, --response without one, and --prompt, --raw or --num_samples with --chat."""
+    """Refuse an option that this checkpoint or mode would silently ignore: --chat, --raw or
+    --num_samples with a reward model, --response without one, and --prompt, --raw or
+    --num_samples with --chat."""
     if kind == "reward":
         if cfg.chat:
             raise SystemExit(f"error: {cfg.ckpt} is a reward model, which scores an answer and cannot --chat; "
                              f'score one with --prompt="..." --response="...", or chat with a language model, '
                              f"e.g. --ckpt=out/tiny/sft/ckpt.pt")
+        for option in (cfg.raw and "--raw", cfg.num_samples > 1 and f"--num_samples={cfg.num_samples}"):
+            if option:
+                raise SystemExit(f"error: {option} does not go with a reward model ({cfg.ckpt}), which scores the "
+                                 f"one --response it is given in the chat template; drop {option}")
         return
     if cfg.response:
         raise SystemExit(f"error: --response is read only with a reward model, and {cfg.ckpt} is a {kind} "
@@ -166,7 +171,8 @@ def main(argv=None):
     room = model.config.block_size - len(prompt_ids)
     if room < 1:
         template = " with the template" if is_chat_model else ""
-        raise SystemExit(f"error: --prompt is {len(prompt_ids)} tokens{template}, and the model's context is "
+        given = "--prompt" if cfg.prompt else "the prompt piped in"
+        raise SystemExit(f"error: {given} is {len(prompt_ids)} tokens{template}, and the model's context is "
                          f"{model.config.block_size}: shorten it")
     if room < cfg.max_new_tokens:
         print(f"note: {room} tokens of context left after the prompt; the sample stops there", file=sys.stderr)

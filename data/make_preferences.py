@@ -1,14 +1,16 @@
 """
 Preference data for the reward model, made the InstructGPT way with a program as the rater:
 
-    python data/make_preferences.py                  # tiny preset: out/sft/ckpt.pt, 2000 prompts x 8 answers
+    python data/make_preferences.py                  # after train_sft.py: out/sft/ckpt.pt, 2000 prompts x 8 answers
     python data/make_preferences.py --k=4 --num_prompts=0    # every RL prompt, 4 answers each
+    # after pipeline.py, from its SFT model and RL prompts:
+    python data/make_preferences.py --sft_ckpt=out/tiny/sft/ckpt.pt --prompts=out/tiny/data/sft/rl_prompts.jsonl --out_dir=out/prefs
 
 For each prompt of data/generated/sft/rl_prompts.jsonl the SFT model samples K answers at
 PPO's temperature (sampled, not greedy: the RM must see the policy's real spread of good and
-bad answers, which greedy decoding would hide). The gold reward (minift/synthetic/gold.py) scores each answer, and every
-two answers of a prompt with different scores make a pair, the higher one "chosen".
-InstructGPT's labelers likewise ranked K = 4..9 answers per prompt, giving C(K,2) pairs.
+bad answers, which greedy decoding would hide). The gold reward (minift/synthetic/gold.py)
+scores each answer, and every two answers of a prompt with different scores make a pair, the
+higher one "chosen". InstructGPT's labelers likewise ranked K = 4..9 answers per prompt, giving C(K,2) pairs.
 Ties carry no preference, so they are dropped (a human would say "about the same").
 
 Outputs in --out_dir (data/generated/prefs/):
@@ -47,14 +49,14 @@ class Config:
     sft_ckpt: str = "out/sft/ckpt.pt"
     prompts: str = "data/generated/sft/rl_prompts.jsonl"   # IFEval-style records
     out_dir: str = "data/generated/prefs"
-    # 0 = all. Eight answers to each of the 2,000 tiny RL prompts give more comparisons than SFT
-    # has demonstrations, as InstructGPT had (FINDINGS.md, "Preferences and the gold reward").
-    num_prompts: int = 2000
+    # Eight answers to each of the 2,000 tiny RL prompts give more comparisons than SFT has
+    # demonstrations, as InstructGPT had (FINDINGS.md, "Preferences and the gold reward").
+    num_prompts: int = 2000       # the first this many prompts; 0 = all
     k: int = 8                    # answers per prompt -> up to k(k-1)/2 pairs
     # PPO's sampling temperature: the reward model learns to judge the answers the policy will
     # write. A hotter sampler writes more garbled words, and pairs won on spelling teach little
     # about the instructions (FINDINGS.md, "Demonstrators who slip", the judges).
-    temperature: float = PPOConfig.temperature
+    temperature: float = PPOConfig.temperature   # PPO's sampling temperature
     max_new_tokens: int = 96
     batch_size: int = 256         # sequences generated together
     val_fraction: float = 0.1     # share of prompts held out, whole
@@ -157,10 +159,10 @@ def main(argv=None):
     train, val, val_samples, stats = make_preferences(
         model, tokenizer, records, cfg.k, cfg.temperature, cfg.max_new_tokens, cfg.batch_size,
         cfg.val_fraction, cfg.seed, device)
-    stats["seconds"] = round(time.time() - t0, 1)
+    stats["sampling_seconds"] = round(time.time() - t0, 1)
     for name, rows in (("train", train), ("val", val), ("val_samples", val_samples)):
         write_jsonl(os.path.join(cfg.out_dir, f"{name}.jsonl"), rows)
-    print(f"{stats['prompts']} prompts x {cfg.k} answers in {stats['seconds']}s: {stats['train_pairs']} train "
+    print(f"{stats['prompts']} prompts x {cfg.k} answers in {stats['sampling_seconds']}s: {stats['train_pairs']} train "
           f"pairs, {stats['val_pairs']} val pairs, {len(val_samples)} val samples -> {cfg.out_dir}")
     print(f"tie rate {stats['tie_rate']:.1%} (dropped), mean gold {stats['mean_gold']:.3f}, "
           f"perfect answers {stats['perfect_share']:.1%}, flaws: " +

@@ -14,6 +14,7 @@ judged by the checkers. Heldout records also list their "novelty" (what train ne
 """
 
 import argparse
+import math
 import os
 import sys
 from collections import Counter
@@ -42,6 +43,8 @@ def make_sft(out_dir="data/generated/sft", seed=0, n_train=SPLIT_SIZES["train"],
     """Generate and write the four splits; returns {"counts", "n_instructions", "types", "retries",
     "demo_pass_rate": {split: the demonstrations' prompt-strict pass rate},
     "demo_per_type": {instruction id: their pass rate on the test split}}."""
+    if not (math.isfinite(slip_scale) and slip_scale >= 0):   # here, for the pipeline's call too
+        raise ValueError(f"--slip_scale={slip_scale}: expected 0 (perfect demonstrations) or more")
     retries = Counter()  # why candidate prompts were resampled (see minift.synthetic.splits.sample)
     splits = make_splits(seed, {"train": n_train, "test": n_test, "heldout": n_heldout, "rl_prompts": n_rl},
                          stats=retries, slip_scale=slip_scale)
@@ -69,14 +72,12 @@ def main(argv=None):
     p.add_argument("--n_test", type=int, default=SPLIT_SIZES["test"], help="test prompts, in train's phrasings")
     p.add_argument("--n_heldout", type=int, default=SPLIT_SIZES["heldout"],
                    help="heldout prompts, in phrasings and values train never shows")
-    p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"], help="PPO's prompts, without answers")
+    p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"], help="PPO's prompts (their answers go unused)")
     p.add_argument("--slip_scale", type=float, default=1.0, help="scales every demonstrator slip rate; 0 = perfect")
     a = p.parse_args(argv)
     for name in ("n_train", "n_test", "n_heldout", "n_rl"):
         if getattr(a, name) < 1:
             raise ValueError(f"--{name}={getattr(a, name)}: expected at least 1 record")
-    if a.slip_scale < 0:
-        raise ValueError(f"--slip_scale={a.slip_scale}: expected 0 (perfect demonstrations) or more")
     stats = make_sft(a.out_dir, a.seed, a.n_train, a.n_test, a.n_heldout, a.n_rl, a.slip_scale)
     for name, n in stats["counts"].items():
         print(f"{name:<11} {n:>6} records   instructions per prompt: {stats['n_instructions'][name]}")

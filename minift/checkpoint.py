@@ -19,6 +19,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 
 import contextlib
 import dataclasses
+import glob
 import os
 import pickle
 import zipfile
@@ -66,7 +67,10 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None, option=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {name}." + (f" {hint}" if hint else ""))
     if os.path.isdir(path):
-        raise ValueError(f"{name} is a folder; pass the checkpoint file in it, such as {os.path.join(path, 'ckpt.pt')}")
+        inside = os.path.join(path, "ckpt.pt")   # a stage's folder; or a run's, with one folder a stage
+        below = sorted(glob.glob(os.path.join(path, "*", "ckpt.pt")))
+        example = below[0] if below and not os.path.exists(inside) else inside
+        raise ValueError(f"{name} is a folder; pass a checkpoint file in it, such as {example}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a damaged file can fail anywhere in the unpickler (a KeyError, even)

@@ -174,7 +174,7 @@ AT_LEAST_ONE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad
                 "kl_horizon", "kl_examples")
 AT_LEAST_ZERO = ("max_examples", "samples", "eval_examples", "num_prompts", "top_k", "warmup_steps", "decay_steps",
                  "learning_rate", "min_lr", "weight_decay", "temperature", "missing_eos_penalty", "kl_coef",
-                 "likelihood_weight", "across_prompt_weight", "vf_coef")
+                 "likelihood_weight", "across_prompt_weight", "vf_coef", "slip_scale")
 ABOVE_ZERO = ("grad_clip", "clip_range", "value_clip", "kl_target", "adam_eps", "beta")
 # FRACTIONS: name: (low, high, low included, high included)
 FRACTIONS = {"dropout": (0, 1, True, False), "val_fraction": (0, 1, True, False), "gamma": (0, 1, True, True),

@@ -180,6 +180,16 @@ def test_make_sft_bad_count(tmp_path):
     fails(make_sft.main, [f"--out_dir={tmp_path}", "--n_train=0"], "--n_train=0")
 
 
+def test_a_bad_slip_scale_stops_before_any_data(tmp_path):
+    """A negative scale once gave perfect demonstrations recorded as slip scale -1, and nan
+    every rate 1: the script and the pipeline (which calls make_sft itself) refuse both."""
+    for scale in ("-1", "nan", "inf"):
+        fails(make_sft.main, [f"--out_dir={tmp_path}/sft", f"--slip_scale={scale}"], f"--slip_scale={float(scale)}")
+    fails(pipeline.main, ["--preset=micro", "--slip_scale=-1", f"--out_dir={tmp_path}/run"], "--slip_scale=-1.0",
+          "0 or more")
+    assert not os.path.exists(tmp_path / "sft") and not os.path.exists(tmp_path / "run")
+
+
 # ---------------------------------------------------------------------------- train_pretrain.py
 @pytest.mark.parametrize("args, needles", [
     (["--max_steps=0"], ["--max_steps=0", "at least 1"]),
@@ -465,10 +475,14 @@ def test_pipeline_refuses_another_preset_in_its_out_dir(tmp_path):
 # ---------------------------------------------------------------------------- evaluate.py, sample.py
 def test_evaluate_checks_kinds(kit, tmp_path):
     fails(evaluate.main, [f"--ckpt={kit['reward']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}"],
-          kit["reward"], "is a reward checkpoint")
+          kit["reward"], "(--ckpt) is a reward checkpoint")
     fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}",
                           "--samples=2", f"--reward_ckpt={kit['sft']}", "--max_new_tokens=2"],
-          kit["sft"], "is a sft checkpoint; expected reward")
+          kit["sft"], "(--reward_ckpt) is a sft checkpoint; expected reward")
+    # the results go under --out_dir, never beside the checkpoint, over the pipeline's own files
+    ckpt_dir = os.path.dirname(kit["sft"])
+    fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={os.path.dirname(ckpt_dir)}"],
+          "beside the checkpoint", "--out_dir")
     # an answer as long as the context leaves no room for the prompt: the context is named
     fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}",
                           "--max_new_tokens=256"], "--max_new_tokens=256", "context of 256 tokens")
@@ -553,6 +567,8 @@ def test_sample_without_a_prompt_on_a_terminal(kit, monkeypatch, name):
 
 @pytest.mark.parametrize("name, args, needles", [
     ("reward", ["--chat"], ["{ckpt} is a reward model", "--chat", "--response="]),
+    ("reward", ["--prompt=hi", "--response=ho", "--raw"], ["--raw", "reward model ({ckpt})"]),
+    ("reward", ["--prompt=hi", "--response=ho", "--num_samples=3"], ["--num_samples=3", "reward model ({ckpt})"]),
     ("sft", ["--prompt=hi", "--response=ok"], ["--response", "{ckpt} is a sft checkpoint", "reward"]),
     ("sft", ["--chat", "--prompt=hi"], ["--prompt", "--chat"]),
     ("sft", ["--chat", "--raw"], ["--raw", "--chat"]),
@@ -598,7 +614,7 @@ def test_sample_reward_of_a_conversation_longer_than_the_context(kit, capsys):
 
 # ---------------------------------------------------------------------------- Ctrl-C
 # (A real SIGINT to train_pretrain.py: tests/test_pretrain.py's test_ctrl_c_saves_a_checkpoint.)
-TIMINGS = {"seconds", "tokens_per_s", "total_seconds", "run_seconds"}
+TIMINGS = {"seconds", "sampling_seconds", "tokens_per_s", "total_seconds", "run_seconds"}
 
 
 def without_timings(x):

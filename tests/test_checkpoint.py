@@ -48,8 +48,14 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
         save_checkpoint(path, {**payload, "model_config": model_config})
         with pytest.raises(ValueError, match="its model_config is not a dict of GPTConfig's fields"):
             load_checkpoint(path)
-    with pytest.raises(ValueError, match="is a folder; pass the checkpoint file in it"):
+    with pytest.raises(ValueError, match=f"is a folder; pass a checkpoint file in it, such as {tmp_path}/ckpt.pt"):
         load_checkpoint(str(tmp_path))
+    # a pipeline run's folder: one of its stages' checkpoints is named, not a ckpt.pt it lacks
+    run_dir = tmp_path / "run"
+    for stage in ("sft", "ppo"):
+        save_checkpoint(str(run_dir / stage / "ckpt.pt"), payload)
+    with pytest.raises(ValueError, match=f"such as {run_dir}/ppo/ckpt.pt"):
+        load_checkpoint(str(run_dir))
     with pytest.raises(FileNotFoundError, match="run this first"):
         load_checkpoint(str(tmp_path / "missing.pt"), hint="run this first")
 

@@ -119,6 +119,8 @@ def test_every_method_gets_the_seed_asked_for(micro_pipeline, tmp_path, monkeypa
 def test_an_unknown_method_is_named():
     with pytest.raises(SystemExit, match="unknown method.*dpoo"):
         compare.main(["--methods=sft,dpoo"])
+    with pytest.raises(SystemExit, match=r"unknown method\(s\) dpoo;"):   # spaces after commas are not names
+        compare.main(["--methods=sft, dpoo"])
     with pytest.raises(SystemExit, match="--methods is empty; choose from sft"):
         compare.main(["--methods="])
 

@@ -297,6 +297,7 @@ def test_split_is_read_beside_a_pipeline_checkpoint(tmp_path, monkeypatch):
     def asked(ckpt_path, input_path, *args):
         raise Asked(ckpt_path, input_path)
     monkeypatch.setattr(evaluate, "evaluate", asked)
+    monkeypatch.setattr(evaluate, "load_checkpoint", lambda path, **kwargs: None)   # which file, not which model
     monkeypatch.chdir(tmp_path)
 
     def file_read(argv):

@@ -144,12 +144,15 @@ def test_a_reward_model_scores_on_the_normalised_scale(ckpts):
     assert score == pytest.approx(expected.item(), abs=1e-4) and score != pytest.approx(raw.item(), abs=1e-2)
 
 
-def test_a_prompt_needs_one_token_of_room(ckpts, capsys):
+def test_a_prompt_needs_one_token_of_room(ckpts, capsys, monkeypatch):
     """A prompt that fills the whole context gets an error, not an empty sample; one token
     shorter, it gets one token."""
     args = [f"--ckpt={ckpts['pretrain']}", "--max_new_tokens=5", "--temperature=0"]
     with pytest.raises(SystemExit, match="--prompt is 64 tokens, and the model.s context is 64"):   # raw text
         sample.main(args + ["--prompt=" + "a" * (BLOCK - 1)])   # with <|endoftext|> before it
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a" * (BLOCK - 1)))   # the same text piped in: no --prompt named
+    with pytest.raises(SystemExit, match="the prompt piped in is 64 tokens"):
+        sample.main(args)
     ids = [TOK.eot] + TOK.encode("a" * (BLOCK - 2))
     expected = engine_answer(ckpts["pretrain"], ids, 1, temperature=0)
     assert sample.main(args + ["--prompt=" + "a" * (BLOCK - 2)]) == [expected]
