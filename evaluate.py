@@ -4,7 +4,8 @@ instruction is verified by code, not by a judge model.
 
     python evaluate.py                                              # after pipeline.py: its SFT model on its test split
     python evaluate.py --ckpt=out/sft/ckpt.pt --split=heldout    # after data/make_sft.py and train_sft.py
-    python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl  # IFEval's file
+    python evaluate.py --ckpt=out/tiny/ppo/ckpt.pt --input=ifeval_input_data.jsonl --output=responses.jsonl
+                                                                    # (IFEval's own input file, downloaded)
     T=out/tiny/data/sft/test.jsonl                                  # after pipeline.py: its test split
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --earlier_turn  # each prompt as a chat's 2nd message
     python evaluate.py --ckpt=out/tiny/sft/ckpt.pt --input=$T --samples=8     # and 8 sampled answers a prompt

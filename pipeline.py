@@ -203,7 +203,8 @@ def main(argv=None):
     def extra_sft(name, init_from, train_data):
         ckpt[name] = os.path.join(out, name, "ckpt.pt")
         trained = train_sft.main(common + [f"--init_from={init_from}", f"--data={train_data}",
-                                           f"--eval_data={sft_data}/test.jsonl", f"--out_dir={os.path.join(out, name)}"])
+                                           f"--eval_data={sft_data}/test.jsonl",
+                                           f"--out_dir={os.path.join(out, name)}"])
         return {**trained, "eval": card_figures(name)}
 
     if cfg.reference_sft:  # perfect demonstrations of the same prompts

@@ -72,7 +72,8 @@ def main(argv=None):
     p.add_argument("--n_test", type=int, default=SPLIT_SIZES["test"], help="test prompts, in train's phrasings")
     p.add_argument("--n_heldout", type=int, default=SPLIT_SIZES["heldout"],
                    help="heldout prompts, in phrasings and values train never shows")
-    p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"], help="PPO's prompts (their answers go unused)")
+    p.add_argument("--n_rl", type=int, default=SPLIT_SIZES["rl_prompts"],
+                   help="PPO's prompts (their answers go unused)")
     p.add_argument("--slip_scale", type=float, default=1.0, help="scales every demonstrator slip rate; 0 = perfect")
     a = p.parse_args(argv)
     for name in ("n_train", "n_test", "n_heldout", "n_rl"):

@@ -481,8 +481,8 @@ def test_evaluate_checks_kinds(kit, tmp_path):
           kit["sft"], "(--reward_ckpt) is a sft checkpoint; expected reward")
     # the results go under --out_dir, never beside the checkpoint, over the pipeline's own files
     ckpt_dir = os.path.dirname(kit["sft"])
-    fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={os.path.dirname(ckpt_dir)}"],
-          "beside the checkpoint", "--out_dir")
+    fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}",
+                          f"--out_dir={os.path.dirname(ckpt_dir)}"], "beside the checkpoint", "--out_dir")
     # an answer as long as the context leaves no room for the prompt: the context is named
     fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}",
                           "--max_new_tokens=256"], "--max_new_tokens=256", "context of 256 tokens")
