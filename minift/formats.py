@@ -53,15 +53,18 @@ def _str_field(obj, key, where, prefix=""):
 # ---------------------------------------------------------------- generic JSONL helpers
 
 def _parse_jsonl(path, text):
-    """Yield (1-based line number, value) for each non-blank line. Lines end at "\n" only:
-    str.splitlines() would also split at U+2028 and U+0085, which JSON strings may hold raw."""
+    """Yield (1-based line number, value) for each non-blank line. Lines end at "\n" (read_text
+    has turned "\r\n" and a lone "\r" into it), not at U+2028 or U+0085, which JSON strings may
+    hold raw and str.splitlines() would split at."""
     for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
+                # a .json file not opening with "[" is read as JSONL: say what a .json file holds
+                json_file = " (a .json file holds one array of records, [...])" if path.lower().endswith(".json") else ""
                 raise DataFormatError(f"{path} line {n}: invalid JSON ({e.msg}, column {e.colno}); "
-                                      "expected one JSON value per line") from None
+                                      f"expected one JSON value per line{json_file}") from None
 
 
 def first_non_utf8(path):
@@ -188,7 +191,8 @@ def _records(path):
     elif text.lstrip().startswith("["):  # never a JSONL file of records, which are objects
         line = text.count("\n", 0, len(text) - len(text.lstrip())) + 1
         raise DataFormatError(f"{path} line {line}: a JSON array, read as one only from a file named *.json; "
-                              "expected one JSON object per line, or rename the file to end in .json")
+                              "expected one JSON object per line, or, if the file is one array of records, "
+                              "rename it to end in .json")
     else:
         items = [(f"{path} line {n}", r) for n, r in _parse_jsonl(path, text)]
     if not items:
@@ -227,8 +231,9 @@ def _conversation(items, where, field, keys=CHAT):
     for i in range(start, len(msgs)):
         want = ("user", "assistant")[(i - start) % 2]
         if msgs[i]["role"] != want:
+            spellings = " or ".join(f'"{name}"' for name, role in keys[2].items() if role == want)  # the file's words
             _bad(where, f'{field}[{i}]["{keys[0]}"]', described(items[i][keys[0]]),
-                 f'"{want}" here (after an optional leading system message, roles alternate '
+                 f'{spellings} here (after an optional leading system message, roles alternate '
                  'user/assistant starting with user)')
     return msgs
 
@@ -308,6 +313,8 @@ def _hh_transcript(text, where, key):
 
 def _prompt(p, where):
     """A record's "prompt": a string (one user message) or a conversation ending with a user message."""
+    if not isinstance(p, (str, list)):
+        _bad(where, '"prompt"', described(p), "a string or a non-empty array of messages")
     prompt = [{"role": "user", "content": p}] if isinstance(p, str) else _conversation(p, where, '"prompt"')
     if prompt[-1]["role"] != "user":
         _bad(where, f'"prompt"[{len(prompt) - 1}]["role"]', described(prompt[-1]["role"]),
@@ -421,7 +428,7 @@ def load_ifeval_option(path, option, hint=""):
     try:
         return load_ifeval_inputs(path)
     except DataFormatError as e:
-        raise DataFormatError(f"{e}. --{option} takes IFEval records (prompt, instruction_id_list, kwargs), "
+        raise DataFormatError(f"{e}. --{option} takes IFEval records (key, prompt, instruction_id_list, kwargs), "
                               f"as data/make_sft.py writes{hint}") from None
 
 

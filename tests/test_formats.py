@@ -78,12 +78,21 @@ GOOD = {"messages": [U("q"), A("a")]}
     ({"messages": [U("q")]}, ["line 2", '"messages"', "no assistant"]),
     ({"conversations": [{"from": "human", "value": "q"}, {"from": "bing", "value": "a"}]},
      ["line 2", '"conversations"[1]["from"]', '"bing"']),
+    # out of turn: the roles a ShareGPT file may use there, in its own words
+    ({"conversations": [{"from": "gpt", "value": "a"}]},
+     ["line 2", '"conversations"[0]["from"]', 'expected "human" or "user" here']),
     ({"text": "hello"}, ["line 2", '"text"', "Alpaca"]),
     ([1, 2], ["line 2", "JSON object"]),
     ({"messages": [U("q"), {"role": ["user"], "content": "a"}]}, ['"messages"[1]["role"]', "array"]),
 ])
 def test_sft_malformed(tmp_path, bad, fragments):
     expect_error(load_sft, jsonl(tmp_path, [GOOD, bad]), *fragments)
+
+
+def test_a_json_file_that_is_no_array_says_what_a_json_file_holds(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"instruction": "a", "output": "b"}, indent=2))   # pretty-printed: not JSONL
+    expect_error(load_sft, path, "line 1", "invalid JSON", "a .json file holds one array of records")
 
 
 def test_json_array_error_names_record_index(tmp_path):
@@ -163,6 +172,7 @@ PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
 @pytest.mark.parametrize("bad, fragments", [
     ({"prompt": "q", "chosen": "a"}, ['"rejected"', "missing"]),
     ({"prompt": "q", "chosen": 1, "rejected": "b"}, ['"chosen"', "1"]),
+    ({"prompt": 5, "chosen": "a", "rejected": "b"}, ['"prompt" is 5', "a string or a non-empty array"]),
     ({"prompt": [U("q"), A("a")], "chosen": "a", "rejected": "b"}, ['"prompt"[1]["role"]', "user"]),
     ({"prompt": [U("q")], "chosen": [U("q")], "rejected": "b"}, ['"chosen"[0]["role"]', "assistant"]),
     ({"prompt": [U("q")], "chosen": [U("other"), A("a")], "rejected": "b"}, ['"chosen"', "differ"]),

@@ -5,6 +5,8 @@ Each instruction type is one declarative `Instruction` record (the registry belo
   * its IFEval id and kwargs names ("detectable_format:number_bullet_lists", num_bullets),
   * a few phrasings; the LAST one is held out of train (see minift/synthetic/splits.py),
   * `check(response, **kwargs) -> bool`: IFEval's checker semantics (minift/synthetic/checkers.py),
+    except that sentences are counted as our stories write them and the case checks look at
+    the case only (checkers.py says why),
   * `sample(rng, ctx) -> kwargs | None`: parameters scaled down for a ~1M-parameter model
     (1-5 bullets, <= 30 words, ...), or None when the type does not fit this prompt,
   * builders that edit an honest base answer until it follows the instruction, and their

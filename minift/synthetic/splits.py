@@ -7,7 +7,9 @@ input format ({"key", "prompt", "instruction_id_list", "kwargs"}) plus chat "mes
 file serves SFT and evaluation.
 
 Splits (deterministic from a seed; no prompt string appears in two splits):
-  train, test  the same distribution; nothing held back below ever appears in them;
+  train, test  drawn alike; nothing held back below ever appears in them. Train's repeated
+               prompts are drawn again, and the short ones repeat most, so train holds fewer
+               prompts without an instruction (12% of the tiny preset's, against 15%);
   heldout      every prompt has at least one novelty: a held-out phrasing (the last template
                of a task or instruction type), a held-out parameter value
                (instructions.HELDOUT_VALUES), or a pair of types never combined in train
@@ -34,7 +36,7 @@ HELDOUT_PAIRS = {frozenset(p) for p in [
     ("length_constraints:number_words", "change_case:english_lowercase"),
 ]}
 N_INSTRUCTIONS = {0: 0.15, 1: 0.35, 2: 0.30, 3: 0.20}  # how many instructions a prompt gets
-MAX_SIZE = 75  # longest reference answer, in rough tokens (see too_long)
+MAX_SIZE = 75  # longest reference answer, in rough tokens (see too_long); slips may add some
 
 
 # --------------------------------------------------------------------------- composing prompts
@@ -166,7 +168,8 @@ def formatted_piece(rng):
     """A short formatted text for the pretraining corpus (data/prepare.py): the reference answer
     to a train-split prompt, without the prompt. The corpus thereby holds the forms the
     instructions ask for (titles, bullets, JSON, capitals, P.S. lines, exact counts), but never
-    an instruction next to its answer."""
+    an IFEval instruction next to its answer (a piece that repeats the request opens with the
+    base task's, as combination:repeat_prompt answers do)."""
     return sample(rng, "train", contrast=False).response
 
 

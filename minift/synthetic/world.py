@@ -17,7 +17,7 @@ computed (a function: e.g. {friend} is "his friend Ben" the first time and "Ben"
 
 Public API (every generator takes a random.Random, so output is reproducible from a seed):
     story(rng, hero=None, thing=None, n_sentences=None)  a story of exactly n sentences (3-12)
-    describe(rng, thing, n_sentences=2)   present-tense description of an object/animal/food/place/name
+    describe(rng, thing, n_sentences=2)   description of an object/animal/food/place/name (present tense, bar a few)
     sentence_about(rng, topic)            one sentence that mentions topic
     document(rng), iter_documents(seed), generate_corpus(seed, n_bytes)   corpus text
     vocabulary(), words(text), split_sentences(text), plural(noun), conjugate(phrase, form)
@@ -192,13 +192,14 @@ def story_sentences(rng, hero=None, thing=None, n_sentences=None) -> list[str]:
     """story() as a list of sentences (a sentence may hold a quote: '"Hi!" said Tom.')."""
     ctx = _context(rng, hero, thing)
     n = n_sentences or rng.randint(3, 12)
-    assert n >= 3, "a story needs at least 3 sentences (opening, problem, resolution)"
+    # at least an opening, a problem and a resolution; past 12 the fillers run out
+    assert 3 <= n <= 12, f"a story has 3 to 12 sentences, not {n}"
     kind = ctx["_kind"]
     # A problem from the "any" pool does not mention the focus, so it needs the intro sentence
     # (the first middle sentence): only allowed when there is room for one.
     pairs = PROBLEMS[kind] + (PROBLEMS["any"] if n >= 5 else [])
     problem, resolution = (half.split(" | ") for half in rng.choice(pairs))
-    # Budget: opening 1, ending 1 (if n >= 4), problem 1-2, resolution 1-2, the rest is middle.
+    # Budget: opening 1, ending 1 (if n >= 4), problem 1-2, resolution 1-3, the rest is middle.
     ending = 1 if n >= 4 else 0
     p = 2 if len(problem) > 1 and n >= 6 and rng.random() < 0.7 else 1
     q = 1
