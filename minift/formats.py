@@ -62,7 +62,8 @@ def _parse_jsonl(path, text):
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 # a .json file not opening with "[" is read as JSONL: say what a .json file holds
-                json_file = " (a .json file holds one array of records, [...])" if path.lower().endswith(".json") else ""
+                json_file = (" (a .json file holds one array of records, [...])"
+                             if path.lower().endswith(".json") else "")
                 raise DataFormatError(f"{path} line {n}: invalid JSON ({e.msg}, column {e.colno}); "
                                       f"expected one JSON value per line{json_file}") from None
 
