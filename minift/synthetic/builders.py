@@ -107,7 +107,7 @@ def build_response(draft, items, seed=0):
 # Same-kind words for substitutions ("kite" -> "ball"), from the world's word lists. The words
 # in AMBIGUOUS, which have a second meaning ("a kind of food", "the light"), are never
 # substituted; a few it lacks (fast, long, warm, calm, clean, fun) are, and leave an odd
-# sentence in about 20 of the 15,000 records ("Not green ago").
+# sentence in some records (FINDINGS.md, "SFT demonstrations", known flaws).
 KINDS = [world.OBJECTS, world.ANIMALS, world.FOODS, world.PLACES, world.COLORS, world.SIZES, world.LOOKS,
          world.FEELS, world.EMOTIONS, world.HERO_ADJ, sorted(set(sum(world.PLACE_ADJ.values(), [])))]
 AMBIGUOUS = {"kind", "light", "top", "ring", "fish", "duck", "orange", "tall", "old"}

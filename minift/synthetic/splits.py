@@ -9,7 +9,7 @@ file serves SFT and evaluation.
 Splits (deterministic from a seed; no prompt string appears in two splits):
   train, test  drawn alike; nothing held back below ever appears in them. Train's repeated
                prompts are drawn again, and the short ones repeat most, so train holds fewer
-               prompts without an instruction (12% of the tiny preset's, against 15%);
+               prompts without an instruction (FINDINGS.md, "SFT demonstrations");
   heldout      every prompt has at least one novelty: a held-out phrasing (the last template
                of a task or instruction type), a held-out parameter value
                (instructions.HELDOUT_VALUES), or a pair of types never combined in train
