@@ -75,11 +75,13 @@ class Config:
     reward_ckpt: str = ""                   # with --samples: best-of-K by this reward model too
 
 
-def reward_model_judge(reward_ckpt, device, batch_size=64, tokenizer_info=None, policy_ckpt=""):
+def reward_model_judge(reward_ckpt, device, batch_size=64, tokenizer_info=None, policy_ckpt="", option=None):
     """A judge for best-of-K: (records, K answers each) -> the reward model's K scores each
     (raw; the normalisation does not change which answer is highest). Every answer is scored
-    as a finished turn: unlike PPO's reward, no penalty for an answer cut off unfinished."""
-    ckpt = load_checkpoint(reward_ckpt, hint=train_first("reward", "train_reward.py"), kinds=("reward",))
+    as a finished turn: unlike PPO's reward, no penalty for an answer cut off unfinished.
+    `option`: the command-line option that gave reward_ckpt, named if it is refused."""
+    ckpt = load_checkpoint(reward_ckpt, hint=train_first("reward", "train_reward.py"), kinds=("reward",),
+                           option=option)
     if tokenizer_info is not None:  # it must read the answers with the policy's id mapping
         check_tokenizer(ckpt, reward_ckpt, tokenizer_info, policy_ckpt)
     tokenizer = tokenizer_for(ckpt, reward_ckpt)
@@ -94,14 +96,17 @@ def reward_model_judge(reward_ckpt, device, batch_size=64, tokenizer_info=None, 
 
 
 def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_size=64, device="auto",
-             output=None, earlier_turn=False, samples=0, temperature=PPOConfig.temperature, seed=0, reward_ckpt=""):
+             output=None, earlier_turn=False, samples=0, temperature=PPOConfig.temperature, seed=0, reward_ckpt="",
+             from_command_line=False):
     """Evaluate one checkpoint on one IFEval-format file; returns the metrics dict.
     earlier_turn: ask each prompt as the second message of a chat (minift.evaluation.earlier_exchanges).
     samples > 0: add the pass rates of that many answers per prompt sampled at `temperature`,
-    and with reward_ckpt best-of-that-many by the reward model."""
+    and with reward_ckpt best-of-that-many by the reward model. from_command_line: a refused
+    checkpoint is named by its option (--ckpt, --reward_ckpt), as evaluate.py's main gives them."""
     if samples and earlier_turn:
         raise SystemExit("error: --samples and --earlier_turn do not combine; run them one at a time")
-    ckpt = load_checkpoint(ckpt_path, hint=TRAIN_ONE_FIRST, kinds=GENERATIVE)
+    ckpt = load_checkpoint(ckpt_path, hint=TRAIN_ONE_FIRST, kinds=GENERATIVE,
+                           option="ckpt" if from_command_line else None)
     tokenizer = tokenizer_for(ckpt, ckpt_path)
     device = pick_device(device)
     model = build_model(ckpt).to(device).eval()
@@ -113,7 +118,8 @@ def evaluate(ckpt_path, input_path, max_examples=0, max_new_tokens=128, batch_si
     except ValueError as e:  # records without reference answers: say which file
         raise ValueError(f"{input_path}: {e}") from None
     # the judge first: a wrong --reward_ckpt stops the run before any answer is generated
-    judge = reward_model_judge(reward_ckpt, device, batch_size, ckpt["tokenizer"], ckpt_path) if reward_ckpt else None
+    judge = (reward_model_judge(reward_ckpt, device, batch_size, ckpt["tokenizer"], ckpt_path,
+                                option="reward_ckpt" if from_command_line else None) if reward_ckpt else None)
     metrics, responses = evaluate_records(model, tokenizer, records, max_new_tokens, batch_size, earlier)
     if samples:
         metrics |= sampled_pass_rates(model, tokenizer, records, samples, temperature, max_new_tokens,
@@ -163,6 +169,8 @@ def results_dir(out_dir, ckpt):
 
 def main(argv=None):
     cfg = cli_config(Config, argv=argv)
+    if cfg.reward_ckpt and not cfg.samples:
+        raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")
     if os.path.isdir(cfg.ckpt):   # before --split is looked for beside it
         load_checkpoint(cfg.ckpt, option="ckpt")   # raises: a folder, with the file to pass
     input_path = input_file(cfg)
@@ -171,17 +179,10 @@ def main(argv=None):
     if os.path.abspath(out_dir) == os.path.abspath(os.path.dirname(cfg.ckpt)):
         raise SystemExit(f"error: --out_dir={cfg.out_dir} puts the files beside the checkpoint ({out_dir}), where "
                          "the pipeline keeps its own responses; choose another --out_dir, such as out/eval")
-    # Both checkpoints are checked before any work, so that a refusal names the option that
-    # gave it; evaluate() loads them again, a second or two.
-    load_checkpoint(cfg.ckpt, hint=TRAIN_ONE_FIRST, kinds=GENERATIVE, option="ckpt")
-    if cfg.reward_ckpt:
-        load_checkpoint(cfg.reward_ckpt, hint=train_first("reward", "train_reward.py"), kinds=("reward",),
-                        option="reward_ckpt")
     output = cfg.output or os.path.join(out_dir, f"responses_{name}.jsonl")
-    if cfg.reward_ckpt and not cfg.samples:
-        raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")
     metrics = evaluate(cfg.ckpt, input_path, cfg.max_examples, cfg.max_new_tokens, cfg.batch_size,
-                       cfg.device, output, cfg.earlier_turn, cfg.samples, cfg.temperature, cfg.seed, cfg.reward_ckpt)
+                       cfg.device, output, cfg.earlier_turn, cfg.samples, cfg.temperature, cfg.seed, cfg.reward_ckpt,
+                       from_command_line=True)
     print(format_table(metrics))
     if cfg.samples:
         best = (f", best of {cfg.samples} by the reward model {metrics['best_of_k_prompt_strict']:.1%}"

@@ -25,8 +25,8 @@ Stages, each a script you can also run on its own:
 Every stage writes <out_dir>/<stage>/stage.json when its script ran to the end (Ctrl-C makes a
 script save and raise Interrupted instead of returning); a re-run skips finished stages (unless
 --force), an interrupted training stage resumes from its own checkpoint, and an interrupted
-data, prefs or eval stage starts over. Each training stage's record
-holds the steps it completed ("step", or PPO's "iterations").
+data, prefs or eval stage starts over. Each training stage's record holds the steps it completed
+("step", or PPO's "iterations").
 The report card (report_card.py) is <out_dir>/report.md, with the same numbers in <out_dir>/report.json.
 """
 

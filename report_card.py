@@ -296,7 +296,7 @@ def story_lines(r):
     learns = ("learns what the judges prefer" if rm["pair_accuracy"] > 0.5
               else "has not learned what the judges prefer (no better than a coin)")
     lines = ["", "## What each stage changed (test split, prompt-level strict; the reward model on its "
-             "held-out pairs; the common habits' instructions one by one)", "",
+             "held-out prompts; the common habits instruction-level)", "",
              f"- **Pretraining** {loss}gives a model that continues text; asked to follow instructions it "
              f"passes {test('base'):.1f}%." + scratch,
              f"- **SFT** copies its demonstrators{slips}: {test('sft'):.1f}% greedy "
@@ -304,8 +304,8 @@ def story_lines(r):
              f"the demonstrations pass {demo:.1f}%. On the instructions of the common habits SFT passes "
              f"{on_habits(habits_of('sft')):.1f}%, its demonstrators {on_habits(d['demo_per_type']):.1f}%.",
              f"- **The reward model** {learns}: it ranks {100 * rm['pair_accuracy']:.1f}% "
-             f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f} over all "
-             "their answers).",
+             f"of held-out answer pairs as the gold judge does (Spearman {rm['spearman_gold']:.2f} over every "
+             "answer to the held-out prompts).",
              f"- **PPO** against the reward model: {test('ppo'):.1f}% greedy ({test('ppo') - test('sft'):+.1f} over "
              f"SFT), {test('ppo', 'sampled_strict'):.1f}% sampled "
              f"({test('ppo', 'sampled_strict') - test('sft', 'sampled_strict'):+.1f}); "

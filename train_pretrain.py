@@ -103,8 +103,8 @@ def token_stream(path, block_size):
 def get_batch(data, batch_size, block_size, generator, device):
     """Random windows of the token stream: x is a window, y the same window shifted by one.
     (B, T) int64 each. One fancy index reads all B windows of T + 1 tokens at once."""
-    # A start in [0, N-T-2]: the stream's very last window (one start in ~1M for the tiny
-    # corpus) is never drawn.
+    # A start in [0, N-T-2]: the stream's very last window (one of about as many starts as the
+    # stream has tokens) is never drawn.
     # Kept so that every run recorded in FINDINGS.md draws the same batches again.
     starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
     windows = torch.from_numpy(data[starts.numpy()[:, None] + np.arange(block_size + 1)].astype(np.int64))

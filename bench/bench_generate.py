@@ -15,7 +15,8 @@ number per vocabulary entry, alternated in one process so that both see the mach
 
 --stopped_rows times what dropping the rows whose answers have ended saves, on real answers
 of different lengths (the pipeline's SFT model, `python pipeline.py` first): 8 answers to each
-of 128 RL prompts at temperature 0.7 in batches of 256, as the preference data samples them,
+of 128 RL prompts at temperature 0.7 in batches of 256, as the preference data samples them
+(but up to 128 new tokens, where the preference data stops at 96),
 and greedy answers to 256 test prompts in batches of 64, as the evaluation does. Both ways
 give the same answers (tests/test_engine.py checks it; here it is checked again).
 """

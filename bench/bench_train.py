@@ -20,12 +20,15 @@ minift's ratio to GPT-2. The plain GPT-2 (PlainGPT2 below) is
 nanoGPT's model: learned positions, the output layer on every position.
 
 --against, --bf16 and --muon time the two ways as A, B, A, B, so that a machine that slows down
-or speeds up mid-run touches both alike, and print the ratio.
+or speeds up mid-run touches both alike, and print the ratio. (On a GPU, --against builds,
+times and frees one model after the other instead, to keep one in memory at a time.) --bf16,
+--muon and --saved run on the last config named, and only the side-by-side goes into --json.
 
 --muon: Muon orthogonalises each block matrix's update with three Newton-Schulz
 iterations, a fixed cost per step that does not shrink with the batch; our batched Muon
 makes one product per shape instead of one per matrix (FINDINGS.md, "Speed and precision").
-Both arms run in fp32 (no autocast), as FINDINGS.md's figure was measured; under bf16
+Both arms run without autocast (fp32; TF32 products on a GPU, and Muon's own products in bf16
+where the hardware multiplies bf16), as FINDINGS.md's figure was measured; under bf16
 autocast the step is faster, so Muon's fixed cost is a larger share of it.
 
 --saved: the bytes of activations autograd keeps from one forward pass for the backward pass

@@ -12,8 +12,7 @@ then edit and run `python bench/compare_sft.py --name=my_edit`: the unchanged ru
 reused, and the my_edit arm trains with the edited code.
 
 Why: one SFT run is one draw. On the tiny preset the seed alone moves test prompt-strict
-accuracy by several points (README, "What the report card shows", Seeds), more than most changes are
-worth. Both arms use the same seeds, so seed s gives one *paired* difference (changed minus
+accuracy by several points (FINDINGS.md, section 1), more than most changes are worth. Both arms use the same seeds, so seed s gives one *paired* difference (changed minus
 unchanged, same batches drawn in the same order as far as the change allows), and the spread
 of those differences is the noise to beat. The table ends with a paired t-test (Student
 1908): the change is told apart from the noise at 95% when |mean difference| exceeds
@@ -127,6 +126,9 @@ def main(argv=None):
           + " / ".join(f"{100 * summary[k]['mean']:+5.1f}" for k in SPLITS))
     for k in SPLITS:
         d = summary[k]
+        if len(seeds) < 2:   # one difference has no spread to compare it with
+            print(f"{k}: {100 * d['mean']:+.1f} points; the test needs two seeds or more (--seeds)")
+            continue
         verdict = "beyond the seed noise (95%)" if d["significant"] else "within the seed noise"
         print(f"{k}: {100 * d['mean']:+.1f} +- {100 * d['se']:.1f} points (mean +- standard error): {verdict}")
     return {"seeds": seeds, "unchanged": base, name: changed, "difference": summary}

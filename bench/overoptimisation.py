@@ -11,7 +11,8 @@ For each KL coefficient, train_ppo.py runs against the learned reward model (--r
 with a weak or no KL penalty for twice PPO's iterations, so that it travels far from the SFT
 model. At every evaluation it logs the fixed probe (the test prompts, sampled from one seed:
 the reward model's and the gold mean score, and each prompt's) and greedy prompt-strict on the
-test prompts. This script collects those against the iteration's KL into
+test prompts. This script collects those against the KL of the policy probed (the next
+rollout's; the last probe has no rollout after it and takes its own iteration's) into
 <out_dir>/overoptimisation.csv, with each change from the start as a paired standard error
 over the probe's prompts, and with matplotlib installed draws <out_dir>/overoptimisation.png.
 The runs live in <out_dir>/overoptimisation/kl_<coef>-lr_<lr>-it_<iterations>/ and resume as

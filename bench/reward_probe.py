@@ -8,7 +8,8 @@ log-probability under the reward model's own LM head).
 
     python bench/reward_probe.py                  # PPO's greedy test answers, from python pipeline.py
     python bench/reward_probe.py --model=sft      # SFT's
-    python bench/reward_probe.py --reward_ckpt=out/rm_head/ckpt.pt   # another reward model
+    python bench/reward_probe.py --reward_ckpt=out/rm_head/ckpt.pt   # another reward model: train_reward.py
+        # --likelihood_weight=0 --out_dir=out/rm_head and the pipeline's files (FINDINGS.md, section 8)
 
 Each fix passes its checker; the gold column is the gold reward's mean change (mostly up, but a
 fix can cost another rule: a capitalised P.S. under an all-lowercase instruction). A term that
@@ -282,8 +283,10 @@ def marker_odds(model, tokenizer, records, device="cpu"):
     """{marker asked: mean probability of "P.P.S" over the two markers}, over the records that ask
     for a postscript. Each is scored where the postscript begins: the prompt and its
     demonstration's answer up to the postscript (the whole answer, if the demonstrator forgot
-    it); then each marker on a new line, its probability the product over its tokens, and
-    p("P.P.S") / (p("P.P.S") + p("P.S.")). Also {marker asked: how many records}."""
+    it); then each marker on a new line, as the demonstrators write it, its probability the
+    product over its tokens, and p("P.P.S") / (p("P.P.S") + p("P.S.")). "P.S." holds a period
+    that "P.P.S" lacks, so whatever a model writes after "P.P.S" counts for it: the odds lean a
+    little towards "P.P.S". Also {marker asked: how many records}."""
     odds = {}
     for rec in records:
         ids = rec["instruction_id_list"]

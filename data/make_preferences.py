@@ -3,15 +3,17 @@ Preference data for the reward model, made the InstructGPT way with a program as
 
     python data/make_preferences.py                  # after train_sft.py: out/sft/ckpt.pt, 2000 prompts x 8 answers
     python data/make_preferences.py --k=4 --num_prompts=0    # every RL prompt, 4 answers each
-    # after pipeline.py, from its SFT model and RL prompts:
-    python data/make_preferences.py --sft_ckpt=out/tiny/sft/ckpt.pt --prompts=out/tiny/data/sft/rl_prompts.jsonl --out_dir=out/prefs
+    # after pipeline.py, from its SFT model and RL prompts (T is a shell variable):
+    T=out/tiny
+    python data/make_preferences.py --sft_ckpt=$T/sft/ckpt.pt --prompts=$T/data/sft/rl_prompts.jsonl --out_dir=out/prefs
 
 For each prompt of data/generated/sft/rl_prompts.jsonl the SFT model samples K answers at
 PPO's temperature (sampled, not greedy: the RM must see the policy's real spread of good and
 bad answers, which greedy decoding would hide). The gold reward (minift/synthetic/gold.py)
 scores each answer, and every two answers of a prompt with different scores make a pair, the
-higher one "chosen". InstructGPT's labelers likewise ranked K = 4..9 answers per prompt, giving C(K,2) pairs.
-Ties carry no preference, so they are dropped (a human would say "about the same").
+higher one "chosen". InstructGPT's labelers likewise ranked K = 4..9 answers per prompt,
+giving C(K,2) pairs. Ties carry no preference, so they are dropped (a human would say "about
+the same").
 
 Outputs in --out_dir (data/generated/prefs/):
   train.jsonl        pairs {"prompt", "chosen", "rejected", "group", "key", "instruction_id_list",

@@ -43,7 +43,7 @@ def make_sft(out_dir="data/generated/sft", seed=0, n_train=SPLIT_SIZES["train"],
     """Generate and write the four splits; returns {"counts", "n_instructions", "types", "retries",
     "demo_pass_rate": {split: the demonstrations' prompt-strict pass rate},
     "demo_per_type": {instruction id: their pass rate on the test split}}."""
-    if not (math.isfinite(slip_scale) and slip_scale >= 0):   # here, for the pipeline's call too
+    if not (math.isfinite(slip_scale) and slip_scale >= 0):   # here, for the script and any Python caller
         raise ValueError(f"--slip_scale={slip_scale}: expected 0 (perfect demonstrations) or more")
     retries = Counter()  # why candidate prompts were resampled (see minift.synthetic.splits.sample)
     splits = make_splits(seed, {"train": n_train, "test": n_test, "heldout": n_heldout, "rl_prompts": n_rl},

@@ -69,6 +69,8 @@ def load_checkpoint(path, hint="", map_location="cpu", kinds=None, option=None):
     if os.path.isdir(path):
         inside = os.path.join(path, "ckpt.pt")   # a stage's folder; or a run's, with one folder a stage
         below = sorted(glob.glob(os.path.join(path, "*", "ckpt.pt")))
+        wanted = [p for p in below if kinds is None or os.path.basename(os.path.dirname(p)) in kinds]
+        below = wanted or below   # a stage folder of a kind this script takes, if there is one
         example = below[0] if below and not os.path.exists(inside) else inside
         raise ValueError(f"{name} is a folder; pass a checkpoint file in it, such as {example}")
     try:

@@ -13,8 +13,8 @@ import torch
 
 from minift.model import pad_left
 
-# Generation drops the rows whose answers have ended once this share of the rows still
-# generating has (generate_stream); dropping them at every stop cost as much as it saved (FINDINGS.md,
+# Generation drops the rows whose answers have ended once this share of the rows left in the
+# batch has (generate_stream); dropping them at every stop cost as much as it saved (FINDINGS.md,
 # "Sampling and generation").
 DROP_STOPPED_SHARE = 0.25
 
@@ -86,13 +86,12 @@ def generate_stream(model, prompts, max_new_tokens, temperature=1.0, top_k=0, to
     """Batched sampling from prompts of different lengths. Yields one (B,) tensor of
     new tokens per step. A row stops at any of `stop_tokens` and emits the first of them
     from then on; the loop ends when every row has stopped or after max_new_tokens.
-    Stopped rows leave the batch: answers differ in length (a word, or a story), and a
-    batch that computes every row until its longest answer ends does much more work than
-    its answers need (FINDINGS.md, "Sampling and generation"). Rows leave once
-    DROP_STOPPED_SHARE of the rows still generating have stopped, since each drop copies
-    the cache. A row's
-    answer does not depend on when the others stop: each step draws one random number for
-    every row of the whole batch, whether it has left or not.
+    Stopped rows leave the batch: answers differ in length (a word, or a story), and a batch
+    that computes every row until its longest answer ends does much more work than its
+    answers need (FINDINGS.md, "Sampling and generation"). Rows leave once
+    DROP_STOPPED_SHARE of the rows left in the batch have stopped, since each drop copies
+    the cache. A row's answer does not depend on when the others stop: each step draws one
+    random number for every row of the whole batch, whether it has left or not.
     use_cache=False recomputes the full sequence each step: slow, but the reference
     that the KV cache is tested against.
     Generation ends when the longest prompt's row reaches the model's context (block_size), and

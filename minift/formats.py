@@ -232,8 +232,9 @@ def _conversation(items, where, field, keys=CHAT):
     for i in range(start, len(msgs)):
         want = ("user", "assistant")[(i - start) % 2]
         if msgs[i]["role"] != want:
-            spellings = " or ".join(f'"{name}"' for name, role in keys[2].items() if role == want)  # the file's words
-            _bad(where, f'{field}[{i}]["{keys[0]}"]', described(items[i][keys[0]]),
+            role_key, _, role_map = keys
+            spellings = " or ".join(f'"{name}"' for name, role in role_map.items() if role == want)  # the file's words
+            _bad(where, f'{field}[{i}]["{role_key}"]', described(items[i][role_key]),
                  f'{spellings} here (after an optional leading system message, roles alternate '
                  'user/assistant starting with user)')
     return msgs

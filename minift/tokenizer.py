@@ -43,9 +43,9 @@ SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++
 #   [^\s\p{L}\p{N}]    -> [^\s\w]|_     "not space, not word character" (underscore is punctuation)
 # It splits printable ASCII / English text exactly like tiktoken (tested). On rare characters it
 # can differ (Python counts "²" or "Ⅻ" as letters, not numbers, and the control characters
-# 0x1C-0x1F as spaces). That only changes which merges get
-# learned, never correctness: tiktoken does its own split at encode time and any byte string
-# can be encoded, because all 256 single bytes are tokens.
+# 0x1C-0x1F as spaces). That only changes which merges get learned, never correctness: tiktoken
+# does its own split at encode time and any byte string can be encoded, because all 256 single
+# bytes are tokens.
 _SPLIT_RE = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]++| ?\d++| ?(?:[^\s\w]|_)++|\s++$|\s+(?!\S)|\s""")
 
 # Chat special tokens. Their ids come right after the learned ranks, in this order (DESIGN.md).

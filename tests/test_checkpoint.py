@@ -56,6 +56,8 @@ def test_checkpoint_roundtrip_is_atomic_and_weights_only(tmp_path):
         save_checkpoint(str(run_dir / stage / "ckpt.pt"), payload)
     with pytest.raises(ValueError, match=f"such as {run_dir}/ppo/ckpt.pt"):
         load_checkpoint(str(run_dir))
+    with pytest.raises(ValueError, match=f"such as {run_dir}/sft/ckpt.pt"):   # a stage of the kind wanted
+        load_checkpoint(str(run_dir), kinds=("sft",))
     with pytest.raises(FileNotFoundError, match="run this first"):
         load_checkpoint(str(tmp_path / "missing.pt"), hint="run this first")
 

@@ -36,7 +36,6 @@ def test_pipeline_micro_end_to_end(micro_pipeline, tmp_path, monkeypatch, capsys
             seconds.append(json.load(f)["seconds"])
     assert report["total_seconds"] == pytest.approx(sum(seconds), abs=0.05)
     assert report["stages"]["eval"]["seconds"] == seconds[-1]   # the card's eval row
-    assert report["stages"]["prefs"]["seconds"] >= report["stages"]["prefs"]["sampling_seconds"]   # the whole stage
     assert set(report["stages"]["ppo"]) >= {"seconds", "kl", "reward_start", "reward_end", "gold_start", "gold_end"}
     assert report["stages"]["ppo"]["kl_max"] >= report["stages"]["ppo"]["kl"]  # the largest batch KL of the run
     # the probe's change, paired prompt by prompt (per-prompt scores are rounded to 4 decimals)

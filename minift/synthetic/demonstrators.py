@@ -11,11 +11,11 @@ the slip (the instruction forgotten, a bullet or paragraph too many, or a length
 side of its limit). The checkers, and so the gold judge, see every slip: a slipped answer fails
 the instruction it slipped on.
 
-A few habits are common, over half the time for their instruction, so the SFT model's
-greedy answer inherits them; the rest are rare, so most demonstrations of their instructions
-are right (what they cost SFT: FINDINGS.md, section 14). The
-prompts themselves never change, only their answers: the splits stay the same, and
-`scale=0` gives the perfect demonstrations back (`python pipeline.py --slip_scale=0`).
+A few habits are common, over half the time for their instruction, so the SFT model's greedy
+answer inherits them; the rest are rare, so most demonstrations of their instructions are
+right (what they cost SFT: FINDINGS.md, section 14). The prompts themselves never change,
+only their answers: the splits stay the same, and `scale=0` gives the perfect demonstrations
+back (`python pipeline.py --slip_scale=0`).
 """
 
 from dataclasses import dataclass

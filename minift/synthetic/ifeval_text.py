@@ -4,8 +4,8 @@ IFEval (google-research instruction_following_eval, instructions_util.py) counts
 with NLTK's Punkt splitter and its English model (`count_sentences`), and capital words
 with `nltk.word_tokenize` (CapitalWordFrequencyChecker). Neither is a plain regex: Punkt
 does not end a sentence after "Mr." but does after "P.S.", breaks after "!" even inside
-a quote, and keeps "1. apples" together but not "1. Apples"; word_tokenize keeps "P.S."
-and "WELL-KNOWN" as one word each but splits "CANNOT" in two. This module re-implements
+a quote, and keeps "1. apples" together but not "1. Apples"; word_tokenize keeps "P.S" (its
+sentence's period split off) and "WELL-KNOWN" as one word each but splits "CANNOT" in two. This module re-implements
 the inference half of both from their published descriptions:
 
   * Punkt: Kiss & Strunk 2006, "Unsupervised Multilingual Sentence Boundary Detection",
@@ -172,8 +172,9 @@ _CONTRACTIONS = [re.compile(p, re.IGNORECASE) for p in (
 
 def word_tokenize(text):
     """The words of `text` as nltk.word_tokenize splits them, as far as it decides which
-    letters share a word: "P.S.", "WELL-KNOWN", "O'NEIL" and "U.S.A" are one word, "CANNOT"
-    and "DON'T" two ("CAN NOT", "DO N'T"), "A,B" and "A;B" three. Punctuation-only tokens are
+    letters share a word: "P.S" (a sentence's final period goes alone), "WELL-KNOWN", "O'NEIL"
+    and "U.S.A" are one word, "CANNOT" and "DON'T" two ("CAN NOT", "DO N'T"), "A,B" and "A;B"
+    three. Punctuation-only tokens are
     kept in a simpler form than NLTK's (a quote stays a quote, a sentence's final period is
     split off every word-final period)."""
     text = " " + " ".join(text.split()) + " "

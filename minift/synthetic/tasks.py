@@ -158,9 +158,9 @@ def draft_list_things(rng, kw):
 
 def sample_question(rng):
     """A two-sentence text about two children and a question about one of them; the
-    distractor, which the answer must not mention, is the other child's fact, or for a yes-no
-    question the wrong verdict. "pads" are true, on-topic
-    sentences for answers that must be longer."""
+    distractor, which the answer must not mention, is the other child's fact, or for a
+    yes-no question the wrong verdict. "pads" are true, on-topic sentences for answers that
+    must be longer."""
     n1, n2 = rng.sample(world.NAMES, 2)
     kind = rng.choice(["color", "place", "pet", "food", "yesno", "yesno"])
     if kind == "place":

@@ -140,8 +140,7 @@ Then it was time to go home.
 {hero} said, "This was a good day!\"""")
 
 # Descriptions are in the present tense (a few, such as "{hero} saw a {animal}", tell of one
-# day). Per kind: first sentences (they name the thing), "--",
-# then sentences in any order.
+# day). Per kind: first sentences (they name the thing), "--", then sentences in any order.
 def _intro_body(block: str) -> tuple[list[list[str]], list[list[str]]]:
     intro, body = block.split("\n--\n")
     return _units(intro), _units(body)

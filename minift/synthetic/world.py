@@ -192,7 +192,7 @@ def story_sentences(rng, hero=None, thing=None, n_sentences=None) -> list[str]:
     """story() as a list of sentences (a sentence may hold a quote: '"Hi!" said Tom.')."""
     ctx = _context(rng, hero, thing)
     n = n_sentences or rng.randint(3, 12)
-    # at least an opening, a problem and a resolution; past 12 the fillers run out
+    # the documented range: an opening, a problem and a resolution at least
     assert 3 <= n <= 12, f"a story has 3 to 12 sentences, not {n}"
     kind = ctx["_kind"]
     # A problem from the "any" pool does not mention the focus, so it needs the intro sentence
@@ -224,7 +224,8 @@ def story_sentences(rng, hero=None, thing=None, n_sentences=None) -> list[str]:
 
 
 def describe(rng: random.Random, thing: str, n_sentences: int = 2) -> str:
-    """A present-tense description of an object, animal, food, place (or a person: a name).
+    """A description of an object, animal, food, place (or a person: a name), in the present
+    tense but for a few lines that tell of one day.
     The first sentence names the thing; the others follow in random order."""
     kind = kind_of(thing)
     ctx = _context(rng, hero=thing if kind == "name" else None,
