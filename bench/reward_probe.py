@@ -285,8 +285,8 @@ def marker_odds(model, tokenizer, records, device="cpu"):
     demonstration's answer up to the postscript (the whole answer, if the demonstrator forgot
     it); then each marker on a new line, as the demonstrators write it, its probability the
     product over its tokens, and p("P.P.S") / (p("P.P.S") + p("P.S.")). "P.S." holds a period
-    that "P.P.S" lacks, so whatever a model writes after "P.P.S" counts for it: the odds lean a
-    little towards "P.P.S". Also {marker asked: how many records}."""
+    that "P.P.S" lacks, so whatever a model writes after "P.P.S" counts for it (a negligible
+    lean: FINDINGS.md, section 14, the marker odds). Also {marker asked: how many records}."""
     odds = {}
     for rec in records:
         ids = rec["instruction_id_list"]
