@@ -15,8 +15,8 @@ The methods, each with its judge (what tells it a good answer from a bad one):
   grpo       train_grpo.py against the reward model: PPO's judge, no critic               reward model
   ppo_gold   train_ppo.py --reward=gold                                                   gold
   grpo_gold  train_grpo.py --reward=gold (Shao et al. 2024)                               gold
-The learned judges (reward model, pairs) saw the gold judge only through the pairs (those of
-the training RL prompts whose answers do not all tie; a tenth more held out); the gold
+The learned judges (reward model, pairs) saw the gold judge only through the pairs (from the
+nine in ten RL prompts kept for training, those whose answers do not all tie); the gold
 judge scores every answer exactly. That does not make it the better teacher: its scores tie
 more and spread less (FINDINGS.md, section 10).
 

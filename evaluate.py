@@ -172,7 +172,7 @@ def main(argv=None):
     if cfg.reward_ckpt and not cfg.samples:
         raise SystemExit("error: --reward_ckpt picks the best of --samples answers; add --samples=8")
     if os.path.isdir(cfg.ckpt):   # before --split is looked for beside it
-        load_checkpoint(cfg.ckpt, option="ckpt")   # raises: a folder, with the file to pass
+        load_checkpoint(cfg.ckpt, kinds=GENERATIVE, option="ckpt")   # raises: a folder, with a file to pass
     input_path = input_file(cfg)
     name = os.path.splitext(os.path.basename(input_path))[0] + ("_turn2" if cfg.earlier_turn else "")
     out_dir = results_dir(cfg.out_dir, cfg.ckpt)

@@ -296,7 +296,7 @@ def story_lines(r):
     learns = ("learns what the judges prefer" if rm["pair_accuracy"] > 0.5
               else "has not learned what the judges prefer (no better than a coin)")
     lines = ["", "## What each stage changed (test split, prompt-level strict; the reward model on its "
-             "held-out prompts; the common habits instruction-level)", "",
+             "held-out prompts; the common habits' instructions, instruction-level)", "",
              f"- **Pretraining** {loss}gives a model that continues text; asked to follow instructions it "
              f"passes {test('base'):.1f}%." + scratch,
              f"- **SFT** copies its demonstrators{slips}: {test('sft'):.1f}% greedy "

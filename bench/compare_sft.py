@@ -12,10 +12,11 @@ then edit and run `python bench/compare_sft.py --name=my_edit`: the unchanged ru
 reused, and the my_edit arm trains with the edited code.
 
 Why: one SFT run is one draw. On the tiny preset the seed alone moves test prompt-strict
-accuracy by several points (FINDINGS.md, section 1), more than most changes are worth. Both arms use the same seeds, so seed s gives one *paired* difference (changed minus
-unchanged, same batches drawn in the same order as far as the change allows), and the spread
-of those differences is the noise to beat. The table ends with a paired t-test (Student
-1908): the change is told apart from the noise at 95% when |mean difference| exceeds
+accuracy by several points (FINDINGS.md, section 1), more than most changes are worth. Both
+arms use the same seeds, so seed s gives one *paired* difference (changed minus unchanged, same
+batches drawn in the same order as far as the change allows), and the spread of those
+differences is the noise to beat. The table ends with a paired t-test (Student 1908): the
+change is told apart from the noise at 95% when |mean difference| exceeds
 t x standard error, with t = 12.7, 4.3, 3.2, 2.8 for 2, 3, 4, 5 seeds. With three seeds
 that is a large bar; that is what three seeds can tell.
 
@@ -127,7 +128,7 @@ def main(argv=None):
     for k in SPLITS:
         d = summary[k]
         if len(seeds) < 2:   # one difference has no spread to compare it with
-            print(f"{k}: {100 * d['mean']:+.1f} points; the test needs two seeds or more (--seeds)")
+            print(f"{k}: {100 * d['mean']:+.1f} points; the paired t-test needs two seeds or more (--seeds)")
             continue
         verdict = "beyond the seed noise (95%)" if d["significant"] else "within the seed noise"
         print(f"{k}: {100 * d['mean']:+.1f} +- {100 * d['se']:.1f} points (mean +- standard error): {verdict}")

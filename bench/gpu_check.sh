@@ -70,7 +70,8 @@ grep -E "^config|minift|GPT-2" "$OUT/bench.log" >> "$OUT/summary.txt"
 # setting (--vocab_size=8192: the closed-vocabulary corpus stops BPE at about 3,800 ids), tokens/s and MFU.
 # The bench's small config keeps 8,192 ids, so the loop's output layer is smaller than the bench's.
 rm -rf /tmp/corpus4 /tmp/small_pretrain
-timeout 60 python data/prepare.py --out_dir=/tmp/corpus4 --size_mb=4 --vocab_size=8192 > /dev/null 2>&1
+timeout 60 python data/prepare.py --out_dir=/tmp/corpus4 --size_mb=4 --vocab_size=8192 > /dev/null 2>&1 \
+    || note "the 4 MB corpus for (b): data/prepare.py failed (rc=$?)"
 part 100 150 small_pretrain.log python train_pretrain.py --preset=small --device=cuda \
     --data_dir=/tmp/corpus4 --out_dir=/tmp/small_pretrain --resume=False \
     --max_steps=600 --log_interval=50 --eval_interval=100000 --eval_batches=2

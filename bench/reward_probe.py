@@ -286,7 +286,7 @@ def marker_odds(model, tokenizer, records, device="cpu"):
     it); then each marker on a new line, as the demonstrators write it, its probability the
     product over its tokens, and p("P.P.S") / (p("P.P.S") + p("P.S.")). "P.S." holds a period
     that "P.P.S" lacks, so whatever a model writes after "P.P.S" counts for it (a negligible
-    lean: FINDINGS.md, section 14, the marker odds). Also {marker asked: how many records}."""
+    lean: FINDINGS.md, "One postscript for both markers"). Also {marker asked: how many records}."""
     odds = {}
     for rec in records:
         ids = rec["instruction_id_list"]

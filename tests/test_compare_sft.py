@@ -33,6 +33,10 @@ def test_the_verdict_follows_the_paired_test(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "test: +10.0 +- 5.8 points (mean +- standard error): within the seed noise\n" in out
     assert "heldout: +10.0 +- 0.6 points (mean +- standard error): beyond the seed noise (95%)\n" in out
+    # one seed: a difference, but no spread to judge it by, and no "+- nan"
+    compare_sft.main(["--seeds=1", "--change=--learning_rate=3e-3", "--name=lr"])
+    out = capsys.readouterr().out
+    assert "test: +10.0 points; the paired t-test needs two seeds or more" in out and "nan" not in out
 
 
 def test_compare_runs_both_arms_per_seed_and_reuses_them(corpus_dir, tmp_path, capsys):

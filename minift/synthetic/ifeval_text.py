@@ -3,10 +3,10 @@
 IFEval (google-research instruction_following_eval, instructions_util.py) counts sentences
 with NLTK's Punkt splitter and its English model (`count_sentences`), and capital words
 with `nltk.word_tokenize` (CapitalWordFrequencyChecker). Neither is a plain regex: Punkt
-does not end a sentence after "Mr." but does after "P.S.", breaks after "!" even inside
-a quote, and keeps "1. apples" together but not "1. Apples"; word_tokenize keeps "P.S" (its
-sentence's period split off) and "WELL-KNOWN" as one word each but splits "CANNOT" in two. This module re-implements
-the inference half of both from their published descriptions:
+does not end a sentence after "Mr." but does after "P.S.", breaks after "!" even inside a
+quote, and keeps "1. apples" together but not "1. Apples"; word_tokenize keeps "P.S" (its
+sentence's period split off) and "WELL-KNOWN" as one word each but splits "CANNOT" in two.
+This module re-implements the inference half of both from their published descriptions:
 
   * Punkt: Kiss & Strunk 2006, "Unsupervised Multilingual Sentence Boundary Detection",
     as implemented by nltk.tokenize.punkt.PunktSentenceTokenizer (NLTK 3.10): candidate
