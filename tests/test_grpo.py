@@ -161,14 +161,18 @@ def test_only_the_kept_groups_are_trained_on_and_no_kl_before_the_first_update(m
     shared, _ = micro_pipeline
     scores = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.0, 1.0, 0.0, 1.0])
     monkeypatch.setattr(train_grpo, "score_answers", lambda *a: (scores.clone(), None, scores.clone()))
-    rows, real_optimise = [], train_grpo.optimise
+    rows, stats, real_optimise = [], [], train_grpo.optimise
 
     def optimise(policy, optimizer, experience, *args):
         rows.append(experience[0].size(0))
-        return real_optimise(policy, optimizer, experience, *args)
+        stats.append(real_optimise(policy, optimizer, experience, *args))
+        return stats[-1]
     monkeypatch.setattr(train_grpo, "optimise", optimise)
     out = tmp_path / "grpo"
     run_grpo(shared, out, iterations=2, reward="gold", missing_eos_penalty=0.0)
     assert rows == [4, 4]
+    # the loss's KL is to the reference: none before the first update, some once the policy
+    # has moved, even where the policy still equals the one that sampled (each first minibatch)
+    assert stats[0][0]["kl_to_ref"] == pytest.approx(0.0, abs=1e-6) and stats[1][0]["kl_to_ref"] > 1e-6
     metrics = read_metrics(out)
     assert metrics[1]["dropped_groups"] == 0.5 and metrics[1]["kl"] == pytest.approx(0.0, abs=1e-6)

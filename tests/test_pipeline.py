@@ -285,13 +285,14 @@ def test_the_stage_lines_say_no_more_than_their_numbers(micro_pipeline):
         ev = r["eval"]
         for model, rate in (("sft", sft), ("ppo", ppo), ("sft_perfect", perfect), ("sft_scratch", scratch)):
             ev[model] = copy.deepcopy(report["eval"]["sft"])
-            ev[model]["test"]["prompt_strict"] = rate
+            ev[model]["test"]["prompt_strict"] = ev[model]["test"]["sampled_strict"] = rate
         r["stages"]["data"]["demo_pass_rates"]["test"] = demo
         r["stages"]["reward"]["pair_accuracy"] = pair_accuracy
         r["sft_to_ppo"]["test"]["base_task_done"] = 0
         return "\n".join(report_card.story_lines(r))
     text = lines(sft=0.40, ppo=0.47, perfect=0.38, scratch=0.41, demo=0.47, pair_accuracy=0.45)
     assert "level with the demonstrations' 47.0%" in text and "above" not in text
+    assert "47.0% greedy (+7.0 over SFT), 47.0% sampled (+7.0)" in text   # PPO minus SFT, both ways of answering
     assert "The slips cost SFT nothing here (-2.0 points); PPO moved +7.0." in text
     assert "pretraining is worth -1.0 points to SFT" in text
     assert "has not learned what the judges prefer" in text and "On the 0 prompts" not in text
