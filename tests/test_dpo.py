@@ -142,6 +142,19 @@ def test_group_batch_loss_forwards_each_answer_once(tok, monkeypatch):
         loss, _ = train_dpo.group_batch_loss(model, seqs, groups, ref, tok, "cpu", cfg)
         want, _, _ = train_dpo.dpo_loss(lp[c], lp[r], ref[c], ref[r], 0.5, **options)
         assert loss.item() == pytest.approx(want.mean().item(), abs=1e-5)
+    # a batch of a later group: the policy's log-probs come in the batch's rows, the
+    # reference's stay indexed by the answers' places in the whole file
+    two = pairs + [{"prompt": "Say it.", "chosen": answers[2], "rejected": answers[0]}]
+    seqs, groups, _, _ = train_reward.build_groups(two, tok, 64)
+    later = groups[1:]
+    c, r = train_dpo.pair_rows(later)
+    ref = T([-1.0, -2.0, -3.0, -4.0, -7.0])   # gaps that differ: only the gap reaches the loss
+    loss, _ = train_dpo.group_batch_loss(model, seqs, later, ref, tok, "cpu", train_dpo.Config(beta=0.5))
+    with torch.no_grad():
+        lp = real(model, seqs, tok, "cpu")
+    want, _, _ = train_dpo.dpo_loss(lp[c], lp[r], ref[c], ref[r], 0.5)
+    assert len(seqs) == 5 and min(c.min(), r.min()) >= 3
+    assert loss.item() == pytest.approx(want.mean().item(), abs=1e-5)
 
 
 def test_evaluate_scores_held_out_pairs_against_their_own_reference(tok):
