@@ -435,6 +435,7 @@ def test_make_preferences_refuses_what_would_give_no_pairs(kit, tmp_path, option
     (train_ppo.main, ["--rollout_batch=6", "--samples_per_prompt=4"], ["--rollout_batch=6"]),
     (train_ppo.main, ["--reward=human"], ["--reward=human", "model, gold"]),
     (train_ppo.main, ["--gamma=1.5"], ["--gamma=1.5"]),
+    (train_ppo.main, ["--kl_coef=-0.1"], ["--kl_coef=-0.1", "0 or more"]),   # a negative penalty pays for drift
     (train_dpo.main, ["--beta=0"], ["--beta=0"]),
     (train_dpo.main, ["--loss_type=hinge"], ["--loss_type=hinge", "sigmoid, ipo"]),
     (train_dpo.main, ["--label_smoothing=0.5"], ["--label_smoothing=0.5"]),

@@ -140,6 +140,7 @@ def test_resume_restores_the_global_generator_and_refuses_another_model_or_world
     (train_pretrain, {"learning_rate": 1e-3}, True),
     (train_pretrain, {"max_steps": 5000, "device": "cpu", "eval_interval": 7, "compile": True}, False),
     (train_reward, {"epochs": 3}, False),             # the run's length: a longer run continues
+    (train_reward, {"grad_accum": 2}, True),          # the batch a step sees: another run
     (train_grpo, {"iterations": 72}, False),
     (train_grpo, {"epochs": 4}, True),                # passes over each rollout: how it trains
 ])

@@ -32,6 +32,9 @@ def test_overrides_and_presets():
     cfg = parse_config(Cfg, ["--learning_rate=0.1", "--preset=big"], PRESETS)
     assert (cfg.max_steps, cfg.learning_rate, cfg.preset) == (1000, 0.1, "big")
     assert parse_config(Cfg, ["--compile=false"], PRESETS).compile is False
+    # bool words in any case, as a shell user types them
+    assert [parse_config(Cfg, [f"--compile={word}"], PRESETS).compile
+            for word in ("True", "OFF", "0", "yes")] == [True, False, False, True]
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -254,6 +254,22 @@ def synthetic_prefs(path, n_groups, k, seed, flipped=0):
     return samples
 
 
+def test_gradient_accumulation_takes_the_same_step(tok, tmp_path):
+    """Two micro-batches of 2 prompt groups, each loss divided by 2, make the gradient of one
+    batch of 4 (the within-prompt loss is a mean over the pairs of equal-sized groups)."""
+    sft = tiny_sft_checkpoint(tok, tmp_path)
+    data = str(tmp_path / "train.jsonl")
+    synthetic_prefs(data, 8, 3, seed=1)
+
+    def first_grad_norm(batch_groups, grad_accum):
+        out = str(tmp_path / f"rm_{batch_groups}x{grad_accum}")
+        train_reward.main(["--preset=micro", f"--batch_groups={batch_groups}", f"--grad_accum={grad_accum}",
+                           "--device=cpu", "--dtype=float32", f"--init_from={sft}", f"--out_dir={out}",
+                           f"--data={data}", f"--val_data={data}", "--val_samples=", "--across_prompt_weight=0"])
+        return [m for m in read_metrics(out) if "grad_norm" in m][0]["grad_norm"]
+    assert first_grad_norm(2, 2) == pytest.approx(first_grad_norm(4, 1), rel=1e-4)
+
+
 def test_train_reward_script_learns_a_marker(tok, tmp_path, monkeypatch):
     sft = tiny_sft_checkpoint(tok, tmp_path)
     synthetic_prefs(str(tmp_path / "train.jsonl"), 200, 3, seed=1)
@@ -277,6 +293,8 @@ def test_train_reward_script_learns_a_marker(tok, tmp_path, monkeypatch):
     # the checkpoint: kind "reward", normalised on the training answers, readable by sample.py
     ckpt = load_checkpoint(os.path.join(out, "ckpt.pt"))
     assert ckpt["kind"] == "reward" and ckpt["step"] == 200 // 4
+    # the likelihood term's weight is saved with the model, as given: what PPO's reward adds
+    assert ckpt["model"]["likelihood_weight"].item() == ckpt["config"]["likelihood_weight"] == 2.0
     # the optimizer ran the schedule: its last rate is the last step's (decaying), not --learning_rate
     cfg = ckpt["config"]
     last_lr = lr_at(49, cfg["learning_rate"], cfg["min_lr"], cfg["warmup_steps"], 50)
