@@ -170,9 +170,11 @@ def test_evaluate_scores_held_out_pairs_against_their_own_reference(tok):
     assert len(seqs) == 5 and len(groups) == 2
     above = [1.0, -0.5, 2.0, 0.7, 0.0]         # log pi - log pi_ref of each answer, in nats
     h = [above[c] - above[r] for c, r in ((0, 1), (0, 2), (1, 2), (3, 4))]   # 1.5, -1, -2.5, 0.7
-    for loss_type, pair_loss in (("sigmoid", lambda x: math.log1p(math.exp(-0.5 * x))),
-                                 ("ipo", lambda x: (x - 1 / (2 * 0.5)) ** 2)):
-        cfg = train_dpo.Config(beta=0.5, loss_type=loss_type, eval_batch_size=2)
+    smoothed = lambda x: 0.8 * math.log1p(math.exp(-0.5 * x)) + 0.2 * math.log1p(math.exp(0.5 * x))  # noqa: E731
+    for loss_type, smoothing, pair_loss in (("sigmoid", 0.0, lambda x: math.log1p(math.exp(-0.5 * x))),
+                                            ("sigmoid", 0.2, smoothed),   # conservative DPO, held out too
+                                            ("ipo", 0.0, lambda x: (x - 1 / (2 * 0.5)) ** 2)):
+        cfg = train_dpo.Config(beta=0.5, loss_type=loss_type, label_smoothing=smoothing, eval_batch_size=2)
         policy = train_dpo.logprobs_all(model, seqs, tok, "cpu", cfg.eval_batch_size)
         m = train_dpo.evaluate(model, (seqs, groups), policy - T(above), tok, "cpu", cfg)
         assert m["val_loss"] == pytest.approx(sum(map(pair_loss, h)) / 4, abs=1e-4)

@@ -113,6 +113,23 @@ def test_sample_next_filters():
     assert len({sample_next(even, 1.0, top_p=0.5, generator=g).item() for _ in range(200)}) == 2
     assert len({sample_next(even, 1.0, top_p=0.75, generator=g).item() for _ in range(200)}) == 3
     assert {sample_next(logits, 1.0, top_p=0.0, generator=g).item() for _ in range(20)} == {2}   # greedy
+    # top_k keeps every token tied with the k-th: no tie is broken by the order of the vocabulary
+    tied = torch.tensor([[0.0, 3.0, 3.0, 1.0]])
+    assert {sample_next(tied, 1.0, top_k=1, generator=g).item() for _ in range(100)} == {1, 2}
+
+
+def test_generation_divides_by_the_temperature_once():
+    """generate() samples the first token as sample_next does from the prompt's last logits at
+    the same temperature, with the same uniform numbers: the two paths of the cache tests
+    below would agree even if both divided twice."""
+    model, prompt = wandering_model(), [1, 2, 3]
+    out = generate(model, [prompt] * 200, 1, temperature=0.7, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ids, mask = pad_left([prompt], 0)
+        logits = model.lm_head(model.hidden_states(ids, mask)[:, -1])
+    uniform = torch.rand(200, 1, generator=torch.Generator().manual_seed(3))
+    want = sample_next(logits.expand(200, -1), 0.7, uniform=uniform)
+    assert [o[0] for o in out] == want.tolist() and len(set(want.tolist())) > 1
 
 
 def test_sample_next_draws_from_the_tempered_softmax(monkeypatch):

@@ -376,9 +376,10 @@ def test_the_loop_hands_each_step_what_the_algorithm_says(micro_sft, tmp_path):
     """The pieces are tested one by one above; this checks how main() wires them, by watching
     what each receives in a short run: a prompt's K answers side by side, scores with the
     other answers' mean taken out (they sum to zero over a prompt), the reference scored as the
-    policy is (no KL before the first update), beta as configured, advantages whitened, and the
+    policy is (no KL before the first update), beta as configured and adapted as Ziegler et
+    al.'s controller says, GAE's gamma and lambda as configured, advantages whitened, and the
     learning rate annealed as logged."""
-    seen = {"keys": [], "rewards": [], "advantages": []}
+    seen = {"keys": [], "rewards": [], "advantages": [], "gae": []}
 
     def spy(name, record):
         real = getattr(train_ppo, name)
@@ -390,11 +391,18 @@ def test_the_loop_hands_each_step_what_the_algorithm_says(micro_sft, tmp_path):
 
     with (spy("rollout", lambda policy, tokenizer, records, *a: seen["keys"].append([r["key"] for r in records])),
           spy("token_rewards", lambda *a: seen["rewards"].append(a)),
+          spy("gae", lambda *a: seen["gae"].append(a[3:5])),
           spy("optimise", lambda *a: seen["advantages"].append((a[3][6], a[3][2])))):
         out = tmp_path / "wired"
         run_main(train_ppo, ppo_args(micro_sft, out, iterations=4, rollout_batch=32, samples_per_prompt=4,
-                                     max_new_tokens=8, learning_rate=5e-3, kl_coef=0.07, eval_interval=1000))
+                                     max_new_tokens=8, learning_rate=5e-3, kl_coef=0.07, eval_interval=1000,
+                                     gamma=0.9, lam=0.8, adaptive_kl=True, kl_target=0.5, kl_horizon=100))
     metrics = read_metrics(out)
+    assert seen["gae"] == [(0.9, 0.8)] * 4
+    beta = 0.07   # the controller replayed on the logged KL: each iteration's 32 answers move beta
+    for m in metrics:
+        beta *= 1 + max(-0.2, min(0.2, m["kl"] / 0.5 - 1)) * 32 / 100
+        assert m["kl_coef"] == pytest.approx(beta)
     assert [m["lr"] for m in metrics] == pytest.approx([5e-3 * (1 - i / 4) for i in range(4)])
     assert metrics[0]["kl"] == 0 and metrics[-1]["kl"] > 0   # the policy's, from the reference: its sign too
     for keys in seen["keys"]:
