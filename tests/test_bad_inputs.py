@@ -598,6 +598,14 @@ def test_sample_chat_keeps_room_for_the_reply(kit, monkeypatch):
     assert asked[0] == tok.render_prompt([{"role": "user", "content": "Name a pet."}])
     long = tok.render_prompt([{"role": "user", "content": ("Name a cat. " * 40).strip()}])
     assert len(long) > 256 - 200 and asked[1] == long[-(256 - 200):]   # the newest message's end, alone
+    # a conversation that fills the room exactly is sent whole: nothing forgotten one token early
+    chat = [{"role": "user", "content": "Name a pet."}, {"role": "assistant", "content": "A cat."},
+            {"role": "user", "content": "Name a toy."}]
+    exact = tok.render_prompt(chat)
+    asked.clear()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Name a pet.\nName a toy.\n"))
+    sample.main([f"--ckpt={kit['sft']}", "--chat", f"--max_new_tokens={256 - len(exact)}"])
+    assert asked[1] == exact
 
 
 def test_sample_reward_of_a_conversation_longer_than_the_context(kit, capsys):

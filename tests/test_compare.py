@@ -22,6 +22,9 @@ def test_summarise_gives_the_spread_only_over_two_seeds_or_more():
     two = compare.summarise([{"test": 0.4, "seconds": 1.0}, {"test": 0.6, "seconds": 3.0}, {"skipped": "why"}])
     assert two["test"] == pytest.approx(0.5) and two["test_sd"] == pytest.approx(0.02 ** 0.5)
     assert "kl" not in two
+    # a column only some runs have: averaged over those, with no spread from a single value
+    part = compare.summarise([{"test": 0.4, "kl": 1.0}, {"test": 0.6}])
+    assert part["kl"] == 1.0 and "kl_sd" not in part and "test_sd" in part
 
 
 def test_a_row_with_a_skipped_seed_says_how_many_seeds_it_averages():

@@ -36,6 +36,11 @@ def test_second_turn_evaluation_asks_after_another_records_exchange(stand_in_gen
     assert earlier == earlier_exchanges(records)  # deterministic
     for i, turns in enumerate(earlier):             # another record's exchange, never its own
         assert turns in [r["messages"] for k, r in enumerate(records) if k != i]
+    # a record that opens with an earlier exchange of its own (the chat-practice records): its
+    # LAST exchange is the one asked before
+    chats = [{**r, "messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+                                *r["messages"]]} for r in records]
+    assert all(turns in [d["messages"][-2:] for d in chats] for turns in earlier_exchanges(chats))
 
     class Recorder:  # a stand-in model that records the prompts it is asked to continue
         config = GPTConfig(block_size=256)

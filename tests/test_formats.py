@@ -164,6 +164,9 @@ def test_preferences_hh(tmp_path):
     assert load_preferences(jsonl(tmp_path, [rec])) == [{
         "prompt": [U("Hi there"), A("Hello!"), U("Tell me a joke.")],
         "chosen": "Why did the chicken...", "rejected": "No."}]
+    # spaces around a turn, at either end, are the transcript's layout, not the text
+    rec = {"chosen": "\n\nHuman: hi \n\nAssistant: good \n", "rejected": "\n\nHuman: hi \n\nAssistant: bad"}
+    assert load_preferences(jsonl(tmp_path, [rec])) == [{"prompt": [U("hi")], "chosen": "good", "rejected": "bad"}]
 
 
 PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
@@ -176,6 +179,8 @@ PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
     ({"prompt": [U("q"), A("a")], "chosen": "a", "rejected": "b"}, ['"prompt"[1]["role"]', "user"]),
     ({"prompt": [U("q")], "chosen": [U("q")], "rejected": "b"}, ['"chosen"[0]["role"]', "assistant"]),
     ({"prompt": [U("q")], "chosen": [U("other"), A("a")], "rejected": "b"}, ['"chosen"', "differ"]),
+    # a conversation that goes on past the prompt is no answer to it
+    ({"prompt": [U("q")], "chosen": [U("q"), A("x"), U("y"), A("good")], "rejected": "b"}, ['"chosen"', "differ"]),
     ({"chosen": [U("q"), A("a")], "rejected": [U("p"), A("b")]}, ['"rejected"', "differ"]),
     ({"chosen": [U("q"), A("a"), U("q2")], "rejected": [U("q"), A("b")]}, ['"chosen"[2]["role"]', "assistant"]),
     ({"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi\n\nAssistant: b"}, ['"chosen"', "ends with a Human turn"]),

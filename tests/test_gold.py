@@ -82,6 +82,9 @@ def test_instructions_raise_the_limits():
     assert word_budget(ids, [{}, {**at_least, "relation": "less than"}]) == 60
     two = (["task:describe", "combination:two_responses"], [{"topic": "kite"}, {}])
     assert word_budget(*two) == 2 * 60
+    # the doubling comes last: two answers of at least 80 words each (IFEval's data combines them)
+    both = ["task:describe", "length_constraints:number_words", "combination:two_responses"]
+    assert word_budget(both, [{}, at_least, {}]) == 2 * (60 + 80)
     assert spammed_words("kite " * 12, *two) == [] and spammed_words("kite " * 13, *two) == ["kite"]
     freq = {"keyword": "Kites", "frequency": 3, "relation": "at least"}
     ids = ["task:describe", "keywords:frequency"]

@@ -29,6 +29,8 @@ from minift.tokenizer import Tokenizer, save_ranks, train_bpe
     ("(Sent1.) Sent2.", ["(Sent1.)", "Sent2."]),
     # abbreviations, initials and ellipses
     ("Mr. Smith went to Washington. He did.", ["Mr. Smith went to Washington.", "He did."]),
+    # after an abbreviation, a sentence starter ("so") ends the sentence only when capitalised
+    ("Ask Mr. so and so.", ["Ask Mr. so and so."]),
     ("J. Bach wrote music.", ["J. Bach wrote music."]),
     ("Plan A. Then go home.", ["Plan A.", "Then go home."]),
     ("He works in the U.S. Army. It is big.", ["He works in the U.S. Army.", "It is big."]),

@@ -74,6 +74,18 @@ def check(iid, response, **kw):
      "1. egg 2. dog 3. egg 4. cat"),
     ("task:sort_list", {"words": ["dog", "cat", "egg"]}, "* cat\n* dog\n* egg", "dog, cat, egg"),
     ("task:uppercase_list", {"words": ["cat", "dog"]}, "CAT, DOG.", "Cat, Dog."),
+    # edges IFEval's own checkers decide so: more highlights than asked pass, a divider at either
+    # end opens or closes no paragraph, a quote must close, three answers are not two, "[]" is a
+    # placeholder, and the copy is found after leading white space
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "A *red* *kite* *flies*.",
+     "A *red* kite."),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "One.\n***\nTwo.\n***",
+     "One.\n***\nTwo.\n***\nThree."),
+    ("startend:quotation", {}, '"The kite."', '"The kite.'),
+    ("combination:two_responses", {}, "A.\n******\nB.", "A.\n******\nB.\n******\nC."),
+    ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear [] at [].", "Dear []."),
+    ("combination:repeat_prompt", {"prompt_to_repeat": "Describe a kite."}, "\n Describe a kite. A kite.",
+     "A kite. Describe a kite."),
 ])
 def test_checker(iid, kw, good, bad):
     assert check(iid, good, **kw)

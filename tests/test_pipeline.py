@@ -303,6 +303,12 @@ def test_the_stage_lines_say_no_more_than_their_numbers(micro_pipeline):
     assert "won back 3.0 of them" in lines(0.40, 0.43, 0.45, 0.30, 0.60, 0.8)
 
 
+def test_rules_failed_counts_each_rule_most_often_first():
+    from report_card import rules_failed
+    verdicts = [(1, 0, ["b"]), (1, 0, ["a", "c"]), (1, 0, ["a"])]   # (sft, ppo, the rules that failed)
+    assert list(rules_failed(verdicts).items()) == [("a", 2), ("b", 1), ("c", 1)]
+
+
 def test_reward_hacking_needs_changes_beyond_the_noise():
     """The report calls it reward hacking only when a paired test over the probe prompts puts
     both changes beyond the noise: the learned reward up, the gold reward down."""
@@ -320,6 +326,10 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     assert "within the noise" in text and "Warning" not in text
     flat = paired_difference(before, before)  # no change at all
     assert "made the policy worse" in " ".join(reward_hacking_lines({**base, "reward_change": flat, "gold_change": fell}))
+    lucky = paired_difference(before, [0.2, 0.6, 1.0, 0.6, 0.2, 1.4])   # up on average, within the noise
+    assert lucky["mean"] > 0 and not lucky["significant"]
+    text = " ".join(reward_hacking_lines({**base, "reward_change": lucky, "gold_change": fell}))
+    assert "made the policy worse" in text and "reward hacking" not in text
     assert reward_hacking_lines({**base, "reward_change": rose, "gold_change": rose}) == []
     assert "reward hacking" in " ".join(reward_hacking_lines(base))  # an older log: the means decide
     # The probe is a few prompts: a fall on the new prompts' greedy answers, beyond the noise, warns too
@@ -327,7 +337,7 @@ def test_reward_hacking_needs_changes_beyond_the_noise():
     text = " ".join(reward_hacking_lines(quiet, {"test": fell, "heldout": noisy}))
     assert "new prompts fell beyond the noise" in text and "-0.100 +- 0.000 on test" in text
     assert "heldout" not in text and "reward hacking" in text
-    for steady in (flat, noisy):   # the reward model's score did not rise beyond the noise: worse, not hacking
+    for steady in (flat, noisy, lucky):   # the reward model's score did not rise beyond the noise: worse, not hacking
         text = " ".join(reward_hacking_lines({**quiet, "reward_change": steady}, {"test": fell}))
         assert "new prompts fell" in text and "reward hacking" not in text
     assert reward_hacking_lines(quiet, {"test": noisy, "heldout": rose}) == []
