@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+import data.prepare as prepare_module
 from data.prepare import distinct_ngram_ratio, generated_documents, instruction_prompts, prepare
 from minift.synthetic import world
 from minift.tokenizer import load_ranks, load_tokenizer, save_ranks, train_bpe
@@ -299,6 +300,13 @@ def test_prepare_cuts_long_documents(tmp_path):
     docs = read_split(str(tmp_path / "out"), "train")
     docs.insert(1, read_split(str(tmp_path / "out"), "val")[0])
     assert "\n".join(docs) == "\n".join(lines)
+
+
+def test_a_document_is_cut_only_once_longer_than_the_limit(tmp_path, monkeypatch):
+    """At the next line end after the limit: a document of exactly MAX_DOC_CHARS stays whole."""
+    monkeypatch.setattr(prepare_module, "MAX_DOC_CHARS", 10)
+    (tmp_path / "t.txt").write_text("aaaaaaaaa\nb\ncc\n")   # the first line, its newline counted, is 10
+    assert list(prepare_module.file_documents(tmp_path / "t.txt")) == ["aaaaaaaaa\nb", "cc"]
 
 
 def test_bpe_learns_from_the_first_bpe_mb_of_training_documents_only(tmp_path):

@@ -255,6 +255,9 @@ def test_sampled_pass_rates_count_answers_and_prompts(stand_in_generates, monkey
             "Name a hat.": [titled, titled]}
     records = [{"prompt": p, "instruction_id_list": ["detectable_format:title"], "kwargs": [{}]} for p in plan]
     records[-1]["instruction_id_list"] = ["language:response_language"]   # no checker: skipped
+    # "Name a toy." also forbids commas, which its answers obey: a prompt passes only if all its
+    # instructions do, so it still never passes
+    records[1] |= {"instruction_id_list": ["detectable_format:title", "punctuation:no_comma"], "kwargs": [{}, {}]}
     monkeypatch.setattr(checkers, "langdetect", None)                       # (as where langdetect is missing)
 
     class Planned:  # a stand-in model: the planned answers of each prompt, in turn

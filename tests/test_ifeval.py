@@ -212,3 +212,9 @@ def test_evaluate_reports_scored_prompts_and_cut_prompts(tmp_path, capsys):
     assert "scored 2 of 3 prompts (1 have no instruction we can check)" in out
     assert "warning: 1 of 3 prompts are longer than the 56 tokens the model reads before its answer" in out
     assert "custom:unknown" in out and "unsupported: no checker" in out
+
+
+def test_a_json_answer_may_sit_in_white_space_around_its_fence():
+    """IFEval strips the answer before it looks for the fence."""
+    assert C.check_json('\n```json\n{"answer": "red"}\n```\n')
+    assert not C.check_json('\n```json\n{"answer": red}\n```\n')

@@ -84,6 +84,8 @@ def check(iid, response, **kw):
     ("startend:quotation", {}, '"The kite."', '"The kite.'),
     ("combination:two_responses", {}, "A.\n******\nB.", "A.\n******\nB.\n******\nC."),
     ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear [] at [].", "Dear []."),
+    ("detectable_format:constrained_response", {}, "Tom thinks so. My answer is yes.", "Tom thinks so. Yes."),
+    ("change_case:english_capital", {}, "THE KITE.", "2, 3."),   # str.isupper: no letters, no pass
     ("combination:repeat_prompt", {"prompt_to_repeat": "Describe a kite."}, "\n Describe a kite. A kite.",
      "A kite. Describe a kite."),
 ])
@@ -104,10 +106,20 @@ def test_empty_response_fails_everything_strictly():
         assert out["strict"] == [False] and out["loose"] == [False], iid
 
 
+def test_a_substituted_word_takes_the_article_it_needs():
+    """"a kite" -> "an umbrella": the article in front follows the new word's first letter."""
+    from minift.synthetic import builders as B
+    draft = B.Draft(core=[], text="Tom has a kite. A kite flies.")
+    avoid = set(B.SAME_KIND["kite"]) - {"umbrella"}   # leave umbrella the only choice
+    B._replace_word(draft, "kite", 0, Random(0), avoid)
+    assert draft.text == "Tom has an umbrella. An umbrella flies."
+
+
 def test_sentence_counting():
     assert I.count_sentences('"Let\'s play!" said Tom. He ran away.') == 2
     assert I.count_sentences('{"answer": "The kite is red. It flies."}') == 2
     assert I.count_sentences("<<Kite>>\nThe kite is red.\nP.P.S I like it.") == 2
+    assert I.count_sentences("It is red.\nP.P.S. I like it.") == 2   # the marker's own period ends nothing
     assert I.count_words("Tom's kite, red!") == 4  # IFEval's \w+ tokens: Tom, s, kite, red
 
 
@@ -302,6 +314,8 @@ def test_splits_disjoint_and_heldout_novel():
             assert _novelty(rec) == [], (name, rec["prompt"])
     for rec in splits["heldout"]:
         assert _novelty(rec), rec["prompt"]
+        # the record's own "novelty", as make_sft.py writes it, says the same
+        assert sorted(n.split(":")[0] for n in rec["novelty"]) == sorted(_novelty(rec)), rec["prompt"]
     kinds = Counter(k for rec in splits["heldout"] for k in set(_novelty(rec)))
     assert kinds["template"] and kinds["value"] and kinds["pair"], kinds
     assert S.make_splits(seed=5, sizes={"test": 20}) == S.make_splits(seed=5, sizes={"test": 20})

@@ -303,6 +303,19 @@ def test_the_stage_lines_say_no_more_than_their_numbers(micro_pipeline):
     assert "won back 3.0 of them" in lines(0.40, 0.43, 0.45, 0.30, 0.60, 0.8)
 
 
+def test_the_gold_and_moves_lines_say_what_their_numbers_say():
+    from report_card import gold_line, moves_line
+    from minift.synthetic.scoring import paired_difference
+    before = [0.2, 0.6, 1.0, 0.6, 0.2, 1.0]
+    fell = paired_difference(before, [x - 0.1 for x in before])
+    noisy = paired_difference(before, [0.2, 0.6, 1.0, 0.6, 0.2, 0.6])
+    line = gold_line({"test": fell, "heldout": noisy})
+    assert "-0.100 +- 0.000 on test, " in line and line.count("(within the noise)") == 1
+    assert line.index("on heldout") < line.index("(within the noise)")
+    assert "3 greedy answers went from fail to pass and 2 from pass to fail." in moves_line(
+        {"fail_to_pass": 3, "pass_to_fail": 2})
+
+
 def test_rules_failed_counts_each_rule_most_often_first():
     from report_card import rules_failed
     verdicts = [(1, 0, ["b"]), (1, 0, ["a", "c"]), (1, 0, ["a"])]   # (sft, ppo, the rules that failed)

@@ -126,14 +126,16 @@ def test_muon_multiplies_in_bf16_only_where_the_hardware_does():
 def _stop_flags_on_rank(rank, init_file, asked, out_dir):
     """One process of test_ctrl_c_on_one_rank_stops_every_rank: rank `asked` gets the Ctrl-C."""
     import torch.distributed as dist
-    from minift.training import Runtime, StopRequest
+    from minift.training import Runtime, StopRequest, all_reduce_mean
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    stop = StopRequest(Runtime("cpu", "cpu", rank, rank, 2))
+    rt = Runtime("cpu", "cpu", rank, rank, 2)
+    stop = StopRequest(rt)
     before = stop.agreed()            # nobody asked yet
     stop.requested = rank == asked    # what the SIGINT handler does, on one rank only
     after = stop.agreed()
+    mean = all_reduce_mean(rank + 1.0, rt)   # the ranks' 1 and 2: every rank logs their mean
     with open(os.path.join(out_dir, f"rank{rank}"), "w") as f:
-        f.write(f"{before} {after} {stop.requested}")
+        f.write(f"{before} {after} {stop.requested} {mean}")
     dist.destroy_process_group()
 
 
@@ -171,7 +173,7 @@ def test_ctrl_c_on_one_rank_stops_every_rank(tmp_path):
     import torch.multiprocessing as mp
     mp.spawn(_stop_flags_on_rank, args=(str(tmp_path / "init"), 1, str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):
-        assert (tmp_path / f"rank{rank}").read_text() == "False True True"
+        assert (tmp_path / f"rank{rank}").read_text() == "False True True 1.5"
 
 
 def test_cpu_autocast_only_with_bf16_products_and_never_for_float32():
