@@ -64,9 +64,10 @@ from minift.training import (Runtime, flops_per_token, make_optimizer, peak_bf16
                              pick_device)
 
 # name: (model config, sequences per step). gpt2-124m is GPT-2 small with nanoGPT's vocabulary
-# padded to 50,304; small and tiny are train_pretrain.py's presets of those names, with the
-# vocabulary of their pipeline's tokenizer (tiny: 2,048 + 5 special tokens; small: 8,192, a round
-# stand-in for the 8,192 + 5 the small pipeline's tokenizer would give).
+# padded to 50,304; small and tiny are train_pretrain.py's presets of those names. The tiny
+# vocabulary is its pipeline's (2,048 + 5 special tokens); the small one is the small preset's
+# --vocab_size setting, a round stand-in (on the generated corpus BPE stops near 3,800 ids, so
+# the small pipeline's own output layer is smaller; bench/gpu_check.sh says the same).
 CONFIGS = {
     "gpt2-124m": (dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304), 16),
     "small": (dict(n_layer=8, n_head=8, n_embd=512, block_size=512, vocab_size=8192), 64),
