@@ -480,6 +480,10 @@ def test_evaluate_checks_kinds(kit, tmp_path):
     fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}",
                           "--samples=2", f"--reward_ckpt={kit['sft']}", "--max_new_tokens=2"],
           kit["sft"], "(--reward_ckpt) is a sft checkpoint; expected reward")
+    # best-of-K's judge must read the answers with the policy's token ids, as PPO's reward does
+    fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}", f"--out_dir={tmp_path}",
+                          "--samples=2", f"--reward_ckpt={kit['reward_other_tokenizer']}", "--max_new_tokens=2"],
+          "another tokenizer", kit["sft"])
     # the results go under --out_dir, never beside the checkpoint, over the pipeline's own files
     ckpt_dir = os.path.dirname(kit["sft"])
     fails(evaluate.main, [f"--ckpt={kit['sft']}", f"--input={kit['sft_data']}",

@@ -119,6 +119,16 @@ def test_every_method_gets_the_seed_asked_for(micro_pipeline, tmp_path, monkeypa
     assert runs == [("sft", 1337), ("dpo", 1337), ("dpo", 2)]
 
 
+def test_the_pipelines_ppo_is_reused_only_once_its_stage_finished(tmp_path):
+    """A checkpoint alone may be a PPO stage stopped by Ctrl-C: only its stage.json says it ran to the end."""
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "pipeline.json").write_text('{"seed": 1337}')
+    (tmp_path / "ppo" / "ckpt.pt").write_text("")
+    assert not compare.reuses_pipeline_ppo("ppo", 1337, str(tmp_path))
+    (tmp_path / "ppo" / "stage.json").write_text('{"seconds": 1.0}')
+    assert compare.reuses_pipeline_ppo("ppo", 1337, str(tmp_path))
+
+
 def test_an_unknown_method_is_named():
     with pytest.raises(SystemExit, match="unknown method.*dpoo"):
         compare.main(["--methods=sft,dpoo"])

@@ -283,11 +283,18 @@ def test_write_atomically_syncs_then_renames_and_keeps_the_old_file(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         write_atomically(path, stopped)
     assert json.loads(path.read_text()) == {"old": 1} and os.listdir(tmp_path) == ["x.json"]
-    events, fsync, replace = [], os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or fsync(fd))
+    events, fsync, replace, synced_sizes = [], os.fsync, os.replace, []
+
+    def recording_fsync(fd):
+        events.append("fsync")
+        if stat.S_ISREG(os.fstat(fd).st_mode):   # what the file held when synced: all of it, flushed
+            synced_sizes.append(os.fstat(fd).st_size)
+        return fsync(fd)
+    monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(os, "replace", lambda src, dst: events.append("replace") or replace(src, dst))
     write_json(path, {"new": 2})
     assert events == ["fsync", "replace", "fsync"] and json.loads(path.read_text()) == {"new": 2}   # file, folder
+    assert synced_sizes == [path.stat().st_size]
 
 
 

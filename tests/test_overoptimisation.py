@@ -68,6 +68,9 @@ def test_curve_rows_put_each_probe_at_its_own_policys_kl_and_measure_changes_fro
         (0, 0.0, 0.0, 0.45), (2, 4.0, 2.0, 0.5), (4, 9.0, 3.0, 0.4)]
     start, peak, last = rows
     assert start["rm_change"] == start["gold_change"] == 0
+    # each row's own scores, not the start's
+    assert [r["rm_score"] for r in rows] == pytest.approx([0, 2, 3])
+    assert [r["gold"] for r in rows] == pytest.approx([0.5, 2.5 / 3, 1 / 3])
     assert peak["rm_change"] == pytest.approx(2) and peak["rm_change_se"] == pytest.approx(1 / 3 ** 0.5)
     assert peak["gold_change"] == pytest.approx(1 / 3)
     assert peak["gold_change_se"] == pytest.approx(statistics.stdev([0.5, 0, 0.5]) / 3 ** 0.5)

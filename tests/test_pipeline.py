@@ -316,6 +316,13 @@ def test_the_gold_and_moves_lines_say_what_their_numbers_say():
         {"fail_to_pass": 3, "pass_to_fail": 2})
 
 
+def test_run_stage_records_the_stages_time_unless_the_stage_gives_its_own(tmp_path):
+    """compare.py's rows give their own training time (0 for SFT, the pipeline's PPO stage when reused)."""
+    assert pipeline.run_stage("own", str(tmp_path), False, lambda: {"seconds": 42.0})["seconds"] == 42.0
+    measured = pipeline.run_stage("measured", str(tmp_path), False, lambda: {"step": 3})
+    assert measured["step"] == 3 and 0 <= measured["seconds"] < 5
+
+
 def test_rules_failed_counts_each_rule_most_often_first():
     from report_card import rules_failed
     verdicts = [(1, 0, ["b"]), (1, 0, ["a", "c"]), (1, 0, ["a"])]   # (sft, ppo, the rules that failed)
@@ -436,6 +443,7 @@ def test_force_drops_the_labs_runs_and_every_stage_before_redoing_them(tmp_path,
     out = tmp_path / "micro"
     stages = ("data", "pretrain", "sft", "prefs", "reward", "ppo", "eval", "sft_perfect", "sft_scratch")
     for path in ("compare/dpo/ckpt.pt", "compare.json", "compare.md", "report.json", "report.md",
+                 "overoptimisation/kl_0/ckpt.pt", "overoptimisation.csv", "overoptimisation.png",
                  "data/corpus/train.bin", "sft/ckpt.pt", *(f"{stage}/stage.json" for stage in stages)):
         (out / path).parent.mkdir(parents=True, exist_ok=True)
         (out / path).write_text("from the old models")

@@ -47,6 +47,10 @@ EXPECTED = {"pretrain": {"loss", "val_loss"}, "sft": {"loss", "eval_prompt_stric
             "ppo": {"rm_score", "gold", "kl", "eval_prompt_strict"}}
 
 
+def test_a_whole_number_in_a_log_is_a_point_too():
+    assert plot.curves([{"step": 1, "loss": 3}, {"step": 2, "loss": 2.5}])["loss"] == [(1, 3), (2, 2.5)]
+
+
 @pytest.mark.parametrize("stage", list(LOGGED))
 def test_each_stage_draws_its_held_out_curves(stage):
     found = plot.curves(LOGGED[stage])

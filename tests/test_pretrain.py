@@ -250,6 +250,19 @@ def test_the_optimizer_steps_on_clipped_gradients(corpus_dir, tmp_path, monkeypa
     assert all(m["grad_norm"] > 0.1 for m in read_metrics(out) if "grad_norm" in m)
 
 
+def test_the_validation_loss_reads_val_bin(corpus_dir, tmp_path, monkeypatch):
+    """Before training and at each evaluation, the loss comes from the held-out stream."""
+    seen, real = [], train_pretrain.estimate_loss
+
+    def estimate_loss(model, data, cfg, rt):
+        seen.append(os.path.basename(data.filename))
+        return real(model, data, cfg, rt)
+    monkeypatch.setattr(train_pretrain, "estimate_loss", estimate_loss)
+    run_main(train_pretrain, MICRO + [f"--data_dir={corpus_dir}", f"--out_dir={tmp_path / 'val'}", "--max_steps=4",
+                                      "--eval_interval=2", "--eval_batches=1"])
+    assert len(seen) >= 3 and set(seen) == {"val.bin"}
+
+
 def test_tokens_per_second_and_mfu_count_every_micro_batch(corpus_dir, tmp_path, monkeypatch):
     """A clock that ticks one second per micro-batch: tokens/s is then one micro-batch's tokens,
     whatever --grad_accum, and MFU is tokens/s x (6 N + 12 L H Q T) over the peak."""

@@ -35,6 +35,12 @@ def test_sft_batch_targets_only_the_answer_and_end_token():
     assert x[0, first].item() == tok.assistant
 
 
+def test_length_order_sorts_by_the_whole_conversation():
+    """The batch's padding depends on the whole rendered conversation, not the answer alone."""
+    examples = [([0] * 5, [1] + [0] * 4), ([0] * 3, [1] * 3), ([0] * 9, [0] * 9), ([0], [1])]
+    assert length_order(examples) == [3, 1, 0, 2]
+
+
 def test_length_buckets_cut_padding_and_reach_every_example():
     """Batches come from a window of similar lengths: far less padding than drawing at
     random, yet every example, the shortest and longest included, still comes up."""
