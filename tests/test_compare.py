@@ -89,7 +89,14 @@ def test_a_policy_far_from_sft_is_many_nats_from_it(micro_pipeline, tmp_path):
     ckpt["model"][head] = 3 * ckpt["model"][head]
     save_checkpoint(str(tmp_path / "far.pt"), ckpt)
     records = load_ifeval_inputs(os.path.join(shared, "data", "sft", "test.jsonl"))[:16]
-    assert compare.kl_to_sft(str(tmp_path / "far.pt"), sft, records, "cpu", "micro") > 1.0
+    far = str(tmp_path / "far.pt")
+    assert compare.kl_to_sft(far, sft, records, "cpu", "micro") > 1.0
+    # over several batches of 64 it is the mean over every answer, not over the last batch's
+    many = records * 5   # 80 answers: a batch of 64, then 16 sampled with the seed that batch gets
+    whole = compare.kl_to_sft(far, sft, many, "cpu", "micro")
+    parts = (64 * compare.kl_to_sft(far, sft, many[:64], "cpu", "micro")
+             + 16 * compare.kl_to_sft(far, sft, many[64:], "cpu", "micro", seed=64)) / 80
+    assert whole == pytest.approx(parts, rel=1e-5)
 
 
 def test_every_method_gets_the_seed_asked_for(micro_pipeline, tmp_path, monkeypatch):
