@@ -84,6 +84,21 @@ def test_pronouns_agree_with_the_name():
         assert not wrong & set(world.words(text)), text
 
 
+def test_a_friends_pronouns_are_the_friends():
+    """In a story, {fhis} and {fhim} belong to the friend, not to the hero."""
+    rng, seen = random.Random(0), 0
+    for _ in range(3000):
+        for name, pronoun in re.findall(r"(\w+) fell down and hurt (his|her) knee", world.story(rng)):
+            seen += 1
+            assert pronoun == ("her" if world.PRONOUN[name] == "she" else "his"), name
+    assert seen >= 10
+
+
+def test_a_story_of_any_length_is_drawn_from_3_to_12_sentences():
+    rng = random.Random(0)
+    assert {len(world.story_sentences(rng)) for _ in range(500)} == set(range(3, 13))
+
+
 def test_sentence_about_mentions_every_kind_of_topic():
     rng = random.Random(1)
     topics = world.NAMES + world.ANIMALS + world.OBJECTS + world.FOODS + world.PLACES + world.COLORS

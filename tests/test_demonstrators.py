@@ -118,3 +118,17 @@ def test_a_slip_that_cannot_be_built_is_not_reported(monkeypatch):
     prompts = [s for s in (sample(rng, "train") for _ in range(20)) if s.items][:5]
     monkeypatch.setattr(demonstrators, "build_response", cannot)
     assert prompts and all(demonstrate(s, Random(0), 10.0) == (s.response, []) for s in prompts)
+
+
+def test_make_sft_reports_what_it_wrote(tmp_path):
+    """Its printed figures count the written records: instructions besides the base task, and
+    the demonstrations' own pass rate."""
+    import json
+    from data.make_sft import make_sft
+    stats = make_sft(str(tmp_path), n_train=40, n_test=10, n_heldout=10, n_rl=5)
+    for split in ("train", "test", "heldout", "rl_prompts"):
+        records = [json.loads(line) for line in open(tmp_path / f"{split}.jsonl")]
+        extra = Counter(sum(not i.startswith("task:") for i in r["instruction_id_list"]) for r in records)
+        assert stats["n_instructions"][split] == dict(sorted(extra.items())) and stats["counts"][split] == len(records)
+    test = [json.loads(line) for line in open(tmp_path / "test.jsonl")]
+    assert stats["demo_pass_rate"]["test"] == demo_pass_rate(test)[0]

@@ -329,6 +329,7 @@ def test_split_is_read_beside_a_pipeline_checkpoint(tmp_path, monkeypatch):
     # a checkpoint deeper in the run, as compare.py's are, reads the run's split too
     assert file_read(["--ckpt=out/tiny/compare/dpo-1337/ckpt.pt"]) == os.path.join(run_split, "test.jsonl")
     assert file_read(["--ckpt=out/sft/ckpt.pt"]) == "data/generated/sft/test.jsonl"
+    assert file_read(["--ckpt=out/sft/ckpt.pt", "--split=heldout"]) == "data/generated/sft/heldout.jsonl"
     assert file_read(["--input=data/generated/sft/heldout.jsonl"]) == "data/generated/sft/heldout.jsonl"
     line = error(["--split=tset"])   # a typo: the choices, not a file to generate
     assert "--split=tset" in line and "test or heldout" in line and "make_sft" not in line

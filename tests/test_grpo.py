@@ -153,6 +153,34 @@ def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipel
     assert stop.value.code == 0 and "--group_size" in printed and "--kl_coef" in printed
 
 
+def test_a_group_is_one_prompts_answers_and_an_unfinished_answer_pays(micro_pipeline, tmp_path, monkeypatch):
+    """The G answers compared with each other answer one prompt, each group another; an answer
+    cut off before <|end|> loses missing_eos_penalty from its score before the comparison."""
+    shared, _ = micro_pipeline
+    seen, real_rollout, real_advantages = {}, train_grpo.rollout, train_grpo.group_advantages
+
+    def rollout(*args, **kwargs):
+        out = real_rollout(*args, **kwargs)
+        seen.setdefault("ended", out[3].clone())
+        return out
+
+    def score_answers(reward_model, seq, attn, mask, texts, batch):
+        seen.setdefault("prompts", [r["prompt"] for r in batch])
+        scores = torch.full((len(batch),), 0.5)
+        return scores, None, scores.clone()
+
+    def group_advantages(score, group_size, eps):
+        seen.setdefault("score", score.clone())
+        return real_advantages(score, group_size, eps)
+    for name, fn in (("rollout", rollout), ("score_answers", score_answers), ("group_advantages", group_advantages)):
+        monkeypatch.setattr(train_grpo, name, fn)
+    run_grpo(shared, tmp_path / "grpo", iterations=1, reward="gold", missing_eos_penalty=0.3)
+    groups = [seen["prompts"][i:i + 4] for i in range(0, 8, 4)]
+    assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == 2
+    ended = seen["ended"].float()
+    assert (ended == 0).any() and torch.allclose(seen["score"], 0.5 - 0.3 * (1 - ended))
+
+
 def test_only_the_kept_groups_are_trained_on_and_no_kl_before_the_first_update(micro_pipeline, tmp_path,
                                                                               monkeypatch):
     """micro: 8 answers in groups of 4, scored so that the first group ties and the second does

@@ -106,6 +106,20 @@ def test_empty_response_fails_everything_strictly():
         assert out["strict"] == [False] and out["loose"] == [False], iid
 
 
+def test_a_yes_no_answer_is_true_to_the_text():
+    """The checker looks for the verdict's word; whether it is the true one is the task's to get right."""
+    rng, seen = Random(0), 0
+    for _ in range(300):
+        q = T.sample_question(rng)
+        asked = re.fullmatch(r"Is (\w+)'s (\w+) (\w+)\?", q["question"])
+        if asked:
+            name, thing, colour = asked.groups()
+            true = re.search(rf"\b{name} has an? {colour} {thing}\.", q["text"]) is not None
+            assert q["answer"] == ("yes" if true else "no"), q
+            seen += 1
+    assert seen >= 50
+
+
 def test_a_substituted_word_takes_the_article_it_needs():
     """"a kite" -> "an umbrella": the article in front follows the new word's first letter."""
     from minift.synthetic import builders as B
