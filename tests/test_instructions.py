@@ -120,6 +120,17 @@ def test_a_yes_no_answer_is_true_to_the_text():
     assert seen >= 50
 
 
+def test_an_at_least_word_count_asks_for_more_than_the_answer_holds():
+    """With room to spare (more than 2 words past the base answer), so that the builder must
+    add sentences and the count is something the answer has to reach."""
+    from minift.synthetic import builders as B
+    rng = Random(0)
+    ctx = {"core": "The kite is red.", "text": "The kite is red. It can fly high.", "held": {}}   # 9 words
+    drawn = [B.sample_words(rng, ctx) for _ in range(200)]
+    at_least = {kw["num_words"] for kw in drawn if kw["relation"] == "at least"}
+    assert at_least and min(at_least) > 9 + 2
+
+
 def test_a_substituted_word_takes_the_article_it_needs():
     """"a kite" -> "an umbrella": the article in front follows the new word's first letter."""
     from minift.synthetic import builders as B

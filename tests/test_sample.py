@@ -84,6 +84,11 @@ def test_every_sample_of_a_continuation_starts_with_the_prompt(ckpts, capsys):
     samples = sample.main(args + ["--num_samples=2"])
     assert len(samples) == 2
     assert capsys.readouterr().out == "".join(f"--- sample {i + 1}\nOnce{s}\n" for i, s in enumerate(samples))
+    # two draws in a row from one generator seeded once: different samples, each reproducible
+    cfg, g = sample.Config(), torch.Generator().manual_seed(1)
+    want = [engine_answer(ckpts["pretrain"], [TOK.eot] + TOK.encode("Once"), 5, generator=g,
+                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p) for _ in range(2)]
+    assert samples == want and want[0] != want[1]
     one = sample.main(args)
     assert capsys.readouterr().out == f"Once{one[0]}\n"
     answer = sample.main([f"--ckpt={ckpts['sft']}", "--prompt=Once", "--max_new_tokens=5", "--seed=1"])
