@@ -124,3 +124,14 @@ def test_gradient_accumulation_averages_its_micro_batches(corpus_dir, tmp_path, 
                          "--max_steps=2", "--log_interval=1"])
     losses = [(m["step"], m["loss"]) for m in read_metrics(tmp_path / "k1") if "loss" in m]
     assert losses[0] == (1, logged[0]["loss"]) and [s for s, _ in losses] == [1, 2] and losses[1][1] != 9.9
+    # the evaluation during training: the first --eval_examples prompts, answered with --max_new_tokens
+    ifeval = [{"key": i, "prompt": f"Say {w}.", "instruction_id_list": [], "kwargs": []}
+              for i, w in enumerate(("cat", "dog", "sun", "tree", "cup"))]
+    write_jsonl(tmp_path / "eval.jsonl", ifeval)
+    asked, real_evaluate = [], train_sft.evaluate_records
+    monkeypatch.setattr(train_sft, "evaluate_records", lambda model, tok, records, max_new_tokens: asked.append(
+        (len(records), max_new_tokens)) or real_evaluate(model, tok, records, max_new_tokens))
+    run_main(train_sft, ["--preset=micro", "--device=cpu", f"--init_from={tmp_path}/pre/ckpt.pt",
+                         f"--data={tmp_path}/sft.jsonl", f"--eval_data={tmp_path}/eval.jsonl",
+                         f"--out_dir={tmp_path}/ev", "--max_steps=1", "--eval_examples=3", "--max_new_tokens=9"])
+    assert asked == [(3, 9)]
