@@ -56,6 +56,8 @@ def test_rounds_fine_tune_on_the_kept_answers_each_from_the_last(corpus_dir, tmp
     assert first["step"] == second["step"] == 1
     assert first["init_from"] == f"{pre}/ckpt.pt" and second["init_from"] == str(out / "round1" / "ckpt.pt")
     assert json.loads((out / "results.json").read_text()) == results
+    assert first["config"]["learning_rate"] == rejection_sampling.Config().learning_rate   # its own, not SFT's
+    assert first["config"]["min_lr"] == pytest.approx(rejection_sampling.Config().learning_rate / 10)
     # a judge that passes nothing leaves nothing to learn from: a clear error, not an empty run
     monkeypatch.setattr(rejection_sampling, "gold_reward", lambda *a: 0.5)
     with pytest.raises(SystemExit, match="nothing to learn from"):
@@ -70,10 +72,13 @@ def test_one_round_reports_greedy_sample_and_pass_at_k_rates(micro_pipeline, tmp
     prompts.write_text("".join(open(os.path.join(out, "data", "sft", "rl_prompts.jsonl")).readlines()[:2]))
     gold = {"g0": 1.0, "g1": 0.5, "a": 0.0, "b": 1.0, "c": 1.0, "d": 0.2, "e": 0.0, "f": 0.9}
     monkeypatch.setattr(rejection_sampling, "generate_responses", lambda *a, **kw: ["g0", "g1"])
-    monkeypatch.setattr(rejection_sampling, "sample_answers", lambda *a, **kw: [["a", "b", "c"], ["d", "e", "f"]])
+    sampled_with = []
+    monkeypatch.setattr(rejection_sampling, "sample_answers", lambda *a, **kw: sampled_with.append(a[3:6]) or [
+        ["a", "b", "c"], ["d", "e", "f"]])
     monkeypatch.setattr(rejection_sampling, "gold_reward", lambda prompt, answer, *a: gold[answer])
-    cfg = rejection_sampling.Config(prompts=str(prompts), k=3, device="cpu")
+    cfg = rejection_sampling.Config(prompts=str(prompts), k=3, device="cpu", temperature=0.9, max_new_tokens=40)
     stats = rejection_sampling.one_round(cfg, os.path.join(out, "sft", "ckpt.pt"), str(tmp_path / "round1"), "cpu")
+    assert sampled_with == [(3, 0.9, 40)]   # k samples at the configured temperature and length
     assert stats == {"kept": 1, "failed_kept": 0, "others_kept": 1, "greedy_perfect": 0.5,
                      "sample_perfect": pytest.approx(2 / 6), "pass_at_k": 0.5, "rows": 1}
     kept = [json.loads(line) for line in open(tmp_path / "round1" / "data.jsonl")]
