@@ -296,6 +296,12 @@ def test_a_run_at_learning_rate_zero_keeps_the_reference(micro_pipeline, tmp_pat
         order = train_reward.epoch_order(len(groups), train_dpo.Config.seed, step // steps_per_epoch)
         at = 2 * (step % steps_per_epoch)
         assert logged["grad_norm"] == pytest.approx(grad_norm([[order[at]], [order[at + 1]]]), rel=1e-4)
+    # under bf16 autocast (where this CPU multiplies bf16) the reference is scored as the policy
+    # is, in the same precision: still no margin at all
+    bf16 = run_main(train_dpo, [
+        "--preset=micro", "--device=cpu", f"--init_from={pipeline_out}/sft/ckpt.pt", f"--out_dir={out}_bf16",
+        f"--data={prefs}/train.jsonl", f"--val_data={prefs}/val.jsonl", "--learning_rate=0", "--min_lr=0"])
+    assert bf16["val_margin"] == 0.0 and bf16["val_chosen_reward"] == 0.0
 
 
 def test_ddp_two_cpu_processes_with_gloo(micro_pipeline, tmp_path):
