@@ -153,6 +153,18 @@ def test_micro_run_writes_a_policy_checkpoint_that_loads_and_resumes(micro_pipel
     assert stop.value.code == 0 and "--group_size" in printed and "--kl_coef" in printed
 
 
+def test_a_resumed_run_takes_the_steps_of_an_unbroken_one(micro_pipeline, tmp_path):
+    """Iteration 2 after a resume draws the prompts and samples an unbroken run draws there:
+    the checkpoint carries the rollout generator's state, and it is put back into that generator."""
+    shared, _ = micro_pipeline
+    common = dict(reward="gold", dtype="float32", eval_interval=1)
+    run_grpo(shared, tmp_path / "straight", iterations=2, **common)
+    run_grpo(shared, tmp_path / "resumed", iterations=1, **common)
+    run_grpo(shared, tmp_path / "resumed", iterations=2, **common)
+    a, b = (load_checkpoint(str(tmp_path / d / "ckpt.pt"))["model"] for d in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_group_is_one_prompts_answers_and_an_unfinished_answer_pays(micro_pipeline, tmp_path, monkeypatch):
     """The G answers compared with each other answer one prompt, each group another; an answer
     cut off before <|end|> loses missing_eos_penalty from its score before the comparison."""
