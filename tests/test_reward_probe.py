@@ -41,6 +41,12 @@ def test_each_fix_keeps_its_rule_and_the_task():
         assert reward_probe.fixed_pairs([record(other)], [SLIPPED], iid) == []
 
 
+def test_the_comma_fix_takes_out_every_comma():
+    [(_, _, fixed)] = reward_probe.fixed_pairs([record("punctuation:no_comma")], ["A kite is red,blue. It flies, high,"],
+                                               "punctuation:no_comma")
+    assert "," not in fixed
+
+
 def test_a_postscript_under_the_wrong_marker_gets_the_one_asked_for():
     rec = record("detectable_content:postscript")                  # asks for "P.S."
     wrong = SLIPPED + "\nP.P.S See you soon."
@@ -105,6 +111,21 @@ def test_what_decides_names_the_differences_and_whether_they_trade():
     assert reward_probe.what_decides(pair(SLIPPED, SLIPPED)) == ((), True)
 
 
+def test_held_out_pairs_are_grouped_by_what_decides_them(monkeypatch):
+    """One check alone is named; several that all favour the chosen answer are "all one way";
+    several that the gold reward trades against each other are "traded"."""
+    monkeypatch.setattr(reward_probe, "render", lambda tokenizer, prompt, text: text)
+    monkeypatch.setattr(reward_probe, "full_and_head", lambda model, seqs, *a: (torch.ones(len(seqs)),) * 2)
+    kept, clean = SLIPPED + "\nP.S. Thank you for reading.", "A kite is red, blue and long. It can fly."
+    pairs = [pair(kept, SLIPPED),                                        # the P.S. alone
+             pair(clean + "\nP.S. Thank you for zorbling.", clean),      # the P.S. against a garbled word
+             pair(clean + "\nP.S. Thank you for zorbling.", clean),
+             pair(kept, "A dog is red. It runs.")]                        # the P.S. and the topic, one way
+    rows = reward_probe.held_out_accuracy(reward_model_of(block_size=256), None, pairs)
+    assert {label: r["n"] for label, r in rows.items()} == {
+        "detectable_content:postscript": 1, "several, traded": 2, "several, all one way": 1}
+
+
 def test_held_out_accuracy_adds_up_to_the_reward_models_own(micro_pipeline):
     out, _ = micro_pipeline
     path = os.path.join(out, "reward", "ckpt.pt")
@@ -134,6 +155,9 @@ def test_judges_vote_counts_only_pairs_that_differ_on_the_rule_and_names_what_th
     assert (row["n"], row["keeper_chosen"], dict(row["keeper_lost_by"])) == (3, 2, {"garbled": 1})
     row = rows[reward_probe.MARKER_SWAP]
     assert (row["n"], row["keeper_chosen"], dict(row["keeper_lost_by"])) == (1, 1, {})
+    # one marker with and without its own final period is the same marker: no swap
+    same = reward_probe.judges_vote([pair(SLIPPED + "\nP.P.S. See you soon.", SLIPPED + "\nP.P.S See you soon.")])
+    assert reward_probe.MARKER_SWAP not in same
 
 
 def test_marker_odds_tell_a_model_that_copies_the_marker_from_one_that_does_not(micro_pipeline):
