@@ -42,8 +42,8 @@ def test_each_fix_keeps_its_rule_and_the_task():
 
 
 def test_the_comma_fix_takes_out_every_comma():
-    [(_, _, fixed)] = reward_probe.fixed_pairs([record("punctuation:no_comma")], ["A kite is red,blue. It flies, high,"],
-                                               "punctuation:no_comma")
+    commas = "A kite is red,blue. It flies, high,"
+    [(_, _, fixed)] = reward_probe.fixed_pairs([record("punctuation:no_comma")], [commas], "punctuation:no_comma")
     assert "," not in fixed
 
 
